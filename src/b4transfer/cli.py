@@ -1,0 +1,39 @@
+"""Command line: ``python run.py key=value ...`` or the ``b4transfer`` console script.
+
+A thin ``@hydra.main`` shim over :func:`b4transfer.train.run`; the configs live in the
+repository's ``conf/`` (shipped inside the package as ``b4transfer.conf`` when installed).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+
+def config_dir() -> str:
+    """``conf/`` of a source checkout, else the copy installed as the ``b4transfer.conf`` package."""
+    checkout = Path(__file__).resolve().parents[2] / "conf"
+    if (checkout / "config.yaml").is_file():
+        return str(checkout)
+    from importlib.resources import files
+
+    return str(files("b4transfer.conf"))
+
+
+def _main(cfg: DictConfig) -> None:
+    from b4transfer.train import run
+
+    run(cfg)
+
+
+def main() -> None:
+    logging.getLogger("PIL").setLevel(logging.INFO)
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(_main)()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

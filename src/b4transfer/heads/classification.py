@@ -1,0 +1,96 @@
+"""Classification head: pooled backbone features -> dropout -> linear.
+
+The head owns everything task-specific: its loss (cross-entropy with optional label
+smoothing, or BCE-with-logits for multi-label data), how logits become probabilities,
+and the torchmetrics it reports. The backbone hands it pooled pre-logits features.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MultilabelAccuracy,
+    MultilabelAveragePrecision,
+    MultilabelF1Score,
+)
+
+
+class ClassificationHead(nn.Module):
+    """Dropout + linear classifier over pooled features.
+
+    Args:
+        in_features: width of the pooled features (the backbone's ``num_features``).
+        num_classes: number of classes (>= 2).
+        drop_rate: dropout before the linear layer.
+        multi_label: several labels per image (sigmoid + BCE) instead of one (softmax + CE).
+        label_smoothing: label smoothing for the loss, in [0, 1).
+    """
+
+    task = "classification"
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        drop_rate: float = 0.0,
+        multi_label: bool = False,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"head.drop_rate must be in [0, 1), got {drop_rate}.")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"head.label_smoothing must be in [0, 1), got {label_smoothing}.")
+        self.num_classes = num_classes
+        self.multi_label = multi_label
+        self.label_smoothing = label_smoothing
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # (N, C) -> (N, K)
+        return self.fc(self.drop(features))
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss for a batch; ``target`` is class indices (N,), or (N, K) soft/multi-hot targets."""
+        if self.multi_label:
+            target = target.float()
+            if self.label_smoothing:
+                target = target * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
+            return F.binary_cross_entropy_with_logits(logits, target)
+        # (N, K) soft targets come from mixup/cutmix; cross_entropy handles both forms.
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.multi_label else logits.softmax(dim=-1)
+
+    def build_metrics(self) -> MetricCollection:
+        """Metrics updated with ``(logits, target)``; keys become ``val/<key>``."""
+        k = self.num_classes
+        if self.multi_label:
+            return MetricCollection(
+                {
+                    "acc1": MultilabelAccuracy(num_labels=k),
+                    "f1_macro": MultilabelF1Score(num_labels=k, average="macro"),
+                    "map": MultilabelAveragePrecision(num_labels=k, average="macro"),
+                    "acc_per_class": MultilabelAccuracy(num_labels=k, average=None),
+                }
+            )
+        metrics = {
+            "acc1": MulticlassAccuracy(num_classes=k, top_k=1, average="micro"),
+            "f1_macro": MulticlassF1Score(num_classes=k, average="macro"),
+            "acc_per_class": MulticlassAccuracy(num_classes=k, average=None),
+            "confusion_matrix": MulticlassConfusionMatrix(num_classes=k),
+        }
+        if k >= 5:
+            metrics["acc5"] = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
+        return MetricCollection(metrics)
