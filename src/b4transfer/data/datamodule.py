@@ -1,0 +1,136 @@
+"""``ClassificationDataModule``: dataset splits + timm transforms -> Lightning dataloaders."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from b4transfer.data.dataset import ImageDataset
+from b4transfer.data.splits import DatasetSplits, class_counts
+from b4transfer.data.transforms import build_transforms, draft_size_for
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _check_int(value: Any, key: str, low: int, fix: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{key} must be an integer >= {low}, got {value!r}. Fix: {fix}.")
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Train/val/test dataloaders for image classification (single- or multi-label).
+
+    Args:
+        splits: The dataset, e.g. from ``scan_folder`` or ``read_csv``.
+        train_cfg: timm data config for training (input size, mean/std, interpolation).
+        eval_cfg: timm data config for validation/test (size, crop_pct, crop_mode).
+        batch_size: Images per batch (per device).
+        num_workers: Dataloader worker processes; 0 loads in the main process.
+        augment: timm training transform kwargs, see ``build_transforms``.
+        pin_memory: Pin host memory (faster host-to-GPU copies).
+        persistent_workers: Keep workers between epochs; ``None``: when ``num_workers > 0``.
+        drop_last: Drop the last incomplete training batch.
+    """
+
+    def __init__(
+        self,
+        splits: DatasetSplits,
+        *,
+        train_cfg: Mapping[str, Any],
+        eval_cfg: Mapping[str, Any],
+        batch_size: int = 32,
+        num_workers: int = 0,
+        augment: Mapping[str, Any] | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool | None = None,
+        drop_last: bool = False,
+    ):
+        super().__init__()
+        _check_int(batch_size, "data.batch_size", 1, "set e.g. data.batch_size=32")
+        _check_int(num_workers, "data.num_workers", 0, "set data.num_workers=0 (main process) or more")
+        if not splits.val:
+            raise ValueError(
+                f"The validation split is empty ({len(splits.train)} training images, "
+                f"{splits.num_classes} classes). Fix: add a val/ folder or val rows, or raise "
+                "data.val_fraction so each class with 2+ images sends some to validation."
+            )
+        if drop_last and len(splits.train) < batch_size:
+            raise ValueError(
+                f"data.batch_size={batch_size} with data.drop_last=true but only {len(splits.train)} "
+                "training images: no batch would ever be trained. Fix: lower data.batch_size or set "
+                "data.drop_last=false."
+            )
+        self.splits = splits
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = num_workers > 0 if persistent_workers is None else persistent_workers
+        self.drop_last = drop_last
+        self.train_transform, self.eval_transform = build_transforms(
+            train_cfg=train_cfg, eval_cfg=eval_cfg, augment=augment
+        )
+        self.draft_size = max(draft_size_for(train_cfg), draft_size_for(eval_cfg))
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in index order."""
+        return self.splits.class_names
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return self.splits.num_classes
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether targets are multi-hot vectors."""
+        return self.splits.multi_label
+
+    def class_counts(self, split: str = "train") -> list[int]:
+        """Images per class in ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"Unknown split {split!r}. Fix: use one of {list(SPLIT_NAMES)}.")
+        return class_counts(getattr(self.splits, split), self.num_classes)
+
+    def dataset(self, split: str) -> ImageDataset:
+        """The ``ImageDataset`` of a split, with the train or eval transform."""
+        transform = self.train_transform if split == "train" else self.eval_transform
+        return ImageDataset(
+            getattr(self.splits, split),
+            num_classes=self.num_classes,
+            multi_label=self.multi_label,
+            transform=transform,
+            draft_size=self.draft_size,
+        )
+
+    def _loader(self, split: str, *, train: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=self.drop_last and train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches with augmentation."""
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches, in order, with the eval transform."""
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches; the validation split when there is no test split."""
+        if not self.splits.test:
+            log.info("No test split: testing on the validation split (%d images).", len(self.splits.val))
+            return self._loader("val", train=False)
+        return self._loader("test", train=False)

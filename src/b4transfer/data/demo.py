@@ -1,0 +1,187 @@
+"""A generated, deterministic demo dataset of real image files: six coloured shapes.
+
+``ensure_demo()`` writes ``root/train/<class>/0000.png ...`` and ``root/val/<class>/...``
+once (atomically: a temp folder renamed into place, a ``.complete`` marker written last)
+and afterwards just returns the folder. It is read back with
+:func:`b4transfer.data.folder.scan_folder`, the same loader users' folders go through.
+
+Each image is a shape (circle, square, triangle, star, cross, ring) in a class-typical
+hue family, with random size, position, rotation and colour jitter, on a low-saturation
+textured background (gradient, blotchy noise or stripes) plus pixel noise. Shape and hue
+both carry the class, so even a small CNN trained from scratch beats chance within an
+epoch or two, while the jitter keeps it from being trivially memorised.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+DEMO_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
+DEMO_VERSION = "v1"
+MARKER = ".complete"
+_SUPERSAMPLE = 2  # shapes are drawn at 2x and downsampled: anti-aliased edges
+
+
+def default_demo_root(image_size: int, train_per_class: int, val_per_class: int, seed: int) -> Path:
+    """``$B4TRANSFER_CACHE`` (or ``~/.cache/b4transfer``) / ``demo-v1-<size>-<train>-<val>-<seed>``."""
+    base = Path(os.environ.get("B4TRANSFER_CACHE") or Path.home() / ".cache" / "b4transfer")
+    name = f"demo-{DEMO_VERSION}-{image_size}-{train_per_class}-{val_per_class}-{seed}"
+    return base.expanduser() / name
+
+
+def _hsv255(h: float, s: float, v: float) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v)) * 255.0
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A ``(size, size, 3)`` float image: gradient, blotchy noise or stripes in muted colours."""
+    c1, c2 = (_hsv255(rng.random(), rng.uniform(0, 0.25), rng.uniform(0.25, 0.75)) for _ in range(2))
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    kind = rng.integers(3)
+    if kind == 0:  # linear gradient at a random angle
+        angle = rng.uniform(0, 2 * np.pi)
+        t = (xx - 0.5) * np.cos(angle) + (yy - 0.5) * np.sin(angle) + 0.5
+    elif kind == 1:  # low-frequency blotches: coarse noise upsampled bicubically
+        coarse = Image.fromarray((rng.random((6, 6)) * 255).astype(np.uint8))
+        t = np.asarray(coarse.resize((size, size), Image.BICUBIC), dtype=np.float64) / 255.0
+    else:  # soft stripes of random frequency and direction
+        angle, freq = rng.uniform(0, np.pi), rng.uniform(2, 8)
+        t = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle)))
+    t = np.clip(t, 0, 1)[..., None]
+    return c1 * (1 - t) + c2 * t
+
+
+def _polygon(name: str, cx: float, cy: float, r: float, theta: float) -> list[tuple[float, float]]:
+    """Vertices of a shape of radius ``r`` centred at ``(cx, cy)``, rotated by ``theta``."""
+    if name == "square":
+        pts = [(r * np.cos(a), r * np.sin(a)) for a in np.pi / 4 + np.arange(4) * np.pi / 2]
+    elif name == "triangle":
+        pts = [(1.1 * r * np.cos(a), 1.1 * r * np.sin(a)) for a in np.arange(3) * 2 * np.pi / 3]
+    elif name == "star":
+        radii = np.where(np.arange(10) % 2 == 0, r * 1.1, r * 0.45)
+        pts = [(q * np.cos(a), q * np.sin(a)) for q, a in zip(radii, np.arange(10) * np.pi / 5)]
+    else:  # cross: a plus sign with arms of half-width w
+        w = 0.33 * r
+        pts = [(w, r), (w, w), (r, w), (r, -w), (w, -w), (w, -r)]
+        pts += [(-x, -y) for x, y in pts]
+    cos, sin = np.cos(theta), np.sin(theta)
+    return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in pts]
+
+
+def _shape_mask(rng: np.random.Generator, name: str, size: int) -> np.ndarray:
+    """A ``(size, size)`` anti-aliased coverage mask in 0..1 of one randomly placed shape."""
+    big = size * _SUPERSAMPLE
+    r = big * rng.uniform(0.18, 0.3)
+    cx, cy = big * rng.uniform(0.35, 0.65, size=2)
+    theta = rng.uniform(0, 2 * np.pi)
+    mask = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(mask)
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if name == "circle":
+        draw.ellipse(box, fill=255)
+    elif name == "ring":
+        draw.ellipse(box, outline=255, width=max(2, round(0.32 * r)))
+    else:
+        draw.polygon(_polygon(name, cx, cy, r, theta), fill=255)
+    small = mask.resize((size, size), Image.BOX)
+    return np.asarray(small, dtype=np.float64)[..., None] / 255.0
+
+
+def render_demo_image(class_index: int, rng: np.random.Generator, image_size: int) -> Image.Image:
+    """Draw one demo image of class ``DEMO_CLASSES[class_index]``.
+
+    Args:
+        class_index: Index into ``DEMO_CLASSES``.
+        rng: Source of all randomness (seed it for reproducible images).
+        image_size: Side of the square image in pixels.
+
+    Returns:
+        An RGB image.
+    """
+    background = _background(rng, image_size)
+    hue = class_index / len(DEMO_CLASSES) + rng.uniform(-0.04, 0.04)
+    colour = _hsv255(hue, rng.uniform(0.65, 1.0), rng.uniform(0.7, 1.0))
+    mask = _shape_mask(rng, DEMO_CLASSES[class_index], image_size)
+    pixels = background * (1 - mask) + colour * mask
+    pixels += rng.normal(0, rng.uniform(3, 12), size=pixels.shape)
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="RGB")
+
+
+def _write_images(folder: Path, *, image_size: int, counts: dict[str, int], seed: int) -> None:
+    for split_id, (split, count) in enumerate(counts.items()):
+        for class_index, name in enumerate(DEMO_CLASSES):
+            class_dir = folder / split / name
+            class_dir.mkdir(parents=True)
+            for i in range(count):
+                rng = np.random.default_rng([seed, split_id, class_index, i])
+                render_demo_image(class_index, rng, image_size).save(class_dir / f"{i:04d}.png")
+
+
+def _check_args(image_size: int, train_per_class: int, val_per_class: int) -> None:
+    for key, value, low in (
+        ("image_size", image_size, 16),
+        ("train_per_class", train_per_class, 1),
+        ("val_per_class", val_per_class, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"demo {key} must be an integer >= {low}, got {value!r}. Fix: set data.{key}.")
+
+
+def ensure_demo(
+    root: str | Path | None = None,
+    *,
+    image_size: int = 128,
+    train_per_class: int = 40,
+    val_per_class: int = 12,
+    seed: int = 0,
+) -> Path:
+    """Generate the demo dataset once (deterministically) and return its folder.
+
+    Args:
+        root: Where to write it; ``None``: see :func:`default_demo_root`.
+        image_size: Side of the square images in pixels.
+        train_per_class: Training images per class.
+        val_per_class: Validation images per class.
+        seed: Seed of the generator; the same arguments give the same pixels.
+
+    Returns:
+        The dataset folder, holding ``train/<class>/`` and ``val/<class>/``.
+
+    Raises:
+        FileExistsError: ``root`` exists, is not empty and is not a finished demo set.
+    """
+    _check_args(image_size, train_per_class, val_per_class)
+    if root is None:
+        root = default_demo_root(image_size, train_per_class, val_per_class, seed)
+    root = Path(root).expanduser()
+    if (root / MARKER).is_file():
+        return root
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(
+            f"Demo data root {root} exists but is not a finished demo dataset (no {MARKER} marker); "
+            "it is left untouched. Fix: delete it, or choose another data.root for the demo data."
+        )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        counts = {"train": train_per_class, "val": val_per_class}
+        _write_images(tmp, image_size=image_size, counts=counts, seed=seed)
+        info = {"version": DEMO_VERSION, "classes": list(DEMO_CLASSES), "image_size": image_size}
+        (tmp / MARKER).write_text(json.dumps({**info, **counts, "seed": seed}) + "\n")
+        tmp.chmod(0o755)
+        try:
+            os.rename(tmp, root)  # atomic; replaces an empty folder
+        except OSError:
+            if not (root / MARKER).is_file():  # not another process finishing first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root

@@ -1,0 +1,252 @@
+"""Samples, train/val/test splits, and the start-up checks every dataset reader shares.
+
+A reader (folder, CSV, demo) turns its source into tagged :class:`Sample` lists and calls
+:func:`assemble_splits`, which validates the options, drops unreadable images (skipped
+and counted, per the project's policy: never a crash mid-epoch) and carves a seeded,
+stratified validation split when the source has none.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from b4transfer.data.images import ImageLoadError, check_image
+
+log = logging.getLogger(__name__)
+
+ON_BAD_IMAGE_OPTIONS = ("skip", "error")
+DEFAULT_CHECK_THREADS = min(8, os.cpu_count() or 1)
+_SHOW = 5  # how many offending files a message lists
+
+
+@dataclass
+class Sample:
+    """One labelled image.
+
+    Args:
+        path: Image file.
+        target: Class index, or a tuple of class indices for multi-label data.
+    """
+
+    path: Path
+    target: int | tuple[int, ...]
+
+
+@dataclass
+class DatasetSplits:
+    """Everything a data module needs: class names and the train/val/test samples.
+
+    Args:
+        class_names: Class names; a target ``i`` means ``class_names[i]``.
+        train: Training samples.
+        val: Validation samples.
+        test: Test samples (may be empty).
+        multi_label: Whether targets are tuples of class indices.
+        skipped: ``(path, reason)`` for every unreadable image left out.
+    """
+
+    class_names: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample] = field(default_factory=list)
+    multi_label: bool = False
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+
+def _labels(target: int | tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(target) if isinstance(target, (tuple, list)) else (int(target),)
+
+
+def class_counts(samples: Iterable[Sample], num_classes: int) -> list[int]:
+    """Images per class (multi-label samples count once for each of their labels).
+
+    Args:
+        samples: Samples to count.
+        num_classes: Length of the returned list.
+
+    Returns:
+        ``counts[i]`` = number of samples labelled with class ``i``.
+    """
+    counts = [0] * num_classes
+    for sample in samples:
+        for label in _labels(sample.target):
+            counts[label] += 1
+    return counts
+
+
+def check_val_fraction(val_fraction: float) -> None:
+    """Raise ValueError unless ``0 < val_fraction < 1``."""
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
+        raise ValueError(
+            f"data.val_fraction must be a number between 0 and 1, got {val_fraction!r}. "
+            "Fix: set e.g. data.val_fraction=0.2."
+        )
+    if not 0 < val_fraction < 1:
+        raise ValueError(
+            f"data.val_fraction must be strictly between 0 and 1, got {val_fraction}. "
+            "Fix: set e.g. data.val_fraction=0.2 (20% of each class goes to validation)."
+        )
+
+
+def stratified_split(
+    samples: Sequence[Sample], *, val_fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Split samples into train and val, per class (by first label), reproducibly.
+
+    Each class sends ``round(n * val_fraction)`` samples to val, at least one when it
+    has two or more and never all of them; a class with one sample stays in train.
+    Both outputs keep the input order.
+
+    Args:
+        samples: Samples to split.
+        val_fraction: Fraction of each class for validation, in (0, 1).
+        seed: Seed of the shuffle; the same seed and input give the same split.
+
+    Returns:
+        ``(train, val)``.
+    """
+    check_val_fraction(val_fraction)
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for i, sample in enumerate(samples):
+        labels = _labels(sample.target)
+        by_class[labels[0] if labels else -1].append(i)
+    rng = random.Random(seed)
+    val_idx: set[int] = set()
+    for label in sorted(by_class):
+        idx = by_class[label]
+        n_val = min(max(round(len(idx) * val_fraction), 1), len(idx) - 1)
+        val_idx.update(rng.sample(idx, n_val))
+    train = [s for i, s in enumerate(samples) if i not in val_idx]
+    val = [s for i, s in enumerate(samples) if i in val_idx]
+    return train, val
+
+
+def check_on_bad_image(on_bad_image: str) -> None:
+    """Raise ValueError unless ``on_bad_image`` is one of ``ON_BAD_IMAGE_OPTIONS``."""
+    if on_bad_image not in ON_BAD_IMAGE_OPTIONS:
+        raise ValueError(
+            f"data.on_bad_image={on_bad_image!r} is not an option; choose one of "
+            f"{list(ON_BAD_IMAGE_OPTIONS)}. Fix: data.on_bad_image=skip leaves unreadable "
+            "images out (and counts them), data.on_bad_image=error stops at start-up."
+        )
+
+
+def _listing(bad: Sequence[tuple[Path, str]]) -> str:
+    shown = "; ".join(f"{path}: {reason}" for path, reason in bad[:_SHOW])
+    more = f"; ... and {len(bad) - _SHOW} more" if len(bad) > _SHOW else ""
+    return shown + more
+
+
+def drop_unreadable(
+    samples: Sequence[Sample], *, on_bad_image: str = "skip", num_threads: int = DEFAULT_CHECK_THREADS
+) -> tuple[list[Sample], list[tuple[Path, str]]]:
+    """Decode every image once at start-up and leave out (or refuse) unreadable ones.
+
+    Args:
+        samples: Samples to check.
+        on_bad_image: ``"skip"``: drop bad images and log one warning with their count
+            and the first few paths; ``"error"``: raise naming them.
+        num_threads: Decoding threads (PIL releases the GIL while decoding).
+
+    Returns:
+        ``(good_samples, skipped)`` where ``skipped`` holds ``(path, reason)``.
+
+    Raises:
+        ImageLoadError: ``on_bad_image="error"`` and some image is unreadable.
+    """
+    check_on_bad_image(on_bad_image)
+    paths = [s.path for s in samples]
+    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+        reasons = list(pool.map(check_image, paths))
+    good = [s for s, r in zip(samples, reasons) if r is None]
+    bad = [(s.path, r) for s, r in zip(samples, reasons) if r is not None]
+    if bad and on_bad_image == "error":
+        raise ImageLoadError(
+            bad[0][0],
+            f"{bad[0][1]} ({len(bad)} unreadable image(s) of {len(samples)}: {_listing(bad)})",
+            fix="re-save or delete these files, or set data.on_bad_image=skip to leave them out",
+        )
+    if bad:
+        log.warning(
+            "Skipped %d unreadable image(s) of %d (data.on_bad_image=skip): %s. "
+            "HINT: re-save or delete them, or set data.on_bad_image=error to stop instead.",
+            len(bad),
+            len(samples),
+            _listing(bad),
+        )
+    return good, bad
+
+
+def check_class_count(class_names: Sequence[str], source: str | Path) -> None:
+    """Raise ValueError when fewer than two classes were found.
+
+    Args:
+        class_names: Classes found.
+        source: Where they were found (folder or file), for the message.
+    """
+    if len(class_names) < 2:
+        raise ValueError(
+            f"{source}: found {len(class_names)} class(es) {list(class_names)}, but classification "
+            "needs at least 2. Fix: add images of at least one more class (one sub-folder or label "
+            "per class), or point data.root / data.csv at the right dataset."
+        )
+
+
+def assemble_splits(
+    class_names: list[str],
+    tagged: dict[str, list[Sample]],
+    *,
+    source: str | Path,
+    val_fraction: float,
+    seed: int,
+    on_bad_image: str,
+    multi_label: bool = False,
+) -> DatasetSplits:
+    """Drop unreadable images, then split train into train/val when no val was given.
+
+    Args:
+        class_names: Class names (at least two).
+        tagged: Samples under the keys ``"train"``, ``"val"``, ``"test"`` (any may be missing).
+        source: Dataset folder or file, for messages.
+        val_fraction: Used only when ``tagged`` has no val samples.
+        seed: Seed of that split.
+        on_bad_image: ``"skip"`` or ``"error"``, see :func:`drop_unreadable`.
+        multi_label: Whether targets are tuples.
+
+    Returns:
+        The assembled splits.
+    """
+    check_class_count(class_names, source)
+    check_val_fraction(val_fraction)
+    check_on_bad_image(on_bad_image)
+    names = ("train", "val", "test")
+    everything = [s for name in names for s in tagged.get(name, [])]
+    good, skipped = drop_unreadable(everything, on_bad_image=on_bad_image)
+    good_ids = {id(s) for s in good}
+    parts = {name: [s for s in tagged.get(name, []) if id(s) in good_ids] for name in names}
+    if not parts["val"]:
+        log.info(
+            "%s: no validation split given; holding out %.0f%% of train per class (seed %d).",
+            source,
+            100 * val_fraction,
+            seed,
+        )
+        parts["train"], parts["val"] = stratified_split(parts["train"], val_fraction=val_fraction, seed=seed)
+    empty = [name for name, n in zip(class_names, class_counts(parts["train"], len(class_names))) if not n]
+    if empty:
+        log.warning(
+            "%s: class(es) %s have no training images; the model can never learn them.", source, empty
+        )
+    return DatasetSplits(class_names, parts["train"], parts["val"], parts["test"], multi_label, skipped)

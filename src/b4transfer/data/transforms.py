@@ -1,0 +1,87 @@
+"""Image transforms: thin wrappers over ``timm.data.create_transform``.
+
+The model decides the input size, interpolation, mean/std and crop (its timm data
+config, e.g. from ``timm.data.resolve_model_data_config``); the user decides the
+augmentation, passed through as timm's own training keyword arguments.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from timm.data import create_transform
+
+# Keys of a timm data config that create_transform understands.
+DATA_CFG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+DEFAULT_AUGMENT: dict[str, Any] = {"hflip": 0.5}
+# Keys of create_transform that the data configs own, so `augment` may not set them.
+_RESERVED = {*DATA_CFG_KEYS, "is_training"}
+
+
+def augment_options() -> list[str]:
+    """Keyword arguments of ``timm.data.create_transform`` that ``augment`` may set."""
+    params = inspect.signature(create_transform).parameters
+    return sorted(name for name in params if name not in _RESERVED)
+
+
+def _check_augment(augment: Mapping[str, Any]) -> dict[str, Any]:
+    options = augment_options()
+    unknown = sorted(set(augment) - set(options))
+    if unknown:
+        raise ValueError(
+            f"data.augment has unknown key(s) {unknown}. Fix: use timm.data.create_transform's "
+            f"training arguments: {options} (input size, mean/std and crop come from the model)."
+        )
+    return dict(augment)
+
+
+def _data_cfg(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    if "input_size" not in cfg:
+        raise ValueError(
+            f"{name} has no 'input_size' (got keys {sorted(cfg)}). Fix: pass a timm data config, "
+            "e.g. timm.data.resolve_model_data_config(model)."
+        )
+    return {key: cfg[key] for key in DATA_CFG_KEYS if key in cfg and cfg[key] is not None}
+
+
+def build_transforms(
+    *,
+    train_cfg: Mapping[str, Any],
+    eval_cfg: Mapping[str, Any],
+    augment: Mapping[str, Any] | None = None,
+) -> tuple[Callable, Callable]:
+    """Build the training and evaluation transforms (PIL image -> normalised tensor).
+
+    Args:
+        train_cfg: timm data config for training (``input_size``, ``interpolation``,
+            ``mean``, ``std``, ...).
+        eval_cfg: timm data config for evaluation (``crop_pct``, ``crop_mode`` matter).
+        augment: timm training kwargs, e.g. ``scale``, ``hflip``, ``color_jitter``,
+            ``auto_augment``, ``re_prob``; ``None``: timm's defaults with ``hflip=0.5``.
+
+    Returns:
+        ``(train_transform, eval_transform)``.
+    """
+    aug = _check_augment(DEFAULT_AUGMENT if augment is None else augment)
+    train_tf = create_transform(**_data_cfg(train_cfg, "train_cfg"), is_training=True, **aug)
+    eval_tf = create_transform(**_data_cfg(eval_cfg, "eval_cfg"), is_training=False)
+    return train_tf, eval_tf
+
+
+def draft_size_for(cfg: Mapping[str, Any]) -> tuple[int, int]:
+    """JPEG draft-decoding size for a data config: twice its largest input side, square.
+
+    Decoding at >= 2x the model's input keeps enough detail for random-resized crops
+    while making large photos many times cheaper to decode.
+
+    Args:
+        cfg: timm data config with ``input_size`` as ``(C, H, W)``, ``(H, W)`` or an int.
+
+    Returns:
+        ``(width, height)`` for :func:`b4transfer.data.images.load_rgb`.
+    """
+    size = cfg["input_size"]
+    side = max(size[-2:]) if isinstance(size, (tuple, list)) else int(size)
+    return 2 * side, 2 * side
