@@ -135,6 +135,24 @@ def _check_args(image_size: int, train_per_class: int, val_per_class: int) -> No
             raise ValueError(f"demo {key} must be an integer >= {low}, got {value!r}. Fix: set data.{key}.")
 
 
+def _write_atomically(root: Path, *, image_size: int, counts: dict[str, int], seed: int) -> None:
+    """Generate into a temp folder beside ``root``, marker last, then rename it into place."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        _write_images(tmp, image_size=image_size, counts=counts, seed=seed)
+        info = {"version": DEMO_VERSION, "classes": list(DEMO_CLASSES), "image_size": image_size}
+        (tmp / MARKER).write_text(json.dumps({**info, **counts, "seed": seed}) + "\n")
+        tmp.chmod(0o755)
+        try:
+            os.rename(tmp, root)  # atomic; replaces an empty folder
+        except OSError:
+            if not (root / MARKER).is_file():  # not another process finishing first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def ensure_demo(
     root: str | Path | None = None,
     *,
@@ -169,19 +187,7 @@ def ensure_demo(
             f"Demo data root {root} exists but is not a finished demo dataset (no {MARKER} marker); "
             "it is left untouched. Fix: delete it, or choose another data.root for the demo data."
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        counts = {"train": train_per_class, "val": val_per_class}
-        _write_images(tmp, image_size=image_size, counts=counts, seed=seed)
-        info = {"version": DEMO_VERSION, "classes": list(DEMO_CLASSES), "image_size": image_size}
-        (tmp / MARKER).write_text(json.dumps({**info, **counts, "seed": seed}) + "\n")
-        tmp.chmod(0o755)
-        try:
-            os.rename(tmp, root)  # atomic; replaces an empty folder
-        except OSError:
-            if not (root / MARKER).is_file():  # not another process finishing first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _write_atomically(
+        root, image_size=image_size, counts={"train": train_per_class, "val": val_per_class}, seed=seed
+    )
     return root
