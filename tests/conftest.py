@@ -14,7 +14,9 @@ from b4transfer.cli import config_dir
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
 
 
-def make_image_folder(root: Path, *, per_class: int = 8, size: int = 40, classes=COLOURS, seed: int = 0) -> Path:
+def make_image_folder(
+    root: Path, *, per_class: int = 8, size: int = 40, classes=COLOURS, seed: int = 0
+) -> Path:
     """``root/<class>/<i>.png``: noisy images whose mean colour gives the class away."""
     rng = np.random.default_rng(seed)
     for name, colour in classes.items():

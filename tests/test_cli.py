@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import timm
 from safetensors.torch import save_file
-
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +25,11 @@ def cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> s
     full_env = {**os.environ, "B4TRANSFER_CACHE": str(cwd / "cache"), **(env or {})}
     return subprocess.run(
         [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -44,8 +47,16 @@ def test_train_then_predict_and_embed_with_a_local_weights_file(tmp_path, image_
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() and (tmp_path / "train" / "export" / "model.safetensors").is_file()
 
-    _ok(cli(*common, "mode=predict", f"ckpt_path={ckpt}", f"predict.input={image_folder}",
-            f"hydra.run.dir={tmp_path / 'predict'}", cwd=tmp_path))
+    _ok(
+        cli(
+            *common,
+            "mode=predict",
+            f"ckpt_path={ckpt}",
+            f"predict.input={image_folder}",
+            f"hydra.run.dir={tmp_path / 'predict'}",
+            cwd=tmp_path,
+        )
+    )
     with open(tmp_path / "predict" / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 24
@@ -53,8 +64,16 @@ def test_train_then_predict_and_embed_with_a_local_weights_file(tmp_path, image_
     assert all(r["label1"] in {"red", "green", "blue"} for r in rows)
     assert all(abs(sum(float(r[f"prob{k}"]) for k in (1, 2, 3)) - 1) < 1e-4 for r in rows)
 
-    _ok(cli(*common, "mode=embed", f"ckpt_path={ckpt}", f"predict.input={image_folder / 'red'}",
-            f"hydra.run.dir={tmp_path / 'embed'}", cwd=tmp_path))
+    _ok(
+        cli(
+            *common,
+            "mode=embed",
+            f"ckpt_path={ckpt}",
+            f"predict.input={image_folder / 'red'}",
+            f"hydra.run.dir={tmp_path / 'embed'}",
+            cwd=tmp_path,
+        )
+    )
     emb = np.load(tmp_path / "embed" / "embeddings.npy")
     assert emb.shape == (8, 256) and np.isfinite(emb).all()
     with open(tmp_path / "embed" / "embeddings.csv", newline="") as f:
@@ -63,10 +82,20 @@ def test_train_then_predict_and_embed_with_a_local_weights_file(tmp_path, image_
 
 
 def test_pretrained_without_network_fails_fast_with_the_three_ways_out(tmp_path):
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
+    }
     start = time.perf_counter()
-    proc = cli("model.pretrained=true", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}",
-               cwd=tmp_path, env=env, timeout=60)
+    proc = cli(
+        "model.pretrained=true",
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
     elapsed = time.perf_counter() - start
     assert proc.returncode != 0
     assert elapsed < 10, f"took {elapsed:.1f}s"
@@ -85,13 +114,22 @@ def test_console_script_prints_the_composed_config(tmp_path):
     exe = shutil.which("b4transfer")
     if exe is None:
         pytest.skip("package not installed with its console script")
-    proc = subprocess.run([exe, "--cfg", "job", "model=test_efficientnet"], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=60)
+    proc = subprocess.run(
+        [exe, "--cfg", "job", "model=test_efficientnet"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "name: test_efficientnet" in proc.stdout and "mode: train" in proc.stdout
 
 
 def test_summary_json_is_written_by_the_cli(tmp_path, image_folder):
-    _ok(cli(*TINY, "data=folder", f"data.root={image_folder}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path))
+    _ok(
+        cli(
+            *TINY, "data=folder", f"data.root={image_folder}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
+        )
+    )
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["epochs"] == 1 and (tmp_path / "r" / ".hydra" / "config.yaml").is_file()

@@ -9,10 +9,10 @@ import pytest
 import timm
 import torch
 from hydra.errors import ConfigCompositionException
+from tests.conftest import TINY, compose_cfg
 
 from b4transfer.module import load_module
 from b4transfer.train import run, train
-from tests.conftest import TINY, compose_cfg
 
 
 def _rows(path):
@@ -59,7 +59,9 @@ def test_export_reloads_in_plain_timm_with_identical_logits(tiny_cfg, tmp_path):
 def test_resume_from_last_checkpoint_continues_the_run(tiny_cfg, tmp_path):
     first = train(tiny_cfg())
     resumed = train(
-        tiny_cfg("trainer.max_epochs=2", f"ckpt_path={first['last_checkpoint']}", f"run_dir={tmp_path / 'r2'}")
+        tiny_cfg(
+            "trainer.max_epochs=2", f"ckpt_path={first['last_checkpoint']}", f"run_dir={tmp_path / 'r2'}"
+        )
     )
     assert resumed["epochs"] == 2
     assert resumed["global_step"] == 2 * first["global_step"]
@@ -101,7 +103,9 @@ def test_unknown_mode_is_rejected(tiny_cfg):
 def test_validate_and_test_modes_report_metrics(tiny_cfg, tmp_path):
     summary = train(tiny_cfg())
     for mode in ("validate", "test"):
-        result = run(tiny_cfg(f"mode={mode}", f"ckpt_path={summary['last_checkpoint']}", f"run_dir={tmp_path / mode}"))
+        result = run(
+            tiny_cfg(f"mode={mode}", f"ckpt_path={summary['last_checkpoint']}", f"run_dir={tmp_path / mode}")
+        )
         assert 0.0 <= result["metrics"][f"{'val' if mode == 'validate' else 'test'}/acc1"] <= 1.0
 
 
@@ -113,7 +117,9 @@ def test_multi_label_csv_trains(tmp_path, image_folder):
     (image_folder / "labels.csv").write_text("\n".join(rows) + "\n")
     cfg = compose_cfg(
         *TINY,
-        "data=csv", f"data.csv={image_folder / 'labels.csv'}", "data.multi_label=true",
+        "data=csv",
+        f"data.csv={image_folder / 'labels.csv'}",
+        "data.multi_label=true",
         f"run_dir={tmp_path / 'run'}",
     )
     summary = train(cfg)

@@ -46,8 +46,13 @@ def param_groups(
         for suffix, params, wd in (("", decay, weight_decay), ("_no_decay", no_decay, 0.0)):
             if params:
                 groups.append(
-                    {"name": name + suffix, "params": params, "lr": lr * mult, "weight_decay": wd,
-                     "lr_scale": mult}
+                    {
+                        "name": name + suffix,
+                        "params": params,
+                        "lr": lr * mult,
+                        "weight_decay": wd,
+                        "lr_scale": mult,
+                    }
                 )
     return groups
 

@@ -42,11 +42,14 @@ def list_images(source: str | Path | None) -> list[Path]:
         )
     path = Path(source).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"predict.input={str(source)!r} does not exist. Pass an image file or a folder.")
+        raise FileNotFoundError(
+            f"predict.input={str(source)!r} does not exist. Pass an image file or a folder."
+        )
     if path.is_file():
         return [path]
     paths = sorted(
-        p for p in path.rglob("*")
+        p
+        for p in path.rglob("*")
         if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".")
     )
     if not paths:
@@ -68,7 +71,9 @@ def _run_predict(cfg: DictConfig, module: TransferModule, paths: list[Path], run
     batch_size = int(cfg.predict.get("batch_size") or cfg.data.batch_size)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers(cfg))
     trainer_cfg = {**_plain(cfg.trainer), "devices": 1, "strategy": "auto"}
-    trainer = L.Trainer(**trainer_cfg, logger=False, enable_checkpointing=False, default_root_dir=str(run_dir))
+    trainer = L.Trainer(
+        **trainer_cfg, logger=False, enable_checkpointing=False, default_root_dir=str(run_dir)
+    )
     outputs = trainer.predict(module, dataloaders=loader)
     index = torch.cat([o["index"] for o in outputs])
     values = torch.cat([o[output] for o in outputs])
@@ -96,8 +101,13 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             for p, i in zip(ps, ids):
                 row += [module.class_names[i], f"{p:.6f}"]
             writer.writerow(row)
-    summary = {"mode": "predict", "checkpoint": ckpt, "images": len(paths), "skipped_images": skipped,
-               "predictions": str(out)}
+    summary = {
+        "mode": "predict",
+        "checkpoint": ckpt,
+        "images": len(paths),
+        "skipped_images": skipped,
+        "predictions": str(out),
+    }
     write_summary(run_dir, summary)
     log.info("Wrote %d predictions to %s", len(paths), out)
     return summary
@@ -122,7 +132,13 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
         writer = csv.writer(f)
         writer.writerow(["row", "path"])
         writer.writerows((i, str(p)) for i, p in enumerate(paths))
-    summary = {"mode": "embed", "checkpoint": ckpt, "images": len(paths), "skipped_images": skipped,
-               "shape": list(features.shape), "embeddings": str(run_dir / "embeddings.npy")}
+    summary = {
+        "mode": "embed",
+        "checkpoint": ckpt,
+        "images": len(paths),
+        "skipped_images": skipped,
+        "shape": list(features.shape),
+        "embeddings": str(run_dir / "embeddings.npy"),
+    }
     write_summary(run_dir, summary)
     return summary

@@ -85,7 +85,10 @@ def build_splits(cfg: DictConfig) -> DatasetSplits:
         )
     log.info(
         "Data: %d classes, %d train / %d val / %d test images%s",
-        splits.num_classes, len(splits.train), len(splits.val), len(splits.test),
+        splits.num_classes,
+        len(splits.train),
+        len(splits.val),
+        len(splits.test),
         f", {len(splits.skipped)} unreadable skipped" if splits.skipped else "",
     )
     return splits
