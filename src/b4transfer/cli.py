@@ -7,6 +7,7 @@ repository's ``conf/`` (shipped inside the package as ``b4transfer.conf`` when i
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,10 +25,23 @@ def config_dir() -> str:
     return str(files("b4transfer.conf"))
 
 
+# Errors that describe bad input or configuration: shown as one message, no traceback.
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+
 def _main(cfg: DictConfig) -> None:
+    from b4transfer.backbone import PretrainedWeightsUnavailable
     from b4transfer.train import run
 
-    run(cfg)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).propagate = False  # they print themselves; no second copy via Hydra
+    try:
+        run(cfg)
+    except (*_USER_ERRORS, PretrainedWeightsUnavailable) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"\nb4transfer: error: {err}\n(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main() -> None:

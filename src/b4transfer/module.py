@@ -26,6 +26,16 @@ def _sanitize(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
 
+def build_backbone(model: dict[str, Any]) -> torch.nn.Module:
+    """The classification backbone described by a ``model`` config (pooled features out)."""
+    return create_backbone(
+        model["name"],
+        pretrained=model.get("pretrained", False),
+        weights=model.get("weights"),
+        drop_path_rate=model.get("drop_path_rate", 0.0),
+    )
+
+
 class TransferModule(L.LightningModule):
     """Fine-tunes a pretrained timm backbone with a task head.
 
@@ -39,6 +49,8 @@ class TransferModule(L.LightningModule):
         data: overrides of the backbone's pretrained data config (``image_size``, ``eval_image_size``,
             ``crop_pct``, ...); the resolved ``{"train": ..., "eval": ...}`` is ``self.data_config``.
         multi_label: several labels per image.
+        backbone: an already built backbone (from :func:`build_backbone` with the same ``model``);
+            lets a run check the weights before it scans the data.
     """
 
     def __init__(
@@ -51,22 +63,15 @@ class TransferModule(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
         multi_label: bool = False,
+        backbone: torch.nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        model = dict(model)
-        head_drop = model.pop("drop_rate", 0.0)
-        self.backbone = create_backbone(
-            model.pop("name"),
-            pretrained=model.pop("pretrained", False),
-            weights=model.pop("weights", None),
-            drop_path_rate=model.pop("drop_path_rate", 0.0),
-            **model,
-        )
+        self.save_hyperparameters(ignore=["backbone"])
+        self.backbone = backbone if backbone is not None else build_backbone(model)
         self.head = ClassificationHead(
             self.backbone.num_features,
             len(class_names),
-            drop_rate=head_drop,
+            drop_rate=model.get("drop_rate", 0.0),
             multi_label=multi_label,
             **(head or {}),
         )

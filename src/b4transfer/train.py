@@ -23,7 +23,7 @@ from b4transfer.callbacks import ThroughputMeter
 from b4transfer.data.datamodule import ClassificationDataModule
 from b4transfer.data.splits import DatasetSplits
 from b4transfer.export import export_timm
-from b4transfer.module import TransferModule, load_module
+from b4transfer.module import TransferModule, build_backbone, load_module
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,9 @@ def data_overrides(cfg: DictConfig) -> dict[str, Any]:
     return {k: _plain(cfg.data.get(k)) for k in keys if cfg.data.get(k) is not None}
 
 
-def build_module(cfg: DictConfig, splits: DatasetSplits) -> TransferModule:
+def build_module(cfg: DictConfig, splits: DatasetSplits, backbone=None) -> TransferModule:
     return TransferModule(
+        backbone=backbone,
         class_names=list(splits.class_names),
         model=_plain(cfg.model),
         head=_plain(cfg.get("head")) or {},
@@ -184,8 +185,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt = resolve_ckpt(cfg, required=False)
     run_dir = prepare_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
+    backbone = build_backbone(_plain(cfg.model))  # weights problems surface before the data scan
     splits = build_splits(cfg)
-    module = build_module(cfg, splits)
+    module = build_module(cfg, splits, backbone)
     datamodule = build_datamodule(cfg, splits, module)
     meter = ThroughputMeter()
     trainer = build_trainer(cfg, run_dir, extra_callbacks=[meter])
