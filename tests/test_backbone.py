@@ -80,6 +80,7 @@ def test_b4_feature_maps_strides_and_trunk(b4):
     assert feature_reductions(feats) == [2, 4, 8, 16, 32]
     assert tuple(trunk.shape) == (1, 1792, 10, 10)
     assert b4.num_features == 1792 and tuple(pooled.shape) == (1, 1792)
+    assert resolve_data_configs(feats) == resolve_data_configs(b4)  # features_only keeps the test size
 
 
 def test_b4_data_configs_match_model_card_and_timm(b4):

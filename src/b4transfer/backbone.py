@@ -245,6 +245,11 @@ def _build_pretrained(name: str, kwargs: dict, hub_timeout: float) -> nn.Module:
         cached = _find_cached_weights(cfg)
     if cached is not None:
         _logger.info("Loading pretrained %s weights from the local cache: %s", name, cached)
+        if kwargs.get("features_only") and not cfg.custom_load:
+            # timm loads feature extractors non-strictly (and warns about the head keys): check every key
+            model = _build(name, kwargs)
+            _load_weights_file(model, cached, name=name, features_only=True)
+            return model
         overlay = {"file": str(cached), "custom_load": cfg.custom_load}
         return _build(name, kwargs, pretrained=True, pretrained_cfg_overlay=overlay)
     endpoint = (os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT).rstrip("/")
