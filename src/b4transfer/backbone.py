@@ -74,7 +74,7 @@ def create_backbone(
     out_indices: tuple[int, ...] | None = None,
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
-    hub_timeout: float = 5.0,
+    hub_timeout: float = 3.0,
 ) -> nn.Module:
     """Build a timm backbone, with weights from a file, the local cache, the hub, or random init.
 

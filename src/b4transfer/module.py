@@ -143,9 +143,8 @@ class TransferModule(L.LightningModule):
         metric = self.val_metrics["confusion_matrix"]
         fig, ax = metric.plot(val=matrix.cpu(), labels=self.class_names)
         ax.set_title(f"{stage} confusion matrix, epoch {self.current_epoch}")
-        fig.tight_layout()
         out = Path(self.trainer.default_root_dir) / f"confusion_matrix_{stage}.png"
-        fig.savefig(out, dpi=100)
+        fig.savefig(out, dpi=100, bbox_inches="tight")
         plt.close(fig)
 
     # -------------------------------------------------------------- prediction
