@@ -17,6 +17,7 @@ import torch
 
 from b4transfer.backbone import create_backbone, resolve_data_configs
 from b4transfer.heads.classification import ClassificationHead
+from b4transfer.module_detection import DetectionSteps, check_task
 from b4transfer.optim import create_optimizer, create_scheduler, param_groups
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def build_backbone(model: dict[str, Any]) -> torch.nn.Module:
     )
 
 
-class TransferModule(L.LightningModule):
+class TransferModule(DetectionSteps, L.LightningModule):
     """Fine-tunes a pretrained timm backbone with a task head.
 
     Args:
@@ -51,6 +52,9 @@ class TransferModule(L.LightningModule):
         multi_label: several labels per image.
         backbone: an already built backbone (from :func:`build_backbone` with the same ``model``);
             lets a run check the weights before it scans the data.
+        task: ``classification`` or ``detection`` (a ``features_only`` backbone and a
+            :class:`~b4transfer.heads.detection.DetectionHead`; ``head`` holds its settings).
+        category_ids: detection: the data source's id of each class, for COCO results JSON.
     """
 
     def __init__(
@@ -64,9 +68,16 @@ class TransferModule(L.LightningModule):
         data: dict[str, Any] | None = None,
         multi_label: bool = False,
         backbone: torch.nn.Module | None = None,
+        task: str = "classification",
+        category_ids: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
+        self.task = check_task(task)
+        if task == "detection":
+            self._init_detection(class_names=class_names, model=model, head=head, data=data,
+                                 category_ids=category_ids, backbone=backbone)
+            return
         self.backbone = backbone if backbone is not None else build_backbone(model)
         self.head = ClassificationHead(
             self.backbone.num_features,
@@ -87,11 +98,15 @@ class TransferModule(L.LightningModule):
         """Pooled pre-logits features, (N, 3, H, W) -> (N, num_features)."""
         return self.backbone(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, targets: list[dict] | None = None):
+        if self.task == "detection":  # x: list of images; train mode returns the loss dict
+            return self.head(x, targets)
         return self.head(self.backbone(x))
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self.task == "detection":
+            return self._detection_training_step(batch)
         x, y = batch
         logits = self(x)
         loss = self.head.loss(logits, y)
@@ -102,6 +117,8 @@ class TransferModule(L.LightningModule):
         return loss
 
     def _eval_step(self, batch, metrics, stage: str) -> None:
+        if self.task == "detection":
+            return self._detection_eval_step(batch, metrics, stage)
         x, y = batch
         logits = self(x)
         self.log(f"{stage}/loss", self.head.loss(logits, y), prog_bar=True, batch_size=x.shape[0])
@@ -120,6 +137,8 @@ class TransferModule(L.LightningModule):
         self._log_metrics(self.test_metrics, "test")
 
     def _log_metrics(self, metrics, stage: str) -> None:
+        if self.task == "detection":
+            return self._log_detection_metrics(metrics, stage)
         values = metrics.compute()
         metrics.reset()
         for key, value in values.items():
@@ -149,6 +168,8 @@ class TransferModule(L.LightningModule):
 
     # -------------------------------------------------------------- prediction
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        if self.task == "detection":
+            return self._detection_predict_step(batch)
         x, index = batch
         features = self.backbone(x)
         if self.predict_output == "embedding":

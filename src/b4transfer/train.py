@@ -21,9 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from b4transfer.callbacks import ThroughputMeter
 from b4transfer.data.datamodule import ClassificationDataModule
+from b4transfer.data.detection_datamodule import DetectionDataModule
 from b4transfer.data.splits import DatasetSplits
 from b4transfer.export import export_timm
 from b4transfer.module import TransferModule, build_backbone, load_module
+from b4transfer.module_detection import build_feature_backbone, check_task
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,13 @@ def _plain(node: Any) -> Any:
 def build_splits(cfg: DictConfig) -> DatasetSplits:
     """Instantiate ``cfg.data.source`` (a function returning :class:`DatasetSplits`) and check it."""
     splits = instantiate(cfg.data.source)
+    task, kind = task_of(cfg), getattr(splits, "task", "classification")
+    if kind != task:
+        fix = "data=coco, data=yolo or data=demo_detection" if task == "detection" else "data=folder, data=csv or data=demo"
+        raise ValueError(
+            f"task={task} but the data source ({cfg.data.source._target_}) gives {kind} data. Fix: use {fix}, "
+            f"or task={kind}."
+        )
     if cfg.get("num_classes") is not None and int(cfg.num_classes) != splits.num_classes:
         raise ValueError(
             f"num_classes={cfg.num_classes} but the data holds {splits.num_classes} classes "
@@ -99,7 +108,30 @@ def data_overrides(cfg: DictConfig) -> dict[str, Any]:
     return {k: _plain(cfg.data.get(k)) for k in keys if cfg.data.get(k) is not None}
 
 
+def task_of(cfg: DictConfig) -> str:
+    return check_task(cfg.get("task") or "classification")
+
+
+def build_task_backbone(cfg: DictConfig):
+    """The configured backbone: the pooled trunk, or for detection the ``features_only`` maps."""
+    if task_of(cfg) == "detection":
+        return build_feature_backbone(_plain(cfg.model), _plain(cfg.head.get("feature_strides")) or (8, 16, 32))
+    return build_backbone(_plain(cfg.model))
+
+
 def build_module(cfg: DictConfig, splits: DatasetSplits, backbone=None) -> TransferModule:
+    if task_of(cfg) == "detection":
+        return TransferModule(
+            backbone=backbone,
+            task="detection",
+            class_names=list(splits.class_names),
+            category_ids=list(splits.category_ids),
+            model=_plain(cfg.model),
+            head=_plain(cfg.head),
+            optim=_plain(cfg.optim),
+            scheduler=_plain(cfg.get("scheduler")),
+            data={k: _plain(cfg.data.get(k)) for k in ("image_size", "mean", "std") if cfg.data.get(k) is not None},
+        )
     return TransferModule(
         backbone=backbone,
         class_names=list(splits.class_names),
@@ -120,6 +152,16 @@ def num_workers(cfg: DictConfig) -> int:
 
 def build_datamodule(cfg: DictConfig, splits: DatasetSplits, module: TransferModule):
     on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
+    if module.task == "detection":
+        return DetectionDataModule(
+            splits,
+            image_size=module.image_size,
+            mean=module.data_config["eval"]["mean"],
+            batch_size=int(cfg.data.batch_size),
+            num_workers=num_workers(cfg),
+            augment=_plain(cfg.data.get("augment")),
+            pin_memory=on_gpu,
+        )
     return ClassificationDataModule(
         splits,
         train_cfg=module.data_config["train"],
@@ -185,7 +227,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt = resolve_ckpt(cfg, required=False)
     run_dir = prepare_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    backbone = build_backbone(_plain(cfg.model))  # weights problems surface before the data scan
+    backbone = build_task_backbone(cfg)  # weights problems surface before the data scan
     splits = build_splits(cfg)
     module = build_module(cfg, splits, backbone)
     datamodule = build_datamodule(cfg, splits, module)
@@ -215,6 +257,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         else None,
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
     }
+    if module.task == "detection":
+        summary.update(category_ids=splits.category_ids, clipped_boxes=splits.clipped_boxes,
+                       dropped_boxes=splits.dropped_boxes)
     if trainer.is_global_zero:
         export_module = load_module(best) if best else module
         summary["export_dir"] = str(_export(export_module, run_dir / "export", checkpoint=best))
@@ -224,6 +269,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _export(module: TransferModule, out_dir: Path, *, checkpoint: str | None) -> Path:
+    if module.task == "detection":
+        from b4transfer.export_detection import export_detector
+
+        return export_detector(module, out_dir, extra={"checkpoint": checkpoint})
     return export_timm(
         backbone=module.backbone,
         head_fc=module.head.fc,
