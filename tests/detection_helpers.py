@@ -18,7 +18,9 @@ def write_image(path: Path, size=(64, 48), seed: int = 0) -> Path:
     return path
 
 
-def write_coco(root: Path, *, images, annotations, categories, name="instances_train.json", folder="train") -> Path:
+def write_coco(
+    root: Path, *, images, annotations, categories, name="instances_train.json", folder="train"
+) -> Path:
     """``root/annotations/<name>`` plus ``root/<folder>/<file_name>`` PNGs for every listed image."""
     for img in images:
         write_image(root / folder / img["file_name"], (img["width"], img["height"]), seed=img["id"])
@@ -36,12 +38,16 @@ def small_coco(root: Path, name="instances_train.json", folder="train") -> Path:
         {"id": 2, "image_id": 10, "category_id": 3, "bbox": [30, 8, 12, 30], "iscrowd": 0},
         {"id": 3, "image_id": 11, "category_id": 3, "bbox": [0, 0, 40, 40], "iscrowd": 1},
     ]
+    for ann in annotations:
+        ann["area"] = ann["bbox"][2] * ann["bbox"][3]
     categories = [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}]
-    return write_coco(root, images=images, annotations=annotations, categories=categories, name=name, folder=folder)
+    return write_coco(
+        root, images=images, annotations=annotations, categories=categories, name=name, folder=folder
+    )
 
 
 def coco_to_yolo(coco_root: Path, yolo_root: Path, splits=("train", "val")) -> Path:
-    """Convert a standard-layout COCO dataset (``annotations/instances_<split>.json`` + ``<split>/``) to YOLO."""
+    """Convert a standard-layout COCO set (``annotations/instances_<split>.json`` + ``<split>/``) to YOLO."""
     names = None
     for split in splits:
         data = json.loads((coco_root / "annotations" / f"instances_{split}.json").read_text())
@@ -60,8 +66,10 @@ def coco_to_yolo(coco_root: Path, yolo_root: Path, splits=("train", "val")) -> P
             lines = []
             for ann in per_image[img["id"]]:
                 x, y, bw, bh = ann["bbox"]
-                lines.append(f"{index[ann['category_id']]} {(x + bw / 2) / w:.17g} {(y + bh / 2) / h:.17g} "
-                             f"{bw / w:.17g} {bh / h:.17g}")
+                lines.append(
+                    f"{index[ann['category_id']]} {(x + bw / 2) / w:.17g} {(y + bh / 2) / h:.17g} "
+                    f"{bw / w:.17g} {bh / h:.17g}"
+                )
             label = (yolo_root / "labels" / split / img["file_name"]).with_suffix(".txt")
             label.parent.mkdir(parents=True, exist_ok=True)
             if lines:  # images without boxes get no label file (the YOLO convention for negatives)

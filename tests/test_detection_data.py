@@ -57,7 +57,9 @@ def test_coco_explicit_files_for_other_layouts(tmp_path):
 
 
 def test_coco_missing_layout_names_the_keys(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no annotations/instances_train\*.json.*data.train_json=FILE"):
+    with pytest.raises(
+        FileNotFoundError, match=r"no annotations/instances_train\*.json.*data.train_json=FILE"
+    ):
         coco_splits(tmp_path)
     small_coco(tmp_path, name="instances_train2017.json", folder="nowhere")
     with pytest.raises(FileNotFoundError, match=r"no image folder for it.*data.train_images=DIR"):
@@ -72,20 +74,26 @@ def _coco(tmp_path, annotations, images=None, categories=None):
 
 def test_coco_annotation_pointing_at_a_missing_image(tmp_path):
     path = _coco(tmp_path, [{"id": 5, "image_id": 99, "category_id": 1, "bbox": [1, 1, 5, 5]}])
-    with pytest.raises(ValueError, match=r"annotation id 5 points at image_id 99, which is not in 'images'.*Fix"):
+    with pytest.raises(
+        ValueError, match=r"annotation id 5 points at image_id 99, which is not in 'images'.*Fix"
+    ):
         read_coco(path, tmp_path / "train")
 
 
 def test_coco_image_file_missing_on_disk(tmp_path):
     path = _coco(tmp_path, [])
     (tmp_path / "train" / "a.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"1 of 1 image file\(s\) do not exist \(image id 1: .*a.png\).*Fix"):
+    with pytest.raises(
+        FileNotFoundError, match=r"1 of 1 image file\(s\) do not exist \(image id 1: .*a.png\).*Fix"
+    ):
         read_coco(path, tmp_path / "train")
 
 
 def test_coco_unknown_category_id(tmp_path):
     path = _coco(tmp_path, [{"id": 8, "image_id": 1, "category_id": 42, "bbox": [1, 1, 5, 5]}])
-    with pytest.raises(ValueError, match=r"annotation id 8 has category_id 42, which is not among the categories \[1\]"):
+    with pytest.raises(
+        ValueError, match=r"annotation id 8 has category_id 42, which is not among the categories \[1\]"
+    ):
         read_coco(path, tmp_path / "train")
 
 
@@ -108,7 +116,9 @@ def test_coco_val_categories_must_match_train(tmp_path):
     data = json.loads(val.read_text())
     data["categories"][0]["name"] = "wolf"
     val.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"instances_val.json: categories .* differ from the training file's"):
+    with pytest.raises(
+        ValueError, match=r"instances_val.json: categories .* differ from the training file's"
+    ):
         coco_splits(tmp_path)
 
 

@@ -20,15 +20,23 @@ TINY = {"name": "test_efficientnet", "pretrained": False}
 
 def _module(detector: str, **head) -> TransferModule:
     torch.manual_seed(0)
-    return TransferModule(class_names=["a", "b", "c"], model=TINY, task="detection", data={"image_size": 64},
-                          head={"detector": detector, "fpn_channels": 32, **head})
+    return TransferModule(
+        class_names=["a", "b", "c"],
+        model=TINY,
+        task="detection",
+        data={"image_size": 64},
+        head={"detector": detector, "fpn_channels": 32, **head},
+    )
 
 
 def _target(boxes, labels, crowd=None):
     boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     labels = torch.tensor(labels, dtype=torch.int64)
-    return {"boxes": boxes, "labels": labels,
-            "iscrowd": torch.zeros_like(labels) if crowd is None else torch.tensor(crowd)}
+    return {
+        "boxes": boxes,
+        "labels": labels,
+        "iscrowd": torch.zeros_like(labels) if crowd is None else torch.tensor(crowd),
+    }
 
 
 @pytest.mark.parametrize("detector", ["retinanet", "fcos", "faster_rcnn"])
@@ -62,12 +70,18 @@ def test_eval_output_is_boxes_scores_labels_in_the_input_images_pixels(detector)
     for det, (height, width) in zip(out, [(96, 128), (64, 64)]):
         assert set(det) == {"boxes", "scores", "labels"}
         n = len(det["boxes"])
-        assert 0 < n <= 50 and det["boxes"].shape == (n, 4) and det["scores"].shape == det["labels"].shape == (n,)
+        assert (
+            0 < n <= 50
+            and det["boxes"].shape == (n, 4)
+            and det["scores"].shape == det["labels"].shape == (n,)
+        )
         boxes = det["boxes"]
         assert (boxes[:, 2:] >= boxes[:, :2]).all()
         assert boxes[:, 0::2].min() >= 0 and boxes[:, 0::2].max() <= width
         assert boxes[:, 1::2].min() >= 0 and boxes[:, 1::2].max() <= height
-        assert det["labels"].min() >= 0 and det["labels"].max() < 3  # contiguous labels, also for Faster R-CNN
+        assert (
+            det["labels"].min() >= 0 and det["labels"].max() < 3
+        )  # contiguous labels, also for Faster R-CNN
     assert out[0]["boxes"][:, 2].max() > 64  # the first image's boxes span its own 128 px, not the canvas
 
 
@@ -84,7 +98,9 @@ def test_fpn_input_channels_equal_feature_info_channels(name):
 
 def test_head_code_holds_no_channel_literals():
     tree = ast.parse(inspect.getsource(detection_head))
-    ints = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and type(node.value) is int}
+    ints = {
+        node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and type(node.value) is int
+    }
     assert not ints & {24, 40, 48, 56, 64, 112, 160, 320, 448}, ints
 
 
@@ -129,11 +145,23 @@ def _body():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"detector": "yolo"}, r"head.detector='yolo' is invalid: choose one of \['retinanet', 'fcos', 'faster_rcnn'\]"),
-        ({"detector": "fcos", "fpn_channels": 48}, r"head.fpn_channels=48 is invalid: .*FCOS: a multiple of 32"),
-        ({"anchor_sizes": [[32], [64]]}, r"head.anchor_sizes=\[\[32\], \[64\]\] is invalid: give one list .* 5 levels"),
+        (
+            {"detector": "yolo"},
+            r"head.detector='yolo' is invalid: choose one of \['retinanet', 'fcos', 'faster_rcnn'\]",
+        ),
+        (
+            {"detector": "fcos", "fpn_channels": 48},
+            r"head.fpn_channels=48 is invalid: .*FCOS: a multiple of 32",
+        ),
+        (
+            {"anchor_sizes": [[32], [64]]},
+            r"head.anchor_sizes=\[\[32\], \[64\]\] is invalid: give one list .* 5 levels",
+        ),
         ({"score_thresh": 1.5}, r"head.score_thresh=1.5 is invalid"),
-        ({"detector_kwargs": {"fg_iou": 0.5}}, r"detector_kwargs has \['fg_iou'\].*Fix: use any of .*fg_iou_thresh"),
+        (
+            {"detector_kwargs": {"fg_iou": 0.5}},
+            r"detector_kwargs has \['fg_iou'\].*Fix: use any of .*fg_iou_thresh",
+        ),
     ],
 )
 def test_bad_head_settings_are_named(settings, message):
@@ -142,12 +170,16 @@ def test_bad_head_settings_are_named(settings, message):
 
 
 def test_feature_strides_not_offered_by_the_backbone():
-    with pytest.raises(ValueError, match=r"head.feature_strides=\[8, 16, 64\]: test_efficientnet gives feature maps"):
+    with pytest.raises(
+        ValueError, match=r"head.feature_strides=\[8, 16, 64\]: test_efficientnet gives feature maps"
+    ):
         build_feature_backbone(TINY, [8, 16, 64])
 
 
 def test_anchor_sizes_follow_the_strides():
     det = build_detector(_body(), 2, image_size=64, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
     assert [s[0] for s in det.anchor_generator.sizes] == [32, 64, 128, 256, 512]  # 4 x (8 ... 128)
-    fcos = build_detector(_body(), 2, image_size=64, image_mean=(0.5,) * 3, image_std=(0.5,) * 3, detector="fcos")
+    fcos = build_detector(
+        _body(), 2, image_size=64, image_mean=(0.5,) * 3, image_std=(0.5,) * 3, detector="fcos"
+    )
     assert fcos.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))

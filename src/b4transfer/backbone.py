@@ -532,7 +532,7 @@ def feature_reductions(model: nn.Module) -> list[int]:
 
 
 def out_indices_for_strides(name: str, strides) -> tuple[int, ...]:
-    """The ``out_indices`` of ``name``'s ``features_only`` maps at the given strides (B4: 8, 16, 32 -> 2, 3, 4).
+    """The ``out_indices`` of ``name``'s ``features_only`` maps at ``strides`` (B4: 8, 16, 32 -> 2, 3, 4).
 
     Reads timm's ``feature_info`` of a meta-device model (no weights are built).
 

@@ -66,8 +66,10 @@ def export_detector(module, out_dir: str | Path, *, extra: dict | None = None) -
         **extras,
     }
     _atomic_write(out_dir / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
-    _atomic_write(out_dir / WEIGHTS_NAME, lambda p: safetensors.torch.save_file(
-        state, str(p), metadata={"format": "pt", _MARKER: __version__}))
+    _atomic_write(
+        out_dir / WEIGHTS_NAME,
+        lambda p: safetensors.torch.save_file(state, str(p), metadata={"format": "pt", _MARKER: __version__}),
+    )
     return out_dir
 
 
@@ -84,17 +86,29 @@ def load_exported_detector(out_dir: str | Path) -> tuple[nn.Module, dict]:
     config_path, weights = out_dir / CONFIG_NAME, out_dir / WEIGHTS_NAME
     for path in (config_path, weights):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist; pass the directory export_detector wrote "
-                                    f"(it holds {WEIGHTS_NAME} and {CONFIG_NAME}).")
+            raise FileNotFoundError(
+                f"{path} does not exist; pass the directory export_detector wrote "
+                f"(it holds {WEIGHTS_NAME} and {CONFIG_NAME})."
+            )
     config = json.loads(config_path.read_text())
     if config.get("task") != "detection":
-        raise ValueError(f"{config_path} is not a detection export (task={config.get('task')!r}); for a "
-                         "classifier use b4transfer.export.load_exported.")
-    body = create_backbone(config["architecture"], pretrained=False, features_only=True,
-                           out_indices=tuple(config["out_indices"]))
+        raise ValueError(
+            f"{config_path} is not a detection export (task={config.get('task')!r}); for a "
+            "classifier use b4transfer.export.load_exported."
+        )
+    body = create_backbone(
+        config["architecture"], pretrained=False, features_only=True, out_indices=tuple(config["out_indices"])
+    )
     settings = {k: v for k, v in config["head"].items() if k != "feature_strides"}
-    detector = build_detector(body, len(config["class_names"]), image_size=config["image_size"],
-                              image_mean=config["mean"], image_std=config["std"], own_body=True, **settings)
+    detector = build_detector(
+        body,
+        len(config["class_names"]),
+        image_size=config["image_size"],
+        image_mean=config["mean"],
+        image_std=config["std"],
+        own_body=True,
+        **settings,
+    )
     state = safetensors.torch.load_file(str(weights), device="cpu")
     detector.load_state_dict(state, strict=True)
     return detector.eval(), config

@@ -75,8 +75,14 @@ class TransferModule(DetectionSteps, L.LightningModule):
         self.save_hyperparameters(ignore=["backbone"])
         self.task = check_task(task)
         if task == "detection":
-            self._init_detection(class_names=class_names, model=model, head=head, data=data,
-                                 category_ids=category_ids, backbone=backbone)
+            self._init_detection(
+                class_names=class_names,
+                model=model,
+                head=head,
+                data=data,
+                category_ids=category_ids,
+                backbone=backbone,
+            )
             return
         self.backbone = backbone if backbone is not None else build_backbone(model)
         self.head = ClassificationHead(

@@ -61,8 +61,13 @@ class DetectionSteps:
             raise ValueError(f"category_ids {ids} must give one id per class name {self.class_names}.")
         self.category_ids = ids
         self.head = DetectionHead(
-            self.backbone, len(class_names), image_size=int(eval_cfg["input_size"][-1]),
-            image_mean=eval_cfg["mean"], image_std=eval_cfg["std"], feature_strides=strides, **settings,
+            self.backbone,
+            len(class_names),
+            image_size=int(eval_cfg["input_size"][-1]),
+            image_mean=eval_cfg["mean"],
+            image_std=eval_cfg["std"],
+            feature_strides=strides,
+            **settings,
         )
         self.val_metrics = self.head.build_metrics()
         self.test_metrics = self.head.build_metrics()
@@ -102,11 +107,17 @@ class DetectionSteps:
         values.pop("mar_100_per_class", None)
         for key, value in values.items():
             if torch.as_tensor(value).numel() == 1:
-                self.log(f"{stage}/{key}", torch.as_tensor(value).float(), prog_bar=key in ("map", "map_50"),
-                         sync_dist=True)
+                self.log(
+                    f"{stage}/{key}",
+                    torch.as_tensor(value).float(),
+                    prog_bar=key in ("map", "map_50"),
+                    sync_dist=True,
+                )
         if per_class.numel() == len(classes):
             for label, ap in zip(classes, per_class.tolist()):
-                if ap >= 0 and 0 <= label < len(self.class_names):  # -1: class absent from data and predictions
+                if ap >= 0 and 0 <= label < len(
+                    self.class_names
+                ):  # -1: class absent from data and predictions
                     self.log(f"{stage}/ap_{_sanitize(self.class_names[label])}", ap, sync_dist=True)
 
     def _detection_predict_step(self, batch) -> list[dict]:
@@ -115,6 +126,12 @@ class DetectionSteps:
         images, metas = batch
         out = []
         for det, meta in zip(self.head(images), metas):
-            out.append({"index": int(meta["index"]), "boxes": to_original(det["boxes"], meta).float().cpu(),
-                        "scores": det["scores"].float().cpu(), "labels": det["labels"].cpu()})
+            out.append(
+                {
+                    "index": int(meta["index"]),
+                    "boxes": to_original(det["boxes"], meta).float().cpu(),
+                    "scores": det["scores"].float().cpu(),
+                    "labels": det["labels"].cpu(),
+                }
+            )
         return out

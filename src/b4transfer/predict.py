@@ -129,8 +129,10 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
     if ckpt:
         module = load_module(ckpt)
         if module.task != "classification":
-            raise ValueError(f"mode=embed needs a classification checkpoint; {ckpt} is a {module.task} model. "
-                             "Fix: pass a classification ckpt_path, or none to embed with the backbone itself.")
+            raise ValueError(
+                f"mode=embed needs a classification checkpoint; {ckpt} is a {module.task} model. "
+                "Fix: pass a classification ckpt_path, or none to embed with the backbone itself."
+            )
     else:
         module = TransferModule(class_names=["_0", "_1"], model=_plain(cfg.model), data=data_overrides(cfg))
     features = _run_predict(cfg, module, paths, run_dir, "embedding")

@@ -35,12 +35,28 @@ from b4transfer.train import _plain, num_workers, write_summary
 
 log = logging.getLogger(__name__)
 
-_PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
-            "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075"]
+_PALETTE = [
+    "#e6194b",
+    "#3cb44b",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#42d4f4",
+    "#f032e6",
+    "#bfef45",
+    "#fabed4",
+    "#469990",
+    "#dcbeff",
+    "#9a6324",
+    "#800000",
+    "#aaffc3",
+    "#808000",
+    "#000075",
+]
 
 
 def image_ids(paths: list[Path], source: str | Path, coco_json: str | Path | None) -> list[int]:
-    """1..N, or the ids ``coco_json`` gives the images (by ``file_name`` relative to ``source``, or by name)."""
+    """1..N, or the ids ``coco_json`` gives the images (``file_name`` relative to ``source``, or the name)."""
     if coco_json in (None, ""):
         return list(range(1, len(paths) + 1))
     path = Path(coco_json).expanduser()
@@ -57,7 +73,8 @@ def image_ids(paths: list[Path], source: str | Path, coco_json: str | Path | Non
         iid = by_name.get(rel, by_base.get(p.name))
         if iid is None:
             raise ValueError(
-                f"predict.coco_json={str(coco_json)!r} lists no image {rel!r} (from predict.input). Fix: predict "
+                f"predict.coco_json={str(coco_json)!r} lists no image {rel!r} (from predict.input). "
+                "Fix: predict "
                 "on the folder that file's 'file_name' entries are relative to, or drop predict.coco_json."
             )
         ids.append(int(iid))
@@ -67,10 +84,19 @@ def image_ids(paths: list[Path], source: str | Path, coco_json: str | Path | Non
 def _run(cfg: DictConfig, module, paths: list[Path]) -> list[dict]:
     dataset = DetectionPathDataset(paths, module.image_size, fill_colour(module.data_config["eval"]["mean"]))
     batch_size = int(cfg.predict.get("batch_size") or cfg.data.batch_size)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers(cfg),
-                        collate_fn=collate_detection)
-    trainer = L.Trainer(**{**_plain(cfg.trainer), "devices": 1, "strategy": "auto"}, logger=False,
-                        enable_checkpointing=False, default_root_dir=str(cfg.run_dir))
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers(cfg),
+        collate_fn=collate_detection,
+    )
+    trainer = L.Trainer(
+        **{**_plain(cfg.trainer), "devices": 1, "strategy": "auto"},
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=str(cfg.run_dir),
+    )
     outputs = [d for batch in trainer.predict(module, dataloaders=loader) for d in batch]
     return sorted(outputs, key=lambda d: d["index"])
 
@@ -81,15 +107,20 @@ def coco_results(detections: list[dict], ids: list[int], category_ids: list[int]
     for det, iid in zip(detections, ids):
         for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
             x1, y1, x2, y2 = box
-            results.append({"image_id": iid, "category_id": category_ids[label],
-                            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                            "score": round(score, 5)})
+            results.append(
+                {
+                    "image_id": iid,
+                    "category_id": category_ids[label],
+                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                    "score": round(score, 5),
+                }
+            )
     return results
 
 
 def draw(path: Path, det: dict, class_names: list[str], out: Path, min_score: float) -> None:
     """Save ``path`` with the detections scoring ``>= min_score`` drawn on it."""
-    image = torch.from_numpy(np.asarray(load_rgb(path))).permute(2, 0, 1)
+    image = torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1)
     keep = det["scores"] >= min_score
     labels = det["labels"][keep].tolist()
     text = [f"{class_names[lb]} {s:.2f}" for lb, s in zip(labels, det["scores"][keep].tolist())]
@@ -100,8 +131,9 @@ def draw(path: Path, det: dict, class_names: list[str], out: Path, min_score: fl
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(out)
 
 
-def predict_detection(cfg: DictConfig, module, paths: list[Path], skipped: int, run_dir: Path,
-                      ckpt: str) -> dict[str, Any]:
+def predict_detection(
+    cfg: DictConfig, module, paths: list[Path], skipped: int, run_dir: Path, ckpt: str
+) -> dict[str, Any]:
     """Run a detection checkpoint over ``paths`` and write the results (see the module docstring)."""
     ids = image_ids(paths, cfg.predict.input, cfg.predict.get("coco_json"))
     detections = _run(cfg, module, paths)
@@ -113,7 +145,8 @@ def predict_detection(cfg: DictConfig, module, paths: list[Path], skipped: int, 
         images.append({"id": iid, "file_name": str(p), "width": width, "height": height})
     categories = [{"id": c, "name": n} for c, n in zip(module.category_ids, module.class_names)]
     (run_dir / "images.json").write_text(
-        json.dumps({"images": images, "annotations": [], "categories": categories}) + "\n")
+        json.dumps({"images": images, "annotations": [], "categories": categories}) + "\n"
+    )
     drawn_dir = None
     if cfg.predict.get("draw"):
         drawn_dir = run_dir / "predict_drawn"
@@ -121,11 +154,20 @@ def predict_detection(cfg: DictConfig, module, paths: list[Path], skipped: int, 
         root = Path(cfg.predict.input).expanduser()
         min_score = float(cfg.predict.get("draw_score_thresh", 0.3))
         for p, det in zip(paths, detections):
-            name = p.relative_to(root).with_suffix("").as_posix().replace("/", "__") if root.is_dir() else p.stem
+            name = (
+                p.relative_to(root).with_suffix("").as_posix().replace("/", "__") if root.is_dir() else p.stem
+            )
             draw(p, det, module.class_names, drawn_dir / f"{name}.png", min_score)
-    summary = {"mode": "predict", "task": "detection", "checkpoint": ckpt, "images": len(paths),
-               "skipped_images": skipped, "detections": len(results),
-               "predictions": str(run_dir / "detections.json"), "drawn": str(drawn_dir) if drawn_dir else None}
+    summary = {
+        "mode": "predict",
+        "task": "detection",
+        "checkpoint": ckpt,
+        "images": len(paths),
+        "skipped_images": skipped,
+        "detections": len(results),
+        "predictions": str(run_dir / "detections.json"),
+        "drawn": str(drawn_dir) if drawn_dir else None,
+    }
     write_summary(run_dir, summary)
     log.info("Wrote %d detections for %d images to %s", len(results), len(paths), run_dir / "detections.json")
     return summary

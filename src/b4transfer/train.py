@@ -81,10 +81,13 @@ def build_splits(cfg: DictConfig) -> DatasetSplits:
     splits = instantiate(cfg.data.source)
     task, kind = task_of(cfg), getattr(splits, "task", "classification")
     if kind != task:
-        fix = "data=coco, data=yolo or data=demo_detection" if task == "detection" else "data=folder, data=csv or data=demo"
+        fix = {
+            "detection": "data=coco, data=yolo or data=demo_detection",
+            "classification": "data=folder, data=csv or data=demo",
+        }[task]
         raise ValueError(
-            f"task={task} but the data source ({cfg.data.source._target_}) gives {kind} data. Fix: use {fix}, "
-            f"or task={kind}."
+            f"task={task} but the data source ({cfg.data.source._target_}) gives {kind} data. "
+            f"Fix: use {fix}, or task={kind}."
         )
     if cfg.get("num_classes") is not None and int(cfg.num_classes) != splits.num_classes:
         raise ValueError(
@@ -115,7 +118,8 @@ def task_of(cfg: DictConfig) -> str:
 def build_task_backbone(cfg: DictConfig):
     """The configured backbone: the pooled trunk, or for detection the ``features_only`` maps."""
     if task_of(cfg) == "detection":
-        return build_feature_backbone(_plain(cfg.model), _plain(cfg.head.get("feature_strides")) or (8, 16, 32))
+        strides = _plain(cfg.head.get("feature_strides")) or (8, 16, 32)
+        return build_feature_backbone(_plain(cfg.model), strides)
     return build_backbone(_plain(cfg.model))
 
 
@@ -130,7 +134,7 @@ def build_module(cfg: DictConfig, splits: DatasetSplits, backbone=None) -> Trans
             head=_plain(cfg.head),
             optim=_plain(cfg.optim),
             scheduler=_plain(cfg.get("scheduler")),
-            data={k: _plain(cfg.data.get(k)) for k in ("image_size", "mean", "std") if cfg.data.get(k) is not None},
+            data={k: _plain(cfg.data[k]) for k in ("image_size", "mean", "std") if cfg.data.get(k)},
         )
     return TransferModule(
         backbone=backbone,
@@ -258,8 +262,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
     }
     if module.task == "detection":
-        summary.update(category_ids=splits.category_ids, clipped_boxes=splits.clipped_boxes,
-                       dropped_boxes=splits.dropped_boxes)
+        summary.update(
+            category_ids=splits.category_ids,
+            clipped_boxes=splits.clipped_boxes,
+            dropped_boxes=splits.dropped_boxes,
+        )
     if trainer.is_global_zero:
         export_module = load_module(best) if best else module
         summary["export_dir"] = str(_export(export_module, run_dir / "export", checkpoint=best))

@@ -39,7 +39,9 @@ def load_json(path: Path, key: str) -> object:
     """Parse a JSON file; a syntax error names the file, line and column."""
     if not path.is_file():
         state = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"{key}={str(path)!r} {state}. Fix: point {key} at a COCO instances JSON file.")
+        raise FileNotFoundError(
+            f"{key}={str(path)!r} {state}. Fix: point {key} at a COCO instances JSON file."
+        )
     try:
         with path.open(encoding="utf-8") as f:
             return json.load(f)
@@ -73,14 +75,18 @@ def parse_categories(data: dict, path: Path) -> tuple[list[str], list[int]]:
     """Class names and category ids, sorted by id (the label order)."""
     cats = _list(data, "categories", path)
     if not cats:
-        raise ValueError(f"{path}: 'categories' is empty. Fix: list each class as {{'id': 1, 'name': 'cat'}}.")
+        raise ValueError(
+            f"{path}: 'categories' is empty. Fix: list each class as {{'id': 1, 'name': 'cat'}}."
+        )
     by_id: dict[int, str] = {}
     for i, cat in enumerate(cats):
         if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
             raise ValueError(f"{path}: categories[{i}] = {cat!r} needs an 'id' and a 'name'. Fix: add them.")
         cid = _int(cat["id"], path, f"categories[{i}] id")
         if cid in by_id:
-            raise ValueError(f"{path}: category id {cid} is listed twice. Fix: give each category its own id.")
+            raise ValueError(
+                f"{path}: category id {cid} is listed twice. Fix: give each category its own id."
+            )
         by_id[cid] = str(cat["name"])
     names = [by_id[i] for i in sorted(by_id)]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -96,7 +102,9 @@ def _images(data: dict, path: Path, image_dir: Path) -> dict[int, tuple[Path, tu
             raise ValueError(f"{path}: images[{i}] = {img!r} needs an 'id' and a 'file_name'. Fix: add them.")
         iid = _int(img["id"], path, f"images[{i}] id")
         if iid in images:
-            raise ValueError(f"{path}: image id {iid} is listed twice in 'images'. Fix: give each image one id.")
+            raise ValueError(
+                f"{path}: image id {iid} is listed twice in 'images'. Fix: give each image one id."
+            )
         w, h = img.get("width"), img.get("height")
         ok = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0 for v in (w, h))
         images[iid] = (image_dir / str(img["file_name"]), (int(w), int(h)) if ok else None)
@@ -126,7 +134,10 @@ def _bbox(ann: dict, path: Path, aid) -> list[float]:
 
 
 def read_coco(
-    json_path: str | Path, image_dir: str | Path, *, categories: tuple[list[str], list[int]] | None = None,
+    json_path: str | Path,
+    image_dir: str | Path,
+    *,
+    categories: tuple[list[str], list[int]] | None = None,
     key: str = "data.train_json",
 ) -> tuple[list[str], list[int], list[DetectionSample], BoxCleaner]:
     """Read one COCO instances file into samples.
@@ -162,7 +173,9 @@ def read_coco(
     for i, ann in enumerate(_list(data, "annotations", path)):
         aid = ann.get("id", f"#{i}") if isinstance(ann, dict) else f"#{i}"
         if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
-            raise ValueError(f"{path}: annotation {aid} = {ann!r} needs 'image_id', 'category_id' and 'bbox'.")
+            raise ValueError(
+                f"{path}: annotation {aid} = {ann!r} needs 'image_id', 'category_id' and 'bbox'."
+            )
         if ann["image_id"] not in images:
             raise ValueError(
                 f"{path}: annotation id {aid} points at image_id {ann['image_id']!r}, which is not in "
@@ -188,17 +201,27 @@ def read_coco(
         keep = cleaner(boxes, size, [f"annotation id {a[3]}" for a in anns])
         labels, crowd = [a[1] for a in anns], [a[2] for a in anns]
         samples.append(
-            make_sample(file, boxes[keep], np.asarray(labels)[keep] if anns else [],
-                        np.asarray(crowd)[keep] if anns else [], image_id=iid, size=size)
+            make_sample(
+                file,
+                boxes[keep],
+                np.asarray(labels)[keep] if anns else [],
+                np.asarray(crowd)[keep] if anns else [],
+                image_id=iid,
+                size=size,
+            )
         )
     return names, ids, samples, cleaner
 
 
 def _image_dir_for(root: Path, json_path: Path, split: str) -> Path:
-    """``root/<split><suffix>`` (or under ``root/images/``) for ``annotations/instances_<split><suffix>.json``."""
-    suffix = json_path.stem[len(f"instances_{split}"):]
-    candidates = [root / f"{split}{suffix}", root / "images" / f"{split}{suffix}", root / split,
-                  root / "images" / split]
+    """The image folder for ``annotations/instances_<split><suffix>.json``: ``root/<split><suffix>``, ..."""
+    suffix = json_path.stem[len(f"instances_{split}") :]
+    candidates = [
+        root / f"{split}{suffix}",
+        root / "images" / f"{split}{suffix}",
+        root / split,
+        root / "images" / split,
+    ]
     for folder in candidates:
         if folder.is_dir():
             return folder
@@ -213,7 +236,9 @@ def find_coco_layout(root: str | Path) -> dict[str, tuple[Path, Path]]:
     """``{split: (json, image_dir)}`` of the standard COCO layout under ``root`` (train required)."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"data.root={str(root)!r} is not a folder. Fix: point it at the COCO dataset root.")
+        raise FileNotFoundError(
+            f"data.root={str(root)!r} is not a folder. Fix: point it at the COCO dataset root."
+        )
     found = {}
     for split in SPLITS:
         matches = sorted((root / "annotations").glob(f"instances_{split}*.json"))
@@ -265,8 +290,11 @@ def coco_splits(
         The dataset splits; labels follow the training file's categories sorted by id.
     """
     files: dict[str, tuple[Path, Path]] = find_coco_layout(root) if root not in (None, "") else {}
-    for split, (js, imgs) in {"train": (train_json, train_images), "val": (val_json, val_images),
-                               "test": (test_json, test_images)}.items():
+    for split, (js, imgs) in {
+        "train": (train_json, train_images),
+        "val": (val_json, val_images),
+        "test": (test_json, test_images),
+    }.items():
         if js in (None, "") and imgs in (None, ""):
             continue
         if js in (None, "") or imgs in (None, ""):
@@ -285,10 +313,18 @@ def coco_splits(
     tagged, counts = {"train": train}, list(cleaner.report())
     for split in ("val", "test"):
         if split in files:
-            _, _, samples, cleaner = read_coco(*files[split], categories=(names, ids), key=f"data.{split}_json")
+            _, _, samples, cleaner = read_coco(
+                *files[split], categories=(names, ids), key=f"data.{split}_json"
+            )
             tagged[split] = samples
             counts = [a + b for a, b in zip(counts, cleaner.report())]
     return assemble_detection_splits(
-        names, ids, tagged, source=files["train"][0], val_fraction=val_fraction, seed=seed,
-        on_bad_image=on_bad_image, box_counts=(counts[0], counts[1]),
+        names,
+        ids,
+        tagged,
+        source=files["train"][0],
+        val_fraction=val_fraction,
+        seed=seed,
+        on_bad_image=on_bad_image,
+        box_counts=(counts[0], counts[1]),
     )

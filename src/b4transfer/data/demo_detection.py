@@ -34,7 +34,7 @@ _OBJECT_P = (0.1, 0.3, 0.3, 0.2, 0.1)
 
 
 def default_demo_detection_root(image_size: int, train_images: int, val_images: int, seed: int) -> Path:
-    """``$B4TRANSFER_CACHE`` (or ``~/.cache/b4transfer``) / ``demo-detection-v1-<size>-<train>-<val>-<seed>``."""
+    """``$B4TRANSFER_CACHE`` (or ``~/.cache/b4transfer``) / ``demo-detection-v1-<size>-<n>-<n>-<seed>``."""
     base = Path(os.environ.get("B4TRANSFER_CACHE") or Path.home() / ".cache" / "b4transfer")
     name = f"demo-detection-{DEMO_DETECTION_VERSION}-{image_size}-{train_images}-{val_images}-{seed}"
     return base.expanduser() / name
@@ -47,7 +47,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def _draw_mask(name: str, cx: float, cy: float, r: float, theta: float, width: int, height: int) -> np.ndarray:
+def _draw_mask(
+    name: str, cx: float, cy: float, r: float, theta: float, width: int, height: int
+) -> np.ndarray:
     """``(height, width)`` anti-aliased coverage in 0..1 of one shape (centre, radius in pixels)."""
     s = _SUPERSAMPLE
     mask = Image.new("L", (width * s, height * s), 0)
@@ -78,7 +80,9 @@ def render_detection_image(rng: np.random.Generator, image_size: int) -> tuple[I
         for _attempt in range(20):
             r = image_size * rng.uniform(0.08, 0.2)
             cx, cy = rng.uniform(r + 1, width - r - 1), rng.uniform(r + 1, height - r - 1)
-            mask = _draw_mask(DEMO_DETECTION_CLASSES[cls], cx, cy, r, rng.uniform(0, 2 * np.pi), width, height)
+            mask = _draw_mask(
+                DEMO_DETECTION_CLASSES[cls], cx, cy, r, rng.uniform(0, 2 * np.pi), width, height
+            )
             ys, xs = np.nonzero(mask >= 0.5)
             box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float64)
             if all(_iou(box, b) < 0.1 for b in boxes):
@@ -106,11 +110,19 @@ def _write_split(folder: Path, split: str, split_id: int, count: int, image_size
         image.save(folder / split / file_name)
         images.append({"id": i + 1, "file_name": file_name, "width": image.width, "height": image.height})
         for box, label in zip(boxes, labels):
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": i + 1, "category_id": label + 1, "bbox": box,
-                "area": box[2] * box[3], "iscrowd": 0,
-            })
-    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(DEMO_DETECTION_CLASSES)]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": label + 1,
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": 0,
+                }
+            )
+    categories = [
+        {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(DEMO_DETECTION_CLASSES)
+    ]
     (folder / "annotations").mkdir(exist_ok=True)
     data = {"images": images, "annotations": annotations, "categories": categories}
     (folder / "annotations" / f"instances_{split}.json").write_text(json.dumps(data) + "\n")
@@ -139,8 +151,11 @@ def ensure_demo_detection(
     Raises:
         FileExistsError: ``root`` exists, is not empty and is not a finished demo set.
     """
-    for key, value, low in (("image_size", image_size, 64), ("train_images", train_images, 1),
-                            ("val_images", val_images, 1)):
+    for key, value, low in (
+        ("image_size", image_size, 64),
+        ("train_images", train_images, 1),
+        ("val_images", val_images, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"demo {key} must be an integer >= {low}, got {value!r}. Fix: set data.{key}.")
     if root is None:
@@ -158,8 +173,14 @@ def ensure_demo_detection(
     try:
         for split_id, (split, count) in enumerate((("train", train_images), ("val", val_images))):
             _write_split(tmp, split, split_id, count, image_size, seed)
-        info = {"version": DEMO_DETECTION_VERSION, "classes": list(DEMO_DETECTION_CLASSES),
-                "image_size": image_size, "train": train_images, "val": val_images, "seed": seed}
+        info = {
+            "version": DEMO_DETECTION_VERSION,
+            "classes": list(DEMO_DETECTION_CLASSES),
+            "image_size": image_size,
+            "train": train_images,
+            "val": val_images,
+            "seed": seed,
+        }
         (tmp / MARKER).write_text(json.dumps(info) + "\n")
         tmp.chmod(0o755)
         try:

@@ -66,7 +66,9 @@ class DetectionPathDataset(Dataset):
 
     def __getitem__(self, index: int):
         size = (2 * self.image_size, 2 * self.image_size)
-        tensor, meta = letterbox_image(load_rgb(self.paths[index], draft_size=size), self.image_size, self.fill)
+        tensor, meta = letterbox_image(
+            load_rgb(self.paths[index], draft_size=size), self.image_size, self.fill
+        )
         return tensor, {**meta, "index": index}
 
 

@@ -87,7 +87,9 @@ class DetectionTransform:
                 v2.ScaleJitter((size, size), scale_range=aug["scale"], antialias=True),
                 v2.RandomCrop(size, pad_if_needed=True, fill=self.fill),
                 v2.RandomHorizontalFlip(aug["hflip"]),
-                v2.ColorJitter(brightness=c, contrast=c, saturation=c) if c > 0 else v2.Identity(),  # on the canvas: cheap
+                v2.ColorJitter(brightness=c, contrast=c, saturation=c)
+                if c > 0
+                else v2.Identity(),  # on the canvas: cheap
                 v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_labels_and_crowd),
             ]
             self.random = v2.Compose(steps)
@@ -128,9 +130,12 @@ class DetectionTransform:
         return img, target, torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
 
 
-def letterbox_image(image: Image.Image, image_size: int, fill: tuple[int, int, int]) -> tuple[torch.Tensor, dict]:
+def letterbox_image(
+    image: Image.Image, image_size: int, fill: tuple[int, int, int]
+) -> tuple[torch.Tensor, dict]:
     """The eval letterbox of an unlabelled image (prediction): ``(canvas, {"scale", "orig_size"})``."""
-    empty = DetectionSample(None, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64),
-                            0, image.size)
+    empty = DetectionSample(
+        None, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), 0, image.size
+    )
     tensor, target = DetectionTransform(image_size, fill=fill, train=False)(image, empty)
     return tensor, {"scale": target["scale"], "orig_size": target["orig_size"]}

@@ -31,7 +31,7 @@ _SHOW = 5
 
 
 def read_class_names(root: Path, names_file: str | Path | None = None) -> list[str]:
-    """Class names from ``names_file``, else ``root/data.yaml``, ``root/dataset.yaml`` or ``root/classes.txt``."""
+    """Class names from ``names_file``, else root's ``data.yaml``, ``dataset.yaml`` or ``classes.txt``."""
     if names_file not in (None, ""):
         path = Path(names_file).expanduser()
         if not path.is_file():
@@ -67,7 +67,9 @@ def _names_from_yaml(path: Path) -> list[str]:
     if isinstance(names, dict):
         keys = sorted(names)
         if keys != list(range(len(keys))):
-            raise ValueError(f"{path}: 'names' keys must be 0..{len(keys) - 1}, got {keys}. Fix: number them.")
+            raise ValueError(
+                f"{path}: 'names' keys must be 0..{len(keys) - 1}, got {keys}. Fix: number them."
+            )
         names = [names[k] for k in keys]
     if not isinstance(names, list) or not names:
         raise ValueError(f"{path}: no 'names' list (got {names!r}). Fix: add 'names: [cat, dog]'.")
@@ -90,7 +92,8 @@ def _parse_line(text: str, file: Path, line: int, num_classes: int) -> tuple[int
     if not (len(values) == 5 or (len(values) >= 7 and len(values) % 2 == 1)):
         raise ValueError(
             f"{file}, line {line}: {len(values)} values in {text.strip()!r}; expected 5 "
-            "('<class> <cx> <cy> <w> <h>') or a polygon '<class> x1 y1 x2 y2 x3 y3 ...'. Fix: correct the line."
+            "('<class> <cx> <cy> <w> <h>') or a polygon '<class> x1 y1 x2 y2 x3 y3 ...'. "
+            "Fix: correct the line."
         )
     cls = values[0]
     if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < num_classes:
@@ -113,9 +116,11 @@ def label_path(image: Path, images_dir: Path, labels_dir: Path) -> Path:
 def _read_split(images_dir: Path, labels_dir: Path, names: list[str], cleaner: BoxCleaner, first_id: int):
     images = list_images(images_dir)
     wanted = {label_path(p, images_dir, labels_dir) for p in images}
-    orphans = sorted(
-        p for p in labels_dir.rglob("*.txt") if p not in wanted and p.name != "classes.txt"
-    ) if labels_dir.is_dir() else []
+    orphans = (
+        sorted(p for p in labels_dir.rglob("*.txt") if p not in wanted and p.name != "classes.txt")
+        if labels_dir.is_dir()
+        else []
+    )
     if orphans:
         shown = "; ".join(str(p) for p in orphans[:_SHOW])
         raise ValueError(
@@ -136,13 +141,26 @@ def _read_split(images_dir: Path, labels_dir: Path, names: list[str], cleaner: B
                 if text.strip():
                     cls, (cx, cy, w, h) = _parse_line(text, label_file, number, len(names))
                     labels.append(cls)
-                    boxes.append([(cx - w / 2) * size[0], (cy - h / 2) * size[1],
-                                  (cx + w / 2) * size[0], (cy + h / 2) * size[1]])
+                    boxes.append(
+                        [
+                            (cx - w / 2) * size[0],
+                            (cy - h / 2) * size[1],
+                            (cx + w / 2) * size[0],
+                            (cy + h / 2) * size[1],
+                        ]
+                    )
                     where.append(f"{label_file.name}:{number}")
         box_array = np.array(boxes, np.float64).reshape(-1, 4)
         keep = cleaner(box_array, size, where)
-        samples.append(make_sample(image, box_array[keep], np.asarray(labels, np.int64)[keep],
-                                   image_id=first_id + offset, size=size))
+        samples.append(
+            make_sample(
+                image,
+                box_array[keep],
+                np.asarray(labels, np.int64)[keep],
+                image_id=first_id + offset,
+                size=size,
+            )
+        )
     return samples
 
 
@@ -192,6 +210,12 @@ def yolo_splits(
     if not tagged["train"]:
         raise ValueError(f"{root / 'images' / 'train'} holds no images. Fix: put the training images there.")
     return assemble_detection_splits(
-        names, list(range(len(names))), tagged, source=root, val_fraction=val_fraction, seed=seed,
-        on_bad_image=on_bad_image, box_counts=cleaner.report(),
+        names,
+        list(range(len(names))),
+        tagged,
+        source=root,
+        val_fraction=val_fraction,
+        seed=seed,
+        on_bad_image=on_bad_image,
+        box_counts=cleaner.report(),
     )

@@ -1,4 +1,4 @@
-"""Detection head: FPN over the backbone's ``features_only`` maps -> torchvision RetinaNet / FCOS / Faster R-CNN.
+"""Detection head: FPN over the backbone's ``features_only`` maps -> torchvision RetinaNet/FCOS/Faster R-CNN.
 
 Everything detection-specific is torchvision's: ``FeaturePyramidNetwork`` (sized from the backbone's
 ``feature_info.channels()``; extra P6/P7 levels for RetinaNet and FCOS, a max-pool level for Faster
@@ -36,9 +36,24 @@ from b4transfer.backbone import feature_channels, feature_reductions
 DETECTORS = ("retinanet", "fcos", "faster_rcnn")
 _CLASSES = {"retinanet": RetinaNet, "fcos": FCOS, "faster_rcnn": FasterRCNN}
 # Arguments b4transfer sets itself; detector_kwargs may set any other constructor argument.
-_OWN_ARGS = {"backbone", "num_classes", "min_size", "max_size", "image_mean", "image_std", "anchor_generator",
-             "rpn_anchor_generator", "box_roi_pool", "score_thresh", "nms_thresh", "detections_per_img",
-             "box_score_thresh", "box_nms_thresh", "box_detections_per_img", "kwargs"}
+_OWN_ARGS = {
+    "backbone",
+    "num_classes",
+    "min_size",
+    "max_size",
+    "image_mean",
+    "image_std",
+    "anchor_generator",
+    "rpn_anchor_generator",
+    "box_roi_pool",
+    "score_thresh",
+    "nms_thresh",
+    "detections_per_img",
+    "box_score_thresh",
+    "box_nms_thresh",
+    "box_detections_per_img",
+    "kwargs",
+}
 _NORM_OR_DROPOUT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
@@ -53,7 +68,9 @@ class FeaturePyramidBackbone(nn.Module):
             reference (the LightningModule owns it as ``self.backbone``).
     """
 
-    def __init__(self, body: nn.Module, *, out_channels: int, extra_blocks: nn.Module, own_body: bool) -> None:
+    def __init__(
+        self, body: nn.Module, *, out_channels: int, extra_blocks: nn.Module, own_body: bool
+    ) -> None:
         super().__init__()
         self.in_channels_list = feature_channels(body)
         self.fpn = FeaturePyramidNetwork(self.in_channels_list, out_channels, extra_blocks=extra_blocks)
@@ -97,22 +114,47 @@ def default_anchor_sizes(strides: Sequence[int], detector: str) -> list[list[flo
 
 def _anchor_generator(strides, detector, anchor_sizes, aspect_ratios) -> AnchorGenerator:
     sizes = default_anchor_sizes(strides, detector) if anchor_sizes is None else anchor_sizes
-    ok = isinstance(sizes, (list, tuple)) and len(sizes) == len(strides) and all(
-        isinstance(level, (list, tuple)) and level and all(_real(v) and v > 0 for v in level) for level in sizes
+    ok = (
+        isinstance(sizes, (list, tuple))
+        and len(sizes) == len(strides)
+        and all(
+            isinstance(level, (list, tuple)) and level and all(_real(v) and v > 0 for v in level)
+            for level in sizes
+        )
     )
-    _check("anchor_sizes", anchor_sizes, ok, f"give one list of positive sizes (pixels) per level, {len(strides)} "
-           f"levels at strides {list(strides)}, e.g. {default_anchor_sizes(strides, detector)}")
+    _check(
+        "anchor_sizes",
+        anchor_sizes,
+        ok,
+        f"give one list of positive sizes (pixels) per level, {len(strides)} "
+        f"levels at strides {list(strides)}, e.g. {default_anchor_sizes(strides, detector)}",
+    )
     if detector != "faster_rcnn":  # one shared head: the same number of anchors at every level
-        _check("anchor_sizes", anchor_sizes, len({len(level) for level in sizes}) == 1,
-               "every level needs the same number of sizes")
+        _check(
+            "anchor_sizes",
+            anchor_sizes,
+            len({len(level) for level in sizes}) == 1,
+            "every level needs the same number of sizes",
+        )
     default_ratios = [1.0] if detector == "fcos" else [0.5, 1.0, 2.0]
     ratios = default_ratios if aspect_ratios is None else aspect_ratios
     ok = isinstance(ratios, (list, tuple)) and ratios and all(_real(r) and r > 0 for r in ratios)
-    _check("aspect_ratios", aspect_ratios, ok, "give a list of positive height/width ratios, e.g. [0.5, 1.0, 2.0]")
+    _check(
+        "aspect_ratios",
+        aspect_ratios,
+        ok,
+        "give a list of positive height/width ratios, e.g. [0.5, 1.0, 2.0]",
+    )
     if detector == "fcos":
-        _check("anchor_sizes", anchor_sizes, len(sizes[0]) == 1 and list(ratios) == [1.0],
-               "FCOS is anchor-free: one size (the stride) and aspect ratio 1.0 per level")
-    return AnchorGenerator(tuple(tuple(level) for level in sizes), (tuple(float(r) for r in ratios),) * len(sizes))
+        _check(
+            "anchor_sizes",
+            anchor_sizes,
+            len(sizes[0]) == 1 and list(ratios) == [1.0],
+            "FCOS is anchor-free: one size (the stride) and aspect ratio 1.0 per level",
+        )
+    return AnchorGenerator(
+        tuple(tuple(level) for level in sizes), (tuple(float(r) for r in ratios),) * len(sizes)
+    )
 
 
 def _check_detector_kwargs(detector: str, kwargs: dict | None) -> dict:
@@ -121,7 +163,8 @@ def _check_detector_kwargs(detector: str, kwargs: dict | None) -> dict:
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ValueError(
-            f"head.detector_kwargs has {unknown}, which torchvision's {_CLASSES[detector].__name__} does not take "
+            f"head.detector_kwargs has {unknown}, which torchvision's {_CLASSES[detector].__name__} does not "
+            "take "
             f"(or b4transfer sets from other head keys). Fix: use any of {allowed}."
         )
     return kwargs
@@ -167,30 +210,66 @@ def build_detector(
         The torchvision ``RetinaNet`` / ``FCOS`` / ``FasterRCNN``.
     """
     _check("detector", detector, detector in DETECTORS, f"choose one of {list(DETECTORS)}")
-    _check("fpn_channels", fpn_channels, isinstance(fpn_channels, int) and not isinstance(fpn_channels, bool)
-           and fpn_channels > 0 and (detector != "fcos" or fpn_channels % 32 == 0),
-           "a positive integer (FCOS: a multiple of 32, its heads use GroupNorm(32))")
+    _check(
+        "fpn_channels",
+        fpn_channels,
+        isinstance(fpn_channels, int)
+        and not isinstance(fpn_channels, bool)
+        and fpn_channels > 0
+        and (detector != "fcos" or fpn_channels % 32 == 0),
+        "a positive integer (FCOS: a multiple of 32, its heads use GroupNorm(32))",
+    )
     _check("score_thresh", score_thresh, _real(score_thresh) and 0 <= score_thresh < 1, "a number in [0, 1)")
     _check("nms_thresh", nms_thresh, _real(nms_thresh) and 0 < nms_thresh <= 1, "an IoU in (0, 1]")
-    _check("detections_per_img", detections_per_img, isinstance(detections_per_img, int)
-           and not isinstance(detections_per_img, bool) and detections_per_img > 0, "a positive integer")
+    _check(
+        "detections_per_img",
+        detections_per_img,
+        isinstance(detections_per_img, int)
+        and not isinstance(detections_per_img, bool)
+        and detections_per_img > 0,
+        "a positive integer",
+    )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
     kwargs = _check_detector_kwargs(detector, detector_kwargs)
     strides = level_strides(body, detector)
     anchors = _anchor_generator(strides, detector, anchor_sizes, aspect_ratios)
-    transform = {"min_size": image_size, "max_size": image_size, "image_mean": list(image_mean),
-                 "image_std": list(image_std)}
+    transform = {
+        "min_size": image_size,
+        "max_size": image_size,
+        "image_mean": list(image_mean),
+        "image_std": list(image_std),
+    }
     c = fpn_channels
     if detector == "faster_rcnn":
-        backbone = FeaturePyramidBackbone(body, out_channels=c, extra_blocks=LastLevelMaxPool(), own_body=own_body)
+        backbone = FeaturePyramidBackbone(
+            body, out_channels=c, extra_blocks=LastLevelMaxPool(), own_body=own_body
+        )
         pool = MultiScaleRoIAlign([str(i) for i in range(len(backbone.in_channels_list))], 7, 2)
-        return FasterRCNN(backbone, num_classes + 1, rpn_anchor_generator=anchors, box_roi_pool=pool,
-                          box_score_thresh=score_thresh, box_nms_thresh=nms_thresh,
-                          box_detections_per_img=detections_per_img, **transform, **kwargs)
-    backbone = FeaturePyramidBackbone(body, out_channels=c, extra_blocks=LastLevelP6P7(c, c), own_body=own_body)
-    return _CLASSES[detector](backbone, num_classes, anchor_generator=anchors, score_thresh=score_thresh,
-                              nms_thresh=nms_thresh, detections_per_img=detections_per_img, **transform, **kwargs)
+        return FasterRCNN(
+            backbone,
+            num_classes + 1,
+            rpn_anchor_generator=anchors,
+            box_roi_pool=pool,
+            box_score_thresh=score_thresh,
+            box_nms_thresh=nms_thresh,
+            box_detections_per_img=detections_per_img,
+            **transform,
+            **kwargs,
+        )
+    backbone = FeaturePyramidBackbone(
+        body, out_channels=c, extra_blocks=LastLevelP6P7(c, c), own_body=own_body
+    )
+    return _CLASSES[detector](
+        backbone,
+        num_classes,
+        anchor_generator=anchors,
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
+        detections_per_img=detections_per_img,
+        **transform,
+        **kwargs,
+    )
 
 
 def map_backend() -> str:
@@ -234,18 +313,36 @@ class DetectionHead(nn.Module):
     task = "detection"
     multi_label = False
 
-    def __init__(self, body: nn.Module, num_classes: int, *, image_size: int, image_mean: Sequence[float],
-                 image_std: Sequence[float], feature_strides: Sequence[int] | None = None, own_body: bool = False,
-                 **settings: Any) -> None:
+    def __init__(
+        self,
+        body: nn.Module,
+        num_classes: int,
+        *,
+        image_size: int,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+        feature_strides: Sequence[int] | None = None,
+        own_body: bool = False,
+        **settings: Any,
+    ) -> None:
         super().__init__()
         if feature_strides is not None and list(feature_strides) != feature_reductions(body):
-            raise ValueError(f"head.feature_strides={list(feature_strides)} but the backbone gives maps at "
-                             f"strides {feature_reductions(body)}; build it with out_indices_for_strides.")
+            raise ValueError(
+                f"head.feature_strides={list(feature_strides)} but the backbone gives maps at "
+                f"strides {feature_reductions(body)}; build it with out_indices_for_strides."
+            )
         self.num_classes = num_classes
         self.detector_name = settings.get("detector", "retinanet")
         self.label_offset = 1 if self.detector_name == "faster_rcnn" else 0  # its class 0 is background
-        self.detector = build_detector(body, num_classes, image_size=image_size, image_mean=image_mean,
-                                       image_std=image_std, own_body=own_body, **settings)
+        self.detector = build_detector(
+            body,
+            num_classes,
+            image_size=image_size,
+            image_mean=image_mean,
+            image_std=image_std,
+            own_body=own_body,
+            **settings,
+        )
 
     @property
     def fpn(self) -> FeaturePyramidNetwork:
@@ -303,7 +400,12 @@ class DetectionHead(nn.Module):
     @staticmethod
     def metric_inputs(preds: list[dict], targets: list[dict]) -> tuple[list[dict], list[dict]]:
         """Predictions and targets in original-image pixels, as ``MeanAveragePrecision.update`` takes them."""
-        p = [{"boxes": to_original(d["boxes"], t), "scores": d["scores"], "labels": d["labels"]}
-             for d, t in zip(preds, targets)]
-        g = [{"boxes": to_original(t["boxes"], t), "labels": t["labels"], "iscrowd": t["iscrowd"]} for t in targets]
+        p = [
+            {"boxes": to_original(d["boxes"], t), "scores": d["scores"], "labels": d["labels"]}
+            for d, t in zip(preds, targets)
+        ]
+        g = [
+            {"boxes": to_original(t["boxes"], t), "labels": t["labels"], "iscrowd": t["iscrowd"]}
+            for t in targets
+        ]
         return p, g
