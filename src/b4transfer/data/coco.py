@@ -195,8 +195,9 @@ def read_coco(
         if size is None:  # width/height missing from the JSON: read the file's header
             try:
                 size = upright_size(file)
-            except ImageLoadError:
-                size = (1, 1)  # unreadable: dropped with the other unreadable images
+            except ImageLoadError:  # unreadable: left for drop_unreadable to skip (or refuse)
+                samples.append(make_sample(file, [], [], image_id=iid, size=(1, 1)))
+                continue
         boxes = np.array([a[0] for a in anns], np.float64).reshape(-1, 4)
         keep = cleaner(boxes, size, [f"annotation id {a[3]}" for a in anns])
         labels, crowd = [a[1] for a in anns], [a[2] for a in anns]

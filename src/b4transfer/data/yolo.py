@@ -132,8 +132,9 @@ def _read_split(images_dir: Path, labels_dir: Path, names: list[str], cleaner: B
     for offset, image in enumerate(images):
         try:
             size = upright_size(image)
-        except ImageLoadError:
-            size = (1, 1)  # unreadable: dropped with the other unreadable images
+        except ImageLoadError:  # unreadable: left for drop_unreadable to skip (or refuse)
+            samples.append(make_sample(image, [], [], image_id=first_id + offset, size=(1, 1)))
+            continue
         labels, boxes, where = [], [], []
         label_file = label_path(image, images_dir, labels_dir)
         if label_file.is_file():
