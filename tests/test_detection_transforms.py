@@ -36,7 +36,9 @@ def test_eval_letterbox_keeps_the_top_left_origin_and_maps_back_exactly(tmp_path
 def test_train_flip_mirrors_boxes():
     image = Image.new("RGB", (64, 64))
     sample = _sample("x.png", [[4, 10, 20, 30]], [2], (64, 64))
-    flip = DetectionTransform(64, fill=FILL, train=True, augment={"hflip": 1.0, "scale": [1, 1], "color_jitter": 0})
+    flip = DetectionTransform(
+        64, fill=FILL, train=True, augment={"hflip": 1.0, "scale": [1, 1], "color_jitter": 0}
+    )
     _, target = flip(image, sample)
     torch.testing.assert_close(target["boxes"], torch.tensor([[44.0, 10, 60, 30]]))
     assert target["labels"].tolist() == [2]
@@ -46,7 +48,9 @@ def test_train_crops_drop_boxes_they_cut_away_keeping_labels_and_crowd_flags_ali
     image = Image.new("RGB", (64, 64))
     boxes = [[0, 0, 8, 8], [28, 28, 36, 36], [56, 56, 64, 64], [0, 56, 8, 64]]
     sample = _sample("x.png", boxes, [0, 1, 2, 3], (64, 64), crowd=[0, 1, 0, 1])
-    zoom = DetectionTransform(64, fill=FILL, train=True, augment={"hflip": 0.0, "scale": [3, 3], "color_jitter": 0.3})
+    zoom = DetectionTransform(
+        64, fill=FILL, train=True, augment={"hflip": 0.0, "scale": [3, 3], "color_jitter": 0.3}
+    )
     torch.manual_seed(0)
     seen = set()
     for _ in range(20):

@@ -25,7 +25,7 @@ from b4transfer.data.detection_datamodule import DetectionDataModule
 from b4transfer.data.splits import DatasetSplits
 from b4transfer.export import export_timm
 from b4transfer.module import TransferModule, build_backbone, load_module
-from b4transfer.module_detection import build_feature_backbone, check_task
+from b4transfer.module_detection import DEFAULT_STRIDES, build_feature_backbone, check_task
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def task_of(cfg: DictConfig) -> str:
 def build_task_backbone(cfg: DictConfig):
     """The configured backbone: the pooled trunk, or for detection the ``features_only`` maps."""
     if task_of(cfg) == "detection":
-        strides = _plain(cfg.head.get("feature_strides")) or (8, 16, 32)
+        strides = _plain(cfg.head.get("feature_strides")) or DEFAULT_STRIDES
         return build_feature_backbone(_plain(cfg.model), strides)
     return build_backbone(_plain(cfg.model))
 
