@@ -16,9 +16,9 @@ from b4transfer.data.coco import coco_splits
 from b4transfer.data.detection_datamodule import DetectionDataModule
 from b4transfer.export_detection import load_exported_detector
 from b4transfer.heads.detection import DetectionHead
-from b4transfer.module import load_module
+from b4transfer.module import TransferModule, load_module
 from b4transfer.module_detection import build_feature_backbone
-from b4transfer.predict_detection import coco_results
+from b4transfer.predict_detection import coco_results, image_ids
 from b4transfer.train import run, train
 
 DEMO = ("data.source.image_size=64", "data.source.train_images=16", "data.source.val_images=8")
@@ -201,3 +201,38 @@ def test_validate_mode_on_a_detection_checkpoint(det_cfg, tmp_path):
         det_cfg("mode=validate", f"ckpt_path={summary['last_checkpoint']}", f"run_dir={tmp_path / 'v'}")
     )
     assert "val/map" in result["metrics"] and result["metrics"]["val/loss"] > 0
+
+
+def _detection_checkpoint(path):
+    module = TransferModule(
+        class_names=["a", "b"],
+        model={"name": "test_efficientnet"},
+        task="detection",
+        head={"fpn_channels": 32},
+        data={"image_size": 64},
+    )
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    return path
+
+
+def test_embed_refuses_a_detection_checkpoint(tiny_cfg, tmp_path, image_folder):
+    ckpt = _detection_checkpoint(tmp_path / "det.ckpt")
+    with pytest.raises(
+        ValueError, match=r"mode=embed needs a classification checkpoint; .*det.ckpt is a detection"
+    ):
+        run(tiny_cfg("mode=embed", f"ckpt_path={ckpt}", f"predict.input={image_folder}"))
+
+
+def test_predict_coco_json_must_list_the_images(tmp_path):
+    small_coco(tmp_path)
+    paths = [tmp_path / "train" / "0.png", tmp_path / "train" / "1.png"]
+    assert image_ids(paths, tmp_path / "train", tmp_path / "annotations" / "instances_train.json") == [10, 11]
+    (tmp_path / "train" / "extra.png").write_bytes((tmp_path / "train" / "0.png").read_bytes())
+    with pytest.raises(
+        ValueError, match=r"predict.coco_json=.* lists no image 'extra.png' \(from predict.input\)"
+    ):
+        image_ids(
+            [tmp_path / "train" / "extra.png"],
+            tmp_path / "train",
+            tmp_path / "annotations" / "instances_train.json",
+        )
