@@ -183,3 +183,14 @@ def test_anchor_sizes_follow_the_strides():
         _body(), 2, image_size=64, image_mean=(0.5,) * 3, image_std=(0.5,) * 3, detector="fcos"
     )
     assert fcos.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
+
+
+def test_the_head_follows_a_replaced_backbone():
+    module = _module("retinanet").eval()
+    images = [torch.rand(3, 64, 64)]
+    copy = build_feature_backbone(TINY).eval()
+    module.backbone = copy  # e.g. a callback swapping in a converted copy
+    module.predict_step(
+        (images, [{"index": 0, "scale": torch.ones(4), "orig_size": torch.tensor([64, 64])}]), 0
+    )
+    assert module.head.detector.backbone.get_body() is copy

@@ -78,7 +78,12 @@ class DetectionSteps:
         """Side of the letterbox canvas."""
         return int(self.data_config["eval"]["input_size"][-1])
 
+    def _share_backbone(self) -> None:
+        # The head only references the body; follow it if a callback swapped self.backbone for a copy.
+        self.head.detector.backbone.share_body(self.backbone)
+
     def _detection_training_step(self, batch) -> torch.Tensor:
+        self._share_backbone()
         images, targets = batch
         losses = self.head(images, targets)
         loss = sum(losses.values())
@@ -88,6 +93,7 @@ class DetectionSteps:
         return loss
 
     def _detection_eval_step(self, batch, metrics, stage: str) -> None:
+        self._share_backbone()
         images, targets = batch
         preds = self.head(images)
         losses = self.head.validation_loss(images, targets)
@@ -123,6 +129,7 @@ class DetectionSteps:
     def _detection_predict_step(self, batch) -> list[dict]:
         from b4transfer.heads.detection import to_original
 
+        self._share_backbone()
         images, metas = batch
         out = []
         for det, meta in zip(self.head(images), metas):

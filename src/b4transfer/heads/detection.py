@@ -84,6 +84,11 @@ class FeaturePyramidBackbone(nn.Module):
         """The timm feature extractor."""
         return self._modules["body"] if "body" in self._modules else self.__dict__["_shared_body"]
 
+    def share_body(self, body: nn.Module) -> None:
+        """Point a shared (unregistered) body reference at ``body``, e.g. after its owner replaced it."""
+        if "body" not in self._modules:
+            self.__dict__["_shared_body"] = body
+
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         maps = self.get_body()(x)  # [(N, C_i, H/s_i, W/s_i)] for strides s_i ascending
         return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
