@@ -88,7 +88,9 @@ class TransferModule(L.LightningModule):
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        """Logits of images ``(N, 3, H, W)``, or of pooled features ``(N, num_features)``
+        (the cached-feature linear probe feeds those, see :mod:`b4transfer.feature_cache`)."""
+        return self.head(x if x.ndim == 2 else self.backbone(x))
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

@@ -22,7 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from b4transfer.callbacks import ThroughputMeter
 from b4transfer.data.datamodule import ClassificationDataModule
 from b4transfer.data.splits import DatasetSplits
+from b4transfer.data.transforms import DRAFT_FACTOR
 from b4transfer.export import export_timm
+from b4transfer.feature_cache import enable_feature_cache
 from b4transfer.module import TransferModule, build_backbone, load_module
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,7 @@ def build_datamodule(cfg: DictConfig, splits: DatasetSplits, module: TransferMod
         num_workers=num_workers(cfg),
         augment=_plain(cfg.data.get("augment")),
         pin_memory=on_gpu,
+        draft_factor=_plain(cfg.data.get("draft_factor", DRAFT_FACTOR)),
     )
 
 
@@ -189,6 +192,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     splits = build_splits(cfg)
     module = build_module(cfg, splits, backbone)
     datamodule = build_datamodule(cfg, splits, module)
+    if cfg.data.get("cache_features"):
+        datamodule = enable_feature_cache(
+            module, datamodule, augment=_plain(cfg.data.get("augment")), finetune=_plain(cfg.get("finetune"))
+        )
     meter = ThroughputMeter()
     trainer = build_trainer(cfg, run_dir, extra_callbacks=[meter])
     start = time.perf_counter()
