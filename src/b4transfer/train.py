@@ -30,6 +30,7 @@ from b4transfer.module import TransferModule, build_backbone, load_module
 log = logging.getLogger(__name__)
 
 MODES = ("train", "validate", "test", "predict", "embed", "export")
+EXPORT_FORMATS = ("timm", "onnx")
 # Files whose presence means a directory already holds a finished or running run.
 _RUN_MARKERS = ("summary.json", "checkpoints", "metrics.csv", "export", "predictions.csv")
 
@@ -186,6 +187,7 @@ def resolve_ckpt(cfg: DictConfig, *, required: bool) -> str | None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune, keep best + last checkpoints, export the best weights, write ``summary.json``."""
     ckpt = resolve_ckpt(cfg, required=False)
+    export_formats(cfg)  # a bad export.format fails now, not after training
     run_dir = prepare_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
     backbone = build_backbone(_plain(cfg.model))  # weights problems surface before the data scan
@@ -224,7 +226,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         export_module = load_module(best) if best else module
-        summary["export_dir"] = str(_export(export_module, run_dir / "export", checkpoint=best))
+        summary.update(_export_formats(cfg, export_module, run_dir / "export", checkpoint=best))
     write_summary(run_dir, summary)
     log.info("Run directory: %s", run_dir)
     return summary
@@ -241,6 +243,43 @@ def _export(module: TransferModule, out_dir: Path, *, checkpoint: str | None) ->
         multi_label=module.head.multi_label,
         extra={"checkpoint": checkpoint},
     )
+
+
+def export_formats(cfg: DictConfig) -> list[str]:
+    """The checked ``export.format`` list (a name or a list of names); ``onnx`` needs onnx + onnxruntime."""
+    value = _plain((cfg.get("export") or {}).get("format", "timm"))
+    formats = [value] if isinstance(value, str) else list(value or [])
+    if not formats or any(f not in EXPORT_FORMATS for f in formats):
+        raise ValueError(
+            f"export.format={value!r} is not supported; use one of {', '.join(EXPORT_FORMATS)}, or a list "
+            "such as export.format=[timm,onnx]."
+        )
+    if "onnx" in formats:
+        from b4transfer.onnx_export import _require_onnx
+
+        _require_onnx()
+    return formats
+
+
+def _export_formats(cfg: DictConfig, module: TransferModule, out_dir: Path, *, checkpoint) -> dict[str, Any]:
+    """Export in every ``export.format``; returns the summary entries (``export_dir``, ``onnx``)."""
+    out: dict[str, Any] = {"export_dir": str(out_dir)}
+    for fmt in export_formats(cfg):
+        if fmt == "timm":
+            _export(module, out_dir, checkpoint=checkpoint)
+        else:
+            from b4transfer.onnx_export import export_onnx
+
+            out["onnx"] = export_onnx(
+                backbone=module.backbone,
+                head_fc=module.head.fc,
+                class_names=module.class_names,
+                data_config=module.data_config,
+                out_dir=out_dir,
+                multi_label=module.head.multi_label,
+                opset=int((cfg.get("export") or {}).get("onnx_opset", 17)),
+            )
+    return out
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -266,8 +305,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def export(cfg: DictConfig) -> dict[str, Any]:
     """``mode=export ckpt_path=...``: timm-loadable ``export/model.safetensors`` + ``config.json``."""
     ckpt = resolve_ckpt(cfg, required=True)
+    export_formats(cfg)
     run_dir = prepare_run_dir(cfg)
-    out = _export(load_module(ckpt), run_dir / "export", checkpoint=ckpt)
-    summary = {"mode": "export", "checkpoint": ckpt, "export_dir": str(out)}
+    summary = {"mode": "export", "checkpoint": ckpt}
+    summary.update(_export_formats(cfg, load_module(ckpt), run_dir / "export", checkpoint=ckpt))
     write_summary(run_dir, summary)
     return summary
