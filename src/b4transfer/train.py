@@ -193,6 +193,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     backbone = build_backbone(_plain(cfg.model))  # weights problems surface before the data scan
     splits = build_splits(cfg)
     module = build_module(cfg, splits, backbone)
+    if cfg.get("channels_last"):
+        module = module.to(memory_format=torch.channels_last)
     datamodule = build_datamodule(cfg, splits, module)
     if cfg.data.get("cache_features"):
         datamodule = enable_feature_cache(
