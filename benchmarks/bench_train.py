@@ -80,6 +80,7 @@ def _config(p: dict, run_dir: Path, *, accelerator: str, precision: str):
         f"trainer.accelerator={accelerator}", f"trainer.precision={precision}",
         f"trainer.max_epochs={p['epochs']}", f"+trainer.max_steps={p['total_steps']}",
         f"channels_last={str(p.get('channels_last', False)).lower()}",
+        *p.get("overrides", []),
     ]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)

@@ -110,6 +110,7 @@ def machine() -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "bf16_native_cpu": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),

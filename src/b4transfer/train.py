@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from b4transfer.callbacks import ThroughputMeter
+from b4transfer.callbacks import ThroughputMeter, progress_bar
 from b4transfer.data.datamodule import ClassificationDataModule
 from b4transfer.data.splits import DatasetSplits
 from b4transfer.data.transforms import DRAFT_FACTOR
@@ -151,6 +151,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Tr
         LearningRateMonitor(logging_interval="step"),
         *extra_callbacks,
     ]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(progress_bar(cfg.trainer.get("log_every_n_steps") or 50))
     loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None]
     return L.Trainer(
         **_plain(cfg.trainer), default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False
