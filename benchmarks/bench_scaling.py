@@ -3,7 +3,8 @@
 Inference runs the library's fast path (the ``predict.*`` defaults: bf16 autocast where native,
 channels_last) on the module's network; training runs forward + loss + backward + AdamW step on
 the same network in fp32. Peak memory is the process's peak RSS while the configuration runs
-(sampled every 5 ms; ``rss_increase_mib`` is the rise above the RSS before it), and on CUDA
+(sampled every 5 ms; ``rss_increase_mib`` is the rise above the RSS before it; configurations run
+from the smallest to the largest, so the rise is what the larger one adds), and on CUDA
 ``torch.cuda.max_memory_allocated``.
 """
 
@@ -79,11 +80,10 @@ def run(p: dict, *, device: str = "cpu") -> Result:
 
     for kind in ("inference", "train"):
         size = p[f"{kind}_size"]
-        for batch in p[f"{kind}_batches"]:
-            add(kind, batch, size)
-        for other in p[f"{kind}_sizes"]:
-            if other != size:
-                add(kind, p[f"{kind}_batch"], other)
+        configs = {(batch, size) for batch in p[f"{kind}_batches"]}
+        configs |= {(p[f"{kind}_batch"], other) for other in p[f"{kind}_sizes"]}
+        for batch, side in sorted(configs, key=lambda c: c[0] * c[1] ** 2):  # small to large: RSS rises
+            add(kind, batch, side)
     return Result(
         name="scaling" if dev.type == "cpu" else "gpu_scaling",
         title=f"Scaling with batch size and image size, {p['model']}",

@@ -94,7 +94,8 @@ def _details(record: dict) -> list[str]:
 
 def _machine(record: dict) -> list[str]:
     m = record["machine"]
-    keys = ("cpu", "cpu_count", "torch_threads", "omp_wait_policy", "cpu_capability", "bf16_native_cpu", "memory_gib", "gpu",
+    keys = ("cpu", "cpu_count", "torch_threads", "omp_wait_policy", "cpu_capability", "bf16_native_cpu",
+            "memory_gib", "gpu",
             "load_average_start", "load_average_end", "python", "torch", "torchvision", "timm", "lightning",
             "onnxruntime", "platform")
     return [" · ".join(f"{k}: `{m[k]}`" for k in keys if m.get(k) is not None)]
