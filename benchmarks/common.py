@@ -1,4 +1,4 @@
-"""Shared helpers: interleaved timing, result records, machine description, peak-memory sampling.
+"""Shared helpers: interleaved timing, result records, machine description, RSS.
 
 Every benchmark times a library path against a baseline **in the same process, interleaved**
 (A B, B A, A B, ... after warm-up), so that a change in machine load hits both alike; it reports
@@ -13,7 +13,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -151,36 +150,3 @@ def rss_bytes() -> int:
     with contextlib.suppress(OSError, ValueError), open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     return 0
-
-
-@contextlib.contextmanager
-def peak_memory(interval: float = 0.005) -> Iterator[dict[str, float]]:
-    """Peak RSS (sampled every ``interval`` s) and, on CUDA, peak allocated memory while inside.
-
-    Yields a dict filled on exit: ``rss_peak_mib``, ``rss_increase_mib`` (peak minus RSS at entry),
-    and ``cuda_max_allocated_mib`` when CUDA is in use.
-    """
-    out: dict[str, float] = {}
-    start = rss_bytes()
-    peak = [start]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_bytes())
-            stop.wait(interval)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    thread.start()
-    try:
-        yield out
-    finally:
-        stop.set()
-        thread.join()
-        peak[0] = max(peak[0], rss_bytes())
-        out["rss_peak_mib"] = round(peak[0] / 2**20, 1)
-        out["rss_increase_mib"] = round((peak[0] - start) / 2**20, 1)
-        if torch.cuda.is_available():
-            out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
