@@ -104,6 +104,6 @@ def run(p: dict) -> Result:
                "eval_ratio": ratio_of_rounds(eval_ips["draft"], eval_ips["full"]),
                "decoded_size_with_draft": list(decoded_size),
                "model_train_images_per_s": model_ips,
-               "workers_to_feed_model": round(model_ips / per_worker, 2),
+               "workers_to_feed_model": round(model_ips / per_worker, 3),
                "generate_s": round(generate_s, 1)},
     ).check()

@@ -3,7 +3,7 @@
 Inference runs the library's fast path (the ``predict.*`` defaults: bf16 autocast where native,
 channels_last) on the module's network; training runs forward + loss + backward + AdamW step on
 the same network in fp32. Each configuration runs in a fresh process, so its peak RSS
-(``getrusage`` max RSS: Python, torch, the model, activations) is its own; ``rss_increase_mib`` is
+(``VmHWM``: Python, torch, the model, activations) is its own; ``rss_increase_mib`` is
 the rise above the RSS once the model is built. On CUDA also ``torch.cuda.max_memory_allocated``.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +46,16 @@ def _train_step(module, x, y, bf16: bool):
     return step
 
 
+def _vm_hwm() -> int:
+    """Peak RSS of this process image in bytes (``VmHWM``; ``ru_maxrss`` would carry the parent's
+    peak across fork + exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return rss_bytes()
+
+
 def _measure(make_step, batch: int, reps: int, device) -> dict:
     step = make_step()
     base_rss = rss_bytes()
@@ -54,7 +63,7 @@ def _measure(make_step, batch: int, reps: int, device) -> dict:
         torch.cuda.reset_peak_memory_stats()
     step()  # warm-up (oneDNN primitives / cuDNN plans for this shape, allocator)
     seconds = median([timed(step) for _ in range(reps)])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    peak = _vm_hwm()
     out = {"images_per_s": round(batch / seconds, 3), "s_per_batch": round(seconds, 4),
            "rss_peak_mib": round(peak / 2**20, 1), "rss_increase_mib": round((peak - base_rss) / 2**20, 1)}
     if device.type == "cuda":

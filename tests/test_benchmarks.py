@@ -61,7 +61,8 @@ def test_gpu_suite_without_cuda_says_so_and_succeeds(isolated, capsys):
 
 
 def test_progress_bar_refreshes_at_the_logging_interval(tmp_path):
-    cfg = compose_cfg("trainer.log_every_n_steps=7", "trainer.enable_progress_bar=true", f"run_dir={tmp_path}")
+    cfg = compose_cfg("trainer.log_every_n_steps=7", "trainer.enable_progress_bar=true",
+                      f"run_dir={tmp_path}")
     trainer = build_trainer(cfg, tmp_path)
     assert trainer.progress_bar_callback.refresh_rate == 7
     cfg = compose_cfg("trainer.enable_progress_bar=false", f"run_dir={tmp_path}")

@@ -52,6 +52,7 @@ def test_cached_probe_trains_the_same_head_as_the_uncached_frozen_backbone(tiny_
     for key, value in uncached.backbone.state_dict().items():
         assert torch.equal(cached.backbone.state_dict()[key], value), key
     assert summary["metrics"]["val/acc1"] == pytest.approx(float(trainer.callback_metrics["val/acc1"]))
+    assert summary["feature_extraction_s"] > 0
 
 
 def test_cached_features_match_the_backbone_in_eval_mode(tiny_cfg):

@@ -11,9 +11,9 @@
   compilation).
 
 Reduced precision changes the outputs slightly, so the first ``predict.check_agreement`` images are
-run again in fp32 eager (NCHW, no autocast) and the top-1 agreement (embeddings: the smallest cosine
-similarity) and the largest absolute difference are reported in ``summary.json``, with a warning
-when top-1 agreement falls below 99 %.
+run again in fp32 eager (NCHW, no autocast) and the top-1 agreement (multi-label: agreement of every
+label's decision at 0.5; embeddings: the smallest cosine similarity) and the largest absolute
+difference are reported in ``summary.json``, with a warning when agreement falls below 99 %.
 """
 
 from __future__ import annotations
@@ -173,7 +173,10 @@ def agreement(
     else:
         head = module.head.to(device)
         ref = head.probabilities(head(features.to(device))).float().cpu()
-        top1 = float((ref.argmax(-1) == fast.argmax(-1)).float().mean())
+        if head.multi_label:  # every label's yes/no decision at 0.5
+            top1 = float(((ref > 0.5) == (fast > 0.5)).float().mean())
+        else:
+            top1 = float((ref.argmax(-1) == fast.argmax(-1)).float().mean())
         report = {"images": n, "top1_agreement": top1, "max_abs_prob_diff": float((ref - fast).abs().max())}
         if top1 < MIN_AGREEMENT:
             log.warning(

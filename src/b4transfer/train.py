@@ -24,7 +24,7 @@ from b4transfer.data.datamodule import ClassificationDataModule
 from b4transfer.data.splits import DatasetSplits
 from b4transfer.data.transforms import DRAFT_FACTOR
 from b4transfer.export import export_timm
-from b4transfer.feature_cache import enable_feature_cache
+from b4transfer.feature_cache import CachedFeatureDataModule, enable_feature_cache
 from b4transfer.module import TransferModule, build_backbone, load_module
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         else None,
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
     }
+    if isinstance(datamodule, CachedFeatureDataModule):
+        summary["feature_extraction_s"] = round(sum(datamodule.extract_seconds.values()), 2)
     if trainer.is_global_zero:
         export_module = load_module(best) if best else module
         summary.update(_export_formats(cfg, export_module, run_dir / "export", checkpoint=best))
