@@ -152,10 +152,11 @@ class TransferModule(L.LightningModule):
     # -------------------------------------------------------------- prediction
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         x, index = batch
-        features = self.backbone(x)
+        features = self.backbone(x).float()
         if self.predict_output == "embedding":
-            return {"index": index, "embedding": features.float()}
-        return {"index": index, "probs": self.head.probabilities(self.head(features)).float()}
+            return {"index": index, "embedding": features}
+        with torch.autocast(features.device.type, enabled=False):  # the cheap head in fp32 under bf16
+            return {"index": index, "probs": self.head.probabilities(self.head(features)).float()}
 
     # --------------------------------------------------------------- optimizer
     def configure_optimizers(self):
