@@ -147,13 +147,23 @@ def _summary_line(r: Result) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    names = ("lightning.pytorch", "lightning.fabric", "b4transfer")
+    levels = {n: logging.getLogger(n).level for n in names}
+    try:
+        for name in names:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _main(args, argv)
+    finally:  # leave the caller's logging as it was (tests run this in-process)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     profile = "smoke" if args.smoke else "quick" if args.quick else "full"
     if args.threads:
         torch.set_num_threads(args.threads)
-    for name in ("lightning.pytorch", "lightning.fabric", "b4transfer"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("B4TRANSFER_CACHE", str(args.out_dir / ".cache"))
     info = machine()
     started = datetime.now(timezone.utc)
     if args.suite == "gpu" and not torch.cuda.is_available():
