@@ -27,8 +27,28 @@ NOTES = """\
   which the plain loop does not do. One-time `fit()` set-up is reported apart.
 - **Input pipeline** is per DataLoader worker (one torch thread, as in a worker): with `W` workers
   the loader delivers about `W x` that rate; `workers_to_feed_model` = model images/s / per-worker rate.
-- **Scaling**: peak RSS is the whole process's (Python, torch, the model, the batch); the rise above
-  the RSS before each configuration is `rss_increase_mib`.
+- **Scaling**: each configuration runs in its own process; peak RSS (`VmHWM`) is that whole process's
+  (Python, torch, the model, activations), `rss_increase_mib` its rise once the model is built.
+- **OpenMP threads wait passively** (`OMP_WAIT_POLICY=PASSIVE`, set by `benchmarks/__init__.py`): with
+  the default spinning, 2 threads on a shared 2-core machine ran B4 inference 7x slower than 1 thread.
+- **GPU**: the GPU suite (B4 @ 320, bf16-mixed, channels_last, batch 96: library vs plain timm loop,
+  target images/s ratio >= 0.97; timm publishes 293 img/s for B4 training on an RTX 3090 with AMP at
+  batch 96) needs a CUDA device; without one it records "skipped" and no GPU number is claimed.
+
+## What the measurements changed in the library
+
+- `mode=predict` / `mode=embed` default to channels_last and bf16 autocast where the hardware runs
+  bf16 natively (`predict.precision=auto`), with an fp32 agreement report; the head and softmax stay
+  in fp32 so probabilities still sum to 1.
+- JPEG draft decoding keeps >= `data.draft_factor` (1.5) x each split's own input side. The earlier
+  rule (2x the larger of the train and eval sizes, 768 px for B4) never drafted a 2 MP photo
+  (1224 px short side < 2 x 768), so it did nothing at the sizes this benchmark uses.
+- The progress bar refreshes every `trainer.log_every_n_steps` steps instead of every step: each
+  refresh reads the logged loss/accuracy as Python numbers, a host-device sync on a GPU. On this
+  CPU the whole per-step overhead of the default path is a few ms (about 1 % at B0 @ 160, batch 16),
+  so the change is not visible in the CPU numbers.
+- Cached-feature linear probe (`data.cache_features=true`): the frozen backbone runs once, not every
+  epoch.
 """
 
 
