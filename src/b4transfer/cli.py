@@ -20,9 +20,7 @@ def config_dir() -> str:
     checkout = Path(__file__).resolve().parents[2] / "conf"
     if (checkout / "config.yaml").is_file():
         return str(checkout)
-    from importlib.resources import files
-
-    return str(files("b4transfer.conf"))
+    return str(Path(__file__).resolve().parent / "conf")  # installed wheel: b4transfer/conf/
 
 
 # Errors that describe bad input or configuration: shown as one message, no traceback.
