@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,10 @@ from b4transfer.export import export_timm
 from b4transfer.module import TransferModule, build_backbone, load_module
 
 log = logging.getLogger(__name__)
+
+# prepare_run_dir guarantees a fresh run dir (it only holds our resolved config): Lightning's warning
+# that "previous log files will be deleted" would only alarm users.
+warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
 MODES = ("train", "validate", "test", "predict", "embed", "export")
 # Files whose presence means a directory already holds a finished or running run.
