@@ -65,8 +65,13 @@ def test_load_module_rejects_foreign_checkpoints(tmp_path):
         load_module(path)
 
 
+class Payload:
+    pass
+
+
 def test_load_module_refuses_pickled_objects(tmp_path):
     path = tmp_path / "evil.ckpt"
-    torch.save({"hyper_parameters": {"class_names": ["a", "b"]}, "payload": object.__new__(ValueError)}, path)
+    payload = Payload()  # an arbitrary class: running its pickle could run any code
+    torch.save({"hyper_parameters": {"class_names": ["a", "b"]}, "payload": payload}, path)
     with pytest.raises(ValueError, match="could not be read as a checkpoint"):
         load_module(path)
