@@ -23,6 +23,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from b4transfer.checkpointing import AtomicCheckpointIO
+from b4transfer.distributed import is_rank_zero
 from b4transfer.syncbn import TimmSyncBatchNorm
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def batch_plan(trainer: L.Trainer, *, per_device: int, optim: Mapping[str, Any])
         "base_lr": float(optim["lr"]),
         "lr": lr,
     }
-    log.info(
+    (log.info if is_rank_zero() else log.debug)(
         "Batch size: %d per device x %d device(s) x %d node(s) x %d accumulation = %d images per optimizer "
         "step; lr %.3g (optim.lr=%.3g, lr_scaling=%s%s)",
         per_device,

@@ -256,7 +256,8 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
         export_module = load_module(best) if best else module
         summary["export_dir"] = str(_export(export_module, run_dir / "export", checkpoint=best))
     write_summary(run_dir, summary)
-    log.info("Run directory: %s", run_dir)
+    if is_rank_zero():
+        log.info("Run directory: %s", run_dir)
     return summary
 
 
