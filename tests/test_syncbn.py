@@ -35,7 +35,8 @@ def b4_and_input():
 
 def _norm_act_layers(model: nn.Module) -> list[nn.Module]:
     """BatchNorm layers that carry a fused activation (BatchNormAct2d, or what a converter made of one)."""
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and hasattr(m, "act")]
+    norms = (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    return [m for m in norms if hasattr(m, "act")]
 
 
 def _conversion_report(converter, model: nn.Module, x: torch.Tensor) -> dict:
@@ -64,7 +65,7 @@ def test_timm_sync_bn_keeps_b4_outputs_and_activations(b4_and_input):
     converted = report["model"]
     assert sum(isinstance(m, SyncBatchNormAct) for m in converted.modules()) == n_norm_act
     assert not any(type(m) is BatchNormAct2d for m in converted.modules())
-    assert report["act_calls"] == report["layers"] == n_norm_act, "every converted layer applies its activation"
+    assert report["act_calls"] == report["layers"] == n_norm_act, "each converted layer applies its act"
     assert _keeps_b4_intact(report)
 
 
