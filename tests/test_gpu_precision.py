@@ -33,3 +33,8 @@ def test_mixed_precision_throughput_vs_fp32_on_b4():
         rows.append(measure("bf16-mixed", batch_size=16, image_size=256, steps=10, warmup=3))
     print("\n" + table(rows))
     assert all(r["finite_loss"] and r["images_per_s"] > 0 for r in rows)
+
+
+def test_fsdp_trains_on_one_gpu_and_exports(tiny_cfg, tmp_path):
+    summary = train(tiny_cfg("trainer.accelerator=gpu", "strategy=fsdp", "precision=bf16-mixed"))
+    assert summary["global_step"] > 0 and (tmp_path / "run" / "export" / "model.safetensors").is_file()
