@@ -37,7 +37,9 @@ def test_16_mixed_on_cpu_falls_back_to_bf16_with_one_clear_warning(tiny_cfg):
 
 
 def test_bf16_mixed_trains_and_the_summary_states_precision_and_batch(tiny_cfg):
-    summary = train(tiny_cfg("precision=bf16-mixed", "trainer.accumulate_grad_batches=2"))
+    summary = train(
+        tiny_cfg("precision=bf16-mixed", "trainer.accumulate_grad_batches=2", "trainer.limit_val_batches=1")
+    )
     assert summary["precision"] == "bf16-mixed" and summary["global_step"] > 0
     assert summary["batch"] == {
         "per_device_batch_size": 8,
@@ -106,7 +108,7 @@ def test_trainer_presets_compose():
     assert nodes.trainer.num_nodes == 4 and nodes.strategy.name == "fsdp"
 
 
-def test_ddp_trainer_on_cpu_uses_two_processes_and_states_the_global_batch(tiny_cfg):
+def test_strategy_ddp_on_cpu_builds_a_two_process_trainer(tiny_cfg):
     cfg = tiny_cfg("strategy=ddp", "trainer.devices=2")
     trainer = build_trainer(cfg, Path(cfg.run_dir))
     assert isinstance(trainer.strategy, DDPStrategy) and trainer.num_devices == 2

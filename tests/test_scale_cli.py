@@ -32,6 +32,7 @@ def _runs(root: Path) -> list[Path]:
     return sorted({p.parent for p in [*root.rglob("summary.json"), *root.rglob("metrics.csv")]})
 
 
+@pytest.mark.slow
 def test_bf16_mixed_trains_from_the_cli(tmp_path, image_folder):
     run = tmp_path / "bf16"
     proc = _ok(
