@@ -104,7 +104,8 @@ class TransferModule(L.LightningModule):
     def _eval_step(self, batch, metrics, stage: str) -> None:
         x, y = batch
         logits = self(x)
-        self.log(f"{stage}/loss", self.head.loss(logits, y), prog_bar=True, batch_size=x.shape[0])
+        loss = self.head.loss(logits, y)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
         metrics.update(logits, y.long() if self.head.multi_label else y)
 
     def validation_step(self, batch, batch_idx: int) -> None:
