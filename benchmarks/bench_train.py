@@ -77,9 +77,9 @@ def _config(p: dict, run_dir: Path, *, accelerator: str, precision: str):
     overrides = [
         f"model.name={p['model']}", "model.pretrained=false", f"data.image_size={p['image_size']}",
         f"data.batch_size={p['batch_size']}", "data.num_workers=0", f"run_dir={run_dir}",
-        f"trainer.accelerator={accelerator}", f"trainer.precision={precision}",
+        f"trainer.accelerator={accelerator}", f"precision={precision}",
         f"trainer.max_epochs={p['epochs']}", f"+trainer.max_steps={p['total_steps']}",
-        f"channels_last={str(p.get('channels_last', False)).lower()}",
+        f"model.channels_last={str(p.get('channels_last', False)).lower()}",
         *p.get("overrides", []),
     ]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -105,6 +105,8 @@ def _baseline(module, loader, *, device, precision: str, channels_last: bool):
                 batches = iter(loader)
                 x, y = next(batches)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with autocast or contextlib.nullcontext():
                 loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
@@ -114,12 +116,13 @@ def _baseline(module, loader, *, device, precision: str, channels_last: bool):
     return steps
 
 
-def run(p: dict, *, accelerator: str = "cpu", precision: str = "32", target: str = "<= 1.03") -> Result:
+def run(p: dict, *, accelerator: str = "cpu", precision: str = "32-true", target: str = "<= 1.03") -> Result:
     """Interleaved library vs plain-loop training steps; ``p``: model, image_size, batch_size, k, rounds.
 
     ``target`` ``<= x`` compares time per step (library / plain); ``>= x`` compares images/s.
     """
     from b4transfer.callbacks import ThroughputMeter
+    from b4transfer.speed import apply_speed_switches
     from b4transfer.train import build_module, build_trainer
 
     torch.manual_seed(0)
@@ -141,8 +144,7 @@ def run(p: dict, *, accelerator: str = "cpu", precision: str = "32", target: str
         datamodule = L.LightningDataModule.from_datasets(
             train_dataset=data, val_dataset=val, batch_size=p["batch_size"], num_workers=0
         )
-        if p.get("channels_last"):
-            module = module.to(memory_format=torch.channels_last)
+        module = apply_speed_switches(module, cfg.model)  # model.channels_last, as train() does
         trainer = build_trainer(cfg, Path(tmp) / "run", extra_callbacks=[ThroughputMeter(), interleave])
         start = time.perf_counter()
         with quiet():  # the progress bar and model summary

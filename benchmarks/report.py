@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 _ORDER = {"cpu-quick": 0, "cpu-full": 1, "gpu-quick": 2, "gpu-full": 3}
+# Everything from this line on in BENCHMARKS.md is hand-written (e.g. benchmarks/precision.py's table)
+# and kept as it is when the generated part above it is rewritten.
+KEEP_MARKER = "<!-- Hand-written sections below: benchmarks/report.py keeps them as they are. -->"
 NOTES = """\
 ## How these numbers are taken
 
@@ -190,4 +193,9 @@ def render(results_dir: Path, markdown: Path) -> None:
             lines += _details(record)
         lines += ["Machine: " + _machine(record)[0], ""]
     lines.append(NOTES)
-    Path(markdown).write_text("\n".join(lines))
+    kept = ""
+    if Path(markdown).is_file():
+        text = Path(markdown).read_text()
+        if KEEP_MARKER in text:
+            kept = text[text.index(KEEP_MARKER):]
+    Path(markdown).write_text("\n".join(lines) + ("\n" + kept if kept else ""))

@@ -106,7 +106,8 @@ class TransferModule(L.LightningModule):
     def _eval_step(self, batch, metrics, stage: str) -> None:
         x, y = batch
         logits = self(x)
-        self.log(f"{stage}/loss", self.head.loss(logits, y), prog_bar=True, batch_size=x.shape[0])
+        loss = self.head.loss(logits, y)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
         metrics.update(logits, y.long() if self.head.multi_label else y)
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -196,7 +197,13 @@ def load_module(ckpt_path: str | Path, *, map_location: str = "cpu") -> Transfer
             f"ckpt_path={str(ckpt_path)!r} does not exist. Pass the path of a .ckpt written by a "
             "training run, e.g. ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt."
         )
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    try:  # tensors and plain containers only: a checkpoint is never run as arbitrary pickle
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"ckpt_path={str(path)!r} could not be read as a checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Pass a .ckpt written by b4transfer."
+        ) from err
     hparams = ckpt.get("hyper_parameters")
     if not hparams or "class_names" not in hparams:
         raise ValueError(

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import sys
 import time
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +19,31 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from b4transfer import devices, distributed
 from b4transfer.callbacks import ThroughputMeter, progress_bar
+from b4transfer.checkpointing import (
+    SIGTERM_EXIT_CODE,
+    CheckpointOnSigterm,
+    continue_requeued_job,
+    find_last_checkpoint,
+    step_checkpoint,
+)
 from b4transfer.data.datamodule import ClassificationDataModule
 from b4transfer.data.splits import DatasetSplits
 from b4transfer.data.transforms import DRAFT_FACTOR
 from b4transfer.export import export_timm
 from b4transfer.feature_cache import CachedFeatureDataModule, enable_feature_cache
 from b4transfer.module import TransferModule, build_backbone, load_module
+from b4transfer.speed import apply_speed_switches
 
 log = logging.getLogger(__name__)
+
+# prepare_run_dir guarantees a fresh run dir (it only holds our resolved config): Lightning's warning
+# that "previous log files will be deleted" would only alarm users.
+warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
 MODES = ("train", "validate", "test", "predict", "embed", "export")
 EXPORT_FORMATS = ("timm", "onnx")
@@ -54,7 +70,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ helpers
 def is_rank_zero() -> bool:
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    return distributed.is_rank_zero()
 
 
 def prepare_run_dir(cfg: DictConfig) -> Path:
@@ -108,7 +124,7 @@ def build_module(cfg: DictConfig, splits: DatasetSplits, backbone=None) -> Trans
         class_names=list(splits.class_names),
         model=_plain(cfg.model),
         head=_plain(cfg.get("head")) or {},
-        optim=_plain(cfg.optim),
+        optim=devices.split_lr_scaling(_plain(cfg.optim))[0],
         scheduler=_plain(cfg.get("scheduler")),
         data=data_overrides(cfg),
         multi_label=splits.multi_label,
@@ -118,7 +134,7 @@ def build_module(cfg: DictConfig, splits: DatasetSplits, backbone=None) -> Trans
 def num_workers(cfg: DictConfig) -> int:
     if cfg.data.get("num_workers") is not None:
         return int(cfg.data.num_workers)
-    return min(8, max(0, (os.cpu_count() or 1) - 1))
+    return devices.default_num_workers(cfg.trainer.get("devices"))
 
 
 def build_datamodule(cfg: DictConfig, splits: DatasetSplits, module: TransferModule):
@@ -146,17 +162,24 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Tr
             mode=ckpt_cfg.get("mode", "max"),
             save_top_k=ckpt_cfg.get("save_top_k", 1),
             save_last=True,
-            every_n_train_steps=ckpt_cfg.get("every_n_train_steps"),
         ),
         LearningRateMonitor(logging_interval="step"),
+        CheckpointOnSigterm(run_dir / "checkpoints"),
         *extra_callbacks,
     ]
+    every_n = step_checkpoint(run_dir / "checkpoints", ckpt_cfg.get("every_n_train_steps"))
+    callbacks += [every_n] if every_n else []
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(progress_bar(cfg.trainer.get("log_every_n_steps") or 50))
     loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None]
-    return L.Trainer(
-        **_plain(cfg.trainer), default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False
+    trainer = L.Trainer(
+        **devices.trainer_kwargs(_plain(cfg.trainer), _plain(cfg.get("strategy"))),
+        default_root_dir=str(run_dir),
+        callbacks=callbacks,
+        logger=loggers or False,
     )
+    devices.check_trainer(trainer, sync_batchnorm=bool(cfg.trainer.get("sync_batchnorm")))
+    return trainer
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -170,6 +193,11 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 
 def resolve_ckpt(cfg: DictConfig, *, required: bool) -> str | None:
     ckpt = cfg.get("ckpt_path")
+    if ckpt == "last":
+        runs_root = (cfg.get("checkpoint") or {}).get("runs_root") or "outputs"
+        found = find_last_checkpoint(runs_root, exclude=Path(cfg.run_dir))
+        log.info("ckpt_path=last: %s", found)
+        return str(found)
     if ckpt is None:
         if required:
             raise ValueError(
@@ -186,26 +214,36 @@ def resolve_ckpt(cfg: DictConfig, *, required: bool) -> str | None:
 
 
 # -------------------------------------------------------------------- modes
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fine-tune, keep best + last checkpoints, export the best weights, write ``summary.json``."""
+def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
+    """Fine-tune, keep best + last checkpoints, export the best weights, write ``summary.json``.
+
+    Args:
+        cfg: the composed config.
+        callbacks: extra Lightning callbacks for this run.
+    """
     ckpt = resolve_ckpt(cfg, required=False)
+    cfg, ckpt = continue_requeued_job(cfg, ckpt)
     export_formats(cfg)  # a bad export.format fails now, not after training
     run_dir = prepare_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
     backbone = build_backbone(_plain(cfg.model))  # weights problems surface before the data scan
     splits = build_splits(cfg)
-    module = build_module(cfg, splits, backbone)
-    if cfg.get("channels_last"):
-        module = module.to(memory_format=torch.channels_last)
+    module = apply_speed_switches(build_module(cfg, splits, backbone), cfg.model)
     datamodule = build_datamodule(cfg, splits, module)
     if cfg.data.get("cache_features"):
         datamodule = enable_feature_cache(
             module, datamodule, augment=_plain(cfg.data.get("augment")), finetune=_plain(cfg.get("finetune"))
         )
     meter = ThroughputMeter()
-    trainer = build_trainer(cfg, run_dir, extra_callbacks=[meter])
+    trainer = build_trainer(cfg, run_dir, extra_callbacks=[meter, *callbacks])
+    plan = devices.batch_plan(trainer, per_device=int(cfg.data.batch_size), optim=_plain(cfg.optim))
+    module.hparams.optim["lr"] = plan["lr"]
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    try:
+        with distributed.hydra_ddp_launch():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    except SIGTERMException:
+        _stopped_by_sigterm(trainer, run_dir, time.perf_counter() - start)
     wall = time.perf_counter() - start
     metrics = _scalars(trainer.callback_metrics)
     best = trainer.checkpoint_callback.best_model_path or None
@@ -219,6 +257,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "skipped_images": len(splits.skipped),
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
+        "precision": str(trainer.precision),
+        "batch": plan,
         "wall_time_s": round(wall, 2),
         "train_images_per_s": meter.images_per_s,
         "metrics": metrics,
@@ -234,8 +274,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         export_module = load_module(best) if best else module
         summary.update(_export_formats(cfg, export_module, run_dir / "export", checkpoint=best))
     write_summary(run_dir, summary)
-    log.info("Run directory: %s", run_dir)
+    if is_rank_zero():
+        log.info("Run directory: %s", run_dir)
     return summary
+
+
+def _stopped_by_sigterm(trainer: L.Trainer, run_dir: Path, wall: float) -> None:
+    """After SIGTERM: record where to resume, then exit with status 143 (no traceback, no export)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    summary = {
+        "mode": "train",
+        "stopped_by": "SIGTERM",
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": round(wall, 2),
+        "resume_checkpoint": str(last) if last.is_file() else None,
+    }
+    write_summary(run_dir, summary)
+    if is_rank_zero():
+        print(
+            f"b4transfer: stopped by SIGTERM at step {trainer.global_step}; resume with ckpt_path={last}",
+            file=sys.stderr,
+        )
+    raise SystemExit(SIGTERM_EXIT_CODE)
 
 
 def _export(module: TransferModule, out_dir: Path, *, checkpoint: str | None) -> Path:
