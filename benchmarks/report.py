@@ -192,6 +192,10 @@ def render(results_dir: Path, markdown: Path) -> None:
             lines += [f"![{record['suite']} {record['profile']}]({rel})", ""]
             lines += _details(record)
         lines += ["Machine: " + _machine(record)[0], ""]
+        for rerun in record.get("reruns", []):
+            lines += [f"Re-run on its own later (`{rerun['command']}`, {rerun['started_utc']}, load average "
+                      f"{rerun['load_average'][0]} -> {rerun['load_average'][1]}): "
+                      f"{', '.join(rerun['benchmarks'])}.", ""]
     lines.append(NOTES)
     kept = ""
     if Path(markdown).is_file():
