@@ -203,11 +203,12 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"{args.suite}-{profile}.json"
+    wall = record["wall_s"]
     if args.only and out.is_file():
         record = _merge(json.loads(out.read_text()), record)
     out.write_text(json.dumps(record, indent=2) + "\n")
     render(args.out_dir, args.markdown)
-    print(f"wrote {out} and {args.markdown} in {record['wall_s']:.0f} s")
+    print(f"wrote {out} and {args.markdown} in {wall:.0f} s")
     return 1 if any(r.status == "error" for r in results) else 0
 
 
