@@ -59,7 +59,7 @@ PROFILES: dict[str, dict[str, dict]] = {
                                model_batch=4, model_steps=2, augment=_AUGMENT),
         "cached_probe": dict(model="efficientnet_b4", train_images=32, val_images=8, batch_size=8, epochs=2,
                              cached_epochs=6, rounds=1, file_size=400),
-        "scaling": dict(model="efficientnet_b4", reps=2, inference_size=384, inference_batches=[1, 4, 8],
+        "scaling": dict(model="efficientnet_b4", reps=3, inference_size=384, inference_batches=[1, 4, 8],
                         inference_sizes=[256, 320], inference_batch=4, train_size=320, train_batches=[2, 4],
                         train_sizes=[256], train_batch=2),
         "detection": {},
