@@ -88,7 +88,9 @@ class TransferModule(L.LightningModule):
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        """Logits of images ``(N, 3, H, W)``, or of pooled features ``(N, num_features)``
+        (the cached-feature linear probe feeds those, see :mod:`b4transfer.feature_cache`)."""
+        return self.head(x if x.ndim == 2 else self.backbone(x))
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -151,10 +153,11 @@ class TransferModule(L.LightningModule):
     # -------------------------------------------------------------- prediction
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         x, index = batch
-        features = self.backbone(x)
+        features = self.backbone(x).float()
         if self.predict_output == "embedding":
-            return {"index": index, "embedding": features.float()}
-        return {"index": index, "probs": self.head.probabilities(self.head(features)).float()}
+            return {"index": index, "embedding": features}
+        with torch.autocast(features.device.type, enabled=False):  # the cheap head in fp32 under bf16
+            return {"index": index, "probs": self.head.probabilities(self.head(features)).float()}
 
     # --------------------------------------------------------------- optimizer
     def configure_optimizers(self):

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from b4transfer import devices, distributed
-from b4transfer.callbacks import ThroughputMeter
+from b4transfer.callbacks import ThroughputMeter, progress_bar
 from b4transfer.checkpointing import (
     SIGTERM_EXIT_CODE,
     CheckpointOnSigterm,
@@ -33,7 +33,9 @@ from b4transfer.checkpointing import (
 )
 from b4transfer.data.datamodule import ClassificationDataModule
 from b4transfer.data.splits import DatasetSplits
+from b4transfer.data.transforms import DRAFT_FACTOR
 from b4transfer.export import export_timm
+from b4transfer.feature_cache import CachedFeatureDataModule, enable_feature_cache
 from b4transfer.module import TransferModule, build_backbone, load_module
 from b4transfer.speed import apply_speed_switches
 
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
 MODES = ("train", "validate", "test", "predict", "embed", "export")
+EXPORT_FORMATS = ("timm", "onnx")
 # Files whose presence means a directory already holds a finished or running run.
 _RUN_MARKERS = ("summary.json", "checkpoints", "metrics.csv", "export", "predictions.csv")
 
@@ -144,6 +147,7 @@ def build_datamodule(cfg: DictConfig, splits: DatasetSplits, module: TransferMod
         num_workers=num_workers(cfg),
         augment=_plain(cfg.data.get("augment")),
         pin_memory=on_gpu,
+        draft_factor=_plain(cfg.data.get("draft_factor", DRAFT_FACTOR)),
     )
 
 
@@ -165,6 +169,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Tr
     ]
     every_n = step_checkpoint(run_dir / "checkpoints", ckpt_cfg.get("every_n_train_steps"))
     callbacks += [every_n] if every_n else []
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(progress_bar(cfg.trainer.get("log_every_n_steps") or 50))
     loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None]
     trainer = L.Trainer(
         **devices.trainer_kwargs(_plain(cfg.trainer), _plain(cfg.get("strategy"))),
@@ -217,12 +223,17 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     """
     ckpt = resolve_ckpt(cfg, required=False)
     cfg, ckpt = continue_requeued_job(cfg, ckpt)
+    export_formats(cfg)  # a bad export.format fails now, not after training
     run_dir = prepare_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
     backbone = build_backbone(_plain(cfg.model))  # weights problems surface before the data scan
     splits = build_splits(cfg)
     module = apply_speed_switches(build_module(cfg, splits, backbone), cfg.model)
     datamodule = build_datamodule(cfg, splits, module)
+    if cfg.data.get("cache_features"):
+        datamodule = enable_feature_cache(
+            module, datamodule, augment=_plain(cfg.data.get("augment")), finetune=_plain(cfg.get("finetune"))
+        )
     meter = ThroughputMeter()
     trainer = build_trainer(cfg, run_dir, extra_callbacks=[meter, *callbacks])
     plan = devices.batch_plan(trainer, per_device=int(cfg.data.batch_size), optim=_plain(cfg.optim))
@@ -257,9 +268,11 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
         else None,
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
     }
+    if isinstance(datamodule, CachedFeatureDataModule):
+        summary["feature_extraction_s"] = round(sum(datamodule.extract_seconds.values()), 2)
     if trainer.is_global_zero:
         export_module = load_module(best) if best else module
-        summary["export_dir"] = str(_export(export_module, run_dir / "export", checkpoint=best))
+        summary.update(_export_formats(cfg, export_module, run_dir / "export", checkpoint=best))
     write_summary(run_dir, summary)
     if is_rank_zero():
         log.info("Run directory: %s", run_dir)
@@ -299,6 +312,43 @@ def _export(module: TransferModule, out_dir: Path, *, checkpoint: str | None) ->
     )
 
 
+def export_formats(cfg: DictConfig) -> list[str]:
+    """The checked ``export.format`` list (a name or a list of names); ``onnx`` needs onnx + onnxruntime."""
+    value = _plain((cfg.get("export") or {}).get("format", "timm"))
+    formats = [value] if isinstance(value, str) else list(value or [])
+    if not formats or any(f not in EXPORT_FORMATS for f in formats):
+        raise ValueError(
+            f"export.format={value!r} is not supported; use one of {', '.join(EXPORT_FORMATS)}, or a list "
+            "such as export.format=[timm,onnx]."
+        )
+    if "onnx" in formats:
+        from b4transfer.onnx_export import _require_onnx
+
+        _require_onnx()
+    return formats
+
+
+def _export_formats(cfg: DictConfig, module: TransferModule, out_dir: Path, *, checkpoint) -> dict[str, Any]:
+    """Export in every ``export.format``; returns the summary entries (``export_dir``, ``onnx``)."""
+    out: dict[str, Any] = {"export_dir": str(out_dir)}
+    for fmt in export_formats(cfg):
+        if fmt == "timm":
+            _export(module, out_dir, checkpoint=checkpoint)
+        else:
+            from b4transfer.onnx_export import export_onnx
+
+            out["onnx"] = export_onnx(
+                backbone=module.backbone,
+                head_fc=module.head.fc,
+                class_names=module.class_names,
+                data_config=module.data_config,
+                out_dir=out_dir,
+                multi_label=module.head.multi_label,
+                opset=int((cfg.get("export") or {}).get("onnx_opset", 17)),
+            )
+    return out
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """``mode=validate`` / ``mode=test``: metrics of a checkpoint on the configured data."""
     ckpt = resolve_ckpt(cfg, required=True)
@@ -322,8 +372,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def export(cfg: DictConfig) -> dict[str, Any]:
     """``mode=export ckpt_path=...``: timm-loadable ``export/model.safetensors`` + ``config.json``."""
     ckpt = resolve_ckpt(cfg, required=True)
+    export_formats(cfg)
     run_dir = prepare_run_dir(cfg)
-    out = _export(load_module(ckpt), run_dir / "export", checkpoint=ckpt)
-    summary = {"mode": "export", "checkpoint": ckpt, "export_dir": str(out)}
+    summary = {"mode": "export", "checkpoint": ckpt}
+    summary.update(_export_formats(cfg, load_module(ckpt), run_dir / "export", checkpoint=ckpt))
     write_summary(run_dir, summary)
     return summary
