@@ -22,12 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 from b4transfer.callbacks import ThroughputMeter
 from b4transfer.data.datamodule import ClassificationDataModule
 from b4transfer.data.splits import DatasetSplits
+from b4transfer.ema import EMA
 from b4transfer.export import export_timm
 from b4transfer.module import TransferModule, build_backbone, load_module
 
 log = logging.getLogger(__name__)
 
-MODES = ("train", "validate", "test", "predict", "embed", "export")
+MODES = ("train", "validate", "test", "predict", "embed", "export", "lr_find")
 # Files whose presence means a directory already holds a finished or running run.
 _RUN_MARKERS = ("summary.json", "checkpoints", "metrics.csv", "export", "predictions.csv")
 
@@ -35,6 +36,7 @@ _RUN_MARKERS = ("summary.json", "checkpoints", "metrics.csv", "export", "predict
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run ``cfg.mode`` and return its summary."""
     from b4transfer import predict as predict_mod
+    from b4transfer.lr_find import lr_find
 
     modes = {
         "train": train,
@@ -43,6 +45,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "predict": predict_mod.predict,
         "embed": predict_mod.embed,
         "export": export,
+        "lr_find": lr_find,
     }
     if cfg.mode not in modes:
         raise ValueError(f"mode={cfg.mode!r} is not a mode; choose one of {', '.join(MODES)}.")
@@ -128,11 +131,13 @@ def build_datamodule(cfg: DictConfig, splits: DatasetSplits, module: TransferMod
         num_workers=num_workers(cfg),
         augment=_plain(cfg.data.get("augment")),
         pin_memory=on_gpu,
+        mixup=_plain(cfg.data.get("mixup")),
     )
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Trainer:
     ckpt_cfg = _plain(cfg.get("checkpoint")) or {}
+    loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None]
     callbacks = [
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
@@ -144,13 +149,22 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Tr
             save_last=True,
             every_n_train_steps=ckpt_cfg.get("every_n_train_steps"),
         ),
-        LearningRateMonitor(logging_interval="step"),
+        *([instantiate(cfg.finetune)] if cfg.get("finetune") else []),  # before the LR monitor: it sets LRs
+        *([LearningRateMonitor(logging_interval="step")] if loggers else []),  # it fails without a logger
+        *ema_callbacks(cfg.get("ema")),
+        *[instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c],  # callbacks.<name>._target_=...
         *extra_callbacks,
     ]
-    loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None]
     return L.Trainer(
         **_plain(cfg.trainer), default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False
     )
+
+
+def ema_callbacks(ema: DictConfig | None) -> list:
+    """``[EMA(...)]`` when ``ema.enabled``, else ``[]``."""
+    if not ema or not ema.get("enabled"):
+        return []
+    return [EMA(**{k: v for k, v in _plain(ema).items() if k != "enabled"})]
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

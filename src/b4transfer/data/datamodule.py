@@ -10,6 +10,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from b4transfer.data.dataset import ImageDataset
+from b4transfer.data.mixup import build_mixup
 from b4transfer.data.splits import DatasetSplits, class_counts
 from b4transfer.data.transforms import build_transforms, draft_size_for
 
@@ -36,6 +37,8 @@ class ClassificationDataModule(L.LightningDataModule):
         pin_memory: Pin host memory (faster host-to-GPU copies).
         persistent_workers: Keep workers between epochs; ``None``: when ``num_workers > 0``.
         drop_last: Drop the last incomplete training batch.
+        mixup: ``data.mixup`` options (timm Mixup/CutMix on training batches, soft targets);
+            ``None`` or both alphas 0: off.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class ClassificationDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool | None = None,
         drop_last: bool = False,
+        mixup: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         _check_int(batch_size, "data.batch_size", 1, "set e.g. data.batch_size=32")
@@ -76,6 +80,7 @@ class ClassificationDataModule(L.LightningDataModule):
             train_cfg=train_cfg, eval_cfg=eval_cfg, augment=augment
         )
         self.draft_size = max(draft_size_for(train_cfg), draft_size_for(eval_cfg))
+        self.mixup = build_mixup(mixup, num_classes=splits.num_classes, multi_label=splits.multi_label)
 
     @property
     def class_names(self) -> list[str]:
@@ -119,6 +124,12 @@ class ClassificationDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Mixup/CutMix training batches on their device (validation and test batches stay as they are)."""
+        if self.mixup is not None and self.trainer is not None and self.trainer.training:
+            batch = self.mixup(*batch)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches with augmentation."""
