@@ -123,7 +123,9 @@ def test_a_frozen_backbone_in_train_mode_gives_its_eval_mode_output(tiny_cfg, sc
 # --------------------------------------------------------------------------------- must-show 3
 def test_freeze_unfreeze_trains_the_backbone_from_the_given_epoch_with_lr_warmup(tiny_cfg, tmp_path):
     out, probe = _probe(tmp_path)
-    train(tiny_cfg("finetune=freeze_unfreeze", "finetune.unfreeze_at_epoch=1", "trainer.max_epochs=2", *probe))
+    train(
+        tiny_cfg("finetune=freeze_unfreeze", "finetune.unfreeze_at_epoch=1", "trainer.max_epochs=2", *probe)
+    )
     start, epoch0, epoch1 = (_load(out, w)["backbone"] for w in ("start", "epoch0", "epoch1"))
     assert _same(start, epoch0), _changed(start, epoch0)  # frozen: weights, BN stats, everything
     changed = _changed(epoch0, epoch1)
@@ -178,7 +180,9 @@ def test_requires_grad_is_fixed_at_setup_for_a_ddp_safe_unfreeze(tiny_cfg, tmp_p
     module, _ = _fit(tiny_cfg("finetune=freeze_unfreeze", "logger=none"))  # 1 epoch: frozen all along
     assert not any(p.requires_grad for p in module.backbone.parameters())  # never trains in this run
     module, _ = _fit(
-        tiny_cfg("finetune=freeze_unfreeze", "trainer.max_epochs=2", "logger=none", f"run_dir={tmp_path / 'r2'}")
+        tiny_cfg(
+            "finetune=freeze_unfreeze", "trainer.max_epochs=2", "logger=none", f"run_dir={tmp_path / 'r2'}"
+        )
     )
     # trains later: registered (requires_grad) from the start, so DDP all-reduces it once it trains
     assert all(p.requires_grad for p in module.backbone.parameters())

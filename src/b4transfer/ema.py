@@ -38,8 +38,14 @@ class EMA(WeightAveraging):
     ) -> None:
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
             raise ValueError(f"ema.decay must be in [0, 1), e.g. 0.999, got {decay!r}.")
-        if isinstance(update_every_n_steps, bool) or not isinstance(update_every_n_steps, int) or update_every_n_steps < 1:
-            raise ValueError(f"ema.update_every_n_steps must be an integer >= 1, got {update_every_n_steps!r}.")
+        if (
+            isinstance(update_every_n_steps, bool)
+            or not isinstance(update_every_n_steps, int)
+            or update_every_n_steps < 1
+        ):
+            raise ValueError(
+                f"ema.update_every_n_steps must be an integer >= 1, got {update_every_n_steps!r}."
+            )
         super().__init__(device=device, use_buffers=True, multi_avg_fn=self._update)
         self.decay = float(decay)
         self.warmup = bool(warmup)

@@ -56,7 +56,8 @@ class FinetuneSchedule(L.Callback):
 
     Args:
         bn: BatchNorm policy of the trainable stages: ``train`` (batch statistics, running stats updated)
-            or ``frozen`` (eval mode: running statistics used and kept). Frozen stages are always in eval mode.
+            or ``frozen`` (eval mode: running statistics used and kept). Frozen stages are always in eval
+            mode.
         warmup_epochs: a stage's LR rises linearly from 0 over this many epochs after it starts training
             (0: full LR at once).
     """
@@ -66,7 +67,11 @@ class FinetuneSchedule(L.Callback):
     def __init__(self, *, bn: str = "train", warmup_epochs: float = 0.0) -> None:
         if bn not in BN_POLICIES:
             raise ValueError(f"finetune.bn={bn!r} is not a BatchNorm policy; choose one of {BN_POLICIES}.")
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or warmup_epochs < 0:
+        if (
+            isinstance(warmup_epochs, bool)
+            or not isinstance(warmup_epochs, (int, float))
+            or warmup_epochs < 0
+        ):
             raise ValueError(f"finetune.warmup_epochs must be a number >= 0, got {warmup_epochs!r}.")
         self.bn = bn
         self.warmup_epochs = float(warmup_epochs)
@@ -102,7 +107,9 @@ class FinetuneSchedule(L.Callback):
         named = dict(backbone.named_parameters())
         self._stage_params = [[named[n] for n in s.params] for s in stages]
         self._modules = module_stages(backbone)
-        max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
+        max_epochs = (
+            trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
+        )
         for params, start in zip(self._stage_params, self.starts):
             never = start is None or (max_epochs is not None and start >= max_epochs)
             never = never or (self.first_phase_only and start > 0)
@@ -110,7 +117,9 @@ class FinetuneSchedule(L.Callback):
                 p.requires_grad_(not never)
         if self.first_phase_only:  # the LR finder replaces all callbacks: set the modes once, here
             self._set_trainable(pl_module, progress=0.0)
-        log.info("Fine-tuning schedule %s: stage start epochs %s, bn=%s", type(self).__name__, self.starts, self.bn)
+        log.info(
+            "Fine-tuning schedule %s: stage start epochs %s, bn=%s", type(self).__name__, self.starts, self.bn
+        )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check_groups(trainer)
@@ -118,7 +127,9 @@ class FinetuneSchedule(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._set_trainable(pl_module, progress=float(trainer.current_epoch))
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
+    ) -> None:
         n = trainer.num_training_batches
         per_batch = 1.0 / n if n and math.isfinite(n) else 0.0
         epoch = trainer.current_epoch
@@ -142,7 +153,9 @@ class FinetuneSchedule(L.Callback):
             module.training = train
 
     def _apply_lr_scales(self, trainer: L.Trainer, *, progress: float) -> None:
-        schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if hasattr(c.scheduler, "step_update")]
+        schedulers = [
+            c.scheduler for c in trainer.lr_scheduler_configs if hasattr(c.scheduler, "step_update")
+        ]
         if not schedulers:  # e.g. the LR finder's own scheduler: freezing still holds, LRs are its
             return
         for optimizer in trainer.optimizers:
@@ -158,15 +171,20 @@ class FinetuneSchedule(L.Callback):
             if any(g.get("stages") for g in optimizer.param_groups):
                 continue
             raise TypeError(
-                f"finetune={type(self).__name__} needs optimizer groups built by b4transfer.optim.param_groups "
-                "(each with its backbone 'stages'); the optimizer has none. Build the optimizer with "
+                f"finetune={type(self).__name__} needs optimizer groups built by "
+                "b4transfer.optim.param_groups (each with its backbone 'stages'); the optimizer has none. "
+                "Build the optimizer with "
                 "TransferModule.configure_optimizers or param_groups()."
             )
 
     # --------------------------------------------------------------- state
     def _config(self) -> dict[str, Any]:
-        return {"schedule": type(self).__name__, "starts": list(self.starts), "bn": self.bn,
-                "warmup_epochs": self.warmup_epochs}
+        return {
+            "schedule": type(self).__name__,
+            "starts": list(self.starts),
+            "bn": self.bn,
+            "warmup_epochs": self.warmup_epochs,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {**self._config(), "trainable": list(self.trainable)}
@@ -233,7 +251,11 @@ class Gradual(FinetuneSchedule):
     needs_stage_groups = True
 
     def __init__(
-        self, *, unfreeze_at_epochs: Sequence[int] = (1, 2, 3, 4, 5), warmup_epochs: float = 1.0, bn: str = "train"
+        self,
+        *,
+        unfreeze_at_epochs: Sequence[int] = (1, 2, 3, 4, 5),
+        warmup_epochs: float = 1.0,
+        bn: str = "train",
     ) -> None:
         super().__init__(bn=bn, warmup_epochs=warmup_epochs)
         if isinstance(unfreeze_at_epochs, (str, bytes)) or not isinstance(unfreeze_at_epochs, Sequence):
@@ -244,8 +266,8 @@ class Gradual(FinetuneSchedule):
         epochs = [_check_epoch("finetune.unfreeze_at_epochs[]", e) for e in unfreeze_at_epochs]
         if not epochs or any(b < a for a, b in zip(epochs, epochs[1:])):
             raise ValueError(
-                f"finetune.unfreeze_at_epochs must be a non-empty, non-decreasing list of epochs (the top stage "
-                f"first, lower stages later), got {list(unfreeze_at_epochs)}."
+                "finetune.unfreeze_at_epochs must be a non-empty, non-decreasing list of epochs (the top "
+                f"stage first, lower stages later), got {list(unfreeze_at_epochs)}."
             )
         self.unfreeze_at_epochs = epochs
 
@@ -258,4 +280,3 @@ class Gradual(FinetuneSchedule):
             )
         top_down = list(epochs) + [None] * (num_stages - len(epochs))
         return top_down[::-1]
-

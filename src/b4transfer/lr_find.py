@@ -51,7 +51,11 @@ def lr_find(cfg: DictConfig) -> dict[str, Any]:
         callbacks.append(schedule)
     trainer_cfg = {**_plain(cfg.trainer), "enable_progress_bar": False}
     trainer = L.Trainer(
-        **trainer_cfg, default_root_dir=str(run_dir), callbacks=callbacks, logger=False, enable_checkpointing=False
+        **trainer_cfg,
+        default_root_dir=str(run_dir),
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
     )
     finder = Tuner(trainer).lr_find(module, datamodule=datamodule, update_attr=False, **options)
     suggestion = finder.suggestion() if finder is not None else None
@@ -63,7 +67,8 @@ def lr_find(cfg: DictConfig) -> dict[str, Any]:
         import matplotlib.pyplot as plt
 
         fig = finder.plot(suggest=suggestion is not None)
-        fig.axes[0].set_title(f"LR range test ({cfg.model.name}, finetune={type(callbacks[0]).__name__ if callbacks else 'none'})")
+        schedule = type(callbacks[0]).__name__ if callbacks else "none"
+        fig.axes[0].set_title(f"LR range test ({cfg.model.name}, finetune={schedule})")
         fig.savefig(run_dir / "lr_find.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         summary["plot"] = str(run_dir / "lr_find.png")

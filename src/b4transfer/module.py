@@ -172,10 +172,11 @@ class TransferModule(L.LightningModule):
         optimizer = create_optimizer(groups, name=name, lr=lr, **opt_cfg)
         # Always a timm scheduler (a constant one for scheduler=none): it applies each group's lr_scale.
         sched_cfg = dict(self.hparams.scheduler or {})
+        sched_name = sched_cfg.pop("name", None)
         epochs = max(1, self.trainer.max_epochs or 1)
         steps = max(1, self.trainer.estimated_stepping_batches // epochs)
         scheduler = create_scheduler(
-            optimizer, name=sched_cfg.pop("name", None), num_epochs=epochs, updates_per_epoch=steps, **sched_cfg
+            optimizer, name=sched_name, num_epochs=epochs, updates_per_epoch=steps, **sched_cfg
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

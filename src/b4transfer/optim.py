@@ -68,7 +68,8 @@ def param_groups(
         raise ValueError(f"optim.backbone_lr_mult must be >= 0, got {backbone_lr_mult}.")
     if layer_decay is not None and not 0 < layer_decay <= 1:
         raise ValueError(
-            f"optim.layer_decay must be in (0, 1] (e.g. 0.8) or null for no layer-wise decay, got {layer_decay}."
+            f"optim.layer_decay must be in (0, 1] (e.g. 0.8), or null for no layer-wise decay; "
+            f"got {layer_decay}."
         )
     stage_of = param_stage_map(backbone)
     layers = _layer_ids(backbone) if layer_decay is not None else {}
@@ -92,7 +93,7 @@ def param_groups(
         if stage is not None:
             group["stages"].add(stage)
 
-    for name, param in head.named_parameters():
+    for param in head.parameters():
         add(("head",), "head", param, 1.0, param.ndim > 1, None)
     for name, param in backbone.named_parameters():
         stage, decay = stage_of[name], param.ndim > 1

@@ -72,8 +72,7 @@ def backbone_stages(backbone: nn.Module) -> list[Stage]:
         k = next((i for i, bound in enumerate(bounds) if ordinal[name] <= bound), len(levels) - 1)
         members[k].append(name)
     return [
-        Stage(k, f"stage{k}", levels[k].get("reduction"), tuple(params))
-        for k, params in enumerate(members)
+        Stage(k, f"stage{k}", levels[k].get("reduction"), tuple(params)) for k, params in enumerate(members)
     ]
 
 

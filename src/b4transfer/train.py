@@ -152,7 +152,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Tr
         *([instantiate(cfg.finetune)] if cfg.get("finetune") else []),  # before the LR monitor: it sets LRs
         *([LearningRateMonitor(logging_interval="step")] if loggers else []),  # it fails without a logger
         *ema_callbacks(cfg.get("ema")),
-        *[instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c],  # callbacks.<name>._target_=...
+        *[instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c],  # +callbacks.NAME._target_=
         *extra_callbacks,
     ]
     return L.Trainer(

@@ -89,7 +89,9 @@ class BatchMixup:
         return F.one_hot(target, self.num_classes).float()
 
 
-def build_mixup(options: Mapping[str, Any] | None, *, num_classes: int, multi_label: bool) -> BatchMixup | None:
+def build_mixup(
+    options: Mapping[str, Any] | None, *, num_classes: int, multi_label: bool
+) -> BatchMixup | None:
     """A :class:`BatchMixup` from ``data.mixup`` options, or ``None`` when both alphas are 0 / unset."""
     if not options:
         return None
