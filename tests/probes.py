@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import BaseFinetuning
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -46,3 +47,14 @@ class KillAtEpoch(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.current_epoch == self.epoch:
             raise Killed(f"killed at the start of epoch {self.epoch}")
+
+
+class NaiveUnfreeze(BaseFinetuning):
+    """The trap, for contrast: Lightning's way, ``requires_grad`` off in setup and back on at epoch 1."""
+
+    def freeze_before_training(self, pl_module) -> None:
+        self.freeze(pl_module.backbone, train_bn=True)
+
+    def finetune_function(self, pl_module, current_epoch, optimizer) -> None:
+        if current_epoch == 1:  # the optimizer already holds every parameter: no group to add
+            self.make_trainable(pl_module.backbone)

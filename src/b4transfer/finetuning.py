@@ -12,8 +12,8 @@ What "frozen" means here, and why it is not Lightning's ``BaseFinetuning``:
   batch statistics and updates the running ones.
 * **No update at all.** A frozen parameter's gradient is dropped before the optimizer step (and before
   gradient clipping), so no optimizer touches it: no step, no weight decay, no momentum state. Its group's
-  ``lr_scale`` is 0, so the logged LR reads 0 too. On unfreezing, ``lr_scale`` ramps linearly from 0 to 1
-  over ``warmup_epochs`` (applied through the timm scheduler, on top of its own schedule).
+  ``lr_scale`` is 0, so the logged LR reads 0 too. On unfreezing, ``lr_scale`` ramps linearly from 0 to its
+  ``lr_mult`` over ``warmup_epochs`` (applied through the timm scheduler, on top of its own schedule).
 * **DDP-safe.** DDP registers, when it wraps the model, the parameters that require grad; toggling
   ``requires_grad`` afterwards leaves the newly trainable ones out of the gradient all-reduce and the
   ranks drift apart. So a stage that will train at some point of the run keeps ``requires_grad=True``
@@ -162,7 +162,7 @@ class FinetuneSchedule(L.Callback):
             for group in optimizer.param_groups:
                 factors = {self.lr_factor(k, progress) for k in group.get("stages") or ()}
                 assert len(factors) <= 1, f"group {group.get('name')} spans stages with different LR factors"
-                group["lr_scale"] = factors.pop() if factors else 1.0
+                group["lr_scale"] = group.get("lr_mult", 1.0) * (factors.pop() if factors else 1.0)
         for scheduler in schedulers:
             scheduler.step_update(num_updates=trainer.global_step)
 

@@ -6,9 +6,11 @@ parameter with fewer than two dimensions) get no weight decay. The backbone grou
 split per stage (``backbone.stage4``, see :mod:`b4transfer.stages`) or per timm layer with
 layer-wise LR decay (``backbone.layer12``); every group records the ``stages`` it covers.
 
-Each group's ``lr`` is its own base LR (``optim.lr`` x ``backbone_lr_mult`` x layer scale);
-``lr_scale`` (1.0 here) is the extra factor timm schedulers multiply in, which the freezing
-schedules of :mod:`b4transfer.finetuning` set to 0 for frozen stages and ramp up on unfreezing.
+A group's LR multiplier (``backbone_lr_mult`` x layer-decay scale) is its ``lr_mult`` and goes to
+the optimizer as timm's ``lr_scale``, which every timm scheduler multiplies into the LR it sets,
+warm-up included (so build one: :func:`create_scheduler`, ``name="none"`` for a constant LR). The
+freezing schedules of :mod:`b4transfer.finetuning` set ``lr_scale = lr_mult x f`` with ``f`` 0
+for a frozen stage, ramping to 1 after it is unfrozen.
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ def param_groups(
         split_stages: one group pair per backbone stage (needed by per-stage freezing schedules).
 
     Returns:
-        Groups with ``name``, ``params``, ``lr``, ``weight_decay``, ``lr_scale`` (1.0), ``lr_mult``
-        (``lr`` relative to ``optim.lr``) and ``stages`` (stage indices; empty for the head).
+        Groups with ``name``, ``params``, ``lr`` (= ``lr``), ``weight_decay``, ``lr_mult`` (the group's
+        LR relative to ``lr``), ``lr_scale`` (= ``lr_mult``, applied by timm schedulers) and ``stages``
+        (stage indices; empty for the head).
     """
     if lr <= 0:
         raise ValueError(f"optim.lr must be > 0, got {lr}.")
@@ -82,9 +85,9 @@ def param_groups(
             {
                 "name": name + ("" if decay else "_no_decay"),
                 "params": [],
-                "lr": lr * mult,
+                "lr": lr,  # the timm scheduler sets lr = schedule(lr) * lr_scale
                 "weight_decay": weight_decay if decay else 0.0,
-                "lr_scale": 1.0,
+                "lr_scale": mult,
                 "lr_mult": mult,
                 "stages": set(),
             },
@@ -159,7 +162,7 @@ def create_scheduler(
             decay_t=10**9,
             decay_rate=1.0,
             warmup_t=round(warmup_epochs * updates),
-            warmup_lr_init=kwargs.get("warmup_lr", 0.0),
+            warmup_lr_init=kwargs.get("warmup_lr", 1e-5),  # as timm's create_scheduler_v2
             t_in_epochs=False,
         )
     if name not in SCHEDULERS:

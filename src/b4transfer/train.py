@@ -146,7 +146,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Tr
             monitor=ckpt_cfg.get("monitor", "val/acc1"),
             mode=ckpt_cfg.get("mode", "max"),
             save_top_k=ckpt_cfg.get("save_top_k", 1),
-            save_last=True,
+        ),
+        # last.ckpt: the latest state every epoch (Lightning's save_last only rewrites it when the
+        # monitored metric improves, so a plateau would leave it behind)
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
             every_n_train_steps=ckpt_cfg.get("every_n_train_steps"),
         ),
         *([instantiate(cfg.finetune)] if cfg.get("finetune") else []),  # before the LR monitor: it sets LRs
