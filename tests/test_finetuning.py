@@ -204,3 +204,16 @@ def test_bad_schedule_settings_are_named():
 def test_gradual_with_more_epochs_than_stages_fails_at_start_up(tiny_cfg):
     with pytest.raises(ValueError, match=r"unfreeze_at_epochs has 6 entries .* backbone has 5 stages"):
         train(tiny_cfg("finetune=gradual", "finetune.unfreeze_at_epochs=[1,2,3,4,5,6]"))
+
+
+def test_resuming_with_a_different_schedule_warns(caplog):
+    saved = FreezeUnfreeze(unfreeze_at_epoch=1)
+    saved.starts = saved.stage_starts(5)
+    now = FreezeUnfreeze(unfreeze_at_epoch=3)
+    now.starts = now.stage_starts(5)
+    with caplog.at_level("WARNING", logger="b4transfer.finetuning"):
+        now.load_state_dict(saved.state_dict())
+    assert "Resuming with a different fine-tuning schedule" in caplog.text and "HINT" in caplog.text
+    caplog.clear()
+    saved.load_state_dict(saved.state_dict())
+    assert caplog.text == ""
