@@ -70,6 +70,14 @@ def test_layer_wise_decay_follows_timm_layers(backbone):
     assert next(g for g in groups if g["name"] == "head")["lr_scale"] == 1.0
 
 
+def test_layer_wise_decay_by_stage_for_feature_extractors_without_group_matcher():
+    extractor = timm.create_model("test_efficientnet", features_only=True)
+    assert not hasattr(extractor, "group_matcher")
+    groups, _ = _groups(extractor, layer_decay=0.5)
+    scales = {g["name"]: g["lr_scale"] for g in groups if "_no_decay" not in g["name"]}
+    assert scales == pytest.approx({"head": 1.0, **{f"backbone.layer{k}": 0.5 ** (5 - k) for k in range(5)}})
+
+
 def test_stage_groups_for_per_stage_schedules(backbone):
     groups, _ = _groups(backbone, split_stages=True)
     names = [g["name"] for g in groups]

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from timm.models import group_parameters
 from timm.optim import create_optimizer_v2
-from timm.optim._param_groups import auto_group_layers
 from timm.scheduler import StepLRScheduler, create_scheduler_v2
 from torch import nn
 
@@ -30,10 +29,11 @@ SCHEDULERS = ("cosine", "step", "multistep", "poly", "tanh")
 
 
 def _layer_ids(backbone: nn.Module) -> dict[str, int]:
-    """Parameter name -> timm layer id (fine ``group_matcher`` groups: stem, each block, head conv)."""
+    """Parameter name -> layer id: timm's fine ``group_matcher`` groups (stem, each block, head conv),
+    or the stage index for models without one (``features_only`` extractors)."""
     if hasattr(backbone, "group_matcher"):
         return group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)
-    return auto_group_layers(backbone)
+    return param_stage_map(backbone)
 
 
 def param_groups(
@@ -57,7 +57,8 @@ def param_groups(
         weight_decay: weight decay of weights with two or more dimensions.
         backbone_lr_mult: backbone LR = ``lr * backbone_lr_mult``.
         layer_decay: layer-wise LR decay in (0, 1]: backbone layer ``i`` of ``L`` gets
-            ``layer_decay ** (L - i)`` on top (the head is layer ``L``); ``None`` for none.
+            ``layer_decay ** (L - i)`` on top (the head is layer ``L``); layers are timm's
+            ``group_matcher`` groups, or the stages for models without one; ``None`` for none.
         split_stages: one group pair per backbone stage (needed by per-stage freezing schedules).
 
     Returns:
@@ -122,8 +123,8 @@ def _unique_names(groups: list[dict[str, Any]]) -> None:
         seen[group["name"]] = seen.get(group["name"], 0) + 1
     for group in groups:
         if seen[group["name"]] > 1:
-            base, _, suffix = group["name"].partition("_no_decay")
-            group["name"] = f"{base}.stage{min(group['stages'])}" + ("_no_decay" if _ else "")
+            base, no_decay, _ = group["name"].partition("_no_decay")
+            group["name"] = f"{base}.stage{min(group['stages'])}{no_decay}"
 
 
 def create_optimizer(
