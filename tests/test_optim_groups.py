@@ -17,7 +17,7 @@ def backbone():
 
 
 def _groups(backbone, **kwargs):
-    head = ClassificationHead(backbone.num_features, 3)
+    head = ClassificationHead(getattr(backbone, "num_features", 8), 3)
     return param_groups(backbone=backbone, head=head, lr=1e-3, weight_decay=0.05, **kwargs), head
 
 
