@@ -131,11 +131,14 @@ class FinetuneSchedule(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
     ) -> None:
         n = trainer.num_training_batches
-        per_batch = 1.0 / n if n and math.isfinite(n) else 0.0
         epoch = trainer.current_epoch
-        self._set_trainable(pl_module, progress=epoch + batch_idx * per_batch)
-        # LR of this batch's update: the warm-up fraction reached at the end of the batch
-        self._apply_lr_scales(trainer, progress=epoch + (batch_idx + 1) * per_batch)
+        if n and math.isfinite(n):
+            self._set_trainable(pl_module, progress=epoch + batch_idx / n)
+            # LR of this batch's update: the warm-up fraction reached at the end of the batch
+            self._apply_lr_scales(trainer, progress=epoch + (batch_idx + 1) / n)
+        else:  # epoch length unknown (iterable data): warm up per epoch
+            self._set_trainable(pl_module, progress=float(epoch))
+            self._apply_lr_scales(trainer, progress=epoch + 1.0)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         for params, trainable in zip(self._stage_params, self.trainable):
