@@ -169,21 +169,27 @@ class TransferModule(L.LightningModule):
             lr=lr,
             weight_decay=opt_cfg.pop("weight_decay", 0.0),
             backbone_lr_mult=opt_cfg.pop("backbone_lr_mult", 1.0),
+            layer_decay=opt_cfg.pop("layer_decay", None),
+            # a freezing schedule that unfreezes stage by stage needs one group pair per stage
+            split_stages=any(getattr(cb, "needs_stage_groups", False) for cb in self.trainer.callbacks),
         )
         optimizer = create_optimizer(groups, name=name, lr=lr, **opt_cfg)
+        # Always a timm scheduler (a constant one for scheduler=none): it applies each group's lr_scale.
         sched_cfg = dict(self.hparams.scheduler or {})
-        if not sched_cfg or sched_cfg.get("name") in (None, "none"):
-            return optimizer
+        sched_name = sched_cfg.pop("name", None)
         epochs = max(1, self.trainer.max_epochs or 1)
         steps = max(1, self.trainer.estimated_stepping_batches // epochs)
         scheduler = create_scheduler(
-            optimizer, name=sched_cfg.pop("name"), num_epochs=epochs, updates_per_epoch=steps, **sched_cfg
+            optimizer, name=sched_name, num_epochs=epochs, updates_per_epoch=steps, **sched_cfg
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
-        # timm schedulers are stepped by update count, not by torch's step().
-        scheduler.step_update(num_updates=self.global_step)
+        if hasattr(scheduler, "step_update"):
+            # timm schedulers are stepped by update count, not by torch's step().
+            scheduler.step_update(num_updates=self.global_step)
+        else:  # e.g. the LR finder's own torch scheduler
+            scheduler.step()
 
 
 def load_module(ckpt_path: str | Path, *, map_location: str = "cpu") -> TransferModule:

@@ -34,6 +34,7 @@ from b4transfer.checkpointing import (
 from b4transfer.data.datamodule import ClassificationDataModule
 from b4transfer.data.splits import DatasetSplits
 from b4transfer.data.transforms import DRAFT_FACTOR
+from b4transfer.ema import EMA
 from b4transfer.export import export_timm
 from b4transfer.feature_cache import CachedFeatureDataModule, enable_feature_cache
 from b4transfer.module import TransferModule, build_backbone, load_module
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 # that "previous log files will be deleted" would only alarm users.
 warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
-MODES = ("train", "validate", "test", "predict", "embed", "export")
+MODES = ("train", "validate", "test", "predict", "embed", "export", "lr_find")
 EXPORT_FORMATS = ("timm", "onnx")
 # Files whose presence means a directory already holds a finished or running run.
 _RUN_MARKERS = ("summary.json", "checkpoints", "metrics.csv", "export", "predictions.csv")
@@ -54,6 +55,7 @@ _RUN_MARKERS = ("summary.json", "checkpoints", "metrics.csv", "export", "predict
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run ``cfg.mode`` and return its summary."""
     from b4transfer import predict as predict_mod
+    from b4transfer.lr_find import lr_find
 
     modes = {
         "train": train,
@@ -62,6 +64,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "predict": predict_mod.predict,
         "embed": predict_mod.embed,
         "export": export,
+        "lr_find": lr_find,
     }
     if cfg.mode not in modes:
         raise ValueError(f"mode={cfg.mode!r} is not a mode; choose one of {', '.join(MODES)}.")
@@ -148,11 +151,13 @@ def build_datamodule(cfg: DictConfig, splits: DatasetSplits, module: TransferMod
         augment=_plain(cfg.data.get("augment")),
         pin_memory=on_gpu,
         draft_factor=_plain(cfg.data.get("draft_factor", DRAFT_FACTOR)),
+        mixup=_plain(cfg.data.get("mixup")),
     )
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Trainer:
     ckpt_cfg = _plain(cfg.get("checkpoint")) or {}
+    loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None]
     callbacks = [
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
@@ -161,9 +166,20 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Tr
             monitor=ckpt_cfg.get("monitor", "val/acc1"),
             mode=ckpt_cfg.get("mode", "max"),
             save_top_k=ckpt_cfg.get("save_top_k", 1),
-            save_last=True,
         ),
-        LearningRateMonitor(logging_interval="step"),
+        # last.ckpt: the latest state every epoch (Lightning's save_last only rewrites it when the
+        # monitored metric improves, so a plateau would leave it behind)
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
+        ),
+        *([instantiate(cfg.finetune)] if cfg.get("finetune") else []),  # before the LR monitor: it sets LRs
+        *([LearningRateMonitor(logging_interval="step")] if loggers else []),  # it fails without a logger
+        *ema_callbacks(cfg.get("ema")),
+        *[instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c],  # +callbacks.NAME._target_=
         CheckpointOnSigterm(run_dir / "checkpoints"),
         *extra_callbacks,
     ]
@@ -171,7 +187,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Tr
     callbacks += [every_n] if every_n else []
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(progress_bar(cfg.trainer.get("log_every_n_steps") or 50))
-    loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None]
     trainer = L.Trainer(
         **devices.trainer_kwargs(_plain(cfg.trainer), _plain(cfg.get("strategy"))),
         default_root_dir=str(run_dir),
@@ -180,6 +195,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Tr
     )
     devices.check_trainer(trainer, sync_batchnorm=bool(cfg.trainer.get("sync_batchnorm")))
     return trainer
+
+
+def ema_callbacks(ema: DictConfig | None) -> list:
+    """``[EMA(...)]`` when ``ema.enabled``, else ``[]``."""
+    if not ema or not ema.get("enabled"):
+        return []
+    return [EMA(**{k: v for k, v in _plain(ema).items() if k != "enabled"})]
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
