@@ -62,6 +62,7 @@ def test_lr_find_mode_saves_a_plot_and_prints_a_suggestion(tmp_path, image_folde
     assert (
         json.loads((tmp_path / "run" / "summary.json").read_text())["suggested_lr"] == summary["suggested_lr"]
     )
+    assert summary["mode"] == "lr_find" and summary["search"]["num_training"] == 14
     assert not list((tmp_path / "run").glob(".lr_find*.ckpt"))
 
 
