@@ -88,7 +88,9 @@ class TransferModule(L.LightningModule):
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        """Logits of images ``(N, 3, H, W)``, or of pooled features ``(N, num_features)``
+        (the cached-feature linear probe feeds those, see :mod:`b4transfer.feature_cache`)."""
+        return self.head(x if x.ndim == 2 else self.backbone(x))
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -104,7 +106,8 @@ class TransferModule(L.LightningModule):
     def _eval_step(self, batch, metrics, stage: str) -> None:
         x, y = batch
         logits = self(x)
-        self.log(f"{stage}/loss", self.head.loss(logits, y), prog_bar=True, batch_size=x.shape[0])
+        loss = self.head.loss(logits, y)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
         metrics.update(logits, y.long() if self.head.multi_label else y)
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -150,10 +153,11 @@ class TransferModule(L.LightningModule):
     # -------------------------------------------------------------- prediction
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         x, index = batch
-        features = self.backbone(x)
+        features = self.backbone(x).float()
         if self.predict_output == "embedding":
-            return {"index": index, "embedding": features.float()}
-        return {"index": index, "probs": self.head.probabilities(self.head(features)).float()}
+            return {"index": index, "embedding": features}
+        with torch.autocast(features.device.type, enabled=False):  # the cheap head in fp32 under bf16
+            return {"index": index, "probs": self.head.probabilities(self.head(features)).float()}
 
     # --------------------------------------------------------------- optimizer
     def configure_optimizers(self):
@@ -199,7 +203,13 @@ def load_module(ckpt_path: str | Path, *, map_location: str = "cpu") -> Transfer
             f"ckpt_path={str(ckpt_path)!r} does not exist. Pass the path of a .ckpt written by a "
             "training run, e.g. ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt."
         )
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    try:  # tensors and plain containers only: a checkpoint is never run as arbitrary pickle
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"ckpt_path={str(path)!r} could not be read as a checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Pass a .ckpt written by b4transfer."
+        ) from err
     hparams = ckpt.get("hyper_parameters")
     if not hparams or "class_names" not in hparams:
         raise ValueError(
