@@ -38,6 +38,7 @@ def test_ra2_recipe_composes_to_the_model_card_recipe_and_runs_a_step(tmp_path, 
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     group = ckpt["optimizer_states"][0]["param_groups"][0]
     assert group["alpha"] == 0.9 and group["eps"] == 1e-3  # timm's RMSpropTF
+    assert summary["batch"]["lr"] == pytest.approx(0.016 * 8 / 256)  # the recipe's LR, scaled to batch 8
     assert "current_model_state" in ckpt  # EMA on
 
 
