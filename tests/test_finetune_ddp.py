@@ -12,7 +12,7 @@ import torch
 from tests.conftest import TINY
 from tests.test_cli import _ok, cli
 
-DDP = ("++trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "data.batch_size=4")
+DDP = ("strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "data.batch_size=4")
 
 
 def _params(state: dict) -> dict:

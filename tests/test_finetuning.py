@@ -175,9 +175,11 @@ def test_bn_policy_of_trainable_stages(tiny_cfg, tmp_path, bn):
 
 
 # ------------------------------------------------------------------------- DDP-safe requires_grad
-def test_requires_grad_is_fixed_at_setup_for_a_ddp_safe_unfreeze(tiny_cfg, tmp_path):
-    module, _ = _fit(tiny_cfg("finetune=freeze_unfreeze", "logger=none"))  # 1 epoch: frozen all along
+def test_requires_grad_is_fixed_at_setup_for_a_ddp_safe_unfreeze(tiny_cfg, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="b4transfer.finetuning"):
+        module, _ = _fit(tiny_cfg("finetune=freeze_unfreeze", "logger=none"))  # 1 epoch: frozen all along
     assert not any(p.requires_grad for p in module.backbone.parameters())  # never trains in this run
+    assert "start at epoch 1 never train with trainer.max_epochs=1. HINT" in caplog.text
     module, _ = _fit(
         tiny_cfg(
             "finetune=freeze_unfreeze", "trainer.max_epochs=2", "logger=none", f"run_dir={tmp_path / 'r2'}"

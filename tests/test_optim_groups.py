@@ -100,7 +100,8 @@ def test_bad_values_are_named(backbone):
 @pytest.mark.parametrize("preset", ["adamw", "sgd", "rmsproptf", "lamb"])
 def test_optimizer_presets_build_and_step(backbone, preset):
     cfg = compose_cfg(f"optim={preset}")
-    options = split_lr_scaling(cfg.optim)[0]  # lr_scaling/base_batch_size are the Trainer's, not timm's
+    options, scaling = split_lr_scaling(cfg.optim)  # lr_scaling is applied by train(), not here
+    assert scaling["lr_scaling"] == "none"
     name, lr = options.pop("name"), options.pop("lr")
     groups, head = _groups(
         backbone, backbone_lr_mult=options.pop("backbone_lr_mult"), layer_decay=options.pop("layer_decay")

@@ -110,6 +110,15 @@ class FinetuneSchedule(L.Callback):
         max_epochs = (
             trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
         )
+        late = [s for s in self.starts if s is not None and max_epochs is not None and s >= max_epochs]
+        if late and not self.first_phase_only:
+            log.warning(
+                "finetune=%s: stages set to start at epoch %s never train with trainer.max_epochs=%s. "
+                "HINT: raise trainer.max_epochs or unfreeze earlier.",
+                type(self).__name__,
+                min(late),
+                max_epochs,
+            )
         for params, start in zip(self._stage_params, self.starts):
             never = start is None or (max_epochs is not None and start >= max_epochs)
             never = never or (self.first_phase_only and start > 0)

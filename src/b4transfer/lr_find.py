@@ -59,7 +59,9 @@ def lr_find(cfg: DictConfig) -> dict[str, Any]:
     )
     finder = Tuner(trainer).lr_find(module, datamodule=datamodule, update_attr=False, **options)
     suggestion = finder.suggestion() if finder is not None else None
-    summary: dict[str, Any] = {"mode": "lr_find", "suggested_lr": suggestion, **options}
+    summary: dict[str, Any] = {"mode": "lr_find", "suggested_lr": suggestion, "search": options}
+    # the search's validation passes drew a confusion matrix of no model worth keeping
+    (run_dir / "confusion_matrix_val.png").unlink(missing_ok=True)
     if finder is not None and trainer.is_global_zero:
         import matplotlib
 
