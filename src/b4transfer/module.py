@@ -16,6 +16,7 @@ import lightning as L
 import torch
 
 from b4transfer.backbone import create_backbone, resolve_data_configs
+from b4transfer.devices import split_lr_scaling
 from b4transfer.heads.classification import ClassificationHead
 from b4transfer.module_detection import DetectionSteps, check_task
 from b4transfer.optim import create_optimizer, create_scheduler, param_groups
@@ -189,7 +190,9 @@ class TransferModule(DetectionSteps, L.LightningModule):
 
     # --------------------------------------------------------------- optimizer
     def configure_optimizers(self):
-        opt_cfg = dict(self.hparams.optim or {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05})
+        # lr_scaling/base_batch_size are applied by train() to optim.lr; the rest goes to timm
+        default = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05}
+        opt_cfg, _ = split_lr_scaling(self.hparams.optim or default)
         name, lr = opt_cfg.pop("name", "adamw"), opt_cfg.pop("lr")
         groups = param_groups(
             backbone=self.backbone,
