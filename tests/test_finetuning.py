@@ -219,3 +219,24 @@ def test_resuming_with_a_different_schedule_warns(caplog):
     caplog.clear()
     saved.load_state_dict(saved.state_dict())
     assert caplog.text == ""
+
+
+def test_frozen_stages_stay_in_eval_mode_after_the_strategy_converts_batchnorm():
+    from types import SimpleNamespace
+
+    from timm.layers import convert_sync_batchnorm
+
+    from b4transfer.module import TransferModule
+
+    module = TransferModule(class_names=["a", "b"], model={"name": "test_efficientnet"})
+    trainer = SimpleNamespace(
+        max_epochs=2, current_epoch=0, optimizers=[SimpleNamespace(param_groups=[{"stages": [0]}])]
+    )
+    schedule = FreezeUnfreeze(unfreeze_at_epoch=1)
+    schedule.setup(trainer, module, "fit")
+    module.backbone = convert_sync_batchnorm(module.backbone)  # as the SyncBN plugin does, after setup
+    schedule.on_fit_start(trainer, module)
+    module.train()
+    schedule.on_train_epoch_start(trainer, module)
+    synced = [m for m in module.backbone.modules() if "SyncBatchNorm" in type(m).__name__]
+    assert synced and not any(m.training for m in synced)
