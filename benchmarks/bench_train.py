@@ -6,8 +6,9 @@ learning-rate monitor, progress bar, timm AdamW with per-group LRs and the cosin
 Baseline: ``for x, y in loader: loss = ce(model(x), y); zero_grad; backward; step`` with
 ``torch.optim.AdamW`` on a copy of the same model, the same batches.
 
-The two are interleaved inside one ``fit``: a callback runs ``k`` plain-loop steps after every
-``k`` library steps, and the library's time for a block is the wall time between blocks (hooks,
+The two are interleaved inside one ``fit``: a callback runs blocks of ``k`` plain-loop steps
+between blocks of ``k`` library steps (L0 B0 B1 L1 L2 B2 ..., so each pair is adjacent and the
+order alternates), and the library's time for a block is the wall time between blocks (hooks,
 logging, optimizer and scheduler steps, epoch-end checkpointing included; validation, which the
 plain loop does not do, excluded).
 """
@@ -31,10 +32,14 @@ from benchmarks.common import Result, median, quiet, ratio_of_rounds, side, sync
 
 
 class _Interleave(L.Callback):
-    """After every ``k`` library steps, time ``k`` baseline steps; record both blocks."""
+    """Blocks of ``k`` library steps and ``k`` baseline steps in the order L0 B0 B1 L1 L2 B2 B3 L3 ...
 
-    def __init__(self, baseline_steps, k: int) -> None:
-        self.baseline_steps, self.k = baseline_steps, k
+    Each pair (Li, Bi) is adjacent, and which of the two runs first alternates, so neither side
+    always follows the other.
+    """
+
+    def __init__(self, baseline_steps, k: int, blocks: int) -> None:
+        self.baseline_steps, self.k, self.blocks = baseline_steps, k, blocks
         self.lib: list[float] = []
         self.base: list[float] = []
         self._mark: float | None = None
@@ -54,17 +59,23 @@ class _Interleave(L.Callback):
         if not trainer.sanity_checking:
             self._val += time.perf_counter() - self._val_start
 
+    def _baseline_block(self) -> None:
+        start = time.perf_counter()
+        self.baseline_steps(self.k)
+        sync()
+        self.base.append((time.perf_counter() - start) / self.k)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._count += 1
         if self._count < self.k:
             return
         sync()
-        now = time.perf_counter()
-        self.lib.append((now - self._mark - self._val) / self.k)
-        start = time.perf_counter()
-        self.baseline_steps(self.k)
-        sync()
-        self.base.append((time.perf_counter() - start) / self.k)
+        self.lib.append((time.perf_counter() - self._mark - self._val) / self.k)
+        i = len(self.lib) - 1
+        if i % 2 == 0:  # Bi right after Li, then B(i+1) right before L(i+1)
+            self._baseline_block()
+            if i + 1 < self.blocks:
+                self._baseline_block()
         self._count, self._val = 0, 0.0
         self._mark = time.perf_counter()
 
@@ -140,7 +151,7 @@ def run(p: dict, *, accelerator: str = "cpu", precision: str = "32-true", target
         loader = DataLoader(data, batch_size=p["batch_size"], shuffle=True)
         steps = _baseline(module, loader, device=device, precision=precision,
                           channels_last=p.get("channels_last", False))
-        interleave = _Interleave(steps, k)
+        interleave = _Interleave(steps, k, blocks)
         datamodule = L.LightningDataModule.from_datasets(
             train_dataset=data, val_dataset=val, batch_size=p["batch_size"], num_workers=0
         )

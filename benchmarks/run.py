@@ -54,7 +54,7 @@ PROFILES: dict[str, dict[str, dict]] = {
     "quick": {
         "train_overhead": dict(model="efficientnet_b0", image_size=160, batch_size=16, k=1, rounds=30,
                                warmup=1, steps_per_epoch=10),
-        "inference": dict(model="efficientnet_b4", images=24, batch_size=8, rounds=4, latency_rounds=7),
+        "inference": dict(model="efficientnet_b4", images=32, batch_size=8, rounds=5, latency_rounds=7),
         "input_pipeline": dict(model="efficientnet_b4", images=24, photo_size=[1632, 1224], rounds=5,
                                model_batch=4, model_steps=2, augment=_AUGMENT),
         "cached_probe": dict(model="efficientnet_b4", train_images=32, val_images=8, batch_size=8, epochs=3,

@@ -17,6 +17,7 @@ import torch
 
 from b4transfer.backbone import create_backbone, resolve_data_configs
 from b4transfer.heads.classification import ClassificationHead
+from b4transfer.module_detection import DetectionSteps, check_task
 from b4transfer.optim import create_optimizer, create_scheduler, param_groups
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def build_backbone(model: dict[str, Any]) -> torch.nn.Module:
     )
 
 
-class TransferModule(L.LightningModule):
+class TransferModule(DetectionSteps, L.LightningModule):
     """Fine-tunes a pretrained timm backbone with a task head.
 
     Args:
@@ -51,6 +52,9 @@ class TransferModule(L.LightningModule):
         multi_label: several labels per image.
         backbone: an already built backbone (from :func:`build_backbone` with the same ``model``);
             lets a run check the weights before it scans the data.
+        task: ``classification`` or ``detection`` (a ``features_only`` backbone and a
+            :class:`~b4transfer.heads.detection.DetectionHead`; ``head`` holds its settings).
+        category_ids: detection: the data source's id of each class, for COCO results JSON.
     """
 
     def __init__(
@@ -64,9 +68,22 @@ class TransferModule(L.LightningModule):
         data: dict[str, Any] | None = None,
         multi_label: bool = False,
         backbone: torch.nn.Module | None = None,
+        task: str = "classification",
+        category_ids: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
+        self.task = check_task(task)
+        if task == "detection":
+            self._init_detection(
+                class_names=class_names,
+                model=model,
+                head=head,
+                data=data,
+                category_ids=category_ids,
+                backbone=backbone,
+            )
+            return
         self.backbone = backbone if backbone is not None else build_backbone(model)
         self.head = ClassificationHead(
             self.backbone.num_features,
@@ -87,13 +104,18 @@ class TransferModule(L.LightningModule):
         """Pooled pre-logits features, (N, 3, H, W) -> (N, num_features)."""
         return self.backbone(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of images ``(N, 3, H, W)``, or of pooled features ``(N, num_features)``
-        (the cached-feature linear probe feeds those, see :mod:`b4transfer.feature_cache`)."""
+    def forward(self, x, targets: list[dict] | None = None):
+        """Classification: logits of images ``(N, 3, H, W)``, or of pooled features ``(N, num_features)``
+        (the cached-feature linear probe feeds those, see :mod:`b4transfer.feature_cache`).
+        Detection: ``x`` is a list of images; in train mode the head returns its loss dict."""
+        if self.task == "detection":
+            return self.head(x, targets)
         return self.head(x if x.ndim == 2 else self.backbone(x))
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self.task == "detection":
+            return self._detection_training_step(batch)
         x, y = batch
         logits = self(x)
         loss = self.head.loss(logits, y)
@@ -104,6 +126,8 @@ class TransferModule(L.LightningModule):
         return loss
 
     def _eval_step(self, batch, metrics, stage: str) -> None:
+        if self.task == "detection":
+            return self._detection_eval_step(batch, metrics, stage)
         x, y = batch
         logits = self(x)
         loss = self.head.loss(logits, y)
@@ -123,6 +147,8 @@ class TransferModule(L.LightningModule):
         self._log_metrics(self.test_metrics, "test")
 
     def _log_metrics(self, metrics, stage: str) -> None:
+        if self.task == "detection":
+            return self._log_detection_metrics(metrics, stage)
         values = metrics.compute()
         metrics.reset()
         for key, value in values.items():
@@ -152,6 +178,8 @@ class TransferModule(L.LightningModule):
 
     # -------------------------------------------------------------- prediction
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        if self.task == "detection":
+            return self._detection_predict_step(batch)
         x, index = batch
         features = self.backbone(x).float()
         if self.predict_output == "embedding":
