@@ -240,3 +240,30 @@ def test_frozen_stages_stay_in_eval_mode_after_the_strategy_converts_batchnorm()
     schedule.on_train_epoch_start(trainer, module)
     synced = [m for m in module.backbone.modules() if "SyncBatchNorm" in type(m).__name__]
     assert synced and not any(m.training for m in synced)
+
+
+@pytest.mark.slow
+def test_detection_schedules_freeze_only_the_backbone_fpn_and_heads_train(tmp_path):
+    from tests.conftest import TINY, compose_cfg
+
+    out, probe = _probe(tmp_path)
+    cfg = compose_cfg(
+        *TINY,
+        "task=detection",
+        "data.source.image_size=64",
+        "data.source.train_images=16",
+        "data.source.val_images=8",
+        f"data.source.root={tmp_path / 'demo'}",
+        "head.fpn_channels=32",
+        f"run_dir={tmp_path / 'run'}",
+        "finetune=gradual",
+        "finetune.unfreeze_at_epochs=[1]",
+        "trainer.max_epochs=2",
+        *probe,
+    )
+    train(cfg)
+    start, epoch0, epoch1 = (_load(out, w) for w in ("start", "epoch0", "epoch1"))
+    assert _same(start["backbone"], epoch0["backbone"])  # frozen in epoch 0
+    assert _changed(start["head"], epoch0["head"])  # FPN and detector heads train from the start
+    moved = _changed(epoch0["backbone"], epoch1["backbone"])  # epoch 1: the top stage only
+    assert moved and not [k for k in moved if k.startswith(("conv_stem", "bn1", "blocks.0.", "blocks.1."))]
