@@ -219,3 +219,51 @@ def test_resuming_with_a_different_schedule_warns(caplog):
     caplog.clear()
     saved.load_state_dict(saved.state_dict())
     assert caplog.text == ""
+
+
+def test_frozen_stages_stay_in_eval_mode_after_the_strategy_converts_batchnorm():
+    from types import SimpleNamespace
+
+    from timm.layers import convert_sync_batchnorm
+
+    from b4transfer.module import TransferModule
+
+    module = TransferModule(class_names=["a", "b"], model={"name": "test_efficientnet"})
+    trainer = SimpleNamespace(
+        max_epochs=2, current_epoch=0, optimizers=[SimpleNamespace(param_groups=[{"stages": [0]}])]
+    )
+    schedule = FreezeUnfreeze(unfreeze_at_epoch=1)
+    schedule.setup(trainer, module, "fit")
+    module.backbone = convert_sync_batchnorm(module.backbone)  # as the SyncBN plugin does, after setup
+    schedule.on_fit_start(trainer, module)
+    module.train()
+    schedule.on_train_epoch_start(trainer, module)
+    synced = [m for m in module.backbone.modules() if "SyncBatchNorm" in type(m).__name__]
+    assert synced and not any(m.training for m in synced)
+
+
+@pytest.mark.slow
+def test_detection_schedules_freeze_only_the_backbone_fpn_and_heads_train(tmp_path):
+    from tests.conftest import TINY, compose_cfg
+
+    out, probe = _probe(tmp_path)
+    cfg = compose_cfg(
+        *TINY,
+        "task=detection",
+        "data.source.image_size=64",
+        "data.source.train_images=16",
+        "data.source.val_images=8",
+        f"data.source.root={tmp_path / 'demo'}",
+        "head.fpn_channels=32",
+        f"run_dir={tmp_path / 'run'}",
+        "finetune=gradual",
+        "finetune.unfreeze_at_epochs=[1]",
+        "trainer.max_epochs=2",
+        *probe,
+    )
+    train(cfg)
+    start, epoch0, epoch1 = (_load(out, w) for w in ("start", "epoch0", "epoch1"))
+    assert _same(start["backbone"], epoch0["backbone"])  # frozen in epoch 0
+    assert _changed(start["head"], epoch0["head"])  # FPN and detector heads train from the start
+    moved = _changed(epoch0["backbone"], epoch1["backbone"])  # epoch 1: the top stage only
+    assert moved and not [k for k in moved if k.startswith(("conv_stem", "bn1", "blocks.0.", "blocks.1."))]

@@ -100,13 +100,9 @@ class FinetuneSchedule(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        backbone = pl_module.backbone
-        stages = backbone_stages(backbone)
-        self.starts = list(self.stage_starts(len(stages)))
-        assert len(self.starts) == len(stages)
-        named = dict(backbone.named_parameters())
-        self._stage_params = [[named[n] for n in s.params] for s in stages]
-        self._modules = module_stages(backbone)
+        num_stages = self._collect(pl_module)
+        self.starts = list(self.stage_starts(num_stages))
+        assert len(self.starts) == num_stages
         max_epochs = (
             trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
         )
@@ -131,6 +127,8 @@ class FinetuneSchedule(L.Callback):
         )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # again: the strategy may have replaced modules since setup (SyncBatchNorm conversion)
+        self._collect(pl_module)
         self._check_groups(trainer)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -156,6 +154,15 @@ class FinetuneSchedule(L.Callback):
                     p.grad = None  # the optimizer skips it: no step, no weight decay, no state
 
     # ------------------------------------------------------------- helpers
+    def _collect(self, pl_module: L.LightningModule) -> int:
+        """The backbone's stage parameters and modules; returns the number of stages."""
+        backbone = pl_module.backbone
+        stages = backbone_stages(backbone)
+        named = dict(backbone.named_parameters())
+        self._stage_params = [[named[n] for n in s.params] for s in stages]
+        self._modules = module_stages(backbone)
+        return len(stages)
+
     def _set_trainable(self, pl_module: L.LightningModule, *, progress: float) -> None:
         self.trainable = [s is not None and progress >= s for s in self.starts]
         for module, stages in self._modules:

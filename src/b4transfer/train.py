@@ -154,7 +154,7 @@ def build_module(cfg: DictConfig, splits: DatasetSplits, backbone=None) -> Trans
             category_ids=list(splits.category_ids),
             model=_plain(cfg.model),
             head=_plain(cfg.head),
-            optim=_plain(cfg.optim),
+            optim=devices.split_lr_scaling(_plain(cfg.optim))[0],
             scheduler=_plain(cfg.get("scheduler")),
             data={k: _plain(cfg.data[k]) for k in ("image_size", "mean", "std") if cfg.data.get(k)},
         )
