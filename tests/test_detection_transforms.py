@@ -10,7 +10,7 @@ from tests.detection_helpers import small_coco, write_image
 
 from b4transfer.data.coco import coco_splits
 from b4transfer.data.detection import DetectionSplits, make_sample
-from b4transfer.data.detection_datamodule import DetectionDataModule, DetectionDataset
+from b4transfer.data.detection_datamodule import DetectionDataModule, DetectionDataset, DetectionPathDataset
 from b4transfer.data.detection_transforms import DetectionTransform
 from b4transfer.data.images import ImageLoadError
 
@@ -81,6 +81,14 @@ def test_draft_decoded_jpegs_keep_their_boxes_in_place(tmp_path):
     torch.testing.assert_close(target["boxes"], torch.tensor([[16.0, 12, 48, 24]]))
     torch.testing.assert_close(target["boxes"] / target["scale"], torch.tensor([[128.0, 96, 384, 192]]))
     assert x[:, 14:22, 20:44].mean() > 0.9 and x[:, 30:46, :].mean() < 0.6
+
+
+def test_prediction_scale_refers_to_the_original_image_even_when_draft_decoded(tmp_path):
+    path = tmp_path / "big.jpg"
+    Image.fromarray(np.zeros((384, 512, 3), np.uint8)).save(path)
+    x, meta = DetectionPathDataset([path], 64, FILL)[0]
+    assert x.shape == (3, 64, 64) and meta["orig_size"].tolist() == [384, 512] and meta["index"] == 0
+    torch.testing.assert_close(meta["scale"], torch.full((4,), 64 / 512))
 
 
 def test_unknown_augment_key_is_named():

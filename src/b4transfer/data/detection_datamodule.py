@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from b4transfer.data.datamodule import _check_int
-from b4transfer.data.detection import DetectionSample, DetectionSplits
-from b4transfer.data.detection_transforms import DetectionTransform, check_augment, letterbox_image
-from b4transfer.data.images import load_rgb
+from b4transfer.data.detection import DetectionSample, DetectionSplits, make_sample
+from b4transfer.data.detection_transforms import DetectionTransform, check_augment
+from b4transfer.data.images import load_rgb, upright_size
 
 
 def collate_detection(batch):
@@ -58,18 +58,18 @@ class DetectionPathDataset(Dataset):
 
     def __init__(self, paths: Sequence[str | Path], image_size: int, fill: tuple[int, int, int]) -> None:
         self.paths = [Path(p) for p in paths]
-        self.image_size = image_size
-        self.fill = fill
+        self.transform = DetectionTransform(image_size, fill=fill, train=False)
+        self.draft_size = (2 * image_size, 2 * image_size)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        size = (2 * self.image_size, 2 * self.image_size)
-        tensor, meta = letterbox_image(
-            load_rgb(self.paths[index], draft_size=size), self.image_size, self.fill
-        )
-        return tensor, {**meta, "index": index}
+        path = self.paths[index]
+        image = load_rgb(path, draft_size=self.draft_size)  # may be decoded smaller than the file
+        no_boxes = make_sample(path, [], [], image_id=index, size=upright_size(path))
+        tensor, target = self.transform(image, no_boxes)
+        return tensor, {"index": index, "scale": target["scale"], "orig_size": target["orig_size"]}
 
 
 class DetectionDataModule(L.LightningDataModule):

@@ -128,14 +128,3 @@ class DetectionTransform:
         target["boxes"] = F.pad(boxes, padding)
         sx, sy = new_w / orig_size[0], new_h / orig_size[1]
         return img, target, torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
-
-
-def letterbox_image(
-    image: Image.Image, image_size: int, fill: tuple[int, int, int]
-) -> tuple[torch.Tensor, dict]:
-    """The eval letterbox of an unlabelled image (prediction): ``(canvas, {"scale", "orig_size"})``."""
-    empty = DetectionSample(
-        None, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), 0, image.size
-    )
-    tensor, target = DetectionTransform(image_size, fill=fill, train=False)(image, empty)
-    return tensor, {"scale": target["scale"], "orig_size": target["orig_size"]}
