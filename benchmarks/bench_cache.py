@@ -44,10 +44,19 @@ def _config(p: dict, root: Path, run_dir: Path, cached: bool):
     from b4transfer.cli import config_dir
 
     overrides = [
-        f"model.name={p['model']}", "model.pretrained=false", "data=folder", f"data.root={root}",
-        f"data.batch_size={p['batch_size']}", "data.num_workers=0", "data.augment=false",
-        f"data.cache_features={str(cached).lower()}", f"run_dir={run_dir}", "trainer.accelerator=cpu",
-        f"trainer.max_epochs={p['cached_epochs'] if cached else p['epochs']}", "scheduler=none",
+        f"model.name={p['model']}",
+        "model.pretrained=false",
+        "finetune=linear_probe",
+        "data=folder",
+        f"data.root={root}",
+        f"data.batch_size={p['batch_size']}",
+        "data.num_workers=0",
+        "data.augment=false",
+        f"data.cache_features={str(cached).lower()}",
+        f"run_dir={run_dir}",
+        "trainer.accelerator=cpu",
+        f"trainer.max_epochs={p['cached_epochs'] if cached else p['epochs']}",
+        "scheduler=none",
     ]
     if p.get("image_size"):
         overrides.append(f"data.image_size={p['image_size']}")
@@ -117,7 +126,9 @@ def run(p: dict) -> Result:
         ratio=ratio,
         ratio_kind="epoch time, frozen backbone / cached features (medians over all epochs)",
         target=">= 20",
-        extra={"cached_first_epoch_s": median(epochs["cached_first"]),
-               "feature_extraction_s": median(extract),
-               "extraction_images_per_s": n_img / median(extract)},
+        extra={
+            "cached_first_epoch_s": median(epochs["cached_first"]),
+            "feature_extraction_s": median(extract),
+            "extraction_images_per_s": n_img / median(extract),
+        },
     ).check()

@@ -15,8 +15,14 @@ from b4transfer.train import _plain, build_datamodule, build_module, build_split
 
 # checkpoint.monitor=null: last.ckpt is then written every epoch (with a monitor, Lightning 2.6 only
 # rewrites last.ckpt when the monitored metric improves, so it can hold an earlier epoch)
-PROBE = ("data.augment=false", "model.drop_rate=0.3", "trainer.max_epochs=2", "optim.lr=0.05",
-         "checkpoint.monitor=null")
+PROBE = (
+    "finetune=linear_probe",
+    "data.augment=false",
+    "model.drop_rate=0.3",
+    "trainer.max_epochs=2",
+    "optim.lr=0.05",
+    "checkpoint.monitor=null",
+)
 
 
 def _uncached_probe(cfg, run_dir):
@@ -79,6 +85,9 @@ def test_cache_needs_deterministic_inputs_and_a_frozen_backbone(tiny_cfg):
     with pytest.raises(ValueError, match=r"finetune='full' trains it. Fix: use finetune=linear_probe"):
         check_cacheable(augment=False, finetune={"name": "full"})
     check_cacheable(augment=False, finetune={"name": "linear_probe"})
+    check_cacheable(augment=False, finetune={"_target_": "b4transfer.finetuning.LinearProbe"})
+    with pytest.raises(ValueError, match=r"finetune='full' trains it"):
+        check_cacheable(augment=False, finetune={"_target_": "b4transfer.finetuning.Full"})
     cfg = tiny_cfg("data.augment=false")
     splits = build_splits(cfg)
     module = build_module(cfg, splits)

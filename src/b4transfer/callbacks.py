@@ -42,7 +42,7 @@ class ThroughputMeter(L.Callback):
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.images += int(batch[0].shape[0]) * trainer.world_size
+        self.images += len(batch[0]) * trainer.world_size  # a tensor, or a list of detection images
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._pause()

@@ -52,7 +52,12 @@ def check_cacheable(*, augment: Any, finetune: Mapping[str, Any] | None = None) 
             "applies random augmentation that changes every epoch. Fix: add data.augment=false (resize + "
             "centre crop only), or set data.cache_features=false to keep the augmentation."
         )
-    name = (finetune or {}).get("name") if isinstance(finetune, Mapping) else finetune
+    name = finetune
+    if isinstance(finetune, Mapping):  # a finetune config: {"_target_": "...LinearProbe"} or {"name": ...}
+        target = str(finetune.get("_target_") or "").rsplit(".", 1)[-1]
+        name = finetune.get("name") or {"LinearProbe": "linear_probe", "Full": "full"}.get(
+            target, target or None
+        )
     if name not in (None, "linear_probe"):
         raise ValueError(
             f"data.cache_features=true needs the backbone frozen for the whole run, but finetune={name!r} "

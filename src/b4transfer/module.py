@@ -16,7 +16,9 @@ import lightning as L
 import torch
 
 from b4transfer.backbone import create_backbone, resolve_data_configs
+from b4transfer.devices import split_lr_scaling
 from b4transfer.heads.classification import ClassificationHead
+from b4transfer.module_detection import DetectionSteps, check_task
 from b4transfer.optim import create_optimizer, create_scheduler, param_groups
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ def build_backbone(model: dict[str, Any]) -> torch.nn.Module:
     )
 
 
-class TransferModule(L.LightningModule):
+class TransferModule(DetectionSteps, L.LightningModule):
     """Fine-tunes a pretrained timm backbone with a task head.
 
     Args:
@@ -51,6 +53,9 @@ class TransferModule(L.LightningModule):
         multi_label: several labels per image.
         backbone: an already built backbone (from :func:`build_backbone` with the same ``model``);
             lets a run check the weights before it scans the data.
+        task: ``classification`` or ``detection`` (a ``features_only`` backbone and a
+            :class:`~b4transfer.heads.detection.DetectionHead`; ``head`` holds its settings).
+        category_ids: detection: the data source's id of each class, for COCO results JSON.
     """
 
     def __init__(
@@ -64,9 +69,22 @@ class TransferModule(L.LightningModule):
         data: dict[str, Any] | None = None,
         multi_label: bool = False,
         backbone: torch.nn.Module | None = None,
+        task: str = "classification",
+        category_ids: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
+        self.task = check_task(task)
+        if task == "detection":
+            self._init_detection(
+                class_names=class_names,
+                model=model,
+                head=head,
+                data=data,
+                category_ids=category_ids,
+                backbone=backbone,
+            )
+            return
         self.backbone = backbone if backbone is not None else build_backbone(model)
         self.head = ClassificationHead(
             self.backbone.num_features,
@@ -87,13 +105,18 @@ class TransferModule(L.LightningModule):
         """Pooled pre-logits features, (N, 3, H, W) -> (N, num_features)."""
         return self.backbone(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of images ``(N, 3, H, W)``, or of pooled features ``(N, num_features)``
-        (the cached-feature linear probe feeds those, see :mod:`b4transfer.feature_cache`)."""
+    def forward(self, x, targets: list[dict] | None = None):
+        """Classification: logits of images ``(N, 3, H, W)``, or of pooled features ``(N, num_features)``
+        (the cached-feature linear probe feeds those, see :mod:`b4transfer.feature_cache`).
+        Detection: ``x`` is a list of images; in train mode the head returns its loss dict."""
+        if self.task == "detection":
+            return self.head(x, targets)
         return self.head(x if x.ndim == 2 else self.backbone(x))
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self.task == "detection":
+            return self._detection_training_step(batch)
         x, y = batch
         logits = self(x)
         loss = self.head.loss(logits, y)
@@ -104,6 +127,8 @@ class TransferModule(L.LightningModule):
         return loss
 
     def _eval_step(self, batch, metrics, stage: str) -> None:
+        if self.task == "detection":
+            return self._detection_eval_step(batch, metrics, stage)
         x, y = batch
         logits = self(x)
         loss = self.head.loss(logits, y)
@@ -123,6 +148,8 @@ class TransferModule(L.LightningModule):
         self._log_metrics(self.test_metrics, "test")
 
     def _log_metrics(self, metrics, stage: str) -> None:
+        if self.task == "detection":
+            return self._log_detection_metrics(metrics, stage)
         values = metrics.compute()
         metrics.reset()
         for key, value in values.items():
@@ -152,6 +179,8 @@ class TransferModule(L.LightningModule):
 
     # -------------------------------------------------------------- prediction
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        if self.task == "detection":
+            return self._detection_predict_step(batch)
         x, index = batch
         features = self.backbone(x).float()
         if self.predict_output == "embedding":
@@ -161,7 +190,9 @@ class TransferModule(L.LightningModule):
 
     # --------------------------------------------------------------- optimizer
     def configure_optimizers(self):
-        opt_cfg = dict(self.hparams.optim or {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05})
+        # lr_scaling/base_batch_size are applied by train() to optim.lr; the rest goes to timm
+        default = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05}
+        opt_cfg, _ = split_lr_scaling(self.hparams.optim or default)
         name, lr = opt_cfg.pop("name", "adamw"), opt_cfg.pop("lr")
         groups = param_groups(
             backbone=self.backbone,
@@ -169,21 +200,27 @@ class TransferModule(L.LightningModule):
             lr=lr,
             weight_decay=opt_cfg.pop("weight_decay", 0.0),
             backbone_lr_mult=opt_cfg.pop("backbone_lr_mult", 1.0),
+            layer_decay=opt_cfg.pop("layer_decay", None),
+            # a freezing schedule that unfreezes stage by stage needs one group pair per stage
+            split_stages=any(getattr(cb, "needs_stage_groups", False) for cb in self.trainer.callbacks),
         )
         optimizer = create_optimizer(groups, name=name, lr=lr, **opt_cfg)
+        # Always a timm scheduler (a constant one for scheduler=none): it applies each group's lr_scale.
         sched_cfg = dict(self.hparams.scheduler or {})
-        if not sched_cfg or sched_cfg.get("name") in (None, "none"):
-            return optimizer
+        sched_name = sched_cfg.pop("name", None)
         epochs = max(1, self.trainer.max_epochs or 1)
         steps = max(1, self.trainer.estimated_stepping_batches // epochs)
         scheduler = create_scheduler(
-            optimizer, name=sched_cfg.pop("name"), num_epochs=epochs, updates_per_epoch=steps, **sched_cfg
+            optimizer, name=sched_name, num_epochs=epochs, updates_per_epoch=steps, **sched_cfg
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
-        # timm schedulers are stepped by update count, not by torch's step().
-        scheduler.step_update(num_updates=self.global_step)
+        if hasattr(scheduler, "step_update"):
+            # timm schedulers are stepped by update count, not by torch's step().
+            scheduler.step_update(num_updates=self.global_step)
+        else:  # e.g. the LR finder's own torch scheduler
+            scheduler.step()
 
 
 def load_module(ckpt_path: str | Path, *, map_location: str = "cpu") -> TransferModule:

@@ -83,6 +83,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     paths, skipped = _readable(list_images(cfg.predict.input))
     run_dir = prepare_run_dir(cfg)
     module = load_module(ckpt)
+    if module.task == "detection":
+        from b4transfer.predict_detection import predict_detection
+
+        return predict_detection(cfg, module, paths, skipped, run_dir, ckpt)
     probs, inference = _run_predict(cfg, module, paths, run_dir, "probs")
     k = min(int(cfg.predict.get("top_k", 5)), len(module.class_names))
     top_p, top_i = probs.topk(k, dim=-1)
@@ -122,6 +126,11 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
     run_dir = prepare_run_dir(cfg)
     if ckpt:
         module = load_module(ckpt)
+        if module.task != "classification":
+            raise ValueError(
+                f"mode=embed needs a classification checkpoint; {ckpt} is a {module.task} model. "
+                "Fix: pass a classification ckpt_path, or none to embed with the backbone itself."
+            )
     else:
         module = TransferModule(class_names=["_0", "_1"], model=_plain(cfg.model), data=data_overrides(cfg))
     features, inference = _run_predict(cfg, module, paths, run_dir, "embedding")

@@ -32,11 +32,14 @@ from b4transfer.checkpointing import (
     step_checkpoint,
 )
 from b4transfer.data.datamodule import ClassificationDataModule
+from b4transfer.data.detection_datamodule import DetectionDataModule
 from b4transfer.data.splits import DatasetSplits
 from b4transfer.data.transforms import DRAFT_FACTOR
+from b4transfer.ema import EMA
 from b4transfer.export import export_timm
 from b4transfer.feature_cache import CachedFeatureDataModule, enable_feature_cache
 from b4transfer.module import TransferModule, build_backbone, load_module
+from b4transfer.module_detection import DEFAULT_STRIDES, build_feature_backbone, check_task
 from b4transfer.speed import apply_speed_switches
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,7 @@ log = logging.getLogger(__name__)
 # that "previous log files will be deleted" would only alarm users.
 warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
-MODES = ("train", "validate", "test", "predict", "embed", "export")
+MODES = ("train", "validate", "test", "predict", "embed", "export", "lr_find")
 EXPORT_FORMATS = ("timm", "onnx")
 # Files whose presence means a directory already holds a finished or running run.
 _RUN_MARKERS = ("summary.json", "checkpoints", "metrics.csv", "export", "predictions.csv")
@@ -54,6 +57,7 @@ _RUN_MARKERS = ("summary.json", "checkpoints", "metrics.csv", "export", "predict
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run ``cfg.mode`` and return its summary."""
     from b4transfer import predict as predict_mod
+    from b4transfer.lr_find import lr_find
 
     modes = {
         "train": train,
@@ -62,6 +66,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "predict": predict_mod.predict,
         "embed": predict_mod.embed,
         "export": export,
+        "lr_find": lr_find,
     }
     if cfg.mode not in modes:
         raise ValueError(f"mode={cfg.mode!r} is not a mode; choose one of {', '.join(MODES)}.")
@@ -96,6 +101,16 @@ def _plain(node: Any) -> Any:
 def build_splits(cfg: DictConfig) -> DatasetSplits:
     """Instantiate ``cfg.data.source`` (a function returning :class:`DatasetSplits`) and check it."""
     splits = instantiate(cfg.data.source)
+    task, kind = task_of(cfg), getattr(splits, "task", "classification")
+    if kind != task:
+        fix = {
+            "detection": "data=coco, data=yolo or data=demo_detection",
+            "classification": "data=folder, data=csv or data=demo",
+        }[task]
+        raise ValueError(
+            f"task={task} but the data source ({cfg.data.source._target_}) gives {kind} data. "
+            f"Fix: use {fix}, or task={kind}."
+        )
     if cfg.get("num_classes") is not None and int(cfg.num_classes) != splits.num_classes:
         raise ValueError(
             f"num_classes={cfg.num_classes} but the data holds {splits.num_classes} classes "
@@ -118,7 +133,31 @@ def data_overrides(cfg: DictConfig) -> dict[str, Any]:
     return {k: _plain(cfg.data.get(k)) for k in keys if cfg.data.get(k) is not None}
 
 
+def task_of(cfg: DictConfig) -> str:
+    return check_task(cfg.get("task") or "classification")
+
+
+def build_task_backbone(cfg: DictConfig):
+    """The configured backbone: the pooled trunk, or for detection the ``features_only`` maps."""
+    if task_of(cfg) == "detection":
+        strides = _plain(cfg.head.get("feature_strides")) or DEFAULT_STRIDES
+        return build_feature_backbone(_plain(cfg.model), strides)
+    return build_backbone(_plain(cfg.model))
+
+
 def build_module(cfg: DictConfig, splits: DatasetSplits, backbone=None) -> TransferModule:
+    if task_of(cfg) == "detection":
+        return TransferModule(
+            backbone=backbone,
+            task="detection",
+            class_names=list(splits.class_names),
+            category_ids=list(splits.category_ids),
+            model=_plain(cfg.model),
+            head=_plain(cfg.head),
+            optim=devices.split_lr_scaling(_plain(cfg.optim))[0],
+            scheduler=_plain(cfg.get("scheduler")),
+            data={k: _plain(cfg.data[k]) for k in ("image_size", "mean", "std") if cfg.data.get(k)},
+        )
     return TransferModule(
         backbone=backbone,
         class_names=list(splits.class_names),
@@ -139,6 +178,16 @@ def num_workers(cfg: DictConfig) -> int:
 
 def build_datamodule(cfg: DictConfig, splits: DatasetSplits, module: TransferModule):
     on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
+    if module.task == "detection":
+        return DetectionDataModule(
+            splits,
+            image_size=module.image_size,
+            mean=module.data_config["eval"]["mean"],
+            batch_size=int(cfg.data.batch_size),
+            num_workers=num_workers(cfg),
+            augment=_plain(cfg.data.get("augment")),
+            pin_memory=on_gpu,
+        )
     return ClassificationDataModule(
         splits,
         train_cfg=module.data_config["train"],
@@ -148,11 +197,13 @@ def build_datamodule(cfg: DictConfig, splits: DatasetSplits, module: TransferMod
         augment=_plain(cfg.data.get("augment")),
         pin_memory=on_gpu,
         draft_factor=_plain(cfg.data.get("draft_factor", DRAFT_FACTOR)),
+        mixup=_plain(cfg.data.get("mixup")),
     )
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Trainer:
     ckpt_cfg = _plain(cfg.get("checkpoint")) or {}
+    loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None]
     callbacks = [
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
@@ -161,9 +212,20 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Tr
             monitor=ckpt_cfg.get("monitor", "val/acc1"),
             mode=ckpt_cfg.get("mode", "max"),
             save_top_k=ckpt_cfg.get("save_top_k", 1),
-            save_last=True,
         ),
-        LearningRateMonitor(logging_interval="step"),
+        # last.ckpt: the latest state every epoch (Lightning's save_last only rewrites it when the
+        # monitored metric improves, so a plateau would leave it behind)
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
+        ),
+        *([instantiate(cfg.finetune)] if cfg.get("finetune") else []),  # before the LR monitor: it sets LRs
+        *([LearningRateMonitor(logging_interval="step")] if loggers else []),  # it fails without a logger
+        *ema_callbacks(cfg.get("ema")),
+        *[instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c],  # +callbacks.NAME._target_=
         CheckpointOnSigterm(run_dir / "checkpoints"),
         *extra_callbacks,
     ]
@@ -171,7 +233,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Tr
     callbacks += [every_n] if every_n else []
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(progress_bar(cfg.trainer.get("log_every_n_steps") or 50))
-    loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None]
     trainer = L.Trainer(
         **devices.trainer_kwargs(_plain(cfg.trainer), _plain(cfg.get("strategy"))),
         default_root_dir=str(run_dir),
@@ -180,6 +241,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Tr
     )
     devices.check_trainer(trainer, sync_batchnorm=bool(cfg.trainer.get("sync_batchnorm")))
     return trainer
+
+
+def ema_callbacks(ema: DictConfig | None) -> list:
+    """``[EMA(...)]`` when ``ema.enabled``, else ``[]``."""
+    if not ema or not ema.get("enabled"):
+        return []
+    return [EMA(**{k: v for k, v in _plain(ema).items() if k != "enabled"})]
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -226,7 +294,7 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     export_formats(cfg)  # a bad export.format fails now, not after training
     run_dir = prepare_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    backbone = build_backbone(_plain(cfg.model))  # weights problems surface before the data scan
+    backbone = build_task_backbone(cfg)  # weights problems surface before the data scan
     splits = build_splits(cfg)
     module = apply_speed_switches(build_module(cfg, splits, backbone), cfg.model)
     datamodule = build_datamodule(cfg, splits, module)
@@ -270,6 +338,12 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     }
     if isinstance(datamodule, CachedFeatureDataModule):
         summary["feature_extraction_s"] = round(sum(datamodule.extract_seconds.values()), 2)
+    if module.task == "detection":
+        summary.update(
+            category_ids=splits.category_ids,
+            clipped_boxes=splits.clipped_boxes,
+            dropped_boxes=splits.dropped_boxes,
+        )
     if trainer.is_global_zero:
         export_module = load_module(best) if best else module
         summary.update(_export_formats(cfg, export_module, run_dir / "export", checkpoint=best))
@@ -300,6 +374,10 @@ def _stopped_by_sigterm(trainer: L.Trainer, run_dir: Path, wall: float) -> None:
 
 
 def _export(module: TransferModule, out_dir: Path, *, checkpoint: str | None) -> Path:
+    if module.task == "detection":
+        from b4transfer.export_detection import export_detector
+
+        return export_detector(module, out_dir, extra={"checkpoint": checkpoint})
     return export_timm(
         backbone=module.backbone,
         head_fc=module.head.fc,

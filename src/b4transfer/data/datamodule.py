@@ -10,6 +10,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from b4transfer.data.dataset import ImageDataset
+from b4transfer.data.mixup import build_mixup
 from b4transfer.data.splits import DatasetSplits, class_counts
 from b4transfer.data.transforms import DRAFT_FACTOR, build_transforms, draft_size_for
 
@@ -38,6 +39,8 @@ class ClassificationDataModule(L.LightningDataModule):
         drop_last: Drop the last incomplete training batch.
         draft_factor: JPEGs decode at a reduced scale keeping >= this x the split's input side
             (see ``draft_size_for``); ``None``: full-size decoding.
+        mixup: ``data.mixup`` options (timm Mixup/CutMix on training batches, soft targets);
+            ``None`` or both alphas 0: off.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class ClassificationDataModule(L.LightningDataModule):
         persistent_workers: bool | None = None,
         drop_last: bool = False,
         draft_factor: float | None = DRAFT_FACTOR,
+        mixup: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         _check_int(batch_size, "data.batch_size", 1, "set e.g. data.batch_size=32")
@@ -84,6 +88,7 @@ class ClassificationDataModule(L.LightningDataModule):
             "train": draft_size_for(train_cfg, draft_factor),
             "eval": draft_size_for(eval_cfg, draft_factor),
         }
+        self.mixup = build_mixup(mixup, num_classes=splits.num_classes, multi_label=splits.multi_label)
 
     @property
     def class_names(self) -> list[str]:
@@ -127,6 +132,12 @@ class ClassificationDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Mixup/CutMix training batches on their device (validation and test batches stay as they are)."""
+        if self.mixup is not None and self.trainer is not None and self.trainer.training:
+            batch = self.mixup(*batch)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches with augmentation."""

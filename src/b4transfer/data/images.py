@@ -196,3 +196,27 @@ def check_image(path: str | Path) -> str | None:
     except ImageLoadError as err:
         return err.reason
     return None
+
+
+def upright_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of an image as :func:`load_rgb` returns it (EXIF rotation applied), header only.
+
+    Args:
+        path: Image file.
+
+    Returns:
+        The upright size, read without decoding the pixels.
+
+    Raises:
+        ImageLoadError: The file is missing or its header is not a readable image.
+    """
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            try:
+                swap = img.getexif().get(_EXIF_ORIENTATION) in _SWAPS_AXES
+            except (*_DECODE_ERRORS, KeyError, TypeError, AttributeError):
+                swap = False  # a corrupt EXIF block is ignored, as by load_rgb
+    except _DECODE_ERRORS as err:
+        raise ImageLoadError(path, _reason(err)) from err
+    return (height, width) if swap else (width, height)

@@ -1,0 +1,331 @@
+"""COCO instances JSON: ``images``, ``annotations`` (``bbox`` as ``x, y, w, h`` pixels), ``categories``.
+
+``coco_splits(root=DIR)`` finds the standard layout by itself::
+
+    DIR/annotations/instances_train2017.json   DIR/train2017/*.jpg   (or DIR/images/train2017/)
+    DIR/annotations/instances_val2017.json     DIR/val2017/*.jpg
+
+(any suffix after ``instances_train`` / ``instances_val`` / ``instances_test``; without a val file a
+seeded share of train is held out). Other layouts name the files: ``train_json`` + ``train_images``,
+``val_json`` + ``val_images``. Category ids may be any integers: sorted by id they become the
+contiguous labels ``0..K-1`` (their names are the class names; the ids are kept for results JSON).
+``file_name`` is relative to the image folder. Crowd annotations (``iscrowd: 1``) are kept for
+evaluation. Bad input stops at start-up with the file, the annotation id, the value and the fix;
+boxes reaching outside their image are clipped and degenerate ones dropped (counted, one warning).
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+from pathlib import Path
+
+import numpy as np
+
+from b4transfer.data.detection import (
+    BoxCleaner,
+    DetectionSample,
+    DetectionSplits,
+    assemble_detection_splits,
+    make_sample,
+)
+from b4transfer.data.images import ImageLoadError, upright_size
+
+SPLITS = ("train", "val", "test")
+_SHOW = 5
+
+
+def load_json(path: Path, key: str) -> object:
+    """Parse a JSON file; a syntax error names the file, line and column."""
+    if not path.is_file():
+        state = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(
+            f"{key}={str(path)!r} {state}. Fix: point {key} at a COCO instances JSON file."
+        )
+    try:
+        with path.open(encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}. Fix: repair the file "
+            "(e.g. `python -m json.tool FILE` shows the spot) or re-export it."
+        ) from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e}). Fix: point {key} at a COCO JSON file.") from e
+
+
+def _list(data: dict, name: str, path: Path, *, required: bool = True) -> list:
+    value = data.get(name, None if required else [])
+    if not isinstance(value, list):
+        found = "no such key" if value is None else f"a {type(value).__name__}"
+        raise ValueError(
+            f"{path}: '{name}' must be a list ({found}). Fix: use a COCO instances file with 'images', "
+            "'annotations' and 'categories' lists."
+        )
+    return value
+
+
+def _int(value, path: Path, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{path}: {what} must be an integer, got {value!r}. Fix: correct it in the file.")
+    return int(value)
+
+
+def parse_categories(data: dict, path: Path) -> tuple[list[str], list[int]]:
+    """Class names and category ids, sorted by id (the label order)."""
+    cats = _list(data, "categories", path)
+    if not cats:
+        raise ValueError(
+            f"{path}: 'categories' is empty. Fix: list each class as {{'id': 1, 'name': 'cat'}}."
+        )
+    by_id: dict[int, str] = {}
+    for i, cat in enumerate(cats):
+        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+            raise ValueError(f"{path}: categories[{i}] = {cat!r} needs an 'id' and a 'name'. Fix: add them.")
+        cid = _int(cat["id"], path, f"categories[{i}] id")
+        if cid in by_id:
+            raise ValueError(
+                f"{path}: category id {cid} is listed twice. Fix: give each category its own id."
+            )
+        by_id[cid] = str(cat["name"])
+    names = [by_id[i] for i in sorted(by_id)]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{path}: category name(s) {dupes} used by several ids. Fix: make names unique.")
+    return names, sorted(by_id)
+
+
+def _images(data: dict, path: Path, image_dir: Path) -> dict[int, tuple[Path, tuple[int, int] | None]]:
+    images: dict[int, tuple[Path, tuple[int, int] | None]] = {}
+    for i, img in enumerate(_list(data, "images", path)):
+        if not isinstance(img, dict) or "id" not in img or not img.get("file_name"):
+            raise ValueError(f"{path}: images[{i}] = {img!r} needs an 'id' and a 'file_name'. Fix: add them.")
+        iid = _int(img["id"], path, f"images[{i}] id")
+        if iid in images:
+            raise ValueError(
+                f"{path}: image id {iid} is listed twice in 'images'. Fix: give each image one id."
+            )
+        w, h = img.get("width"), img.get("height")
+        ok = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0 for v in (w, h))
+        images[iid] = (image_dir / str(img["file_name"]), (int(w), int(h)) if ok else None)
+    missing = [(iid, p) for iid, (p, _) in images.items() if not p.is_file()]
+    if missing:
+        shown = "; ".join(f"image id {iid}: {p}" for iid, p in missing[:_SHOW])
+        raise FileNotFoundError(
+            f"{path}: {len(missing)} of {len(images)} image file(s) do not exist ({shown}"
+            f"{'; ...' if len(missing) > _SHOW else ''}). Fix: point the image folder (data.root, or "
+            f"data.train_images / data.val_images; now {image_dir}) at the folder 'file_name' is relative "
+            "to, or remove those images from the JSON."
+        )
+    return images
+
+
+def _bbox(ann: dict, path: Path, aid) -> list[float]:
+    box = ann.get("bbox")
+    if not (isinstance(box, list) and len(box) == 4) or not all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in box
+    ):
+        raise ValueError(
+            f"{path}: annotation id {aid} has bbox {box!r}; COCO boxes are 4 numbers [x, y, width, height] "
+            "in pixels. Fix: correct or delete that annotation."
+        )
+    x, y, w, h = (float(v) for v in box)
+    return [x, y, x + w, y + h]
+
+
+def read_coco(
+    json_path: str | Path,
+    image_dir: str | Path,
+    *,
+    categories: tuple[list[str], list[int]] | None = None,
+    key: str = "data.train_json",
+) -> tuple[list[str], list[int], list[DetectionSample], BoxCleaner]:
+    """Read one COCO instances file into samples.
+
+    Args:
+        json_path: The instances JSON.
+        image_dir: Folder that the images' ``file_name`` is relative to.
+        categories: ``(names, ids)`` of the training file, which this file must agree with;
+            ``None``: this file's own categories.
+        key: The config key that named ``json_path``, for messages.
+
+    Returns:
+        ``(class_names, category_ids, samples, cleaner)``; ``cleaner`` holds the box counts.
+
+    Raises:
+        FileNotFoundError: The JSON or an image file does not exist.
+        ValueError: Malformed JSON, a missing list, an annotation of an unknown image or category,
+            a malformed bbox, or categories that differ from the training file's.
+    """
+    path, image_dir = Path(json_path).expanduser(), Path(image_dir).expanduser()
+    data = load_json(path, key)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object with 'images', 'annotations', 'categories'.")
+    names, ids = parse_categories(data, path)
+    if categories is not None and (names, ids) != (list(categories[0]), list(categories[1])):
+        raise ValueError(
+            f"{path}: categories {dict(zip(ids, names))} differ from the training file's "
+            f"{dict(zip(categories[1], categories[0]))}. Fix: use the same 'categories' in every split."
+        )
+    label_of = {cid: i for i, cid in enumerate(ids)}
+    images = _images(data, path, image_dir)
+    per_image: dict[int, list[tuple[list[float], int, int, str]]] = {iid: [] for iid in images}
+    for i, ann in enumerate(_list(data, "annotations", path)):
+        aid = ann.get("id", f"#{i}") if isinstance(ann, dict) else f"#{i}"
+        if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
+            raise ValueError(
+                f"{path}: annotation {aid} = {ann!r} needs 'image_id', 'category_id' and 'bbox'."
+            )
+        if ann["image_id"] not in images:
+            raise ValueError(
+                f"{path}: annotation id {aid} points at image_id {ann['image_id']!r}, which is not in "
+                "'images'. Fix: add that image to 'images' or delete the annotation."
+            )
+        if ann["category_id"] not in label_of:
+            raise ValueError(
+                f"{path}: annotation id {aid} has category_id {ann['category_id']!r}, which is not among "
+                f"the categories {ids}. Fix: add the category or correct the annotation."
+            )
+        crowd = int(bool(ann.get("iscrowd", 0)))
+        per_image[ann["image_id"]].append((_bbox(ann, path, aid), label_of[ann["category_id"]], crowd, aid))
+    cleaner = BoxCleaner(path)
+    samples = []
+    for iid, (file, size) in images.items():
+        anns = per_image[iid]
+        if size is None:  # width/height missing from the JSON: read the file's header
+            try:
+                size = upright_size(file)
+            except ImageLoadError:  # unreadable: left for drop_unreadable to skip (or refuse)
+                samples.append(make_sample(file, [], [], image_id=iid, size=(1, 1)))
+                continue
+        boxes = np.array([a[0] for a in anns], np.float64).reshape(-1, 4)
+        keep = cleaner(boxes, size, [f"annotation id {a[3]}" for a in anns])
+        labels, crowd = [a[1] for a in anns], [a[2] for a in anns]
+        samples.append(
+            make_sample(
+                file,
+                boxes[keep],
+                np.asarray(labels)[keep] if anns else [],
+                np.asarray(crowd)[keep] if anns else [],
+                image_id=iid,
+                size=size,
+            )
+        )
+    return names, ids, samples, cleaner
+
+
+def _image_dir_for(root: Path, json_path: Path, split: str) -> Path:
+    """The image folder for ``annotations/instances_<split><suffix>.json``: ``root/<split><suffix>``, ..."""
+    suffix = json_path.stem[len(f"instances_{split}") :]
+    candidates = [
+        root / f"{split}{suffix}",
+        root / "images" / f"{split}{suffix}",
+        root / split,
+        root / "images" / split,
+    ]
+    for folder in candidates:
+        if folder.is_dir():
+            return folder
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"data.root={str(root)!r}: found {json_path.name} but no image folder for it (tried {tried}). "
+        f"Fix: put the images in {candidates[0]}, or set data.{split}_images=DIR explicitly."
+    )
+
+
+def find_coco_layout(root: str | Path) -> dict[str, tuple[Path, Path]]:
+    """``{split: (json, image_dir)}`` of the standard COCO layout under ``root`` (train required)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"data.root={str(root)!r} is not a folder. Fix: point it at the COCO dataset root."
+        )
+    found = {}
+    for split in SPLITS:
+        matches = sorted((root / "annotations").glob(f"instances_{split}*.json"))
+        if len(matches) > 1:
+            names = ", ".join(m.name for m in matches)
+            raise ValueError(
+                f"data.root={str(root)!r}: several {split} annotation files ({names}). Fix: choose one with "
+                f"data.{split}_json=FILE and data.{split}_images=DIR."
+            )
+        if matches:
+            found[split] = (matches[0], _image_dir_for(root, matches[0], split))
+    if "train" not in found:
+        raise FileNotFoundError(
+            f"data.root={str(root)!r}: no annotations/instances_train*.json. Fix: use the standard COCO "
+            "layout (annotations/instances_train2017.json + train2017/), or name the files with "
+            "data.train_json=FILE data.train_images=DIR (and data.val_json / data.val_images)."
+        )
+    return found
+
+
+def coco_splits(
+    root: str | Path | None = None,
+    *,
+    train_json: str | Path | None = None,
+    train_images: str | Path | None = None,
+    val_json: str | Path | None = None,
+    val_images: str | Path | None = None,
+    test_json: str | Path | None = None,
+    test_images: str | Path | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    on_bad_image: str = "skip",
+) -> DetectionSplits:
+    """Read a COCO dataset: the standard layout under ``root`` and/or explicit per-split files.
+
+    Args:
+        root: Dataset root with ``annotations/instances_<split>*.json`` and image folders.
+        train_json: Training instances JSON (overrides the one found under ``root``).
+        train_images: Folder the training ``file_name`` entries are relative to.
+        val_json: Validation instances JSON; none: a seeded ``val_fraction`` of train.
+        val_images: Folder of the validation images.
+        test_json: Test instances JSON (optional).
+        test_images: Folder of the test images.
+        val_fraction: Share of training images held out when there is no validation file.
+        seed: Seed of that split.
+        on_bad_image: ``"skip"`` (count and warn) or ``"error"`` for unreadable images.
+
+    Returns:
+        The dataset splits; labels follow the training file's categories sorted by id.
+    """
+    files: dict[str, tuple[Path, Path]] = find_coco_layout(root) if root not in (None, "") else {}
+    for split, (js, imgs) in {
+        "train": (train_json, train_images),
+        "val": (val_json, val_images),
+        "test": (test_json, test_images),
+    }.items():
+        if js in (None, "") and imgs in (None, ""):
+            continue
+        if js in (None, "") or imgs in (None, ""):
+            given, other = ("json", "images") if js not in (None, "") else ("images", "json")
+            raise ValueError(
+                f"data.{split}_{given} is set but data.{split}_{other} is not. Fix: set both "
+                f"(the instances JSON and the folder its file_name entries are relative to)."
+            )
+        files[split] = (Path(js).expanduser(), Path(imgs).expanduser())
+    if "train" not in files:
+        raise ValueError(
+            "data=coco needs data.root=DIR (standard COCO layout) or data.train_json=FILE with "
+            "data.train_images=DIR. Fix: set one of them."
+        )
+    names, ids, train, cleaner = read_coco(*files["train"], key="data.train_json")
+    tagged, counts = {"train": train}, list(cleaner.report())
+    for split in ("val", "test"):
+        if split in files:
+            _, _, samples, cleaner = read_coco(
+                *files[split], categories=(names, ids), key=f"data.{split}_json"
+            )
+            tagged[split] = samples
+            counts = [a + b for a, b in zip(counts, cleaner.report())]
+    return assemble_detection_splits(
+        names,
+        ids,
+        tagged,
+        source=files["train"][0],
+        val_fraction=val_fraction,
+        seed=seed,
+        on_bad_image=on_bad_image,
+        box_counts=(counts[0], counts[1]),
+    )

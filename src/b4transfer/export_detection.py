@@ -1,0 +1,114 @@
+"""Export a fine-tuned detector as plain weights + config, and load it back with no Lightning.
+
+``export_detector`` writes ``model.safetensors`` — the state dict of the standalone torchvision detector
+(``backbone.body.*`` the timm features, ``backbone.fpn.*``, then the detector's heads) — and
+``config.json`` holding everything needed to rebuild it (timm name, strides, detector settings,
+image size, mean/std, class names and source category ids). ``load_exported_detector`` rebuilds the
+torchvision ``RetinaNet`` / ``FCOS`` / ``FasterRCNN`` from them, strictly (every key must fit)::
+
+    detector, config = load_exported_detector("export")
+    detections = detector([image])  # image: (3, H, W) float 0..1, any size; boxes in its pixels
+
+The detector resizes the input so its longer side is ``config["image_size"]`` and maps the boxes back.
+Labels: Faster R-CNN's class 0 is background, so ``label - config["label_offset"]`` indexes
+``config["class_names"]`` (the offset is 0 for RetinaNet and FCOS).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import safetensors.torch
+from torch import nn
+
+from b4transfer import __version__
+from b4transfer.backbone import create_backbone
+from b4transfer.export import _MARKER, CONFIG_NAME, WEIGHTS_NAME, _atomic_write, _check_extra, _claim
+from b4transfer.heads.detection import build_detector
+
+__all__ = ["export_detector", "load_exported_detector"]
+
+
+def export_detector(module, out_dir: str | Path, *, extra: dict | None = None) -> Path:
+    """Write ``out_dir/model.safetensors`` + ``out_dir/config.json`` for a detection ``TransferModule``.
+
+    Args:
+        module: A ``TransferModule`` with ``task="detection"``.
+        out_dir: Export directory; files b4transfer did not write are never overwritten.
+        extra: More JSON-serialisable top-level entries for ``config.json``.
+
+    Returns:
+        ``out_dir``.
+    """
+    if getattr(module, "task", None) != "detection":
+        raise TypeError("export_detector needs a detection TransferModule (task='detection').")
+    extras = _check_extra(extra)
+    out_dir = Path(out_dir)
+    _claim(out_dir)
+    state = {f"backbone.body.{k}": v for k, v in module.backbone.state_dict().items()}
+    state.update(module.head.detector.state_dict())
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    hp = module.hparams
+    head = dict(hp.head or {})
+    config = {
+        "task": "detection",
+        "architecture": hp.model["name"],
+        "out_indices": list(module.backbone.feature_info.out_indices),
+        "head": head,
+        "image_size": module.image_size,
+        "mean": list(module.data_config["eval"]["mean"]),
+        "std": list(module.data_config["eval"]["std"]),
+        "class_names": list(module.class_names),
+        "category_ids": list(module.category_ids),
+        "label_offset": module.head.label_offset,
+        _MARKER: __version__,
+        **extras,
+    }
+    _atomic_write(out_dir / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    _atomic_write(
+        out_dir / WEIGHTS_NAME,
+        lambda p: safetensors.torch.save_file(state, str(p), metadata={"format": "pt", _MARKER: __version__}),
+    )
+    return out_dir
+
+
+def load_exported_detector(out_dir: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild an exported detector (torchvision, eval mode) and return it with its ``config.json``.
+
+    Args:
+        out_dir: Directory written by :func:`export_detector`.
+
+    Returns:
+        ``(detector, config)``.
+    """
+    out_dir = Path(out_dir)
+    config_path, weights = out_dir / CONFIG_NAME, out_dir / WEIGHTS_NAME
+    for path in (config_path, weights):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} does not exist; pass the directory export_detector wrote "
+                f"(it holds {WEIGHTS_NAME} and {CONFIG_NAME})."
+            )
+    config = json.loads(config_path.read_text())
+    if config.get("task") != "detection":
+        raise ValueError(
+            f"{config_path} is not a detection export (task={config.get('task')!r}); for a "
+            "classifier use b4transfer.export.load_exported."
+        )
+    body = create_backbone(
+        config["architecture"], pretrained=False, features_only=True, out_indices=tuple(config["out_indices"])
+    )
+    settings = {k: v for k, v in config["head"].items() if k != "feature_strides"}
+    detector = build_detector(
+        body,
+        len(config["class_names"]),
+        image_size=config["image_size"],
+        image_mean=config["mean"],
+        image_std=config["std"],
+        own_body=True,
+        **settings,
+    )
+    state = safetensors.torch.load_file(str(weights), device="cpu")
+    detector.load_state_dict(state, strict=True)
+    return detector.eval(), config

@@ -1,0 +1,144 @@
+"""The detection half of :class:`~b4transfer.module.TransferModule` (``task="detection"``).
+
+A mixin, so there is still one LightningModule class: ``self.backbone`` is the timm
+``features_only`` model (what freezing schedules and the backbone optimizer groups act on), and
+``self.head`` is a :class:`~b4transfer.heads.detection.DetectionHead` (FPN + torchvision detector),
+which owns the loss, the post-processing and the COCO mAP metric. Batches are ``(images, targets)``
+lists from :class:`~b4transfer.data.detection_datamodule.DetectionDataModule`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from b4transfer.backbone import create_backbone, out_indices_for_strides, resolve_data_configs
+
+TASKS = ("classification", "detection")
+DEFAULT_STRIDES = (8, 16, 32)
+
+
+def check_task(task: str) -> str:
+    """Raise a clear error for an unknown ``task``."""
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is not a task; choose one of {', '.join(TASKS)}.")
+    return task
+
+
+def build_feature_backbone(model: dict[str, Any], strides=DEFAULT_STRIDES) -> torch.nn.Module:
+    """The ``features_only`` backbone described by a ``model`` config, returning maps at ``strides``."""
+    return create_backbone(
+        model["name"],
+        pretrained=model.get("pretrained", False),
+        weights=model.get("weights"),
+        features_only=True,
+        out_indices=out_indices_for_strides(model["name"], list(strides)),
+        drop_path_rate=model.get("drop_path_rate", 0.0),
+    )
+
+
+class DetectionSteps:
+    """Detection construction and steps, mixed into ``TransferModule``."""
+
+    def _init_detection(self, *, class_names, model, head, data, category_ids, backbone) -> None:
+        from b4transfer.heads.detection import DetectionHead
+
+        settings = dict(head or {})
+        strides = list(settings.pop("feature_strides", None) or DEFAULT_STRIDES)
+        self.backbone = backbone if backbone is not None else build_feature_backbone(model, strides)
+        data = dict(data or {})
+        size = data.get("image_size")
+        train_cfg, eval_cfg = resolve_data_configs(
+            self.backbone, image_size=size, eval_image_size=size, mean=data.get("mean"), std=data.get("std")
+        )
+        if size is None:  # one letterbox size for train and eval: the model's test size
+            train_cfg["input_size"] = eval_cfg["input_size"]
+        self.data_config = {"train": train_cfg, "eval": eval_cfg}
+        self.class_names = list(class_names)
+        ids = list(range(len(class_names))) if category_ids is None else [int(i) for i in category_ids]
+        if len(ids) != len(self.class_names):
+            raise ValueError(f"category_ids {ids} must give one id per class name {self.class_names}.")
+        self.category_ids = ids
+        self.head = DetectionHead(
+            self.backbone,
+            len(class_names),
+            image_size=int(eval_cfg["input_size"][-1]),
+            image_mean=eval_cfg["mean"],
+            image_std=eval_cfg["std"],
+            feature_strides=strides,
+            **settings,
+        )
+        self.val_metrics = self.head.build_metrics()
+        self.test_metrics = self.head.build_metrics()
+        self.predict_output = "detections"
+
+    @property
+    def image_size(self) -> int:
+        """Side of the letterbox canvas."""
+        return int(self.data_config["eval"]["input_size"][-1])
+
+    def _share_backbone(self) -> None:
+        # The head only references the body; follow it if a callback swapped self.backbone for a copy.
+        self.head.detector.backbone.share_body(self.backbone)
+
+    def _detection_training_step(self, batch) -> torch.Tensor:
+        self._share_backbone()
+        images, targets = batch
+        losses = self.head(images, targets)
+        loss = sum(losses.values())
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        for key, value in losses.items():
+            self.log(f"train/{key}", value, batch_size=len(images))
+        return loss
+
+    def _detection_eval_step(self, batch, metrics, stage: str) -> None:
+        self._share_backbone()
+        images, targets = batch
+        preds = self.head(images)
+        losses = self.head.validation_loss(images, targets)
+        n = len(images)
+        self.log(f"{stage}/loss", sum(losses.values()), prog_bar=True, batch_size=n, sync_dist=True)
+        for key, value in losses.items():
+            self.log(f"{stage}/{key}", value, batch_size=n, sync_dist=True)
+        metrics.update(*self.head.metric_inputs(preds, targets))
+
+    def _log_detection_metrics(self, metrics, stage: str) -> None:
+        from b4transfer.module import _sanitize
+
+        values = metrics.compute()
+        metrics.reset()
+        classes = torch.atleast_1d(values.pop("classes")).tolist()
+        per_class = torch.atleast_1d(values.pop("map_per_class"))
+        values.pop("mar_100_per_class", None)
+        for key, value in values.items():
+            if torch.as_tensor(value).numel() == 1:
+                self.log(
+                    f"{stage}/{key}",
+                    torch.as_tensor(value).float(),
+                    prog_bar=key in ("map", "map_50"),
+                    sync_dist=True,
+                )
+        if per_class.numel() == len(classes):
+            for label, ap in zip(classes, per_class.tolist()):
+                if ap >= 0 and 0 <= label < len(
+                    self.class_names
+                ):  # -1: class absent from data and predictions
+                    self.log(f"{stage}/ap_{_sanitize(self.class_names[label])}", ap, sync_dist=True)
+
+    def _detection_predict_step(self, batch) -> list[dict]:
+        from b4transfer.heads.detection import to_original
+
+        self._share_backbone()
+        images, metas = batch
+        out = []
+        for det, meta in zip(self.head(images), metas):
+            out.append(
+                {
+                    "index": int(meta["index"]),
+                    "boxes": to_original(det["boxes"], meta).float().cpu(),
+                    "scores": det["scores"].float().cpu(),
+                    "labels": det["labels"].cpu(),
+                }
+            )
+        return out
