@@ -2,9 +2,11 @@
 
 Inference runs the library's fast path (the ``predict.*`` defaults: bf16 autocast where native,
 channels_last) on the module's network; training runs forward + loss + backward + AdamW step on
-the same network in fp32. Each configuration runs in a fresh process, so its peak RSS
-(``VmHWM``: Python, torch, the model, activations) is its own; ``rss_increase_mib`` is
-the rise above the RSS once the model is built. On CUDA also ``torch.cuda.max_memory_allocated``.
+the same network in fp32; the time is the best of ``reps`` batches after a warm-up (not
+interleaved: on a shared machine load only ever slows a run down). Each configuration runs in a
+fresh process, so its peak RSS (``VmHWM``: Python, torch, the model, activations) is its own;
+``rss_increase_mib`` is the rise above the RSS once the model is built. On CUDA also
+``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Result, median, rss_bytes, timed
+from benchmarks.common import Result, rss_bytes, timed
 
 
 def _inference_step(module, x, bf16: bool):
@@ -62,7 +64,7 @@ def _measure(make_step, batch: int, reps: int, device) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     step()  # warm-up (oneDNN primitives / cuDNN plans for this shape, allocator)
-    seconds = median([timed(step) for _ in range(reps)])
+    seconds = min(timed(step) for _ in range(reps))  # best of reps: other jobs only ever slow it down
     peak = _vm_hwm()
     out = {"images_per_s": round(batch / seconds, 3), "s_per_batch": round(seconds, 4),
            "rss_peak_mib": round(peak / 2**20, 1), "rss_increase_mib": round((peak - base_rss) / 2**20, 1)}

@@ -30,8 +30,10 @@ NOTES = """\
   which the plain loop does not do. One-time `fit()` set-up is reported apart.
 - **Input pipeline** is per DataLoader worker (one torch thread, as in a worker): with `W` workers
   the loader delivers about `W x` that rate; `workers_to_feed_model` = model images/s / per-worker rate.
-- **Scaling**: each configuration runs in its own process; peak RSS (`VmHWM`) is that whole process's
-  (Python, torch, the model, activations), `rss_increase_mib` its rise once the model is built.
+- **Scaling**: the best of a few batches per configuration (not interleaved, so it moves with the
+  load more than the ratios do); each configuration runs in its own process; peak RSS (`VmHWM`) is
+  that whole process's (Python, torch, the model, activations), `rss_increase_mib` its rise once the
+  model is built.
 - **OpenMP threads wait passively** (`OMP_WAIT_POLICY=PASSIVE`, set by `benchmarks/__init__.py`): with
   the default spinning, 2 threads on a shared 2-core machine ran B4 inference 7x slower than 1 thread.
 - **GPU**: the GPU suite (B4 @ 320, bf16-mixed, channels_last, batch 96: library vs plain timm loop,
@@ -157,6 +159,7 @@ def plot(record: dict, path: Path) -> None:
             pts = sorted((x["batch_size"], x["images_per_s"]) for x in rows if x["image_size"] == size)
             ax.plot(*zip(*pts), marker="o", label=f"{size} px")
         ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("batch size")
         ax.set_ylabel("images/s")
         ax.set_title(f"{kind} throughput ({scaling['settings']['model']})")
@@ -192,6 +195,10 @@ def render(results_dir: Path, markdown: Path) -> None:
             lines += [f"![{record['suite']} {record['profile']}]({rel})", ""]
             lines += _details(record)
         lines += ["Machine: " + _machine(record)[0], ""]
+        for rerun in record.get("reruns", []):
+            lines += [f"Re-run on its own later (`{rerun['command']}`, {rerun['started_utc']}, load average "
+                      f"{rerun['load_average'][0]} -> {rerun['load_average'][1]}): "
+                      f"{', '.join(rerun['benchmarks'])}.", ""]
     lines.append(NOTES)
     kept = ""
     if Path(markdown).is_file():

@@ -45,7 +45,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "input_pipeline": dict(TINY, images=2, photo_size=[256, 192], rounds=1, model_batch=2, model_steps=1,
                                augment=_AUGMENT),
         "cached_probe": dict(model="test_efficientnet", image_size=32, train_images=8, val_images=4,
-                             batch_size=4, epochs=2, rounds=1, file_size=48),
+                             batch_size=4, epochs=1, cached_epochs=2, rounds=1, file_size=48),
         "scaling": dict(model="test_efficientnet", reps=1, inference_size=32, inference_batches=[1, 2],
                         inference_sizes=[], inference_batch=2, train_size=32, train_batches=[2],
                         train_sizes=[], train_batch=2),
@@ -57,9 +57,9 @@ PROFILES: dict[str, dict[str, dict]] = {
         "inference": dict(model="efficientnet_b4", images=32, batch_size=8, rounds=5, latency_rounds=7),
         "input_pipeline": dict(model="efficientnet_b4", images=24, photo_size=[1632, 1224], rounds=5,
                                model_batch=4, model_steps=2, augment=_AUGMENT),
-        "cached_probe": dict(model="efficientnet_b4", train_images=32, val_images=8, batch_size=8, epochs=3,
-                             rounds=1, file_size=400),
-        "scaling": dict(model="efficientnet_b4", reps=2, inference_size=384, inference_batches=[1, 4, 8],
+        "cached_probe": dict(model="efficientnet_b4", train_images=32, val_images=8, batch_size=8, epochs=2,
+                             cached_epochs=6, rounds=1, file_size=400),
+        "scaling": dict(model="efficientnet_b4", reps=3, inference_size=384, inference_batches=[1, 4, 8],
                         inference_sizes=[256, 320], inference_batch=4, train_size=320, train_batches=[2, 4],
                         train_sizes=[256], train_batch=2),
         "detection": {},
@@ -71,7 +71,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "input_pipeline": dict(model="efficientnet_b4", images=48, photo_size=[1632, 1224], rounds=5,
                                model_batch=8, model_steps=3, augment=_AUGMENT),
         "cached_probe": dict(model="efficientnet_b4", train_images=64, val_images=16, batch_size=16, epochs=3,
-                             rounds=2, file_size=400),
+                             cached_epochs=8, rounds=2, file_size=400),
         "scaling": dict(model="efficientnet_b4", reps=3, inference_size=384, inference_batches=[1, 8, 32],
                         inference_sizes=[224, 320, 448], inference_batch=8, train_size=320,
                         train_batches=[4, 8, 16], train_sizes=[224, 384], train_batch=8),
@@ -136,6 +136,17 @@ def _run_one(name: str, params: dict) -> Result:
     return result
 
 
+def _merge(previous: dict, rerun: dict) -> dict:
+    """``--only``: replace those benchmarks in the earlier record, noting when and how they re-ran."""
+    fresh = {r["name"]: r for r in rerun["results"]}
+    names = sorted(fresh)
+    results = [fresh.pop(old["name"], old) for old in previous["results"]] + list(fresh.values())
+    note = {k: rerun[k] for k in ("command", "started_utc", "wall_s")}
+    note["load_average"] = [rerun["machine"]["load_average_start"], rerun["machine"]["load_average_end"]]
+    note["benchmarks"] = names
+    return {**previous, "results": results, "reruns": [*previous.get("reruns", []), note]}
+
+
 def _summary_line(r: Result) -> str:
     if r.status != "ok":
         return f"{r.name}: {r.status} ({r.reason})"
@@ -192,9 +203,12 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"{args.suite}-{profile}.json"
+    wall = record["wall_s"]
+    if args.only and out.is_file():
+        record = _merge(json.loads(out.read_text()), record)
     out.write_text(json.dumps(record, indent=2) + "\n")
     render(args.out_dir, args.markdown)
-    print(f"wrote {out} and {args.markdown} in {record['wall_s']:.0f} s")
+    print(f"wrote {out} and {args.markdown} in {wall:.0f} s")
     return 1 if any(r.status == "error" for r in results) else 0
 
 
