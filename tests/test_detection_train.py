@@ -187,8 +187,12 @@ def test_task_and_data_must_agree(tiny_cfg):
 def test_demo_is_the_default_detection_data_and_classification_is_unchanged():
     det = compose_cfg("task=detection")
     assert det.data.source._target_.endswith("demo_detection_splits") and det.head.detector == "retinanet"
-    assert det.head.fpn_channels == 64  # conf/specialize/demo_detection.yaml: a light FPN for the CPU demo
-    assert compose_cfg("task=detection", "data=coco").head.fpn_channels == 256
+    # conf/specialize/demo_detection.yaml: settings for the quick from-scratch CPU demo, after every group
+    assert (det.head.fpn_channels, det.model.drop_path_rate, det.trainer.gradient_clip_val) == (64, 0.0, 10.0)
+    coco = compose_cfg("task=detection", "data=coco")
+    assert (coco.head.fpn_channels, coco.model.drop_path_rate) == (256, 0.1)
+    assert coco.trainer.gradient_clip_val is None
+    assert compose_cfg("task=detection", "head.fpn_channels=128").head.fpn_channels == 128
     cls = compose_cfg()
     assert cls.task == "classification" and cls.checkpoint.monitor == "val/acc1"
     assert dict(cls.head) == {"label_smoothing": 0.1}
