@@ -38,7 +38,7 @@ class _EpochTimer(L.Callback):
         self.epochs.append(time.perf_counter() - self._start)
 
 
-def _config(p: dict, root: Path, run_dir: Path, cached: bool):
+def _config(p: dict, root: Path, run_dir: Path, cached: bool, extra: tuple[str, ...] = ()):
     from hydra import compose, initialize_config_dir
 
     from b4transfer.cli import config_dir
@@ -60,15 +60,18 @@ def _config(p: dict, root: Path, run_dir: Path, cached: bool):
     ]
     if p.get("image_size"):
         overrides.append(f"data.image_size={p['image_size']}")
+    overrides += list(extra)
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 
 
-def _fit(p: dict, root: Path, run_dir: Path, cached: bool) -> tuple[list[float], dict]:
+def _fit(
+    p: dict, root: Path, run_dir: Path, cached: bool, extra: tuple[str, ...] = ()
+) -> tuple[list[float], dict]:
     from b4transfer.feature_cache import enable_feature_cache
     from b4transfer.train import _plain, build_datamodule, build_module, build_splits, build_trainer
 
-    cfg = _config(p, root, run_dir, cached)
+    cfg = _config(p, root, run_dir, cached, extra)
     L.seed_everything(0, verbose=False)
     splits = build_splits(cfg)
     module = build_module(cfg, splits)
@@ -112,6 +115,9 @@ def run(p: dict) -> Result:
 
         torch.manual_seed(0)
         samples = interleaved({"frozen": frozen, "cached": cached}, rounds=p["rounds"], warmup=0)
+        # the default EMA of the weights averages (and swaps in for validation) the frozen backbone
+        # too; one cached run without it shows what that costs per epoch
+        no_ema, _ = _fit(p, tmp / "data", tmp / "run-no-ema", cached=True, extra=("ema.enabled=false",))
     del samples  # per-fit medians; the ratio pools every epoch of every fit instead
     ratio = median(epochs["frozen"]) / median(epochs["cached"])
     n_img = p["train_images"] + p["val_images"]
@@ -130,5 +136,7 @@ def run(p: dict) -> Result:
             "cached_first_epoch_s": median(epochs["cached_first"]),
             "feature_extraction_s": median(extract),
             "extraction_images_per_s": n_img / median(extract),
+            "cached_epoch_s_without_ema": median(no_ema[1:]),
+            "ratio_without_ema": median(epochs["frozen"]) / median(no_ema[1:]),
         },
     ).check()

@@ -36,6 +36,9 @@ from benchmarks.report import render
 ROOT = Path(__file__).resolve().parents[1]
 _AUGMENT = {"hflip": 0.5, "scale": [0.08, 1.0], "color_jitter": 0.4, "auto_augment": None, "re_prob": 0.0}
 TINY = {"model": "test_efficientnet", "data": {"image_size": 32}}
+# Per-step framework overhead in ms, measured where it is most of a step (see bench_train).
+_TINY_TRAIN = dict(model="test_efficientnet", image_size=32, batch_size=4, k=4, rounds=20, warmup=1,
+                   steps_per_epoch=40)
 
 PROFILES: dict[str, dict[str, dict]] = {
     "smoke": {
@@ -53,7 +56,7 @@ PROFILES: dict[str, dict[str, dict]] = {
     },
     "quick": {
         "train_overhead": dict(model="efficientnet_b0", image_size=160, batch_size=16, k=1, rounds=30,
-                               warmup=1, steps_per_epoch=10),
+                               warmup=1, steps_per_epoch=10, tiny=_TINY_TRAIN),
         "inference": dict(model="efficientnet_b4", images=32, batch_size=8, rounds=5, latency_rounds=7),
         "input_pipeline": dict(model="efficientnet_b4", images=24, photo_size=[1632, 1224], rounds=5,
                                model_batch=4, model_steps=2, augment=_AUGMENT),
@@ -66,7 +69,7 @@ PROFILES: dict[str, dict[str, dict]] = {
     },
     "full": {
         "train_overhead": dict(model="efficientnet_b4", image_size=320, batch_size=8, k=2, rounds=8, warmup=1,
-                               steps_per_epoch=8),
+                               steps_per_epoch=8, tiny=_TINY_TRAIN),
         "inference": dict(model="efficientnet_b4", images=64, batch_size=32, rounds=5, latency_rounds=10),
         "input_pipeline": dict(model="efficientnet_b4", images=48, photo_size=[1632, 1224], rounds=5,
                                model_batch=8, model_steps=3, augment=_AUGMENT),
