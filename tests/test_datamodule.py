@@ -122,7 +122,10 @@ def test_build_transforms_and_draft_size():
     img = Image.new("RGB", (100, 80), (10, 200, 30))
     assert train_tf(img).shape == (3, 64, 64) and eval_tf(img).shape == (3, 72, 72)
     assert "RandomResizedCrop" in repr(train_tf) and "CenterCrop" in repr(eval_tf)
-    assert draft_size_for(CFG) == (128, 128) and draft_size_for({"input_size": 50}) == (100, 100)
+    assert draft_size_for(CFG) == (96, 96) and draft_size_for({"input_size": 50}, 2) == (100, 100)
+    assert draft_size_for(CFG, None) is None
+    with pytest.raises(ValueError, match=r"data.draft_factor must be a number >= 1.*got 0.5"):
+        draft_size_for(CFG, 0.5)
     with pytest.raises(ValueError, match=r"eval_cfg has no 'input_size' \(got keys \['mean'\]\)"):
         build_transforms(train_cfg=CFG, eval_cfg={"mean": (0, 0, 0)})
 

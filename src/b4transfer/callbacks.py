@@ -1,10 +1,25 @@
-"""Small Lightning callbacks: training throughput for the run summary."""
+"""Small Lightning callbacks: training throughput for the run summary, a progress bar that refreshes
+every ``log_every_n_steps`` steps."""
 
 from __future__ import annotations
 
 import time
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+
+def progress_bar(refresh_rate: int) -> L.Callback:
+    """Lightning's default progress bar (rich if installed, else tqdm), refreshed every ``refresh_rate``
+    steps.
+
+    Each refresh reads the logged metrics (``train/loss``, ``train/acc1``) as Python numbers, which on
+    a GPU is a host-device synchronisation; Lightning's default refreshes every step. Refreshing at
+    the logging interval keeps the GPU queue full between refreshes (BENCHMARKS.md, training overhead).
+    """
+    rate = max(1, int(refresh_rate))
+    return RichProgressBar(refresh_rate=rate) if _RICH_AVAILABLE else TQDMProgressBar(refresh_rate=rate)
 
 
 class ThroughputMeter(L.Callback):

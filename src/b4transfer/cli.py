@@ -20,23 +20,38 @@ def config_dir() -> str:
     checkout = Path(__file__).resolve().parents[2] / "conf"
     if (checkout / "config.yaml").is_file():
         return str(checkout)
-    from importlib.resources import files
-
-    return str(files("b4transfer.conf"))
+    return str(Path(__file__).resolve().parent / "conf")  # installed wheel: b4transfer/conf/
 
 
 # Errors that describe bad input or configuration: shown as one message, no traceback.
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
 
-def _main(cfg: DictConfig) -> None:
+def objective(cfg: DictConfig, summary: dict) -> float | None:
+    """``cfg.optimized_metric`` of a run, for a sweeper (Optuna): the best checkpoint's score when the
+    metric is ``checkpoint.monitor``, else the metric's final value; ``None`` when not configured."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name == cfg.get("checkpoint", {}).get("monitor") and summary.get("best_score") is not None:
+        return float(summary["best_score"])
+    metrics = summary.get("metrics", {})
+    if name not in metrics:
+        raise ValueError(
+            f"optimized_metric={name!r} was not logged by this run; logged: {', '.join(sorted(metrics))}. "
+            "Fix: set optimized_metric to one of them (e.g. val/acc1)."
+        )
+    return float(metrics[name])
+
+
+def _main(cfg: DictConfig) -> float | None:
     from b4transfer.backbone import PretrainedWeightsUnavailable
     from b4transfer.train import run
 
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).propagate = False  # they print themselves; no second copy via Hydra
     try:
-        run(cfg)
+        return objective(cfg, run(cfg))
     except (*_USER_ERRORS, PretrainedWeightsUnavailable) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

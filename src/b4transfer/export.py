@@ -40,7 +40,7 @@ from torch import nn
 
 from b4transfer import __version__
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "export_timm", "load_exported"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "export_timm", "load_exported", "timm_classifier"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -89,10 +89,7 @@ def export_timm(
     extras = _check_extra(extra)
     out_dir = Path(out_dir)
     _claim(out_dir)
-    model = copy.deepcopy(backbone).cpu().eval()
-    model.reset_classifier(len(class_names))
-    classifier = model.get_submodule(_classifier_name(model))
-    classifier.load_state_dict({k: v.detach().cpu() for k, v in head_fc.state_dict().items()})
+    model = timm_classifier(backbone, head_fc)
     state = _checked_state_dict(model, arch, len(class_names))
     model_config = {"label_names": list(class_names), _MARKER: __version__, "multi_label": bool(multi_label),
                     **extras}
@@ -101,6 +98,15 @@ def export_timm(
     _atomic_write(out_dir / WEIGHTS_NAME, lambda p: safetensors.torch.save_file(
         state, str(p), metadata={"format": "pt", _MARKER: __version__}))
     return out_dir
+
+
+def timm_classifier(backbone: nn.Module, head_fc: nn.Linear) -> nn.Module:
+    """A CPU, eval-mode copy of ``backbone`` with ``head_fc`` as its own timm classifier."""
+    model = copy.deepcopy(backbone).cpu().eval()
+    model.reset_classifier(head_fc.out_features)
+    classifier = model.get_submodule(_classifier_name(model))
+    classifier.load_state_dict({k: v.detach().cpu() for k, v in head_fc.state_dict().items()})
+    return model
 
 
 def load_exported(out_dir: Path | str) -> nn.Module:

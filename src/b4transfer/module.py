@@ -16,6 +16,7 @@ import lightning as L
 import torch
 
 from b4transfer.backbone import create_backbone, resolve_data_configs
+from b4transfer.devices import split_lr_scaling
 from b4transfer.heads.classification import ClassificationHead
 from b4transfer.module_detection import DetectionSteps, check_task
 from b4transfer.optim import create_optimizer, create_scheduler, param_groups
@@ -104,10 +105,13 @@ class TransferModule(DetectionSteps, L.LightningModule):
         """Pooled pre-logits features, (N, 3, H, W) -> (N, num_features)."""
         return self.backbone(x)
 
-    def forward(self, x: torch.Tensor, targets: list[dict] | None = None):
-        if self.task == "detection":  # x: list of images; train mode returns the loss dict
+    def forward(self, x, targets: list[dict] | None = None):
+        """Classification: logits of images ``(N, 3, H, W)``, or of pooled features ``(N, num_features)``
+        (the cached-feature linear probe feeds those, see :mod:`b4transfer.feature_cache`).
+        Detection: ``x`` is a list of images; in train mode the head returns its loss dict."""
+        if self.task == "detection":
             return self.head(x, targets)
-        return self.head(self.backbone(x))
+        return self.head(x if x.ndim == 2 else self.backbone(x))
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -127,7 +131,8 @@ class TransferModule(DetectionSteps, L.LightningModule):
             return self._detection_eval_step(batch, metrics, stage)
         x, y = batch
         logits = self(x)
-        self.log(f"{stage}/loss", self.head.loss(logits, y), prog_bar=True, batch_size=x.shape[0])
+        loss = self.head.loss(logits, y)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
         metrics.update(logits, y.long() if self.head.multi_label else y)
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -177,14 +182,17 @@ class TransferModule(DetectionSteps, L.LightningModule):
         if self.task == "detection":
             return self._detection_predict_step(batch)
         x, index = batch
-        features = self.backbone(x)
+        features = self.backbone(x).float()
         if self.predict_output == "embedding":
-            return {"index": index, "embedding": features.float()}
-        return {"index": index, "probs": self.head.probabilities(self.head(features)).float()}
+            return {"index": index, "embedding": features}
+        with torch.autocast(features.device.type, enabled=False):  # the cheap head in fp32 under bf16
+            return {"index": index, "probs": self.head.probabilities(self.head(features)).float()}
 
     # --------------------------------------------------------------- optimizer
     def configure_optimizers(self):
-        opt_cfg = dict(self.hparams.optim or {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05})
+        # lr_scaling/base_batch_size are applied by train() to optim.lr; the rest goes to timm
+        default = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05}
+        opt_cfg, _ = split_lr_scaling(self.hparams.optim or default)
         name, lr = opt_cfg.pop("name", "adamw"), opt_cfg.pop("lr")
         groups = param_groups(
             backbone=self.backbone,
@@ -192,21 +200,27 @@ class TransferModule(DetectionSteps, L.LightningModule):
             lr=lr,
             weight_decay=opt_cfg.pop("weight_decay", 0.0),
             backbone_lr_mult=opt_cfg.pop("backbone_lr_mult", 1.0),
+            layer_decay=opt_cfg.pop("layer_decay", None),
+            # a freezing schedule that unfreezes stage by stage needs one group pair per stage
+            split_stages=any(getattr(cb, "needs_stage_groups", False) for cb in self.trainer.callbacks),
         )
         optimizer = create_optimizer(groups, name=name, lr=lr, **opt_cfg)
+        # Always a timm scheduler (a constant one for scheduler=none): it applies each group's lr_scale.
         sched_cfg = dict(self.hparams.scheduler or {})
-        if not sched_cfg or sched_cfg.get("name") in (None, "none"):
-            return optimizer
+        sched_name = sched_cfg.pop("name", None)
         epochs = max(1, self.trainer.max_epochs or 1)
         steps = max(1, self.trainer.estimated_stepping_batches // epochs)
         scheduler = create_scheduler(
-            optimizer, name=sched_cfg.pop("name"), num_epochs=epochs, updates_per_epoch=steps, **sched_cfg
+            optimizer, name=sched_name, num_epochs=epochs, updates_per_epoch=steps, **sched_cfg
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
-        # timm schedulers are stepped by update count, not by torch's step().
-        scheduler.step_update(num_updates=self.global_step)
+        if hasattr(scheduler, "step_update"):
+            # timm schedulers are stepped by update count, not by torch's step().
+            scheduler.step_update(num_updates=self.global_step)
+        else:  # e.g. the LR finder's own torch scheduler
+            scheduler.step()
 
 
 def load_module(ckpt_path: str | Path, *, map_location: str = "cpu") -> TransferModule:
@@ -220,7 +234,13 @@ def load_module(ckpt_path: str | Path, *, map_location: str = "cpu") -> Transfer
             f"ckpt_path={str(ckpt_path)!r} does not exist. Pass the path of a .ckpt written by a "
             "training run, e.g. ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt."
         )
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    try:  # tensors and plain containers only: a checkpoint is never run as arbitrary pickle
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"ckpt_path={str(path)!r} could not be read as a checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Pass a .ckpt written by b4transfer."
+        ) from err
     hparams = ckpt.get("hyper_parameters")
     if not hparams or "class_names" not in hparams:
         raise ValueError(

@@ -2,7 +2,15 @@
 
 Groups are named (``head``, ``head_no_decay``, ``backbone``, ``backbone_no_decay``) so
 their learning rates can be logged and restored by name. Norm weights and biases (every
-parameter with fewer than two dimensions) get no weight decay.
+parameter with fewer than two dimensions) get no weight decay. The backbone groups can be
+split per stage (``backbone.stage4``, see :mod:`b4transfer.stages`) or per timm layer with
+layer-wise LR decay (``backbone.layer12``); every group records the ``stages`` it covers.
+
+A group's LR multiplier (``backbone_lr_mult`` x layer-decay scale) is its ``lr_mult`` and goes to
+the optimizer as timm's ``lr_scale``, which every timm scheduler multiplies into the LR it sets,
+warm-up included (so build one: :func:`create_scheduler`, ``name="none"`` for a constant LR). The
+freezing schedules of :mod:`b4transfer.finetuning` set ``lr_scale = lr_mult x f`` with ``f`` 0
+for a frozen stage, ramping to 1 after it is unfrozen.
 """
 
 from __future__ import annotations
@@ -10,18 +18,22 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from timm.models import group_parameters
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
+from timm.scheduler import StepLRScheduler, create_scheduler_v2
 from torch import nn
 
-SCHEDULERS = ("cosine", "step", "multistep", "poly", "tanh", "constant")
+from b4transfer.stages import param_stage_map
+
+SCHEDULERS = ("cosine", "step", "multistep", "poly", "tanh")
 
 
-def _split_decay(named_params) -> tuple[list, list]:
-    decay, no_decay = [], []
-    for _, p in named_params:
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    return decay, no_decay
+def _layer_ids(backbone: nn.Module) -> dict[str, int]:
+    """Parameter name -> layer id: timm's fine ``group_matcher`` groups (stem, each block, head conv),
+    or the stage index for models without one (``features_only`` extractors)."""
+    if hasattr(backbone, "group_matcher"):
+        return group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)
+    return param_stage_map(backbone)
 
 
 def param_groups(
@@ -31,30 +43,88 @@ def param_groups(
     lr: float,
     weight_decay: float,
     backbone_lr_mult: float = 1.0,
+    layer_decay: float | None = None,
+    split_stages: bool = False,
 ) -> list[dict[str, Any]]:
     """Named parameter groups: head vs backbone LR, no weight decay on norms and biases.
 
     Every parameter is included, frozen or not, so a later unfreeze needs no new group.
+
+    Args:
+        backbone: the timm backbone.
+        head: the task head (always LR ``lr``).
+        lr: base (head) learning rate.
+        weight_decay: weight decay of weights with two or more dimensions.
+        backbone_lr_mult: backbone LR = ``lr * backbone_lr_mult``.
+        layer_decay: layer-wise LR decay in (0, 1]: backbone layer ``i`` of ``L`` gets
+            ``layer_decay ** (L - i)`` on top (the head is layer ``L``); layers are timm's
+            ``group_matcher`` groups, or the stages for models without one; ``None`` for none.
+        split_stages: one group pair per backbone stage (needed by per-stage freezing schedules).
+
+    Returns:
+        Groups with ``name``, ``params``, ``lr`` (= ``lr``), ``weight_decay``, ``lr_mult`` (the group's
+        LR relative to ``lr``), ``lr_scale`` (= ``lr_mult``, applied by timm schedulers) and ``stages``
+        (stage indices; empty for the head).
     """
     if lr <= 0:
         raise ValueError(f"optim.lr must be > 0, got {lr}.")
     if backbone_lr_mult < 0:
         raise ValueError(f"optim.backbone_lr_mult must be >= 0, got {backbone_lr_mult}.")
-    groups = []
-    for name, module, mult in (("head", head, 1.0), ("backbone", backbone, backbone_lr_mult)):
-        decay, no_decay = _split_decay(module.named_parameters())
-        for suffix, params, wd in (("", decay, weight_decay), ("_no_decay", no_decay, 0.0)):
-            if params:
-                groups.append(
-                    {
-                        "name": name + suffix,
-                        "params": params,
-                        "lr": lr * mult,
-                        "weight_decay": wd,
-                        "lr_scale": mult,
-                    }
-                )
+    if layer_decay is not None and not 0 < layer_decay <= 1:
+        raise ValueError(
+            f"optim.layer_decay must be in (0, 1] (e.g. 0.8), or null for no layer-wise decay; "
+            f"got {layer_decay}."
+        )
+    stage_of = param_stage_map(backbone)
+    layers = _layer_ids(backbone) if layer_decay is not None else {}
+    num_layers = max(layers.values(), default=-1) + 1
+    buckets: dict[tuple, dict[str, Any]] = {}
+
+    def add(key: tuple, name: str, param, mult: float, decay: bool, stage: int | None) -> None:
+        group = buckets.setdefault(
+            key + (decay,),
+            {
+                "name": name + ("" if decay else "_no_decay"),
+                "params": [],
+                "lr": lr,  # the timm scheduler sets lr = schedule(lr) * lr_scale
+                "weight_decay": weight_decay if decay else 0.0,
+                "lr_scale": mult,
+                "lr_mult": mult,
+                "stages": set(),
+            },
+        )
+        group["params"].append(param)
+        if stage is not None:
+            group["stages"].add(stage)
+
+    for param in head.parameters():
+        add(("head",), "head", param, 1.0, param.ndim > 1, None)
+    for name, param in backbone.named_parameters():
+        stage, decay = stage_of[name], param.ndim > 1
+        if layer_decay is not None:
+            layer = layers.get(name, num_layers - 1)
+            mult = backbone_lr_mult * layer_decay ** (num_layers - layer)
+            add(("layer", layer, stage), f"backbone.layer{layer}", param, mult, decay, stage)
+        elif split_stages:
+            add(("stage", stage), f"backbone.stage{stage}", param, backbone_lr_mult, decay, stage)
+        else:
+            add(("backbone",), "backbone", param, backbone_lr_mult, decay, stage)
+    groups = list(buckets.values())
+    _unique_names(groups)
+    for group in groups:
+        group["stages"] = sorted(group["stages"])
     return groups
+
+
+def _unique_names(groups: list[dict[str, Any]]) -> None:
+    """A layer cut by a stage boundary (models without group_matcher) gets ``.stageK`` in its name."""
+    seen: dict[str, int] = {}
+    for group in groups:
+        seen[group["name"]] = seen.get(group["name"], 0) + 1
+    for group in groups:
+        if seen[group["name"]] > 1:
+            base, no_decay, _ = group["name"].partition("_no_decay")
+            group["name"] = f"{base}.stage{min(group['stages'])}{no_decay}"
 
 
 def create_optimizer(
@@ -75,15 +145,31 @@ def create_optimizer(
 def create_scheduler(
     optimizer: torch.optim.Optimizer,
     *,
-    name: str = "cosine",
+    name: str | None = "cosine",
     num_epochs: int,
     updates_per_epoch: int,
     warmup_epochs: float = 0,
     **kwargs: Any,
 ):
-    """A timm scheduler stepped per optimizer update (``scheduler.step_update(global_step)``)."""
+    """A timm scheduler stepped per optimizer update (``scheduler.step_update(global_step)``).
+
+    ``name="none"`` (or ``None``) gives a constant LR, still as a timm scheduler so that each
+    group's ``lr_scale`` (set by the freezing schedules) is applied.
+    """
+    if name in (None, "none"):
+        updates = max(1, updates_per_epoch)
+        return StepLRScheduler(
+            optimizer,
+            decay_t=10**9,
+            decay_rate=1.0,
+            warmup_t=round(warmup_epochs * updates),
+            warmup_lr_init=kwargs.get("warmup_lr", 1e-5),  # as timm's create_scheduler_v2
+            t_in_epochs=False,
+        )
     if name not in SCHEDULERS:
-        raise ValueError(f"scheduler.name={name!r} is not supported; choose one of {SCHEDULERS}.")
+        raise ValueError(
+            f"scheduler.name={name!r} is not supported; choose one of {SCHEDULERS} or none (constant LR)."
+        )
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=name,

@@ -11,16 +11,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
-import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from b4transfer.data.dataset import PathDataset
 from b4transfer.data.images import IMG_EXTENSIONS
 from b4transfer.data.splits import Sample, drop_unreadable
-from b4transfer.data.transforms import build_transforms, draft_size_for
+from b4transfer.data.transforms import DRAFT_FACTOR, build_transforms, draft_size_for
+from b4transfer.inference import InferenceSettings, run_inference
 from b4transfer.module import TransferModule, load_module
 from b4transfer.train import (
     _plain,
@@ -65,19 +64,17 @@ def _readable(paths: list[Path]) -> tuple[list[Path], int]:
 
 
 def _run_predict(cfg: DictConfig, module: TransferModule, paths: list[Path], run_dir: Path, output: str):
-    module.predict_output = output
+    settings = InferenceSettings.from_config(_plain(cfg.predict))
     _, eval_tf = build_transforms(train_cfg=module.data_config["train"], eval_cfg=module.data_config["eval"])
-    dataset = PathDataset(paths, transform=eval_tf, draft_size=draft_size_for(module.data_config["eval"]))
+    draft = draft_size_for(module.data_config["eval"], _plain(cfg.data.get("draft_factor", DRAFT_FACTOR)))
+    dataset = PathDataset(paths, transform=eval_tf, draft_size=draft)
     batch_size = int(cfg.predict.get("batch_size") or cfg.data.batch_size)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers(cfg))
-    trainer_cfg = {**_plain(cfg.trainer), "devices": 1, "strategy": "auto"}
-    trainer = L.Trainer(
-        **trainer_cfg, logger=False, enable_checkpointing=False, default_root_dir=str(run_dir)
+    trainer_kwargs = {**_plain(cfg.trainer), "default_root_dir": str(run_dir)}
+    values, report = run_inference(
+        module, loader, settings=settings, output=output, trainer_kwargs=trainer_kwargs
     )
-    outputs = trainer.predict(module, dataloaders=loader)
-    index = torch.cat([o["index"] for o in outputs])
-    values = torch.cat([o[output] for o in outputs])
-    return values[index.argsort()]
+    return values, report
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -90,7 +87,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         from b4transfer.predict_detection import predict_detection
 
         return predict_detection(cfg, module, paths, skipped, run_dir, ckpt)
-    probs = _run_predict(cfg, module, paths, run_dir, "probs")
+    probs, inference = _run_predict(cfg, module, paths, run_dir, "probs")
     k = min(int(cfg.predict.get("top_k", 5)), len(module.class_names))
     top_p, top_i = probs.topk(k, dim=-1)
     out = run_dir / "predictions.csv"
@@ -111,6 +108,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "images": len(paths),
         "skipped_images": skipped,
         "predictions": str(out),
+        "inference": inference,
     }
     write_summary(run_dir, summary)
     log.info("Wrote %d predictions to %s", len(paths), out)
@@ -135,7 +133,7 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
             )
     else:
         module = TransferModule(class_names=["_0", "_1"], model=_plain(cfg.model), data=data_overrides(cfg))
-    features = _run_predict(cfg, module, paths, run_dir, "embedding")
+    features, inference = _run_predict(cfg, module, paths, run_dir, "embedding")
     np.save(run_dir / "embeddings.npy", features.numpy())
     with (run_dir / "embeddings.csv").open("w", newline="") as f:
         writer = csv.writer(f)
@@ -148,6 +146,7 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
         "skipped_images": skipped,
         "shape": list(features.shape),
         "embeddings": str(run_dir / "embeddings.npy"),
+        "inference": inference,
     }
     write_summary(run_dir, summary)
     return summary

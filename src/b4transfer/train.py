@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import sys
 import time
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +19,37 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from b4transfer.callbacks import ThroughputMeter
+from b4transfer import devices, distributed
+from b4transfer.callbacks import ThroughputMeter, progress_bar
+from b4transfer.checkpointing import (
+    SIGTERM_EXIT_CODE,
+    CheckpointOnSigterm,
+    continue_requeued_job,
+    find_last_checkpoint,
+    step_checkpoint,
+)
 from b4transfer.data.datamodule import ClassificationDataModule
 from b4transfer.data.detection_datamodule import DetectionDataModule
 from b4transfer.data.splits import DatasetSplits
+from b4transfer.data.transforms import DRAFT_FACTOR
+from b4transfer.ema import EMA
 from b4transfer.export import export_timm
+from b4transfer.feature_cache import CachedFeatureDataModule, enable_feature_cache
 from b4transfer.module import TransferModule, build_backbone, load_module
 from b4transfer.module_detection import DEFAULT_STRIDES, build_feature_backbone, check_task
+from b4transfer.speed import apply_speed_switches
 
 log = logging.getLogger(__name__)
 
-MODES = ("train", "validate", "test", "predict", "embed", "export")
+# prepare_run_dir guarantees a fresh run dir (it only holds our resolved config): Lightning's warning
+# that "previous log files will be deleted" would only alarm users.
+warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+
+MODES = ("train", "validate", "test", "predict", "embed", "export", "lr_find")
+EXPORT_FORMATS = ("timm", "onnx")
 # Files whose presence means a directory already holds a finished or running run.
 _RUN_MARKERS = ("summary.json", "checkpoints", "metrics.csv", "export", "predictions.csv")
 
@@ -37,6 +57,7 @@ _RUN_MARKERS = ("summary.json", "checkpoints", "metrics.csv", "export", "predict
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run ``cfg.mode`` and return its summary."""
     from b4transfer import predict as predict_mod
+    from b4transfer.lr_find import lr_find
 
     modes = {
         "train": train,
@@ -45,6 +66,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "predict": predict_mod.predict,
         "embed": predict_mod.embed,
         "export": export,
+        "lr_find": lr_find,
     }
     if cfg.mode not in modes:
         raise ValueError(f"mode={cfg.mode!r} is not a mode; choose one of {', '.join(MODES)}.")
@@ -53,7 +75,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ helpers
 def is_rank_zero() -> bool:
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    return distributed.is_rank_zero()
 
 
 def prepare_run_dir(cfg: DictConfig) -> Path:
@@ -132,7 +154,7 @@ def build_module(cfg: DictConfig, splits: DatasetSplits, backbone=None) -> Trans
             category_ids=list(splits.category_ids),
             model=_plain(cfg.model),
             head=_plain(cfg.head),
-            optim=_plain(cfg.optim),
+            optim=devices.split_lr_scaling(_plain(cfg.optim))[0],
             scheduler=_plain(cfg.get("scheduler")),
             data={k: _plain(cfg.data[k]) for k in ("image_size", "mean", "std") if cfg.data.get(k)},
         )
@@ -141,7 +163,7 @@ def build_module(cfg: DictConfig, splits: DatasetSplits, backbone=None) -> Trans
         class_names=list(splits.class_names),
         model=_plain(cfg.model),
         head=_plain(cfg.get("head")) or {},
-        optim=_plain(cfg.optim),
+        optim=devices.split_lr_scaling(_plain(cfg.optim))[0],
         scheduler=_plain(cfg.get("scheduler")),
         data=data_overrides(cfg),
         multi_label=splits.multi_label,
@@ -151,7 +173,7 @@ def build_module(cfg: DictConfig, splits: DatasetSplits, backbone=None) -> Trans
 def num_workers(cfg: DictConfig) -> int:
     if cfg.data.get("num_workers") is not None:
         return int(cfg.data.num_workers)
-    return min(8, max(0, (os.cpu_count() or 1) - 1))
+    return devices.default_num_workers(cfg.trainer.get("devices"))
 
 
 def build_datamodule(cfg: DictConfig, splits: DatasetSplits, module: TransferModule):
@@ -174,11 +196,14 @@ def build_datamodule(cfg: DictConfig, splits: DatasetSplits, module: TransferMod
         num_workers=num_workers(cfg),
         augment=_plain(cfg.data.get("augment")),
         pin_memory=on_gpu,
+        draft_factor=_plain(cfg.data.get("draft_factor", DRAFT_FACTOR)),
+        mixup=_plain(cfg.data.get("mixup")),
     )
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Trainer:
     ckpt_cfg = _plain(cfg.get("checkpoint")) or {}
+    loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None]
     callbacks = [
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
@@ -187,16 +212,42 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, extra_callbacks=()) -> L.Tr
             monitor=ckpt_cfg.get("monitor", "val/acc1"),
             mode=ckpt_cfg.get("mode", "max"),
             save_top_k=ckpt_cfg.get("save_top_k", 1),
-            save_last=True,
-            every_n_train_steps=ckpt_cfg.get("every_n_train_steps"),
         ),
-        LearningRateMonitor(logging_interval="step"),
+        # last.ckpt: the latest state every epoch (Lightning's save_last only rewrites it when the
+        # monitored metric improves, so a plateau would leave it behind)
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
+        ),
+        *([instantiate(cfg.finetune)] if cfg.get("finetune") else []),  # before the LR monitor: it sets LRs
+        *([LearningRateMonitor(logging_interval="step")] if loggers else []),  # it fails without a logger
+        *ema_callbacks(cfg.get("ema")),
+        *[instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c],  # +callbacks.NAME._target_=
+        CheckpointOnSigterm(run_dir / "checkpoints"),
         *extra_callbacks,
     ]
-    loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None]
-    return L.Trainer(
-        **_plain(cfg.trainer), default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False
+    every_n = step_checkpoint(run_dir / "checkpoints", ckpt_cfg.get("every_n_train_steps"))
+    callbacks += [every_n] if every_n else []
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(progress_bar(cfg.trainer.get("log_every_n_steps") or 50))
+    trainer = L.Trainer(
+        **devices.trainer_kwargs(_plain(cfg.trainer), _plain(cfg.get("strategy"))),
+        default_root_dir=str(run_dir),
+        callbacks=callbacks,
+        logger=loggers or False,
     )
+    devices.check_trainer(trainer, sync_batchnorm=bool(cfg.trainer.get("sync_batchnorm")))
+    return trainer
+
+
+def ema_callbacks(ema: DictConfig | None) -> list:
+    """``[EMA(...)]`` when ``ema.enabled``, else ``[]``."""
+    if not ema or not ema.get("enabled"):
+        return []
+    return [EMA(**{k: v for k, v in _plain(ema).items() if k != "enabled"})]
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -210,6 +261,11 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 
 def resolve_ckpt(cfg: DictConfig, *, required: bool) -> str | None:
     ckpt = cfg.get("ckpt_path")
+    if ckpt == "last":
+        runs_root = (cfg.get("checkpoint") or {}).get("runs_root") or "outputs"
+        found = find_last_checkpoint(runs_root, exclude=Path(cfg.run_dir))
+        log.info("ckpt_path=last: %s", found)
+        return str(found)
     if ckpt is None:
         if required:
             raise ValueError(
@@ -226,19 +282,36 @@ def resolve_ckpt(cfg: DictConfig, *, required: bool) -> str | None:
 
 
 # -------------------------------------------------------------------- modes
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fine-tune, keep best + last checkpoints, export the best weights, write ``summary.json``."""
+def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
+    """Fine-tune, keep best + last checkpoints, export the best weights, write ``summary.json``.
+
+    Args:
+        cfg: the composed config.
+        callbacks: extra Lightning callbacks for this run.
+    """
     ckpt = resolve_ckpt(cfg, required=False)
+    cfg, ckpt = continue_requeued_job(cfg, ckpt)
+    export_formats(cfg)  # a bad export.format fails now, not after training
     run_dir = prepare_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
     backbone = build_task_backbone(cfg)  # weights problems surface before the data scan
     splits = build_splits(cfg)
-    module = build_module(cfg, splits, backbone)
+    module = apply_speed_switches(build_module(cfg, splits, backbone), cfg.model)
     datamodule = build_datamodule(cfg, splits, module)
+    if cfg.data.get("cache_features"):
+        datamodule = enable_feature_cache(
+            module, datamodule, augment=_plain(cfg.data.get("augment")), finetune=_plain(cfg.get("finetune"))
+        )
     meter = ThroughputMeter()
-    trainer = build_trainer(cfg, run_dir, extra_callbacks=[meter])
+    trainer = build_trainer(cfg, run_dir, extra_callbacks=[meter, *callbacks])
+    plan = devices.batch_plan(trainer, per_device=int(cfg.data.batch_size), optim=_plain(cfg.optim))
+    module.hparams.optim["lr"] = plan["lr"]
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    try:
+        with distributed.hydra_ddp_launch():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    except SIGTERMException:
+        _stopped_by_sigterm(trainer, run_dir, time.perf_counter() - start)
     wall = time.perf_counter() - start
     metrics = _scalars(trainer.callback_metrics)
     best = trainer.checkpoint_callback.best_model_path or None
@@ -252,6 +325,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "skipped_images": len(splits.skipped),
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
+        "precision": str(trainer.precision),
+        "batch": plan,
         "wall_time_s": round(wall, 2),
         "train_images_per_s": meter.images_per_s,
         "metrics": metrics,
@@ -261,6 +336,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         else None,
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
     }
+    if isinstance(datamodule, CachedFeatureDataModule):
+        summary["feature_extraction_s"] = round(sum(datamodule.extract_seconds.values()), 2)
     if module.task == "detection":
         summary.update(
             category_ids=splits.category_ids,
@@ -269,10 +346,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
     if trainer.is_global_zero:
         export_module = load_module(best) if best else module
-        summary["export_dir"] = str(_export(export_module, run_dir / "export", checkpoint=best))
+        summary.update(_export_formats(cfg, export_module, run_dir / "export", checkpoint=best))
     write_summary(run_dir, summary)
-    log.info("Run directory: %s", run_dir)
+    if is_rank_zero():
+        log.info("Run directory: %s", run_dir)
     return summary
+
+
+def _stopped_by_sigterm(trainer: L.Trainer, run_dir: Path, wall: float) -> None:
+    """After SIGTERM: record where to resume, then exit with status 143 (no traceback, no export)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    summary = {
+        "mode": "train",
+        "stopped_by": "SIGTERM",
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": round(wall, 2),
+        "resume_checkpoint": str(last) if last.is_file() else None,
+    }
+    write_summary(run_dir, summary)
+    if is_rank_zero():
+        print(
+            f"b4transfer: stopped by SIGTERM at step {trainer.global_step}; resume with ckpt_path={last}",
+            file=sys.stderr,
+        )
+    raise SystemExit(SIGTERM_EXIT_CODE)
 
 
 def _export(module: TransferModule, out_dir: Path, *, checkpoint: str | None) -> Path:
@@ -290,6 +388,43 @@ def _export(module: TransferModule, out_dir: Path, *, checkpoint: str | None) ->
         multi_label=module.head.multi_label,
         extra={"checkpoint": checkpoint},
     )
+
+
+def export_formats(cfg: DictConfig) -> list[str]:
+    """The checked ``export.format`` list (a name or a list of names); ``onnx`` needs onnx + onnxruntime."""
+    value = _plain((cfg.get("export") or {}).get("format", "timm"))
+    formats = [value] if isinstance(value, str) else list(value or [])
+    if not formats or any(f not in EXPORT_FORMATS for f in formats):
+        raise ValueError(
+            f"export.format={value!r} is not supported; use one of {', '.join(EXPORT_FORMATS)}, or a list "
+            "such as export.format=[timm,onnx]."
+        )
+    if "onnx" in formats:
+        from b4transfer.onnx_export import _require_onnx
+
+        _require_onnx()
+    return formats
+
+
+def _export_formats(cfg: DictConfig, module: TransferModule, out_dir: Path, *, checkpoint) -> dict[str, Any]:
+    """Export in every ``export.format``; returns the summary entries (``export_dir``, ``onnx``)."""
+    out: dict[str, Any] = {"export_dir": str(out_dir)}
+    for fmt in export_formats(cfg):
+        if fmt == "timm":
+            _export(module, out_dir, checkpoint=checkpoint)
+        else:
+            from b4transfer.onnx_export import export_onnx
+
+            out["onnx"] = export_onnx(
+                backbone=module.backbone,
+                head_fc=module.head.fc,
+                class_names=module.class_names,
+                data_config=module.data_config,
+                out_dir=out_dir,
+                multi_label=module.head.multi_label,
+                opset=int((cfg.get("export") or {}).get("onnx_opset", 17)),
+            )
+    return out
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -315,8 +450,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def export(cfg: DictConfig) -> dict[str, Any]:
     """``mode=export ckpt_path=...``: timm-loadable ``export/model.safetensors`` + ``config.json``."""
     ckpt = resolve_ckpt(cfg, required=True)
+    export_formats(cfg)
     run_dir = prepare_run_dir(cfg)
-    out = _export(load_module(ckpt), run_dir / "export", checkpoint=ckpt)
-    summary = {"mode": "export", "checkpoint": ckpt, "export_dir": str(out)}
+    summary = {"mode": "export", "checkpoint": ckpt}
+    summary.update(_export_formats(cfg, load_module(ckpt), run_dir / "export", checkpoint=ckpt))
     write_summary(run_dir, summary)
     return summary

@@ -10,8 +10,9 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from b4transfer.data.dataset import ImageDataset
+from b4transfer.data.mixup import build_mixup
 from b4transfer.data.splits import DatasetSplits, class_counts
-from b4transfer.data.transforms import build_transforms, draft_size_for
+from b4transfer.data.transforms import DRAFT_FACTOR, build_transforms, draft_size_for
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,10 @@ class ClassificationDataModule(L.LightningDataModule):
         pin_memory: Pin host memory (faster host-to-GPU copies).
         persistent_workers: Keep workers between epochs; ``None``: when ``num_workers > 0``.
         drop_last: Drop the last incomplete training batch.
+        draft_factor: JPEGs decode at a reduced scale keeping >= this x the split's input side
+            (see ``draft_size_for``); ``None``: full-size decoding.
+        mixup: ``data.mixup`` options (timm Mixup/CutMix on training batches, soft targets);
+            ``None`` or both alphas 0: off.
     """
 
     def __init__(
@@ -46,10 +51,12 @@ class ClassificationDataModule(L.LightningDataModule):
         eval_cfg: Mapping[str, Any],
         batch_size: int = 32,
         num_workers: int = 0,
-        augment: Mapping[str, Any] | None = None,
+        augment: Mapping[str, Any] | bool | None = None,
         pin_memory: bool = False,
         persistent_workers: bool | None = None,
         drop_last: bool = False,
+        draft_factor: float | None = DRAFT_FACTOR,
+        mixup: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         _check_int(batch_size, "data.batch_size", 1, "set e.g. data.batch_size=32")
@@ -75,7 +82,13 @@ class ClassificationDataModule(L.LightningDataModule):
         self.train_transform, self.eval_transform = build_transforms(
             train_cfg=train_cfg, eval_cfg=eval_cfg, augment=augment
         )
-        self.draft_size = max(draft_size_for(train_cfg), draft_size_for(eval_cfg))
+        self.augment = augment
+        # per split: training decodes for the train size, evaluation for the (larger) eval size
+        self.draft_sizes = {
+            "train": draft_size_for(train_cfg, draft_factor),
+            "eval": draft_size_for(eval_cfg, draft_factor),
+        }
+        self.mixup = build_mixup(mixup, num_classes=splits.num_classes, multi_label=splits.multi_label)
 
     @property
     def class_names(self) -> list[str]:
@@ -106,7 +119,7 @@ class ClassificationDataModule(L.LightningDataModule):
             num_classes=self.num_classes,
             multi_label=self.multi_label,
             transform=transform,
-            draft_size=self.draft_size,
+            draft_size=self.draft_sizes["train" if split == "train" else "eval"],
         )
 
     def _loader(self, split: str, *, train: bool) -> DataLoader:
@@ -119,6 +132,12 @@ class ClassificationDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Mixup/CutMix training batches on their device (validation and test batches stay as they are)."""
+        if self.mixup is not None and self.trainer is not None and self.trainer.training:
+            batch = self.mixup(*batch)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches with augmentation."""

@@ -8,6 +8,7 @@ augmentation, passed through as timm's own training keyword arguments.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +17,9 @@ from timm.data import create_transform
 # Keys of a timm data config that create_transform understands.
 DATA_CFG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 DEFAULT_AUGMENT: dict[str, Any] = {"hflip": 0.5}
+# Default JPEG draft factor: decode big photos at the smallest 1/2, 1/4, 1/8 scale whose short
+# side still holds this many times the model's input side (see ``draft_size_for``).
+DRAFT_FACTOR = 1.5
 # Keys of create_transform that the data configs own, so `augment` may not set them.
 _RESERVED = {*DATA_CFG_KEYS, "is_training"}
 
@@ -50,7 +54,7 @@ def build_transforms(
     *,
     train_cfg: Mapping[str, Any],
     eval_cfg: Mapping[str, Any],
-    augment: Mapping[str, Any] | None = None,
+    augment: Mapping[str, Any] | bool | None = None,
 ) -> tuple[Callable, Callable]:
     """Build the training and evaluation transforms (PIL image -> normalised tensor).
 
@@ -59,29 +63,50 @@ def build_transforms(
             ``mean``, ``std``, ...).
         eval_cfg: timm data config for evaluation (``crop_pct``, ``crop_mode`` matter).
         augment: timm training kwargs, e.g. ``scale``, ``hflip``, ``color_jitter``,
-            ``auto_augment``, ``re_prob``; ``None``: timm's defaults with ``hflip=0.5``.
+            ``auto_augment``, ``re_prob``; ``None``: timm's defaults with ``hflip=0.5``;
+            ``False``: no augmentation, training images get the deterministic resize + centre
+            crop of ``train_cfg`` (what a cached-feature linear probe needs).
 
     Returns:
         ``(train_transform, eval_transform)``.
     """
-    aug = _check_augment(DEFAULT_AUGMENT if augment is None else augment)
-    train_tf = create_transform(**_data_cfg(train_cfg, "train_cfg"), is_training=True, **aug)
+    if augment is False:
+        train_tf = create_transform(**_data_cfg(train_cfg, "train_cfg"), is_training=False)
+    else:
+        if not isinstance(augment, (Mapping, type(None))):
+            raise ValueError(
+                f"data.augment must be a mapping of timm create_transform options, null (defaults) or "
+                f"false (no augmentation), got {augment!r}."
+            )
+        aug = _check_augment(DEFAULT_AUGMENT if augment is None else augment)
+        train_tf = create_transform(**_data_cfg(train_cfg, "train_cfg"), is_training=True, **aug)
     eval_tf = create_transform(**_data_cfg(eval_cfg, "eval_cfg"), is_training=False)
     return train_tf, eval_tf
 
 
-def draft_size_for(cfg: Mapping[str, Any]) -> tuple[int, int]:
-    """JPEG draft-decoding size for a data config: twice its largest input side, square.
+def draft_size_for(cfg: Mapping[str, Any], factor: float | None = DRAFT_FACTOR) -> tuple[int, int] | None:
+    """JPEG draft-decoding size for a data config: ``factor`` times its largest input side, square.
 
-    Decoding at >= 2x the model's input keeps enough detail for random-resized crops
-    while making large photos many times cheaper to decode.
+    PIL then decodes a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) whose size is still at least
+    this, so a 2 MP photo (1632x1224) for 320 px training decodes at 816x612: ~1.9x the input side,
+    enough detail for random-resized crops, and several times less work for the resize that follows
+    (measured in BENCHMARKS.md, input pipeline).
 
     Args:
         cfg: timm data config with ``input_size`` as ``(C, H, W)``, ``(H, W)`` or an int.
+        factor: Decoded short side >= ``factor`` x input side; ``None``: no draft (full-size decode).
 
     Returns:
-        ``(width, height)`` for :func:`b4transfer.data.images.load_rgb`.
+        ``(width, height)`` for :func:`b4transfer.data.images.load_rgb`, or ``None``.
     """
+    if factor is None:
+        return None
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1:
+        raise ValueError(
+            f"data.draft_factor must be a number >= 1 (decoded JPEG side / model input side), or null to "
+            f"decode at full size, got {factor!r}."
+        )
     size = cfg["input_size"]
     side = max(size[-2:]) if isinstance(size, (tuple, list)) else int(size)
-    return 2 * side, 2 * side
+    side = math.ceil(factor * side)
+    return side, side

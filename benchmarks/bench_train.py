@@ -1,0 +1,198 @@
+"""Training overhead: the library's default training path vs a plain PyTorch loop.
+
+Library path: the config from ``conf/`` with its defaults (CSV logger, best + last checkpoints,
+learning-rate monitor, progress bar, timm AdamW with per-group LRs and the cosine schedule,
+``ThroughputMeter``), ``TransferModule`` + a datamodule over in-memory tensors + ``Trainer.fit``.
+Baseline: ``for x, y in loader: loss = ce(model(x), y); zero_grad; backward; step`` with
+``torch.optim.AdamW`` on a copy of the same model, the same batches.
+
+The two are interleaved inside one ``fit``: a callback runs blocks of ``k`` plain-loop steps
+between blocks of ``k`` library steps (L0 B0 B1 L1 L2 B2 ..., so each pair is adjacent and the
+order alternates), and the library's time for a block is the wall time between blocks (hooks,
+logging, optimizer and scheduler steps, epoch-end checkpointing included; validation, which the
+plain loop does not do, excluded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from benchmarks.common import Result, median, quiet, ratio_of_rounds, side, sync
+
+
+class _Interleave(L.Callback):
+    """Blocks of ``k`` library steps and ``k`` baseline steps in the order L0 B0 B1 L1 L2 B2 B3 L3 ...
+
+    Each pair (Li, Bi) is adjacent, and which of the two runs first alternates, so neither side
+    always follows the other.
+    """
+
+    def __init__(self, baseline_steps, k: int, blocks: int) -> None:
+        self.baseline_steps, self.k, self.blocks = baseline_steps, k, blocks
+        self.lib: list[float] = []
+        self.base: list[float] = []
+        self._mark: float | None = None
+        self._count = 0
+        self._val_start = 0.0
+        self._val = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._mark is None:
+            sync()
+            self._mark = time.perf_counter()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:  # runs before ModelCheckpoint's
+        if not trainer.sanity_checking:
+            self._val += time.perf_counter() - self._val_start
+
+    def _baseline_block(self) -> None:
+        start = time.perf_counter()
+        self.baseline_steps(self.k)
+        sync()
+        self.base.append((time.perf_counter() - start) / self.k)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._count += 1
+        if self._count < self.k:
+            return
+        sync()
+        self.lib.append((time.perf_counter() - self._mark - self._val) / self.k)
+        i = len(self.lib) - 1
+        if i % 2 == 0:  # Bi right after Li, then B(i+1) right before L(i+1)
+            self._baseline_block()
+            if i + 1 < self.blocks:
+                self._baseline_block()
+        self._count, self._val = 0, 0.0
+        self._mark = time.perf_counter()
+
+
+def _config(p: dict, run_dir: Path, *, accelerator: str, precision: str):
+    from hydra import compose, initialize_config_dir
+
+    from b4transfer.cli import config_dir
+
+    overrides = [
+        f"model.name={p['model']}", "model.pretrained=false", f"data.image_size={p['image_size']}",
+        f"data.batch_size={p['batch_size']}", "data.num_workers=0", f"run_dir={run_dir}",
+        f"trainer.accelerator={accelerator}", f"precision={precision}",
+        f"trainer.max_epochs={p['epochs']}", f"+trainer.max_steps={p['total_steps']}",
+        f"model.channels_last={str(p.get('channels_last', False)).lower()}",
+        *p.get("overrides", []),
+    ]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _baseline(module, loader, *, device, precision: str, channels_last: bool):
+    """A plain loop over a copy of ``module``'s network; returns ``steps(n)``."""
+    model = torch.nn.Sequential(copy.deepcopy(module.backbone), copy.deepcopy(module.head.fc)).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if "bf16" in precision else None
+    batches = iter(())
+
+    def steps(n: int) -> None:
+        nonlocal batches
+        for _ in range(n):
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                batches = iter(loader)
+                x, y = next(batches)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast or contextlib.nullcontext():
+                loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    return steps
+
+
+def run(p: dict, *, accelerator: str = "cpu", precision: str = "32-true", target: str = "<= 1.03") -> Result:
+    """Interleaved library vs plain-loop training steps; ``p``: model, image_size, batch_size, k, rounds.
+
+    ``target`` ``<= x`` compares time per step (library / plain); ``>= x`` compares images/s.
+    """
+    from b4transfer.callbacks import ThroughputMeter
+    from b4transfer.speed import apply_speed_switches
+    from b4transfer.train import build_module, build_trainer
+
+    torch.manual_seed(0)
+    k, blocks = p["k"], p["rounds"] + p["warmup"]
+    p = {**p, "total_steps": k * blocks, "epochs": math.ceil(k * blocks / p["steps_per_epoch"])}
+    n, size, classes = p["batch_size"] * p["steps_per_epoch"], p["image_size"], 10
+    data = TensorDataset(torch.randn(n, 3, size, size), torch.randint(0, classes, (n,)))
+    b = p["batch_size"]
+    val = TensorDataset(torch.randn(b, 3, size, size), torch.randint(0, classes, (b,)))
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = _config(p, Path(tmp) / "run", accelerator=accelerator, precision=precision)
+        names = [f"c{i}" for i in range(classes)]
+        module = build_module(cfg, SimpleNamespace(class_names=names, multi_label=False))
+        device = torch.device("cuda" if accelerator in ("gpu", "cuda") else "cpu")
+        loader = DataLoader(data, batch_size=p["batch_size"], shuffle=True)
+        steps = _baseline(module, loader, device=device, precision=precision,
+                          channels_last=p.get("channels_last", False))
+        interleave = _Interleave(steps, k, blocks)
+        datamodule = L.LightningDataModule.from_datasets(
+            train_dataset=data, val_dataset=val, batch_size=p["batch_size"], num_workers=0
+        )
+        module = apply_speed_switches(module, cfg.model)  # model.channels_last, as train() does
+        trainer = build_trainer(cfg, Path(tmp) / "run", extra_callbacks=[ThroughputMeter(), interleave])
+        start = time.perf_counter()
+        with quiet():  # the progress bar and model summary
+            trainer.fit(module, datamodule=datamodule)
+        fit_s = time.perf_counter() - start
+    lib, base = interleave.lib[p["warmup"]:], interleave.base[p["warmup"]:]
+    one_time = fit_s - sum(interleave.lib) * k - sum(interleave.base) * k
+    speed = target.startswith(">=")  # GPU target: images/s library / plain loop
+    ratio = ratio_of_rounds(base, lib) if speed else ratio_of_rounds(lib, base)
+    kind = "images/s, library / plain loop" if speed else "time per step, library / plain loop"
+    images = p["batch_size"]
+    return Result(
+        name="train_overhead" if accelerator == "cpu" else "gpu_train",
+        title=f"Training step: library (Trainer, defaults) vs plain loop, {p['model']} @ {size}",
+        settings={**{key: p[key] for key in ("model", "image_size", "batch_size", "k", "rounds", "warmup",
+                                              "steps_per_epoch")}, "precision": precision,
+                  "channels_last": p.get("channels_last", False), "accelerator": accelerator},
+        library=side(lib, "s/step", images_per_s=images / median(lib)),
+        baseline=side(base, "s/step", images_per_s=images / median(base)),
+        ratio=ratio,
+        ratio_kind=f"{kind} (median of interleaved blocks)",
+        target=target,
+        extra={"ratio_of_sums": sum(lib) / sum(base), "one_time_fit_setup_s": round(one_time, 2),
+               "epochs": trainer.current_epoch, "steps": trainer.global_step,
+               **(_framework_overhead(p["tiny"], accelerator, precision) if p.get("tiny") else {})},
+    ).check()
+
+
+def _framework_overhead(tiny: dict, accelerator: str, precision: str) -> dict:
+    """Absolute per-step cost of the library path, on a model so small that it is most of a step.
+
+    The ratio above is noisy on a shared machine (a few % between runs); this milliseconds figure
+    says what the overhead is for any step time: ratio ~ 1 + overhead / step time.
+    """
+    r = run(tiny, accelerator=accelerator, precision=precision)
+    diffs = [a - b for a, b in zip(r.library["samples"], r.baseline["samples"])]
+    return {"framework_overhead_ms_per_step": round(1000 * median(diffs), 2),
+            "framework_overhead_setting": f"{tiny['model']} @ {tiny['image_size']} px, "
+                                          f"batch {tiny['batch_size']}",
+            "tiny_step_ms": round(1000 * r.baseline["median"], 2)}

@@ -1,0 +1,219 @@
+"""Run the benchmark suite: ``python -m benchmarks.run --suite cpu|gpu [--quick]``.
+
+Writes ``benchmarks/results/<suite>-<profile>.json`` (machine, versions, settings, every sample) and
+a plot next to it, then regenerates ``BENCHMARKS.md`` from all result files there. Profiles:
+``full`` (default), ``--quick`` (under 10 minutes on 2 CPU cores), ``--smoke`` (seconds, tiny
+model: checks the harness, the numbers mean nothing). ``--suite gpu`` without a CUDA device writes
+a result file saying so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from benchmarks import (
+    bench_cache,
+    bench_detection,
+    bench_inference,
+    bench_pipeline,
+    bench_scaling,
+    bench_train,
+)
+from benchmarks.common import Result, machine
+from benchmarks.report import render
+
+ROOT = Path(__file__).resolve().parents[1]
+_AUGMENT = {"hflip": 0.5, "scale": [0.08, 1.0], "color_jitter": 0.4, "auto_augment": None, "re_prob": 0.0}
+TINY = {"model": "test_efficientnet", "data": {"image_size": 32}}
+# Per-step framework overhead in ms, measured where it is most of a step (see bench_train).
+_TINY_TRAIN = dict(model="test_efficientnet", image_size=32, batch_size=4, k=4, rounds=20, warmup=1,
+                   steps_per_epoch=40)
+
+PROFILES: dict[str, dict[str, dict]] = {
+    "smoke": {
+        "train_overhead": dict(model="test_efficientnet", image_size=32, batch_size=4, k=1, rounds=1,
+                               warmup=1, steps_per_epoch=2),
+        "inference": dict(TINY, images=8, batch_size=4, rounds=1, latency_rounds=1),
+        "input_pipeline": dict(TINY, images=2, photo_size=[256, 192], rounds=1, model_batch=2, model_steps=1,
+                               augment=_AUGMENT),
+        "cached_probe": dict(model="test_efficientnet", image_size=32, train_images=8, val_images=4,
+                             batch_size=4, epochs=1, cached_epochs=2, rounds=1, file_size=48),
+        "scaling": dict(model="test_efficientnet", reps=1, inference_size=32, inference_batches=[1, 2],
+                        inference_sizes=[], inference_batch=2, train_size=32, train_batches=[2],
+                        train_sizes=[], train_batch=2),
+        "detection": {},
+    },
+    "quick": {
+        "train_overhead": dict(model="efficientnet_b0", image_size=160, batch_size=16, k=1, rounds=30,
+                               warmup=1, steps_per_epoch=10, tiny=_TINY_TRAIN),
+        "inference": dict(model="efficientnet_b4", images=32, batch_size=8, rounds=5, latency_rounds=7),
+        "input_pipeline": dict(model="efficientnet_b4", images=24, photo_size=[1632, 1224], rounds=5,
+                               model_batch=4, model_steps=2, augment=_AUGMENT),
+        "cached_probe": dict(model="efficientnet_b4", train_images=32, val_images=8, batch_size=8, epochs=2,
+                             cached_epochs=6, rounds=1, file_size=400),
+        "scaling": dict(model="efficientnet_b4", reps=3, inference_size=384, inference_batches=[1, 4, 8],
+                        inference_sizes=[256, 320], inference_batch=4, train_size=320, train_batches=[2, 4],
+                        train_sizes=[256], train_batch=2),
+        "detection": {},
+    },
+    "full": {
+        "train_overhead": dict(model="efficientnet_b4", image_size=320, batch_size=8, k=2, rounds=8, warmup=1,
+                               steps_per_epoch=8, tiny=_TINY_TRAIN),
+        "inference": dict(model="efficientnet_b4", images=64, batch_size=32, rounds=5, latency_rounds=10),
+        "input_pipeline": dict(model="efficientnet_b4", images=48, photo_size=[1632, 1224], rounds=5,
+                               model_batch=8, model_steps=3, augment=_AUGMENT),
+        "cached_probe": dict(model="efficientnet_b4", train_images=64, val_images=16, batch_size=16, epochs=3,
+                             cached_epochs=8, rounds=2, file_size=400),
+        "scaling": dict(model="efficientnet_b4", reps=3, inference_size=384, inference_batches=[1, 8, 32],
+                        inference_sizes=[224, 320, 448], inference_batch=8, train_size=320,
+                        train_batches=[4, 8, 16], train_sizes=[224, 384], train_batch=8),
+        "detection": {},
+    },
+}
+GPU_PROFILES: dict[str, dict[str, dict]] = {
+    name: {
+        "gpu_train": dict(model="efficientnet_b4", image_size=320, batch_size=96 if name == "full" else 64,
+                          k=5, rounds=10 if name == "full" else 4, warmup=1, steps_per_epoch=20,
+                          channels_last=True),
+        "gpu_inference": dict(model="efficientnet_b4", images=512 if name == "full" else 256, batch_size=128,
+                              rounds=5 if name == "full" else 3, latency_rounds=20, target=">= 1.5"),
+        "gpu_scaling": dict(model="efficientnet_b4", reps=5, inference_size=384,
+                            inference_batches=[1, 32, 128], inference_sizes=[320, 448], inference_batch=32,
+                            train_size=320, train_batches=[32, 64, 96], train_sizes=[384], train_batch=32,
+                            train_bf16=True, train_channels_last=True),
+    }
+    for name in ("quick", "full")
+}
+GPU_PROFILES["smoke"] = {
+    "gpu_train": dict(PROFILES["smoke"]["train_overhead"], channels_last=True),
+    "gpu_inference": dict(PROFILES["smoke"]["inference"]),
+    "gpu_scaling": dict(PROFILES["smoke"]["scaling"], train_bf16=True, train_channels_last=True),
+}
+RUNNERS = {
+    "train_overhead": lambda p: bench_train.run(p),
+    "inference": lambda p: bench_inference.run(p),
+    "input_pipeline": lambda p: bench_pipeline.run(p),
+    "cached_probe": lambda p: bench_cache.run(p),
+    "scaling": lambda p: bench_scaling.run(p),
+    "detection": lambda p: bench_detection.run(p),
+    "gpu_train": lambda p: bench_train.run(p, accelerator="gpu", precision="bf16-mixed", target=">= 0.97"),
+    "gpu_inference": lambda p: bench_inference.run(p, device="cuda"),
+    "gpu_scaling": lambda p: bench_scaling.run(p, device="cuda"),
+}
+# Published reference for the GPU training number (timm's benchmark table: RTX 3090, AMP, batch 96).
+TIMM_B4_TRAIN_RTX3090 = 293.0
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=("cpu", "gpu"), default="cpu")
+    profile = parser.add_mutually_exclusive_group()
+    profile.add_argument("--quick", action="store_true", help="the < 10 min profile")
+    profile.add_argument("--smoke", action="store_true", help="seconds; tiny model; for tests")
+    parser.add_argument("--only", default="", help="comma-separated benchmark names")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    return parser.parse_args(argv)
+
+
+def _run_one(name: str, params: dict) -> Result:
+    start = time.perf_counter()
+    try:
+        result = RUNNERS[name](params)
+    except Exception as e:  # one broken benchmark must not lose the others' results
+        result = Result(name=name, title=name, status="error", reason=f"{type(e).__name__}: {e}",
+                        extra={"traceback": traceback.format_exc(limit=6)})
+    result.seconds = round(time.perf_counter() - start, 1)
+    return result
+
+
+def _merge(previous: dict, rerun: dict) -> dict:
+    """``--only``: replace those benchmarks in the earlier record, noting when and how they re-ran."""
+    fresh = {r["name"]: r for r in rerun["results"]}
+    names = sorted(fresh)
+    results = [fresh.pop(old["name"], old) for old in previous["results"]] + list(fresh.values())
+    note = {k: rerun[k] for k in ("command", "started_utc", "wall_s")}
+    note["load_average"] = [rerun["machine"]["load_average_start"], rerun["machine"]["load_average_end"]]
+    note["benchmarks"] = names
+    return {**previous, "results": results, "reruns": [*previous.get("reruns", []), note]}
+
+
+def _summary_line(r: Result) -> str:
+    if r.status != "ok":
+        return f"{r.name}: {r.status} ({r.reason})"
+    if r.ratio is None:
+        return f"{r.name}: done"
+    verdict = {True: "PASS", False: "MISS", None: ""}[r.passed]
+    return f"{r.name}: ratio {r.ratio:.3f} (target {r.target}) {verdict}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    names = ("lightning.pytorch", "lightning.fabric", "b4transfer")
+    levels = {n: logging.getLogger(n).level for n in names}
+    try:
+        for name in names:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _main(args, argv)
+    finally:  # leave the caller's logging as it was (tests run this in-process)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
+    profile = "smoke" if args.smoke else "quick" if args.quick else "full"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = machine()
+    started = datetime.now(timezone.utc)
+    if args.suite == "gpu" and not torch.cuda.is_available():
+        reason = "no CUDA device here (torch.cuda.is_available() is False); GPU numbers were not measured."
+        print(f"--suite gpu: {reason}")
+        results = [Result(name=n, title=n, status="skipped", reason=reason) for n in GPU_PROFILES[profile]]
+    else:
+        table = (GPU_PROFILES if args.suite == "gpu" else PROFILES)[profile]
+        names = [n for n in table if not args.only or n in args.only.split(",")]
+        results = []
+        for i, name in enumerate(names, 1):
+            print(f"[{i}/{len(names)}] {name} ...", flush=True)
+            results.append(_run_one(name, table[name]))
+            print(f"    {_summary_line(results[-1])} [{results[-1].seconds:.0f} s]", flush=True)
+            if name == "gpu_train" and results[-1].status == "ok":
+                results[-1].extra["timm_published_rtx3090_amp_b96_images_per_s"] = TIMM_B4_TRAIN_RTX3090
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    record = {
+        "suite": args.suite,
+        "profile": profile,
+        "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
+        "started_utc": started.isoformat(timespec="seconds"),
+        "wall_s": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
+        "machine": info,
+        "results": [r.to_dict() for r in results],
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"{args.suite}-{profile}.json"
+    wall = record["wall_s"]
+    if args.only and out.is_file():
+        record = _merge(json.loads(out.read_text()), record)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    render(args.out_dir, args.markdown)
+    print(f"wrote {out} and {args.markdown} in {wall:.0f} s")
+    return 1 if any(r.status == "error" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

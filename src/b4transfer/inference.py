@@ -1,0 +1,187 @@
+"""Fast inference for ``mode=predict`` / ``mode=embed``: channels_last, bf16 autocast, torch.compile.
+
+:func:`run_inference` runs ``Trainer.predict`` with
+
+- **bf16 autocast** (Lightning's ``precision="bf16-mixed"``) where the hardware computes bf16 natively
+  (``predict.precision=auto``: CPUs with AVX512-BF16 / AMX, CUDA GPUs with bf16 support; emulated
+  bf16 on other CPUs is slower than fp32, so ``auto`` keeps fp32 there);
+- **channels_last** weights (``predict.channels_last``): oneDNN and cuDNN run NHWC convolutions
+  faster, and the first convolution turns NCHW input into NHWC activations for the whole network;
+- optionally **torch.compile** of the backbone (``predict.compile``; the first batch pays the
+  compilation).
+
+Reduced precision changes the outputs slightly, so the first ``predict.check_agreement`` images are
+run again in fp32 eager (NCHW, no autocast) and the top-1 agreement (multi-label: agreement of every
+label's decision at 0.5; embeddings: the smallest cosine similarity) and the largest absolute
+difference are reported in ``summary.json``, with a warning when agreement falls below 99 %.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import numbers
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "bf16", "32")
+MIN_AGREEMENT = 0.99
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How prediction runs (the ``predict.*`` keys of the config)."""
+
+    precision: str = "auto"  # auto | bf16 | 32
+    channels_last: bool = True  # NHWC weights
+    compile: bool = False  # torch.compile the backbone
+    check_agreement: int = 16  # images re-run in fp32 eager for the agreement report; 0: off
+
+    @classmethod
+    def from_config(cls, predict: Mapping[str, Any] | None) -> InferenceSettings:
+        """Validated settings from the ``predict`` config section (missing keys: defaults)."""
+        predict = dict(predict or {})
+        precision = str(predict.get("precision", cls.precision)).lower()
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"predict.precision={predict.get('precision')!r} is not supported; use one of "
+                f"{', '.join(PRECISIONS)} (auto: bf16 where the hardware runs it natively, else 32)."
+            )
+        for key in ("channels_last", "compile"):
+            if not isinstance(predict.get(key, False), bool):
+                raise ValueError(f"predict.{key} must be true or false, got {predict[key]!r}.")
+        check = predict.get("check_agreement", cls.check_agreement)
+        if isinstance(check, bool) or not isinstance(check, numbers.Integral) or check < 0:
+            raise ValueError(
+                f"predict.check_agreement must be a number of images >= 0 (0: no check), got {check!r}."
+            )
+        return cls(
+            precision=precision,
+            channels_last=predict.get("channels_last", cls.channels_last),
+            compile=predict.get("compile", cls.compile),
+            check_agreement=int(check),
+        )
+
+
+def bf16_native(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 convolutions natively (so bf16 autocast is a speed-up)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``auto`` -> ``bf16`` where :func:`bf16_native`, else ``32``; explicit values pass through."""
+    if precision == "auto":
+        return "bf16" if bf16_native(device) else "32"
+    if precision == "bf16" and not bf16_native(device):
+        log.warning(
+            "predict.precision=bf16 on %s, which has no native bf16: it is emulated and likely slower "
+            "than fp32. HINT: predict.precision=auto picks fp32 here.",
+            device,
+        )
+    return precision
+
+
+@contextlib.contextmanager
+def fast_model(module: L.LightningModule, *, channels_last: bool, compile: bool) -> Iterator[None]:
+    """Temporarily convert ``module`` to channels_last and/or compile its backbone."""
+    backbone = module.backbone
+    try:
+        if channels_last:
+            module.to(memory_format=torch.channels_last)
+        if compile:
+            module.backbone = torch.compile(backbone)
+        yield
+    finally:
+        module.backbone = backbone
+        if channels_last:
+            module.to(memory_format=torch.contiguous_format)
+
+
+def run_inference(
+    module: L.LightningModule,
+    loader: DataLoader,
+    *,
+    settings: InferenceSettings,
+    output: str = "probs",
+    trainer_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Predict every batch of ``loader`` (``(images, index)`` batches) with the fast settings.
+
+    Args:
+        module: A :class:`~b4transfer.module.TransferModule`.
+        loader: Yields ``(images, index)``; the outputs are returned in index order.
+        settings: Precision, memory format, compilation, agreement check.
+        output: ``"probs"`` or ``"embedding"`` (what ``module.predict_step`` returns).
+        trainer_kwargs: More ``lightning.Trainer`` arguments (``accelerator``, ``default_root_dir``...).
+
+    Returns:
+        ``(values, report)``: ``(N, K)`` probabilities or ``(N, C)`` embeddings in index order, and
+        the settings used plus the agreement with fp32 eager (when checked).
+    """
+    kwargs = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False,
+              **dict(trainer_kwargs or {}), "devices": 1, "strategy": "auto"}
+    on_gpu = torch.cuda.is_available() and kwargs.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+    device = torch.device("cuda" if on_gpu else "cpu")
+    precision = resolve_precision(settings.precision, device)
+    kwargs["precision"] = "bf16-mixed" if precision == "bf16" else "32-true"
+    module.predict_output = output
+    trainer = L.Trainer(**kwargs)
+    with fast_model(module, channels_last=settings.channels_last, compile=settings.compile):
+        outputs = trainer.predict(module, dataloaders=loader)
+    index = torch.cat([o["index"] for o in outputs])
+    values = torch.cat([o[output] for o in outputs])[index.argsort()]
+    report = {**asdict(settings), "precision": precision, "device": device.type}
+    if settings.check_agreement and (precision != "32" or settings.compile):
+        report["agreement_vs_fp32"] = agreement(
+            module, loader.dataset, values, n=settings.check_agreement, output=output, device=device
+        )
+    return values, report
+
+
+@torch.no_grad()
+def agreement(
+    module: L.LightningModule,
+    dataset: Dataset,
+    fast_values: torch.Tensor,
+    *,
+    n: int,
+    output: str,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Re-run the first ``n`` images in fp32 eager and compare with ``fast_values[:n]``."""
+    n = min(n, len(dataset))
+    x = torch.stack([dataset[i][0] for i in range(n)])
+    module.to(device).eval()
+    features = torch.cat([module.backbone(chunk.to(device)) for chunk in x.split(16)]).float().cpu()
+    fast = fast_values[:n].float()
+    if output == "embedding":
+        cosine = torch.nn.functional.cosine_similarity(features, fast, dim=-1)
+        report = {"images": n, "min_cosine": float(cosine.min()),
+                  "max_abs_diff": float((features - fast).abs().max())}
+    else:
+        head = module.head.to(device)
+        ref = head.probabilities(head(features.to(device))).float().cpu()
+        if head.multi_label:  # every label's yes/no decision at 0.5
+            top1 = float(((ref > 0.5) == (fast > 0.5)).float().mean())
+        else:
+            top1 = float((ref.argmax(-1) == fast.argmax(-1)).float().mean())
+        report = {"images": n, "top1_agreement": top1, "max_abs_prob_diff": float((ref - fast).abs().max())}
+        if top1 < MIN_AGREEMENT:
+            log.warning(
+                "Fast inference agrees with fp32 on top-1 for only %.1f%% of %d images. HINT: "
+                "predict.precision=32 gives exact fp32 predictions.", 100 * top1, n,
+            )
+    log.info("Fast inference vs fp32 eager: %s", report)
+    return report

@@ -1,0 +1,69 @@
+"""The benchmark harness (smoke profile: tiny model, one round) writes its JSON, markdown and plot;
+the GPU suite explains itself without CUDA; the default progress bar refreshes at the logging interval."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+
+import pytest
+import torch
+from tests.conftest import compose_cfg
+
+from b4transfer.train import build_trainer
+
+ALL = ["train_overhead", "inference", "input_pipeline", "cached_probe", "scaling", "detection"]
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("B4TRANSFER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the benchmarks' scratch files
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_smoke_suite_writes_results_markdown_and_plot(isolated):
+    from benchmarks.run import main
+
+    out, md = isolated / "results", isolated / "BENCHMARKS.md"
+    assert main(["--suite", "cpu", "--smoke", "--out-dir", str(out), "--markdown", str(md)]) == 0
+    record = json.loads((out / "cpu-smoke.json").read_text())
+    assert record["machine"]["torch"] == torch.__version__ and record["machine"]["cpu_count"] >= 1
+    results = {r["name"]: r for r in record["results"]}
+    assert list(results) == ALL
+    for name in ("train_overhead", "inference", "input_pipeline", "cached_probe"):
+        r = results[name]
+        assert r["status"] == "ok", r["reason"]
+        assert r["library"]["median"] > 0 and r["baseline"]["median"] > 0 and r["ratio"] > 0
+        assert r["passed"] in (True, False) and r["target"]
+    assert results["inference"]["extra"]["agreement_images"] == 8
+    assert results["cached_probe"]["extra"]["feature_extraction_s"] > 0
+    rows = results["scaling"]["extra"]["rows"]
+    assert {r["kind"] for r in rows} == {"inference", "train"} and all(r["rss_peak_mib"] > 0 for r in rows)
+    assert results["detection"]["status"] == "not available" and results["detection"]["reason"]
+    text = md.read_text()
+    assert "## CPU suite, smoke profile" in text and "![cpu smoke](results/cpu-smoke.png)" in text
+    assert "| Detection" in text and "not available" in text
+    assert (out / "cpu-smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+def test_gpu_suite_without_cuda_says_so_and_succeeds(isolated, capsys):
+    from benchmarks.run import main
+
+    out, md = isolated / "results", isolated / "BENCHMARKS.md"
+    assert main(["--suite", "gpu", "--quick", "--out-dir", str(out), "--markdown", str(md)]) == 0
+    assert "no CUDA device" in capsys.readouterr().out
+    record = json.loads((out / "gpu-quick.json").read_text())
+    assert [r["status"] for r in record["results"]] == ["skipped"] * 3
+    assert "GPU numbers were not measured" in md.read_text()
+
+
+def test_progress_bar_refreshes_at_the_logging_interval(tmp_path):
+    cfg = compose_cfg("trainer.log_every_n_steps=7", "trainer.enable_progress_bar=true",
+                      f"run_dir={tmp_path}")
+    trainer = build_trainer(cfg, tmp_path)
+    assert trainer.progress_bar_callback.refresh_rate == 7
+    cfg = compose_cfg("trainer.enable_progress_bar=false", f"run_dir={tmp_path}")
+    assert build_trainer(cfg, tmp_path).progress_bar_callback is None

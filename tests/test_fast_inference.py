@@ -1,0 +1,150 @@
+"""Fast inference (bf16 autocast + channels_last) and ONNX export agree with fp32 eager outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from tests.conftest import TINY, compose_cfg, make_image_folder
+
+from b4transfer.data.images import load_rgb
+from b4transfer.data.transforms import build_transforms
+from b4transfer.inference import InferenceSettings, fast_model, resolve_precision
+from b4transfer.module import TransferModule, load_module
+from b4transfer.train import run, train
+
+# Stated tolerances: bf16 autocast keeps top-1 on >= 99 % of images and moves no probability by
+# more than 0.02; ONNX (fp32 onnxruntime) matches PyTorch logits to 1e-4.
+MIN_TOP1_AGREEMENT, MAX_PROB_DIFF, ONNX_ATOL = 0.99, 0.02, 1e-4
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny classifier trained for 2 epochs (confident enough that top-1 is meaningful)."""
+    tmp = tmp_path_factory.mktemp("fast")
+    images = make_image_folder(tmp / "images", per_class=12)
+    cfg = compose_cfg(
+        *TINY, "data=folder", f"data.root={images}", f"run_dir={tmp / 'train'}", "trainer.max_epochs=2",
+        "optim.lr=0.01", "checkpoint.monitor=null",
+    )
+    summary = train(cfg)
+    return tmp, images, summary["last_checkpoint"]
+
+
+def _cfg(tmp, images, ckpt, name, *overrides):
+    return compose_cfg(
+        *TINY, "data=folder", f"data.root={images}", f"run_dir={tmp / name}", f"ckpt_path={ckpt}", *overrides
+    )
+
+
+def _probs(run_dir) -> dict[str, dict[str, float]]:
+    with open(run_dir / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {r["path"]: {r[f"label{i}"]: float(r[f"prob{i}"]) for i in (1, 2, 3)} for r in rows}
+
+
+def test_bf16_channels_last_predictions_agree_with_fp32_eager(trained):
+    tmp, images, ckpt = trained
+    fast = run(_cfg(tmp, images, ckpt, "fast", "mode=predict", f"predict.input={images}",
+                    "predict.precision=bf16", "predict.check_agreement=64"))
+    exact = run(_cfg(tmp, images, ckpt, "fp32", "mode=predict", f"predict.input={images}",
+                     "predict.precision=32", "predict.channels_last=false"))
+    assert fast["inference"]["precision"] == "bf16" and fast["inference"]["channels_last"]
+    assert exact["inference"]["precision"] == "32" and "agreement_vs_fp32" not in exact["inference"]
+    report = fast["inference"]["agreement_vs_fp32"]
+    assert report["images"] == 36 and report["top1_agreement"] >= MIN_TOP1_AGREEMENT
+    fast_p, exact_p = _probs(tmp / "fast"), _probs(tmp / "fp32")
+    assert fast_p.keys() == exact_p.keys() and len(fast_p) == 36
+    top1 = np.mean([max(fast_p[k], key=fast_p[k].get) == max(exact_p[k], key=exact_p[k].get) for k in fast_p])
+    diff = max(abs(fast_p[k][c] - exact_p[k][c]) for k in fast_p for c in exact_p[k])
+    assert top1 >= MIN_TOP1_AGREEMENT and diff <= MAX_PROB_DIFF
+    assert diff > 0, "bf16 really ran (outputs are not bit-identical to fp32)"
+    assert diff == pytest.approx(report["max_abs_prob_diff"], abs=2e-6), "the report measures the same"
+
+    # the exact path matches the module itself in fp32 eager on one image
+    module = load_module(ckpt)
+    _, eval_tf = build_transforms(train_cfg=module.data_config["train"], eval_cfg=module.data_config["eval"])
+    path = sorted(exact_p)[0]
+    with torch.no_grad():
+        probs = module.head.probabilities(module(eval_tf(load_rgb(path))[None]))[0]
+    for name, p in exact_p[path].items():
+        assert p == pytest.approx(float(probs[module.class_names.index(name)]), abs=1e-5)
+
+
+def test_embeddings_fast_path_reports_cosine_agreement(trained):
+    tmp, images, ckpt = trained
+    summary = run(_cfg(tmp, images, ckpt, "embed", "mode=embed", f"predict.input={images}",
+                       "predict.precision=bf16"))
+    report = summary["inference"]["agreement_vs_fp32"]
+    assert report["images"] == 16 and report["min_cosine"] > 0.999
+    assert np.load(tmp / "embed" / "embeddings.npy").shape == (36, load_module(ckpt).backbone.num_features)
+
+
+def test_channels_last_and_compile_are_temporary():
+    module = TransferModule(class_names=["a", "b"], model={"name": "test_efficientnet"})
+    backbone = module.backbone
+    with fast_model(module, channels_last=True, compile=True):
+        assert module.backbone is not backbone and hasattr(module.backbone, "_orig_mod")
+        assert backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert module.backbone is backbone and backbone.conv_stem.weight.is_contiguous()
+
+
+def test_inference_settings_are_checked():
+    assert InferenceSettings.from_config({"precision": 32}).precision == "32"
+    assert resolve_precision("32", "cpu") == "32" and resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision("auto", "cpu") in ("bf16", "32")
+    with pytest.raises(ValueError, match=r"precision='fp16' is not supported; use one of auto, bf16, 32"):
+        InferenceSettings.from_config({"precision": "fp16"})
+    with pytest.raises(ValueError, match=r"predict.channels_last must be true or false, got 'yes'"):
+        InferenceSettings.from_config({"channels_last": "yes"})
+    with pytest.raises(ValueError, match=r"predict.check_agreement must be a number of images >= 0"):
+        InferenceSettings.from_config({"check_agreement": -1})
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+def test_onnx_export_matches_pytorch_on_real_images(trained):
+    ort = pytest.importorskip("onnxruntime")
+    from b4transfer.onnx_export import onnx_metadata
+
+    tmp, images, ckpt = trained
+    summary = run(_cfg(tmp, images, ckpt, "onnx", "mode=export", "export.format=onnx"))
+    path = tmp / "onnx" / "export" / "model.onnx"
+    assert summary["onnx"]["path"] == str(path) and summary["onnx"]["max_abs_diff"] <= ONNX_ATOL
+    assert not (tmp / "onnx" / "export" / "model.safetensors").exists(), "only the asked-for format"
+    module = load_module(ckpt)
+    meta = onnx_metadata(path)
+    assert meta["label_names"] == module.class_names == ["blue", "green", "red"]
+    assert meta["data_config"]["test_input_size"] == list(module.data_config["eval"]["input_size"])
+    _, eval_tf = build_transforms(train_cfg=module.data_config["train"], eval_cfg=module.data_config["eval"])
+    x = torch.stack([eval_tf(load_rgb(p)) for p in sorted(images.rglob("*.png"))[:5]])
+    logits = ort.InferenceSession(str(path)).run(["logits"], {"image": x.numpy()})[0]
+    with torch.no_grad():
+        expected = module(x)
+    assert logits.shape == (5, 3)  # dynamic batch: exported with 1, run with 5
+    assert np.abs(logits - expected.numpy()).max() <= ONNX_ATOL
+
+
+def test_export_both_formats_and_bad_formats(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from b4transfer.onnx_export import export_onnx
+
+    tmp, images, ckpt = trained
+    run(_cfg(tmp, images, ckpt, "both", "mode=export", "export.format=[timm,onnx]"))
+    files = {p.name for p in (tmp / "both" / "export").iterdir()}
+    assert {"model.onnx", "model.safetensors", "config.json"} <= files
+    assert json.loads((tmp / "both" / "summary.json").read_text())["onnx"]["max_abs_diff"] <= ONNX_ATOL
+    with pytest.raises(ValueError, match=r"export.format='tflite' is not supported; use one of timm, onnx"):
+        run(_cfg(tmp, images, ckpt, "bad", "mode=export", "export.format=tflite"))
+    assert not (tmp / "bad").exists(), "checked before anything is written"
+    module = load_module(ckpt)
+    kwargs = dict(backbone=module.backbone, head_fc=module.head.fc, class_names=module.class_names,
+                  data_config=module.data_config)
+    with pytest.raises(ValueError, match=r"export.onnx_opset must be an integer opset in 11..21, got 7"):
+        export_onnx(**kwargs, out_dir=tmp_path, opset=7)
+    (tmp_path / "model.onnx").write_text("someone else's model")
+    with pytest.raises(FileExistsError, match=r"model.onnx exists and was not written by b4transfer"):
+        export_onnx(**kwargs, out_dir=tmp_path)
+    assert (tmp_path / "model.onnx").read_text() == "someone else's model"
