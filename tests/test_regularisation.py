@@ -113,3 +113,36 @@ def test_training_with_mixup_and_cutmix_uses_soft_targets_only_for_training(tiny
     assert shapes.train == {(3,)} and shapes.val == {()}
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert "train/acc1" not in trainer.callback_metrics  # accuracy is undefined against soft targets
+
+
+def test_ema_skips_only_tensors_that_cannot_change_and_matches_the_full_update():
+    """Frozen (grad None, eval-mode BN) tensors still equal to their average are skipped, bit-exactly."""
+    from torch.optim.swa_utils import AveragedModel
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)
+    )
+    fast, full = EMA(decay=0.5), EMA(decay=0.5)
+    fast._average_model = AveragedModel(model, use_buffers=True, multi_avg_fn=fast._update)
+    full._average_model = AveragedModel(model, use_buffers=True, multi_avg_fn=full._update)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(6):
+        # layers 0-1 frozen throughout; layers 2-3 train for 3 steps, then freeze (out of sync: still averaged)
+        model[0].eval(), model[1].eval()
+        model[2].train(step < 3), model[3].train(step < 3)
+        opt.zero_grad(set_to_none=True)
+        model(torch.randn(8, 4)).square().mean().backward()
+        for p in [*model[0].parameters(), *model[1].parameters()] + (
+            [*model[2].parameters(), *model[3].parameters()] if step >= 3 else []
+        ):
+            p.grad = None
+        opt.step()
+        fast._update_changed(model)
+        full._average_model.update_parameters(model)
+    for a, b in zip(fast._tensors(fast._average_model.module), full._tensors(full._average_model.module)):
+        assert torch.equal(a[0], b[0])
+    assert fast._average_model.n_averaged == full._average_model.n_averaged == 6
+    # 5 updates after the first copy skip the frozen Linear (2) + BatchNorm (2 params, 3 buffers)
+    assert fast.skipped_tensors == 5 * 7
+    assert not torch.equal(fast._average_model.module[2].weight, model[2].weight)  # trained: averaged

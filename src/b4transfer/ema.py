@@ -10,10 +10,21 @@ What this subclass adds, as timm's ``ModelEmaV3`` does: the decay warms up as
 ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so short fine-tuning runs are not dominated by
 the initial weights; the update is a ``lerp`` (a tensor that did not change, e.g. a frozen stage, stays
 bit-identical); integer buffers (BatchNorm's ``num_batches_tracked``) are copied, not averaged.
+
+And it skips work that cannot change anything: a tensor whose average still equals it bit for bit
+(every tensor right after the first update, and a frozen one for the whole run) and that did not change
+in this step is left alone, since ``lerp(a, a, w) == a``. "Did not change": a parameter the optimizer
+skipped (its ``.grad`` is ``None`` after the step: frozen stages, the backbone of a cached-feature probe)
+or a buffer of a module in eval mode (frozen BatchNorm). Once a tensor changes it is averaged at every
+update, as before. On a linear probe of B4 this drops the per-step EMA cost from the whole network
+(19 M parameters) to the head. Under FSDP (sharded parameters) every tensor is averaged.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
@@ -50,6 +61,8 @@ class EMA(WeightAveraging):
         self.decay = float(decay)
         self.warmup = bool(warmup)
         self.update_every_n_steps = update_every_n_steps
+        self._in_sync: list[bool] | None = None  # per tensor: average == current, bit for bit
+        self.skipped_tensors = 0  # tensor updates skipped (unchanged and in sync), for tests and curiosity
 
     def decay_at(self, num_averaged: int) -> float:
         """The decay used for the update after ``num_averaged`` earlier ones."""
@@ -68,3 +81,55 @@ class EMA(WeightAveraging):
             return
         weight = 1.0 - self.decay_at(int(num_averaged))
         torch._foreach_lerp_(averaged, current, weight)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
+    ) -> None:
+        step_idx = trainer.global_step - 1
+        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=step_idx):
+            if "FSDP" in type(trainer.strategy).__name__:
+                self._in_sync = None
+                self._average_model.update_parameters(pl_module)
+            else:
+                self._update_changed(pl_module)
+            self._latest_update_step = trainer.global_step
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        self._in_sync = None  # unknown after a restore: the next update compares
+
+    @staticmethod
+    def _tensors(module: torch.nn.Module) -> list[tuple[torch.Tensor, bool]]:
+        """``(tensor, may_have_changed)`` for every parameter, then every buffer, in a fixed order."""
+        params = [(p, p.grad is not None) for p in module.parameters()]
+        buffers = [(b, m.training) for m in module.modules() for b in m.buffers(recurse=False)]
+        return params + buffers
+
+    @torch.no_grad()
+    def _update_changed(self, pl_module: L.LightningModule) -> None:
+        averaged_model = self._average_model
+        if averaged_model.n_averaged == 0 or self._in_sync is None:
+            averaged_model.update_parameters(pl_module)  # the first update copies everything
+            self._in_sync = [  # after a restore: which tensors this full update left equal (frozen ones)
+                torch.equal(avg, cur.to(avg.device))
+                for (avg, _), (cur, _) in zip(self._tensors(averaged_model.module), self._tensors(pl_module))
+            ]
+            return
+        current = self._tensors(pl_module)
+        averaged = self._tensors(averaged_model.module)
+        if len(current) != len(averaged) or len(current) != len(self._in_sync):
+            raise RuntimeError("EMA: the model's parameters or buffers changed during training.")
+        groups: dict[tuple, tuple[list, list]] = {}
+        for i, ((cur, changed), (avg, _)) in enumerate(zip(current, averaged)):
+            if self._in_sync[i] and not changed:
+                self.skipped_tensors += 1
+                continue
+            self._in_sync[i] = False
+            avg_list, cur_list = groups.setdefault((avg.device, avg.dtype), ([], []))
+            avg_list.append(avg.detach())
+            cur_list.append(cur.detach().to(avg.device))
+        for avg_list, cur_list in groups.values():
+            self._update(avg_list, cur_list, averaged_model.n_averaged)
+        averaged_model.n_averaged += 1
