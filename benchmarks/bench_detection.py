@@ -1,28 +1,192 @@
-"""Detection: train step and predict images/s vs the raw torchvision detector over the same backbone.
+"""Detection: the library's train step and predict path vs the raw torchvision detector, same backbone.
 
-A stub until detection lands (``b4transfer.heads.detection``): it reports "not available" with the
-reason, so the harness and ``BENCHMARKS.md`` stay complete without it.
+Library path: the config from ``conf/`` with ``task=detection data=coco`` defaults (RetinaNet, 256-wide
+FPN, timm AdamW, CSV logger, best + last checkpoints, EMA, progress bar), :class:`TransferModule`
++ a datamodule over in-memory letterboxed images + ``Trainer.fit`` for training, and
+``Trainer.predict`` (boxes mapped back to original-image pixels, moved to the CPU) for inference.
+Baseline: the torchvision ``RetinaNet`` that :func:`~b4transfer.heads.detection.build_detector`
+gives as a standalone model (the exported form) holding a copy of the same weights, trained with
+``loss = sum(model(images, targets).values()); zero_grad; backward; step`` (``torch.optim.AdamW``)
+and run with ``model(images)`` under ``torch.no_grad()`` for inference.
+
+Training is interleaved inside one ``fit`` exactly as in ``bench_train`` (blocks of library steps and
+baseline steps, validation excluded); inference alternates whole passes over the same images. The
+detections of the two paths are compared (largest box-coordinate difference, in pixels).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import copy
+import math
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
 
-from benchmarks.common import Result
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from benchmarks.bench_train import _Interleave
+from benchmarks.common import Result, interleaved, median, quiet, ratio_of_rounds, side, timed
+
+CLASSES = ("circle", "square", "triangle")
 
 
-def available() -> bool:
-    try:
-        return importlib.util.find_spec("b4transfer.heads.detection") is not None
-    except ModuleNotFoundError:
-        return False
+def _config(p: dict, run_dir: Path):
+    from hydra import compose, initialize_config_dir
+
+    from b4transfer.cli import config_dir
+
+    overrides = [
+        "task=detection", "data=coco", f"model.name={p['model']}", "model.pretrained=false",
+        f"data.image_size={p['image_size']}", f"data.batch_size={p['batch_size']}", "data.num_workers=0",
+        f"head.detector={p.get('detector', 'retinanet')}", f"run_dir={run_dir}", "trainer.accelerator=cpu",
+        "head.score_thresh=0.0",  # random init scores below 0.05: keep its boxes (full post-processing)
+        f"trainer.max_epochs={p['epochs']}", f"+trainer.max_steps={p['total_steps']}",
+    ]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
 
 
-def run(p: dict, *, device: str = "cpu") -> Result:
-    title = "Detection: train step and predict vs raw torchvision detector"
-    if not available():
-        return Result(name="detection", title=title, status="not available",
-                      reason="b4transfer.heads.detection does not exist in this checkout (detection is "
-                             "built separately); the benchmark runs once it is merged.")
-    return Result(name="detection", title=title, status="not available",
-                  reason="b4transfer.heads.detection exists but this benchmark is not written yet.")
+def _images(n: int, size: int, seed: int = 0) -> list[tuple[torch.Tensor, dict]]:
+    """``n`` letterboxed ``size`` canvases (0..1 floats), 0-4 boxes each, as the datamodule yields them."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(n):
+        image = torch.rand(3, size, size, generator=g)
+        k = i % 5
+        xy = torch.rand(k, 2, generator=g) * size * 0.6
+        wh = (0.1 + 0.3 * torch.rand(k, 2, generator=g)) * size
+        boxes = torch.cat([xy, (xy + wh).clamp(max=size)], 1)
+        items.append((image, {
+            "boxes": boxes, "labels": torch.randint(0, len(CLASSES), (k,), generator=g),
+            "iscrowd": torch.zeros(k, dtype=torch.int64), "index": i,
+            "scale": torch.tensor(1.0), "orig_size": torch.tensor([size, size]),
+        }))
+    return items
+
+
+class _Data(L.LightningDataModule):
+    def __init__(self, train, val, batch_size: int) -> None:
+        super().__init__()
+        self.train, self.val, self.batch_size = train, val, batch_size
+
+    def _loader(self, items, shuffle: bool) -> DataLoader:
+        from b4transfer.data.detection_datamodule import collate_detection
+
+        return DataLoader(items, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate_detection)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val, False)
+
+
+def standalone_detector(module) -> torch.nn.Module:
+    """A copy of ``module``'s detector that owns a copy of its backbone: the raw torchvision model."""
+    module.head.detector.backbone.share_body(module.backbone)
+    raw = copy.deepcopy(module.head.detector)  # deep-copies the shared body reference too
+    fpn_backbone = raw.backbone
+    fpn_backbone.body = fpn_backbone.__dict__.pop("_shared_body")
+    return raw
+
+
+def _baseline_steps(raw: torch.nn.Module, loader: DataLoader):
+    raw.train()
+    opt = torch.optim.AdamW(raw.parameters(), lr=1e-4, weight_decay=0.05)
+    batches = iter(())
+
+    def steps(n: int) -> None:
+        nonlocal batches
+        for _ in range(n):
+            try:
+                images, targets = next(batches)
+            except StopIteration:
+                batches = iter(loader)
+                images, targets = next(batches)
+            targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+            loss = sum(raw(images, targets).values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    return steps
+
+
+def run(p: dict) -> Result:
+    from b4transfer.train import build_module, build_trainer
+
+    torch.manual_seed(0)
+    k, blocks = p["k"], p["rounds"] + p["warmup"]
+    p = {**p, "total_steps": k * blocks, "epochs": math.ceil(k * blocks / p["steps_per_epoch"])}
+    size, b = p["image_size"], p["batch_size"]
+    train = _images(b * p["steps_per_epoch"], size)
+    val = _images(b, size, seed=1)
+    splits = SimpleNamespace(class_names=list(CLASSES), category_ids=[1, 2, 3], multi_label=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = _config(p, Path(tmp) / "run")
+        module = build_module(cfg, splits)
+        raw = standalone_detector(module)
+        data = _Data(train, val, b)
+        interleave = _Interleave(_baseline_steps(raw, data._loader(train, True)), k, blocks)
+        trainer = build_trainer(cfg, Path(tmp) / "run", extra_callbacks=[interleave])
+        start = time.perf_counter()
+        with quiet():
+            trainer.fit(module, datamodule=data)
+        fit_s = time.perf_counter() - start
+    lib, base = interleave.lib[p["warmup"]:], interleave.base[p["warmup"]:]
+    predict = _predict(module, p)
+    return Result(
+        name="detection",
+        title=f"Detection (RetinaNet + FPN): library vs raw torchvision detector, {p['model']} @ {size}",
+        settings={key: p[key] for key in ("model", "image_size", "batch_size", "k", "rounds", "warmup",
+                                         "steps_per_epoch", "predict_images", "predict_rounds")}
+        | {"detector": "retinanet", "fpn_channels": int(cfg.head.fpn_channels), "ema": bool(cfg.ema.enabled)},
+        library=side(lib, "s/step", images_per_s=b / median(lib)),
+        baseline=side(base, "s/step", images_per_s=b / median(base)),
+        ratio=ratio_of_rounds(lib, base),
+        ratio_kind="train time per step, library / raw torchvision loop (median of interleaved blocks)",
+        target=p.get("target", "<= 1.03"),
+        extra={"ratio_of_sums": sum(lib) / sum(base), "one_time_fit_setup_s":
+               round(fit_s - (sum(interleave.lib) + sum(interleave.base)) * k, 2), **predict},
+    ).check()
+
+
+def _predict(module, p: dict) -> dict:
+    """Images/s of ``Trainer.predict`` vs ``raw(images)`` under no_grad, and how far their boxes differ."""
+    module.eval()
+    raw = standalone_detector(module).eval()
+    items = _images(p["predict_images"], p["image_size"], seed=2)
+    loader = DataLoader([(x, {k: t[k] for k in ("index", "scale", "orig_size")}) for x, t in items],
+                        batch_size=p["batch_size"], collate_fn=lambda batch: tuple(map(list, zip(*batch))))
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    out = {}
+
+    def library() -> float:
+        with quiet():
+            return timed(lambda: out.update(lib=[d for b in trainer.predict(module, loader) for d in b]))
+
+    @torch.no_grad()
+    def raw_loop() -> None:
+        out["raw"] = [d for images, _ in loader for d in raw(images)]
+
+    samples = interleaved({"library": library, "raw": lambda: timed(raw_loop)}, rounds=p["predict_rounds"])
+    n = len(items)
+    lib_ips = [n / s for s in samples["library"]]
+    raw_ips = [n / s for s in samples["raw"]]
+    diffs = [
+        float((a["boxes"] - b["boxes"]).abs().max()) if len(a["boxes"]) == len(b["boxes"]) and len(a["boxes"])
+        else (0.0 if len(a["boxes"]) == len(b["boxes"]) else float("inf"))
+        for a, b in zip(out["lib"], out["raw"])
+    ]
+    return {
+        "predict_images_per_s": round(median(lib_ips), 2),
+        "predict_raw_images_per_s": round(median(raw_ips), 2),
+        "predict_ratio": round(ratio_of_rounds(lib_ips, raw_ips), 3),
+        "predict_target": ">= 0.97",
+        "predict_max_box_diff_px": max(diffs),
+        "predict_detections": sum(len(d["boxes"]) for d in out["lib"]),
+    }

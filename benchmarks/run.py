@@ -52,7 +52,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         "scaling": dict(model="test_efficientnet", reps=1, inference_size=32, inference_batches=[1, 2],
                         inference_sizes=[], inference_batch=2, train_size=32, train_batches=[2],
                         train_sizes=[], train_batch=2),
-        "detection": {},
+        "detection": dict(model="test_efficientnet", image_size=64, batch_size=2, k=1, rounds=1, warmup=1,
+                          steps_per_epoch=2, predict_images=4, predict_rounds=1),
     },
     "quick": {
         "train_overhead": dict(model="efficientnet_b0", image_size=160, batch_size=16, k=1, rounds=30,
@@ -65,7 +66,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         "scaling": dict(model="efficientnet_b4", reps=3, inference_size=384, inference_batches=[1, 4, 8],
                         inference_sizes=[256, 320], inference_batch=4, train_size=320, train_batches=[2, 4],
                         train_sizes=[256], train_batch=2),
-        "detection": {},
+        "detection": dict(model="efficientnet_b0", image_size=256, batch_size=4, k=1, rounds=12, warmup=1,
+                          steps_per_epoch=13, predict_images=16, predict_rounds=3),
     },
     "full": {
         "train_overhead": dict(model="efficientnet_b4", image_size=320, batch_size=8, k=2, rounds=8, warmup=1,
@@ -78,7 +80,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         "scaling": dict(model="efficientnet_b4", reps=3, inference_size=384, inference_batches=[1, 8, 32],
                         inference_sizes=[224, 320, 448], inference_batch=8, train_size=320,
                         train_batches=[4, 8, 16], train_sizes=[224, 384], train_batch=8),
-        "detection": {},
+        "detection": dict(model="efficientnet_b4", image_size=384, batch_size=4, k=2, rounds=8, warmup=1,
+                          steps_per_epoch=9, predict_images=32, predict_rounds=3),
     },
 }
 GPU_PROFILES: dict[str, dict[str, dict]] = {

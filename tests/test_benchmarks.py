@@ -32,7 +32,7 @@ def test_smoke_suite_writes_results_markdown_and_plot(isolated):
     assert record["machine"]["torch"] == torch.__version__ and record["machine"]["cpu_count"] >= 1
     results = {r["name"]: r for r in record["results"]}
     assert list(results) == ALL
-    for name in ("train_overhead", "inference", "input_pipeline", "cached_probe"):
+    for name in ("train_overhead", "inference", "input_pipeline", "cached_probe", "detection"):
         r = results[name]
         assert r["status"] == "ok", r["reason"]
         assert r["library"]["median"] > 0 and r["baseline"]["median"] > 0 and r["ratio"] > 0
@@ -41,10 +41,12 @@ def test_smoke_suite_writes_results_markdown_and_plot(isolated):
     assert results["cached_probe"]["extra"]["feature_extraction_s"] > 0
     rows = results["scaling"]["extra"]["rows"]
     assert {r["kind"] for r in rows} == {"inference", "train"} and all(r["rss_peak_mib"] > 0 for r in rows)
-    assert results["detection"]["status"] == "not available" and results["detection"]["reason"]
+    det = results["detection"]["extra"]
+    assert det["predict_images_per_s"] > 0 and det["predict_raw_images_per_s"] > 0
+    assert det["predict_detections"] > 0 and det["predict_max_box_diff_px"] < 1e-3  # same model
     text = md.read_text()
     assert "## CPU suite, smoke profile" in text and "![cpu smoke](results/cpu-smoke.png)" in text
-    assert "| Detection" in text and "not available" in text
+    assert "| Detection" in text and "not available" not in text
     assert (out / "cpu-smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

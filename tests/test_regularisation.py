@@ -128,7 +128,7 @@ def test_ema_skips_only_tensors_that_cannot_change_and_matches_the_full_update()
     full._average_model = AveragedModel(model, use_buffers=True, multi_avg_fn=full._update)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for step in range(6):
-        # layers 0-1 frozen throughout; layers 2-3 train for 3 steps, then freeze (out of sync: still averaged)
+        # layers 0-1 frozen throughout; 2-3 train for 3 steps, then freeze (out of sync: still averaged)
         model[0].eval(), model[1].eval()
         model[2].train(step < 3), model[3].train(step < 3)
         opt.zero_grad(set_to_none=True)
