@@ -116,33 +116,44 @@ def test_training_with_mixup_and_cutmix_uses_soft_targets_only_for_training(tiny
 
 
 def test_ema_skips_only_tensors_that_cannot_change_and_matches_the_full_update():
-    """Frozen (grad None, eval-mode BN) tensors still equal to their average are skipped, bit-exactly."""
+    """Frozen (grad None, eval-mode BN) tensors still equal to their average are skipped, bit-exactly,
+    with an update every other step, a layer that trains only between updates, and validation swaps."""
     from torch.optim.swa_utils import AveragedModel
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)
-    )
+    lin, bn = torch.nn.Linear, torch.nn.BatchNorm1d
+    model = torch.nn.Sequential(lin(4, 4), bn(4), lin(4, 4), bn(4), lin(4, 4))
     fast, full = EMA(decay=0.5), EMA(decay=0.5)
     fast._average_model = AveragedModel(model, use_buffers=True, multi_avg_fn=fast._update)
     full._average_model = AveragedModel(model, use_buffers=True, multi_avg_fn=full._update)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    for step in range(6):
-        # layers 0-1 frozen throughout; 2-3 train for 3 steps, then freeze (out of sync: still averaged)
-        model[0].eval(), model[1].eval()
-        model[2].train(step < 3), model[3].train(step < 3)
+    for step in range(8):
+        # 0-1 frozen throughout; 2-3 train for 3 steps, then freeze (out of sync: still averaged);
+        # 4 trains only in step 3, between two updates (steps 2 and 4): it must not be skipped at 4
+        trains = [False, False, step < 3, step < 3, step == 3]
+        for layer, on in zip(model, trains):
+            layer.train(on)
         opt.zero_grad(set_to_none=True)
         model(torch.randn(8, 4)).square().mean().backward()
-        for p in [*model[0].parameters(), *model[1].parameters()] + (
-            [*model[2].parameters(), *model[3].parameters()] if step >= 3 else []
-        ):
-            p.grad = None
+        for layer, on in zip(model, trains):
+            for p in layer.parameters() if not on else ():
+                p.grad = None
         opt.step()
-        fast._update_changed(model)
-        full._average_model.update_parameters(model)
-    for a, b in zip(fast._tensors(fast._average_model.module), full._tensors(full._average_model.module)):
-        assert torch.equal(a[0], b[0])
-    assert fast._average_model.n_averaged == full._average_model.n_averaged == 6
-    # 5 updates after the first copy skip the frozen Linear (2) + BatchNorm (2 params, 3 buffers)
-    assert fast.skipped_tensors == 5 * 7
-    assert not torch.equal(fast._average_model.module[2].weight, model[2].weight)  # trained: averaged
+        update = step % 2 == 0
+        fast.after_batch(model, stepped=True, update=update)
+        if update:
+            full._average_model.update_parameters(model)
+        if step == 4:  # a validation: both swap in their averages, then back
+            fast._swap_models(model)
+            swapped = [t.clone() for t in model.state_dict().values()]
+            fast._swap_models(model)
+            full._swap_models(model)
+            assert all(torch.equal(a, b) for a, b in zip(swapped, model.state_dict().values()))
+            full._swap_models(model)
+    for (a, _), (b, _) in zip(fast._tensor_pairs(model), full._tensor_pairs(model)):
+        assert torch.equal(a, b)
+    assert fast._average_model.n_averaged == full._average_model.n_averaged == 4
+    # 3 updates after the first copy skip the frozen Linear (2) + BatchNorm (2 params, 3 buffers),
+    # and the one at step 2 also layer 4 (2), which has not trained yet
+    assert fast.skipped_tensors == 3 * 7 + 2
+    assert not torch.equal(fast._average_model.module[4].weight, model[4].weight)  # averaged at step 4

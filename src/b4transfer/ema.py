@@ -62,6 +62,9 @@ class EMA(WeightAveraging):
         self.warmup = bool(warmup)
         self.update_every_n_steps = update_every_n_steps
         self._in_sync: list[bool] | None = None  # per tensor: average == current, bit for bit
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._exact = True
+        self._seen_step = 0
         self.skipped_tensors = 0  # tensor updates skipped (unchanged and in sync), for tests and curiosity
 
     def decay_at(self, num_averaged: int) -> float:
@@ -82,17 +85,32 @@ class EMA(WeightAveraging):
         weight = 1.0 - self.decay_at(int(num_averaged))
         torch._foreach_lerp_(averaged, current, weight)
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._in_sync, self._pairs, self._seen_step = None, None, 0
+        self._exact = "FSDP" not in type(trainer.strategy).__name__  # sharded parameters: plain EMA
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
     ) -> None:
-        step_idx = trainer.global_step - 1
-        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=step_idx):
-            if "FSDP" in type(trainer.strategy).__name__:
-                self._in_sync = None
-                self._average_model.update_parameters(pl_module)
-            else:
-                self._update_changed(pl_module)
+        stepped = trainer.global_step > self._seen_step  # an optimizer step ended this (micro-)batch
+        self._seen_step = trainer.global_step
+        update = (
+            stepped
+            and trainer.global_step > self._latest_update_step
+            and self.should_update(step_idx=trainer.global_step - 1)
+        )
+        self.after_batch(pl_module, stepped=stepped, update=update)
+        if update:
             self._latest_update_step = trainer.global_step
+
+    def after_batch(self, pl_module: L.LightningModule, *, stepped: bool, update: bool) -> None:
+        """Note what may have changed in this batch (every batch, update or not), then update if due."""
+        if self._in_sync is not None:
+            changed = self._may_have_changed(params=stepped)
+            self._in_sync = [s and not c for s, c in zip(self._in_sync, changed)]
+        if update:
+            self._update_changed(pl_module)
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -100,36 +118,54 @@ class EMA(WeightAveraging):
         super().on_load_checkpoint(trainer, pl_module, checkpoint)
         self._in_sync = None  # unknown after a restore: the next update compares
 
-    @staticmethod
-    def _tensors(module: torch.nn.Module) -> list[tuple[torch.Tensor, bool]]:
-        """``(tensor, may_have_changed)`` for every parameter, then every buffer, in a fixed order."""
-        params = [(p, p.grad is not None) for p in module.parameters()]
-        buffers = [(b, m.training) for m in module.modules() for b in m.buffers(recurse=False)]
-        return params + buffers
+    def _tensor_pairs(self, pl_module: L.LightningModule) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(averaged, current)`` for every parameter, then every buffer (by owning module)."""
+        if self._pairs is None:
+            averaged = self._average_model.module
+            params = list(zip(averaged.parameters(), pl_module.parameters()))
+            owners = list(zip(averaged.modules(), pl_module.modules()))
+            buffers = [
+                pair for a, c in owners for pair in zip(a.buffers(recurse=False), c.buffers(recurse=False))
+            ]
+            self._pairs = params + buffers
+            # what "may have changed" reads: a parameter's .grad, a buffer's module's training flag
+            self._grad_of = [c for _, c in params]
+            self._owner_of = [c for _, c in owners for _ in c.buffers(recurse=False)]
+        return self._pairs
+
+    def _may_have_changed(self, *, params: bool) -> list[bool]:
+        # parameters change only in an optimizer step, and only those with a gradient; buffers
+        # (BatchNorm statistics) in any forward pass of a module in training mode
+        grads = [p.grad is not None for p in self._grad_of] if params else [False] * len(self._grad_of)
+        return grads + [m.training for m in self._owner_of]
 
     @torch.no_grad()
     def _update_changed(self, pl_module: L.LightningModule) -> None:
         averaged_model = self._average_model
-        if averaged_model.n_averaged == 0 or self._in_sync is None:
+        if not self._exact or averaged_model.n_averaged == 0 or self._in_sync is None:
             averaged_model.update_parameters(pl_module)  # the first update copies everything
-            self._in_sync = [  # after a restore: which tensors this full update left equal (frozen ones)
-                torch.equal(avg, cur.to(avg.device))
-                for (avg, _), (cur, _) in zip(self._tensors(averaged_model.module), self._tensors(pl_module))
-            ]
+            if self._exact:  # after a restore: which tensors this full update left equal (frozen ones)
+                self._in_sync = [torch.equal(a, c.to(a.device)) for a, c in self._tensor_pairs(pl_module)]
             return
-        current = self._tensors(pl_module)
-        averaged = self._tensors(averaged_model.module)
-        if len(current) != len(averaged) or len(current) != len(self._in_sync):
-            raise RuntimeError("EMA: the model's parameters or buffers changed during training.")
         groups: dict[tuple, tuple[list, list]] = {}
-        for i, ((cur, changed), (avg, _)) in enumerate(zip(current, averaged)):
-            if self._in_sync[i] and not changed:
+        for (avg, cur), in_sync in zip(self._tensor_pairs(pl_module), self._in_sync):
+            if in_sync:  # equal to its average and unchanged since: lerp(a, a, w) == a
                 self.skipped_tensors += 1
                 continue
-            self._in_sync[i] = False
             avg_list, cur_list = groups.setdefault((avg.device, avg.dtype), ([], []))
             avg_list.append(avg.detach())
             cur_list.append(cur.detach().to(avg.device))
         for avg_list, cur_list in groups.values():
             self._update(avg_list, cur_list, averaged_model.n_averaged)
         averaged_model.n_averaged += 1
+
+    @torch.no_grad()
+    def _swap_models(self, pl_module: L.LightningModule) -> None:
+        """Swap the weights for validation, leaving out tensors equal to their average (a no-op swap)."""
+        if self._in_sync is None:
+            return super()._swap_models(pl_module)
+        for (avg, cur), in_sync in zip(self._tensor_pairs(pl_module), self._in_sync):
+            if not in_sync:
+                tmp = avg.data.clone()
+                avg.data.copy_(cur.data)
+                cur.data.copy_(tmp)
