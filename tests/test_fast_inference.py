@@ -148,3 +148,63 @@ def test_export_both_formats_and_bad_formats(trained, tmp_path):
     with pytest.raises(FileExistsError, match=r"model.onnx exists and was not written by b4transfer"):
         export_onnx(**kwargs, out_dir=tmp_path)
     assert (tmp_path / "model.onnx").read_text() == "someone else's model"
+
+
+def _detector_and_loader():
+    from torch.utils.data import DataLoader
+
+    from b4transfer.data.detection_datamodule import collate_detection
+
+    torch.manual_seed(0)
+    module = TransferModule(
+        task="detection", class_names=["a", "b"], model={"name": "test_efficientnet", "pretrained": False},
+        head={"score_thresh": 0.0, "detections_per_img": 5, "fpn_channels": 32}, data={"image_size": 64},
+    ).eval()
+    with torch.no_grad():  # spread the scores of the random-init head: no near-ties at the top-5 cut
+        module.head.detector.head.classification_head.cls_logits.weight.normal_(std=0.5)
+    g = torch.Generator().manual_seed(1)
+    meta = {"scale": torch.tensor(0.5), "orig_size": torch.tensor([128, 128])}
+    items = [(torch.rand(3, 64, 64, generator=g), {"index": i, **meta}) for i in range(4)]
+    return module, DataLoader(items, batch_size=2, collate_fn=collate_detection)
+
+
+def test_detection_fast_path_channels_last_gives_the_fp32_boxes_and_bf16_is_checked():
+    from b4transfer.predict_detection import run_detection_inference
+
+    module, loader = _detector_and_loader()
+    kwargs = {"accelerator": "cpu", "enable_progress_bar": False}
+    plain, report = run_detection_inference(
+        module, loader, settings=InferenceSettings(precision="32", channels_last=False), trainer_kwargs=kwargs
+    )
+    fast, _ = run_detection_inference(
+        module, loader, settings=InferenceSettings(precision="32", channels_last=True), trainer_kwargs=kwargs
+    )
+    assert "agreement_vs_fp32" not in report  # fp32 eager: nothing to check
+    assert [d["index"] for d in fast] == [0, 1, 2, 3] and all(len(d["boxes"]) == 5 for d in fast)
+    for a, b in zip(plain, fast):  # the same detections (near-equal scores may swap places)
+        dist, j = torch.cdist(a["boxes"], b["boxes"]).min(1)
+        assert float(dist.max()) < 1e-2 and len(set(j.tolist())) == len(j)
+        assert torch.equal(a["labels"], b["labels"][j]) and torch.allclose(a["scores"], b["scores"][j])
+    assert max(float(d["boxes"].max()) for d in fast) > 64  # original-image pixels (scale 0.5)
+    assert all(p.is_contiguous() for p in module.parameters())  # channels_last undone afterwards
+    bf16, report = run_detection_inference(
+        module, loader, settings=InferenceSettings(precision="bf16", check_agreement=4),
+        trainer_kwargs=kwargs, min_score=0.0,
+    )
+    check = report["agreement_vs_fp32"]
+    assert report["precision"] == "bf16" and check["images"] == 4 and check["boxes_compared"] == 2 * 4 * 5
+    assert 0.0 <= check["box_agreement"] <= 1.0 and all(d["boxes"].dtype == torch.float32 for d in bf16)
+
+
+def test_detection_agreement_counts_boxes_found_by_both_runs():
+    from b4transfer.predict_detection import detection_agreement
+
+    module, loader = _detector_and_loader()
+    dataset = loader.dataset
+    same = [module._detection_predict_step(([x], [m]))[0] for x, m in dataset]
+    kwargs = {"n": 4, "device": torch.device("cpu"), "min_score": 0.0}
+    assert detection_agreement(module, dataset, same, **kwargs)["box_agreement"] == 1.0
+    moved = [{**d, "boxes": d["boxes"] + 50.0} for d in same]
+    assert detection_agreement(module, dataset, moved, **kwargs)["box_agreement"] == 0.0
+    relabelled = [{**d, "labels": 1 - d["labels"]} for d in same]
+    assert detection_agreement(module, dataset, relabelled, **kwargs)["box_agreement"] == 0.0
