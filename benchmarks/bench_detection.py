@@ -8,8 +8,9 @@ the ``mode=predict`` path (:func:`~b4transfer.predict_detection.run_detection_in
 pixels) for inference.
 Baseline: the torchvision ``RetinaNet`` that :func:`~b4transfer.heads.detection.build_detector`
 gives as a standalone model (the exported form) holding a copy of the same weights, trained with
-``loss = sum(model(images, targets).values()); zero_grad; backward; step`` (``torch.optim.AdamW``)
-and run with ``model(images)`` under ``torch.no_grad()`` for inference.
+``loss = sum(model(images, targets).values()); zero_grad; backward; step`` (``torch.optim.AdamW``,
+then timm's ``ModelEmaV3`` update, as the library's default EMA does) and run with ``model(images)``
+under ``torch.no_grad()`` for inference.
 
 Training is interleaved inside one ``fit`` exactly as in ``bench_train`` (blocks of library steps and
 baseline steps, validation excluded); inference alternates whole passes over the same images. The
@@ -31,7 +32,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.bench_train import _Interleave
+from benchmarks.bench_train import _Interleave, plain_ema
 from benchmarks.common import Result, interleaved, median, quiet, ratio_of_rounds, side, timed
 
 CLASSES = ("circle", "square", "triangle")
@@ -97,13 +98,14 @@ def standalone_detector(module) -> torch.nn.Module:
     return raw
 
 
-def _baseline_steps(raw: torch.nn.Module, loader: DataLoader):
+def _baseline_steps(raw: torch.nn.Module, loader: DataLoader, ema_decay: float | None):
     raw.train()
     opt = torch.optim.AdamW(raw.parameters(), lr=1e-4, weight_decay=0.05)
-    batches = iter(())
+    ema_update = plain_ema(raw, ema_decay)
+    batches, step = iter(()), 0
 
     def steps(n: int) -> None:
-        nonlocal batches
+        nonlocal batches, step
         for _ in range(n):
             try:
                 images, targets = next(batches)
@@ -115,6 +117,8 @@ def _baseline_steps(raw: torch.nn.Module, loader: DataLoader):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            ema_update(step)
+            step += 1
 
     return steps
 
@@ -134,7 +138,8 @@ def run(p: dict) -> Result:
         module = build_module(cfg, splits)
         raw = standalone_detector(module)
         data = _Data(train, val, b)
-        interleave = _Interleave(_baseline_steps(raw, data._loader(train, True)), k, blocks)
+        ema_decay = float(cfg.ema.decay) if cfg.ema.enabled else None  # the same recipe: EMA on both sides
+        interleave = _Interleave(_baseline_steps(raw, data._loader(train, True), ema_decay), k, blocks)
         trainer = build_trainer(cfg, Path(tmp) / "run", extra_callbacks=[interleave])
         start = time.perf_counter()
         with quiet():
@@ -147,7 +152,8 @@ def run(p: dict) -> Result:
         title=f"Detection (RetinaNet + FPN): library vs raw torchvision detector, {p['model']} @ {size}",
         settings={key: p[key] for key in ("model", "image_size", "batch_size", "k", "rounds", "warmup",
                                          "steps_per_epoch", "predict_images", "predict_rounds")}
-        | {"detector": "retinanet", "fpn_channels": int(cfg.head.fpn_channels), "ema": bool(cfg.ema.enabled)},
+        | {"detector": "retinanet", "fpn_channels": int(cfg.head.fpn_channels),
+           "ema_decay_both_sides": ema_decay},
         library=side(lib, "s/step", images_per_s=b / median(lib)),
         baseline=side(base, "s/step", images_per_s=b / median(base)),
         ratio=ratio_of_rounds(lib, base),

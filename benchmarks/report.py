@@ -31,9 +31,16 @@ NOTES = """\
 - **Training overhead in milliseconds**: `framework_overhead_ms_per_step` is the library's extra time
   per step measured on a tiny model, where it is most of the step; the overhead ratio of any model
   is about 1 + that / its step time. The B0 ratio itself is within a few % of noise run to run.
-- **Cached probe and EMA**: the default EMA of the weights (`ema.enabled=true`) updates and, for each
-  validation, swaps the whole model, frozen backbone included; `cached_epoch_s_without_ema` /
-  `ratio_without_ema` show a cached epoch without it.
+- **EMA on both sides**: the library's default recipe averages the weights (`ema.enabled=true`), so the
+  plain training loops (classification and detection) run timm's `ModelEmaV3` update with the same
+  decay after each step: the ratio compares a hand-written loop with the same recipe (the update is
+  ~2 ms per step for B0 on this CPU).
+- **Cached probe and EMA**: `cached_epoch_s_without_ema` / `ratio_without_ema` show a cached epoch
+  with `ema.enabled=false`; since the EMA skips the frozen backbone (below) the two are about equal.
+- **Detection** compares against the standalone torchvision `RetinaNet` that `build_detector` gives
+  (the exported form) with a copy of the same weights; predict runs the `mode=predict` path
+  (channels_last, bf16 body where native) against fp32 `model(images)`, and reports the share of
+  confident boxes (score >= 0.3) found by both (same class, IoU >= 0.9).
 - **Input pipeline** is per DataLoader worker (one torch thread, as in a worker): with `W` workers
   the loader delivers about `W x` that rate; `workers_to_feed_model` = model images/s / per-worker rate.
 - **Scaling**: the best of a few batches per configuration (not interleaved, so it moves with the
@@ -60,6 +67,12 @@ NOTES = """\
   so the change is not visible in the CPU numbers.
 - Cached-feature linear probe (`data.cache_features=true`): the frozen backbone runs once, not every
   epoch.
+- The EMA skips tensors that are still equal to their average and did not change in a step (frozen
+  stages: no gradient; frozen BatchNorm: eval mode), in its update and in the validation swap: a cached
+  epoch of a B4 probe went from 0.18 s to 0.10 s (the same as without EMA), bit-identical results.
+- Detection `mode=predict` got the classification fast path: channels_last weights (1.4x for B4
+  RetinaNet at 512 px, fp32) and bf16 autocast for the timm body only (FPN and heads stay fp32 for
+  box precision), with a box-agreement check against fp32 eager.
 """
 
 

@@ -56,7 +56,7 @@ PROFILES: dict[str, dict[str, dict]] = {
                           steps_per_epoch=2, predict_images=4, predict_rounds=1),
     },
     "quick": {
-        "train_overhead": dict(model="efficientnet_b0", image_size=160, batch_size=16, k=1, rounds=30,
+        "train_overhead": dict(model="efficientnet_b0", image_size=160, batch_size=16, k=1, rounds=60,
                                warmup=1, steps_per_epoch=10, tiny=_TINY_TRAIN),
         "inference": dict(model="efficientnet_b4", images=32, batch_size=8, rounds=5, latency_rounds=7),
         "input_pipeline": dict(model="efficientnet_b4", images=24, photo_size=[1632, 1224], rounds=5,
