@@ -247,3 +247,49 @@ def test_demo_detection_is_deterministic_with_negatives(tmp_path):
     assert 0 in counts and max(counts) >= 2
     for s in splits.train:  # tight boxes inside the image
         assert (s.boxes[:, 2:] > s.boxes[:, :2]).all() and (s.boxes[:, 2] <= s.size[0]).all()
+
+
+def _exif_rotated_jpeg(path, stored=(64, 48)):
+    """A JPEG stored ``stored`` (width, height) whose EXIF orientation 6 turns it upright as 48x64."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", stored, (200, 10, 10)).save(path, exif=exif, quality=90)
+    return path
+
+
+def _one_image_coco(tmp_path, file_name, width, height):
+    data = {
+        "images": [{"id": 3, "file_name": file_name, "width": width, "height": height}],
+        "annotations": [{"id": 1, "image_id": 3, "category_id": 1, "bbox": [2, 2, 20, 10]}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    (tmp_path / "annotations").mkdir(exist_ok=True)
+    path = tmp_path / "annotations" / "instances_train.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_coco_image_annotated_without_its_exif_rotation_is_refused(tmp_path):
+    _exif_rotated_jpeg(tmp_path / "train" / "phone.jpg")
+    path = _one_image_coco(tmp_path, "phone.jpg", 64, 48)  # the stored size: the tool ignored EXIF
+    with pytest.raises(
+        ValueError,
+        match=r"1 of 1 image\(s\) are not the size the JSON gives them.*image id 3 phone.jpg: JSON 64x48, "
+        r"file 48x64 \(stored 64x48, EXIF-rotated to 48x64\)\). Fix: .*orientation tag",
+    ):
+        read_coco(path, tmp_path / "train")
+    path = _one_image_coco(tmp_path, "phone.jpg", 48, 64)  # annotated upright: accepted
+    _, _, samples, _ = read_coco(path, tmp_path / "train")
+    assert len(samples) == 1
+
+
+def test_coco_image_resized_after_annotation_is_refused(tmp_path):
+    write_image(tmp_path / "train" / "small.png", (32, 24))
+    path = _one_image_coco(tmp_path, "small.png", 64, 48)
+    with pytest.raises(
+        ValueError, match=r"image id 3 small.png: JSON 64x48, file 32x24\)\. Fix: give 'width'/'height'"
+    ):
+        read_coco(path, tmp_path / "train")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import numbers
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from b4transfer.data.detection import (
     assemble_detection_splits,
     make_sample,
 )
-from b4transfer.data.images import ImageLoadError, upright_size
+from b4transfer.data.images import ImageLoadError, stored_and_upright_size, upright_size
 
 SPLITS = ("train", "val", "test")
 _SHOW = 5
@@ -117,7 +118,51 @@ def _images(data: dict, path: Path, image_dir: Path) -> dict[int, tuple[Path, tu
             f"data.train_images / data.val_images; now {image_dir}) at the folder 'file_name' is relative "
             "to, or remove those images from the JSON."
         )
+    _check_sizes(images, path)
     return images
+
+
+def _file_sizes(file: Path) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    try:
+        return stored_and_upright_size(file)
+    except ImageLoadError:  # unreadable: left for drop_unreadable to skip (or refuse)
+        return None
+
+
+def _check_sizes(images: dict[int, tuple[Path, tuple[int, int] | None]], path: Path) -> None:
+    """Refuse images whose file is not the ``width`` x ``height`` the JSON (and so its boxes) says.
+
+    The boxes are in the pixels of the image the annotator saw. b4transfer reads images upright (EXIF
+    orientation applied, as browsers, ultralytics and detectron2 do); a file whose size differs — most
+    often a phone photo whose EXIF tag rotates it by 90 degrees while the tool annotated the stored
+    pixels, or an image resized after annotation — would silently get misplaced boxes.
+    """
+    listed = [(iid, file, size) for iid, (file, size) in images.items() if size is not None]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # header reads only
+        found = list(pool.map(lambda item: _file_sizes(item[1]), listed))
+    bad = [(iid, file, size, f) for (iid, file, size), f in zip(listed, found) if f and f[1] != tuple(size)]
+    if not bad:
+        return
+    rotated = [b for b in bad if b[3][0] == tuple(b[2])]  # the JSON has the stored size: EXIF ignored
+
+    def show(iid, file, size, sizes) -> str:
+        (sw, sh), (uw, uh) = sizes
+        stored = f" (stored {sw}x{sh}, EXIF-rotated to {uw}x{uh})" if (sw, sh) != (uw, uh) else ""
+        return f"image id {iid} {file.name}: JSON {size[0]}x{size[1]}, file {uw}x{uh}{stored}"
+
+    shown = "; ".join(show(*b) for b in bad[:_SHOW])
+    fix = (
+        "the annotations of the EXIF-rotated image(s) were made on the stored pixels, ignoring the "
+        "orientation tag: remove the tag so the file reads as annotated (e.g. `exiftool -Orientation= "
+        "-n FILE`, or re-save the pixels without EXIF), or re-annotate the upright image"
+        if len(rotated) == len(bad)
+        else "give 'width'/'height' (and boxes) for the files as they are now, or use the files that "
+        "were annotated"
+    )
+    raise ValueError(
+        f"{path}: {len(bad)} of {len(listed)} image(s) are not the size the JSON gives them, so their "
+        f"boxes would be misplaced ({shown}{'; ...' if len(bad) > _SHOW else ''}). Fix: {fix}."
+    )
 
 
 def _bbox(ann: dict, path: Path, aid) -> list[float]:

@@ -210,6 +210,15 @@ def upright_size(path: str | Path) -> tuple[int, int]:
     Raises:
         ImageLoadError: The file is missing or its header is not a readable image.
     """
+    return stored_and_upright_size(path)[1]
+
+
+def stored_and_upright_size(path: str | Path) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(width, height)`` as stored in the file, and as :func:`load_rgb` returns it (EXIF-rotated).
+
+    Raises:
+        ImageLoadError: The file is missing or its header is not a readable image.
+    """
     try:
         with Image.open(path) as img:
             width, height = img.size
@@ -219,4 +228,4 @@ def upright_size(path: str | Path) -> tuple[int, int]:
                 swap = False  # a corrupt EXIF block is ignored, as by load_rgb
     except _DECODE_ERRORS as err:
         raise ImageLoadError(path, _reason(err)) from err
-    return (height, width) if swap else (width, height)
+    return (width, height), ((height, width) if swap else (width, height))
