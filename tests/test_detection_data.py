@@ -249,12 +249,12 @@ def test_demo_detection_is_deterministic_with_negatives(tmp_path):
         assert (s.boxes[:, 2:] > s.boxes[:, :2]).all() and (s.boxes[:, 2] <= s.size[0]).all()
 
 
-def _exif_rotated_jpeg(path, stored=(64, 48)):
+def _exif_rotated_jpeg(path, stored=(64, 48), orientation=6):
     """A JPEG stored ``stored`` (width, height) whose EXIF orientation 6 turns it upright as 48x64."""
     from PIL import Image
 
     exif = Image.Exif()
-    exif[0x0112] = 6
+    exif[0x0112] = orientation
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", stored, (200, 10, 10)).save(path, exif=exif, quality=90)
     return path
@@ -293,3 +293,14 @@ def test_coco_image_resized_after_annotation_is_refused(tmp_path):
         ValueError, match=r"image id 3 small.png: JSON 64x48, file 32x24\)\. Fix: give 'width'/'height'"
     ):
         read_coco(path, tmp_path / "train")
+
+
+def test_coco_images_turned_180_degrees_by_exif_are_counted_in_a_warning(tmp_path, caplog):
+    _exif_rotated_jpeg(tmp_path / "train" / "upside.jpg", orientation=3)  # same size either way
+    path = _one_image_coco(tmp_path, "upside.jpg", 64, 48)
+    with caplog.at_level(logging.WARNING):
+        _, _, samples, _ = read_coco(path, tmp_path / "train")
+    assert len(samples) == 1
+    assert "1 image(s) carry an EXIF orientation that flips or turns them by 180 degrees (upside.jpg)" in (
+        caplog.text
+    )

@@ -17,6 +17,7 @@ boxes reaching outside their image are clipped and degenerate ones dropped (coun
 from __future__ import annotations
 
 import json
+import logging
 import numbers
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,10 +31,11 @@ from b4transfer.data.detection import (
     assemble_detection_splits,
     make_sample,
 )
-from b4transfer.data.images import ImageLoadError, stored_and_upright_size, upright_size
+from b4transfer.data.images import ImageLoadError, image_header, upright_size
 
 SPLITS = ("train", "val", "test")
 _SHOW = 5
+log = logging.getLogger(__name__)
 
 
 def load_json(path: Path, key: str) -> object:
@@ -122,9 +124,9 @@ def _images(data: dict, path: Path, image_dir: Path) -> dict[int, tuple[Path, tu
     return images
 
 
-def _file_sizes(file: Path) -> tuple[tuple[int, int], tuple[int, int]] | None:
+def _file_sizes(file: Path) -> tuple[tuple[int, int], tuple[int, int], int] | None:
     try:
-        return stored_and_upright_size(file)
+        return image_header(file)
     except ImageLoadError:  # unreadable: left for drop_unreadable to skip (or refuse)
         return None
 
@@ -142,11 +144,25 @@ def _check_sizes(images: dict[int, tuple[Path, tuple[int, int] | None]], path: P
         found = list(pool.map(lambda item: _file_sizes(item[1]), listed))
     bad = [(iid, file, size, f) for (iid, file, size), f in zip(listed, found) if f and f[1] != tuple(size)]
     if not bad:
+        # A flip or a 180-degree turn (EXIF orientations 2-4) keeps the size: no check can tell whether
+        # those were annotated upright, so say how many there are.
+        flipped = [file.name for (_, file, _), f in zip(listed, found) if f and f[2] in (2, 3, 4)]
+        if flipped:
+            log.warning(
+                "%s: %d image(s) carry an EXIF orientation that flips or turns them by 180 degrees (%s%s). "
+                "b4transfer reads them upright; if they were annotated as stored (some tools ignore the "
+                "tag), their boxes are misplaced. HINT: check one with mode=predict predict.draw=true on a "
+                "trained model, or strip the tag.",
+                path,
+                len(flipped),
+                ", ".join(flipped[:_SHOW]),
+                ", ..." if len(flipped) > _SHOW else "",
+            )
         return
     rotated = [b for b in bad if b[3][0] == tuple(b[2])]  # the JSON has the stored size: EXIF ignored
 
     def show(iid, file, size, sizes) -> str:
-        (sw, sh), (uw, uh) = sizes
+        (sw, sh), (uw, uh), _ = sizes
         stored = f" (stored {sw}x{sh}, EXIF-rotated to {uw}x{uh})" if (sw, sh) != (uw, uh) else ""
         return f"image id {iid} {file.name}: JSON {size[0]}x{size[1]}, file {uw}x{uh}{stored}"
 

@@ -210,11 +210,11 @@ def upright_size(path: str | Path) -> tuple[int, int]:
     Raises:
         ImageLoadError: The file is missing or its header is not a readable image.
     """
-    return stored_and_upright_size(path)[1]
+    return image_header(path)[1]
 
 
-def stored_and_upright_size(path: str | Path) -> tuple[tuple[int, int], tuple[int, int]]:
-    """``(width, height)`` as stored in the file, and as :func:`load_rgb` returns it (EXIF-rotated).
+def image_header(path: str | Path) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """Stored size, upright size (as :func:`load_rgb` returns the image) and EXIF orientation (1: none).
 
     Raises:
         ImageLoadError: The file is missing or its header is not a readable image.
@@ -223,9 +223,10 @@ def stored_and_upright_size(path: str | Path) -> tuple[tuple[int, int], tuple[in
         with Image.open(path) as img:
             width, height = img.size
             try:
-                swap = img.getexif().get(_EXIF_ORIENTATION) in _SWAPS_AXES
+                orientation = int(img.getexif().get(_EXIF_ORIENTATION) or 1)
             except (*_DECODE_ERRORS, KeyError, TypeError, AttributeError):
-                swap = False  # a corrupt EXIF block is ignored, as by load_rgb
+                orientation = 1  # a corrupt EXIF block is ignored, as by load_rgb
     except _DECODE_ERRORS as err:
         raise ImageLoadError(path, _reason(err)) from err
-    return (width, height), ((height, width) if swap else (width, height))
+    swap = orientation in _SWAPS_AXES
+    return (width, height), ((height, width) if swap else (width, height)), orientation
