@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.bench_train import _Interleave, plain_ema
-from benchmarks.common import Result, interleaved, median, quiet, ratio_of_rounds, side, timed
+from benchmarks.common import Result, endless, interleaved, median, quiet, ratio_of_rounds, side, timed
 
 CLASSES = ("circle", "square", "triangle")
 
@@ -102,16 +102,12 @@ def _baseline_steps(raw: torch.nn.Module, loader: DataLoader, ema_decay: float |
     raw.train()
     opt = torch.optim.AdamW(raw.parameters(), lr=1e-4, weight_decay=0.05)
     ema_update = plain_ema(raw, ema_decay)
-    batches, step = iter(()), 0
+    batches, step = endless(loader), 0
 
     def steps(n: int) -> None:
-        nonlocal batches, step
+        nonlocal step
         for _ in range(n):
-            try:
-                images, targets = next(batches)
-            except StopIteration:
-                batches = iter(loader)
-                images, targets = next(batches)
+            images, targets = next(batches)
             targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
             loss = sum(raw(images, targets).values())
             opt.zero_grad(set_to_none=True)

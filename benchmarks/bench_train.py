@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks.common import Result, median, quiet, ratio_of_rounds, side, sync
+from benchmarks.common import Result, endless, median, quiet, ratio_of_rounds, side, sync
 
 
 class _Interleave(L.Callback):
@@ -120,16 +120,12 @@ def _baseline(module, loader, *, device, precision: str, channels_last: bool, em
     ema_update = plain_ema(model, ema_decay)
     step = 0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if "bf16" in precision else None
-    batches = iter(())
+    batches = endless(loader)
 
     def steps(n: int) -> None:
-        nonlocal batches, step
+        nonlocal step
         for _ in range(n):
-            try:
-                x, y = next(batches)
-            except StopIteration:
-                batches = iter(loader)
-                x, y = next(batches)
+            x, y = next(batches)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -14,7 +14,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -84,6 +84,12 @@ def interleaved(
             if r >= warmup:
                 samples[name].append(seconds)
     return samples
+
+
+def endless(loader: Iterable) -> Iterator:
+    """The batches of ``loader``, epoch after epoch (a new pass, and so a new shuffle, each time)."""
+    while True:
+        yield from loader
 
 
 def median(values: list[float]) -> float:
