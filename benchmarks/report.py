@@ -26,8 +26,11 @@ NOTES = """\
   images, so that top-1 decisions mean something; agreement on a real fine-tuned B4 is reported by
   `mode=predict` itself (`summary.json` -> `inference.agreement_vs_fp32`).
 - **Training overhead** counts everything the default `Trainer` does per step (hooks, `self.log`,
-  progress bar, LR monitor, timm scheduler step, epoch-end checkpoints) and excludes validation,
-  which the plain loop does not do. One-time `fit()` set-up is reported apart.
+  progress bar, LR monitor, timm scheduler step, EMA) and excludes validation, which the plain loop
+  does not do. A benchmark epoch is only 8-13 steps, so the blocks holding an epoch end (best + last
+  checkpoint writes) are reported apart, as `epoch_end_extra_s` seconds per epoch, and the ratio is the
+  median over the other blocks (`ratio_all_blocks` includes them). One-time `fit()` set-up is reported
+  apart too.
 - **Training overhead in milliseconds**: `framework_overhead_ms_per_step` is the library's extra time
   per step measured on a tiny model, where it is most of the step; the overhead ratio of any model
   is about 1 + that / its step time. The B0 ratio itself is within a few % of noise run to run.
