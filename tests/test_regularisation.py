@@ -157,3 +157,20 @@ def test_ema_skips_only_tensors_that_cannot_change_and_matches_the_full_update()
     # and the one at step 2 also layer 4 (2), which has not trained yet
     assert fast.skipped_tensors == 3 * 7 + 2
     assert not torch.equal(fast._average_model.module[4].weight, model[4].weight)  # averaged at step 4
+
+
+def test_ema_falls_back_to_the_plain_update_when_the_models_do_not_line_up():
+    from torch.optim.swa_utils import AveragedModel
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = EMA(decay=0.5)
+    ema._average_model = AveragedModel(model, use_buffers=True, multi_avg_fn=ema._update)
+    wrapped = torch.nn.Sequential(torch.nn.Sequential(*model))  # one more module level, same tensors
+    ema.after_batch(wrapped, stepped=True, update=True)
+    assert not ema._exact and ema._in_sync is None  # not lined up: no skipping, plain EMA from here
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.after_batch(wrapped, stepped=True, update=True)
+    # lerp towards the moved weight with weight 1 - decay_at(1): the average ends decay_at(1) short of it
+    expected = model[0].weight - ema.decay_at(1) * 1.0
+    assert torch.allclose(ema._average_model.module[0].weight, expected) and ema.skipped_tensors == 0

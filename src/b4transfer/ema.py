@@ -17,7 +17,8 @@ in this step is left alone, since ``lerp(a, a, w) == a``. "Did not change": a pa
 skipped (its ``.grad`` is ``None`` after the step: frozen stages, the backbone of a cached-feature probe)
 or a buffer of a module in eval mode (frozen BatchNorm). Once a tensor changes it is averaged at every
 update, as before. On a linear probe of B4 this drops the per-step EMA cost from the whole network
-(19 M parameters) to the head. Under FSDP (sharded parameters) every tensor is averaged.
+(19 M parameters) to the head. Under FSDP (sharded parameters), or if the averaged copy and the model
+do not line up module by module, every tensor is averaged as usual.
 """
 
 from __future__ import annotations
@@ -131,6 +132,13 @@ class EMA(WeightAveraging):
             # what "may have changed" reads: a parameter's .grad, a buffer's module's training flag
             self._grad_of = [c for _, c in params]
             self._owner_of = [c for _, c in owners for _ in c.buffers(recurse=False)]
+            counts = {
+                len(self._pairs),
+                len(list(averaged.parameters())) + len(list(averaged.buffers())),
+                len(list(pl_module.parameters())) + len(list(pl_module.buffers())),
+            }
+            if len(counts) != 1 or any(a.shape != c.shape or a.dtype != c.dtype for a, c in self._pairs):
+                self._exact = False  # the two models do not line up module by module: plain EMA
         return self._pairs
 
     def _may_have_changed(self, *, params: bool) -> list[bool]:
@@ -142,13 +150,14 @@ class EMA(WeightAveraging):
     @torch.no_grad()
     def _update_changed(self, pl_module: L.LightningModule) -> None:
         averaged_model = self._average_model
+        pairs = self._tensor_pairs(pl_module) if self._exact else []
         if not self._exact or averaged_model.n_averaged == 0 or self._in_sync is None:
             averaged_model.update_parameters(pl_module)  # the first update copies everything
             if self._exact:  # after a restore: which tensors this full update left equal (frozen ones)
-                self._in_sync = [torch.equal(a, c.to(a.device)) for a, c in self._tensor_pairs(pl_module)]
+                self._in_sync = [torch.equal(a, c.to(a.device)) for a, c in pairs]
             return
         groups: dict[tuple, tuple[list, list]] = {}
-        for (avg, cur), in_sync in zip(self._tensor_pairs(pl_module), self._in_sync):
+        for (avg, cur), in_sync in zip(pairs, self._in_sync):
             if in_sync:  # equal to its average and unchanged since: lerp(a, a, w) == a
                 self.skipped_tensors += 1
                 continue
