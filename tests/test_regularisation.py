@@ -44,7 +44,10 @@ def test_validation_checkpoint_and_export_use_the_ema_weights(tiny_cfg, tmp_path
 
 
 def test_ema_keeps_a_frozen_backbone_bit_identical(tiny_cfg):
-    module, _ = _fit(tiny_cfg("finetune=linear_probe", "ema.enabled=true", "ema.decay=0.5"))
+    module, trainer = _fit(tiny_cfg("finetune=linear_probe", "ema.enabled=true", "ema.decay=0.5"))
+    ema = next(cb for cb in trainer.callbacks if isinstance(cb, EMA))
+    n_backbone = len(list(module.backbone.parameters())) + len(list(module.backbone.buffers()))
+    assert ema._exact and ema.skipped_tensors >= n_backbone  # the frozen backbone is skipped, not lerped
     ckpt = torch.load(module.trainer.checkpoint_callback.best_model_path, weights_only=False)
     raw, averaged = ckpt["current_model_state"], ckpt["state_dict"]  # raw == start: linear probe
     assert all(torch.equal(raw[k], averaged[k]) for k in raw if k.startswith("backbone."))
