@@ -25,7 +25,7 @@ def _module(detector: str, **head) -> TransferModule:
         model=TINY,
         task="detection",
         data={"image_size": 64},
-        head={"detector": detector, "fpn_channels": 32, **head},
+        head={"detector": detector, "fpn_channels": 64 if detector == "fcos" else 32, **head},
     )
 
 
@@ -152,6 +152,10 @@ def _body():
         (
             {"detector": "fcos", "fpn_channels": 48},
             r"head.fpn_channels=48 is invalid: .*FCOS: a multiple of 32",
+        ),
+        (
+            {"detector": "fcos", "fpn_channels": 32},  # 64 px: P7 is 1x1, GroupNorm(32) of single values
+            r"head.fpn_channels=32 is invalid: at image size 64 FCOS's coarsest level is 1x1.*=64",
         ),
         (
             {"anchor_sizes": [[32], [64]]},

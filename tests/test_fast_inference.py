@@ -208,3 +208,21 @@ def test_detection_agreement_counts_boxes_found_by_both_runs():
     assert detection_agreement(module, dataset, moved, **kwargs)["box_agreement"] == 0.0
     relabelled = [{**d, "labels": 1 - d["labels"]} for d in same]
     assert detection_agreement(module, dataset, relabelled, **kwargs)["box_agreement"] == 0.0
+
+
+@pytest.mark.parametrize("detector", ["retinanet", "fcos", "faster_rcnn"])
+def test_bf16_detector_runs_the_body_in_bf16_and_restores_it(detector):
+    from b4transfer.predict_detection import Bf16Part, bf16_detector
+
+    module = TransferModule(
+        task="detection", class_names=["a", "b"], model={"name": "test_efficientnet", "pretrained": False},
+        head={"detector": detector, "fpn_channels": 64}, data={"image_size": 64},
+    ).eval()
+    body = module.backbone
+    with bf16_detector(module, "cpu"):
+        assert isinstance(module.backbone, Bf16Part)
+        assert all(m.dtype == torch.float32 for m in module.backbone(torch.rand(1, 3, 64, 64)))
+        module._share_backbone()
+        out = module.head([torch.rand(3, 64, 64)])[0]
+        assert out["boxes"].dtype == torch.float32
+    assert module.backbone is body
