@@ -104,6 +104,15 @@ def test_pretrained_without_network_fails_fast_with_the_three_ways_out(tmp_path)
         assert way_out in message, message[-3000:]
 
 
+def test_bad_data_source_is_one_message_exit_2(tmp_path):
+    """Errors raised inside Hydra's instantiate (the data sources) read like every other user error."""
+    proc = cli("data=folder", f"data.root={tmp_path / 'nowhere'}", "model.pretrained=false", cwd=tmp_path,
+               timeout=60)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"b4transfer: error: data.root='{tmp_path / 'nowhere'}': folder" in proc.stderr
+    assert "does not exist. Fix:" in proc.stderr and "Error in call to target" not in proc.stderr
+
+
 def test_unknown_key_fails_with_hydra_message(tmp_path):
     proc = cli("data.batchsize=4", cwd=tmp_path, timeout=60)
     assert proc.returncode != 0

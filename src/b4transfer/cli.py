@@ -50,12 +50,17 @@ def _main(cfg: DictConfig) -> float | None:
 
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).propagate = False  # they print themselves; no second copy via Hydra
+    from hydra.errors import InstantiationException
+
+    user_errors = (*_USER_ERRORS, PretrainedWeightsUnavailable)
     try:
         return objective(cfg, run(cfg))
-    except (*_USER_ERRORS, PretrainedWeightsUnavailable) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except (*user_errors, InstantiationException) as err:
+        # Hydra's instantiate (data sources, schedules, ...) wraps the error it called into
+        user_error = err.__cause__ if isinstance(err, InstantiationException) else err
+        if not isinstance(user_error, user_errors) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"\nb4transfer: error: {err}\n(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+        print(f"\nb4transfer: error: {user_error}\n(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
 
 
