@@ -113,6 +113,15 @@ def test_bad_data_source_is_one_message_exit_2(tmp_path):
     assert "does not exist. Fix:" in proc.stderr and "Error in call to target" not in proc.stderr
 
 
+def test_lightning_misconfiguration_is_one_message_exit_2(tmp_path):
+    proc = cli(*TINY, "trainer.max_epochs=-3", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "b4transfer: error: `max_epochs` must be a non-negative integer or -1. You passed in -3." in (
+        proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
+
+
 def test_unknown_key_fails_with_hydra_message(tmp_path):
     proc = cli("data.batchsize=4", cwd=tmp_path, timeout=60)
     assert proc.returncode != 0

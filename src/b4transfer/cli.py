@@ -51,8 +51,9 @@ def _main(cfg: DictConfig) -> float | None:
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).propagate = False  # they print themselves; no second copy via Hydra
     from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    user_errors = (*_USER_ERRORS, PretrainedWeightsUnavailable)
+    user_errors = (*_USER_ERRORS, PretrainedWeightsUnavailable, MisconfigurationException)
     try:
         return objective(cfg, run(cfg))
     except (*user_errors, InstantiationException) as err:
