@@ -26,6 +26,7 @@ eager and ``summary.json`` reports ``box_agreement``: the share of confident box
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 from collections.abc import Iterator
@@ -258,6 +259,15 @@ def coco_results(detections: list[dict], ids: list[int], category_ids: list[int]
     return results
 
 
+# Label text in white on a box-coloured background, readable over the object (torchvision >= 0.23;
+# older versions draw the text in the box colour).
+_LABEL_STYLE = (
+    {"fill_labels": True, "label_colors": "white"}
+    if "fill_labels" in inspect.signature(draw_bounding_boxes).parameters
+    else {}
+)
+
+
 def draw(path: Path, det: dict, class_names: list[str], out: Path, min_score: float) -> None:
     """Save ``path`` with the detections scoring ``>= min_score`` drawn on it."""
     image = torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1)
@@ -267,7 +277,9 @@ def draw(path: Path, det: dict, class_names: list[str], out: Path, min_score: fl
     colours = [_PALETTE[lb % len(_PALETTE)] for lb in labels]
     width = max(1, round(max(image.shape[-2:]) / 300))
     if text:  # torchvision warns on an empty box list
-        image = draw_bounding_boxes(image, det["boxes"][keep], labels=text, colors=colours, width=width)
+        image = draw_bounding_boxes(
+            image, det["boxes"][keep], labels=text, colors=colours, width=width, **_LABEL_STYLE
+        )
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(out)
 
 
