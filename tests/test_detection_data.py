@@ -304,3 +304,23 @@ def test_coco_images_turned_180_degrees_by_exif_are_counted_in_a_warning(tmp_pat
     assert "1 image(s) carry an EXIF orientation that flips or turns them by 180 degrees (upside.jpg)" in (
         caplog.text
     )
+
+
+def test_yolo_split_first_layout_reads_like_the_ultralytics_one(tmp_path):
+    """Roboflow's export: train/images + train/labels, valid/images + valid/labels, data.yaml at the root."""
+    import shutil
+
+    coco_root = ensure_demo_detection(tmp_path / "coco", image_size=64, train_images=8, val_images=4)
+    yolo_root = coco_to_yolo(coco_root, tmp_path / "yolo")
+    flat = tmp_path / "roboflow"
+    shutil.copytree(yolo_root, flat, ignore=shutil.ignore_patterns("images", "labels"))
+    for split, name in (("train", "train"), ("val", "valid")):
+        for kind in ("images", "labels"):
+            shutil.copytree(yolo_root / kind / split, flat / name / kind)
+    a, b = yolo_splits(yolo_root), yolo_splits(flat)
+    for split in ("train", "val"):
+        sa, sb = getattr(a, split), getattr(b, split)
+        assert [s.path.name for s in sa] == [s.path.name for s in sb] and len(sa) > 0
+        for x, y in zip(sa, sb):
+            np.testing.assert_array_equal(x.boxes, y.boxes)
+            np.testing.assert_array_equal(x.labels, y.labels)

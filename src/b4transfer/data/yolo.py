@@ -6,7 +6,9 @@
     root/images/train/a.jpg   root/labels/train/a.txt    "<class> <cx> <cy> <w> <h>" per line,
     root/images/val/b.jpg     root/labels/val/b.txt      normalised to 0..1 by the image size
 
-``valid/`` is accepted for ``val/``; without a val folder a seeded share of train is held out. A
+The split-first layout of Roboflow's YOLO exports (``train/images``, ``train/labels``, ``valid/...``,
+``test/...``) works too. ``valid/`` is accepted for ``val/``; without a val folder a seeded share of
+train is held out. A
 polygon line (``<class> x1 y1 x2 y2 ...``, ultralytics' segment format) becomes its bounding box.
 An image without a label file, or with an empty one, is a negative. Labels are the class indices;
 for COCO results JSON the category id of class ``i`` is ``i``. Malformed lines stop at start-up with
@@ -166,9 +168,13 @@ def _read_split(images_dir: Path, labels_dir: Path, names: list[str], cleaner: B
 
 
 def _split_dir(root: Path, split: str) -> tuple[Path, Path] | None:
+    """``(images, labels)`` folders of a split: ``images/<split>`` (ultralytics) or ``<split>/images``
+    (the split-first layout of Roboflow's YOLO exports: ``train/``, ``valid/``, ``test/``)."""
     for name in SPLIT_DIRS[split]:
         if (root / "images" / name).is_dir():
             return root / "images" / name, root / "labels" / name
+        if (root / name / "images").is_dir():
+            return root / name / "images", root / name / "labels"
     return None
 
 
@@ -197,8 +203,9 @@ def yolo_splits(
     root = Path(root).expanduser()
     if _split_dir(root, "train") is None:
         raise FileNotFoundError(
-            f"data.root={str(root)!r}: no images/train folder. Fix: use the ultralytics layout "
-            "images/{train,val}/ + labels/{train,val}/ with a data.yaml or classes.txt."
+            f"data.root={str(root)!r}: no images/train (or train/images) folder. Fix: use the ultralytics "
+            "layout images/{train,val}/ + labels/{train,val}/, or train/{images,labels}/ + "
+            "valid/{images,labels}/, with a data.yaml or classes.txt."
         )
     names = read_class_names(root, names_file)
     cleaner = BoxCleaner(root / "labels")
