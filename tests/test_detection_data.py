@@ -324,3 +324,22 @@ def test_yolo_split_first_layout_reads_like_the_ultralytics_one(tmp_path):
         for x, y in zip(sa, sb):
             np.testing.assert_array_equal(x.boxes, y.boxes)
             np.testing.assert_array_equal(x.labels, y.labels)
+
+
+def test_coco_root_finds_roboflows_export_layout(tmp_path):
+    """train/_annotations.coco.json beside its images, valid/ for validation."""
+    import shutil
+
+    std = ensure_demo_detection(tmp_path / "std", image_size=64, train_images=6, val_images=3)
+    rf = tmp_path / "rf"
+    for split, folder in (("train", "train"), ("val", "valid")):
+        shutil.copytree(std / split, rf / folder)
+        shutil.copy(std / "annotations" / f"instances_{split}.json", rf / folder / "_annotations.coco.json")
+    a, b = coco_splits(std), coco_splits(rf)
+    assert a.class_names == b.class_names and a.category_ids == b.category_ids
+    for split in ("train", "val"):
+        sa, sb = getattr(a, split), getattr(b, split)
+        assert [s.path.name for s in sa] == [s.path.name for s in sb] and len(sa) > 0
+        assert all(s.path.parent == rf / ("valid" if split == "val" else "train") for s in sb)
+        for x, y in zip(sa, sb):
+            np.testing.assert_array_equal(x.boxes, y.boxes)

@@ -294,8 +294,13 @@ def _image_dir_for(root: Path, json_path: Path, split: str) -> Path:
     )
 
 
+ROBOFLOW_JSON = "_annotations.coco.json"
+ROBOFLOW_DIRS = {"train": ("train",), "val": ("valid", "val"), "test": ("test",)}
+
+
 def find_coco_layout(root: str | Path) -> dict[str, tuple[Path, Path]]:
-    """``{split: (json, image_dir)}`` of the standard COCO layout under ``root`` (train required)."""
+    """``{split: (json, image_dir)}`` under ``root`` (train required): the standard COCO layout, else
+    Roboflow's export (``train/_annotations.coco.json`` beside the images; ``valid/``, ``test/``)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
@@ -312,11 +317,17 @@ def find_coco_layout(root: str | Path) -> dict[str, tuple[Path, Path]]:
             )
         if matches:
             found[split] = (matches[0], _image_dir_for(root, matches[0], split))
+    if "train" not in found:  # Roboflow's COCO export: <split>/_annotations.coco.json next to the images
+        for split, folders in ROBOFLOW_DIRS.items():
+            for folder in folders:
+                if (root / folder / ROBOFLOW_JSON).is_file():
+                    found[split] = (root / folder / ROBOFLOW_JSON, root / folder)
+                    break
     if "train" not in found:
         raise FileNotFoundError(
-            f"data.root={str(root)!r}: no annotations/instances_train*.json. Fix: use the standard COCO "
-            "layout (annotations/instances_train2017.json + train2017/), or name the files with "
-            "data.train_json=FILE data.train_images=DIR (and data.val_json / data.val_images)."
+            f"data.root={str(root)!r}: no annotations/instances_train*.json (nor train/{ROBOFLOW_JSON}). "
+            "Fix: use the standard COCO layout (annotations/instances_train2017.json + train2017/), or name "
+            "the files with data.train_json=FILE data.train_images=DIR (and data.val_json / data.val_images)."
         )
     return found
 
