@@ -343,3 +343,17 @@ def test_coco_root_finds_roboflows_export_layout(tmp_path):
         assert all(s.path.parent == rf / ("valid" if split == "val" else "train") for s in sb)
         for x, y in zip(sa, sb):
             np.testing.assert_array_equal(x.boxes, y.boxes)
+
+
+def test_coco_categories_without_training_boxes_are_named_in_a_warning(tmp_path, caplog):
+    path = _coco(
+        tmp_path,
+        [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
+        categories=[{"id": 0, "name": "cells"}, {"id": 1, "name": "cat"}],
+    )
+    with caplog.at_level(logging.WARNING):
+        splits = coco_splits(
+            train_json=path, train_images=tmp_path / "train", val_json=path, val_images=tmp_path / "train"
+        )
+    assert splits.class_names == ["cells", "cat"]
+    assert "1 of 2 categories have no training annotations: cells (id 0)" in caplog.text
