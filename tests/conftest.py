@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,10 @@ from b4transfer.cli import config_dir
 # Tiny models on a small, shared CPU: one intra-op thread is many times faster than two (measured 10x
 # on 2 busy cores: OpenMP threads spin against other processes). CLI subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The image-check cache of this test session: never the user's ~/.cache (subprocesses inherit it).
+os.environ.setdefault(
+    "B4TRANSFER_CHECK_CACHE", os.path.join(tempfile.mkdtemp(prefix="b4t-checks-"), "image_checks.sqlite3")
+)
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}

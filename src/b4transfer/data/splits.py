@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from b4transfer.data.check_cache import cached_checks
 from b4transfer.data.images import ImageLoadError, check_image
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,9 @@ def drop_unreadable(
 ) -> tuple[list[Sample], list[tuple[Path, str]]]:
     """Decode every image once at start-up and leave out (or refuse) unreadable ones.
 
+    Files an earlier run already checked, unchanged since (path, size, mtime), are not decoded again
+    (:mod:`b4transfer.data.check_cache`).
+
     Args:
         samples: Samples to check.
         on_bad_image: ``"skip"``: drop bad images and log one warning with their count
@@ -168,8 +172,14 @@ def drop_unreadable(
     """
     check_on_bad_image(on_bad_image)
     paths = [s.path for s in samples]
-    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
-        reasons = list(pool.map(check_image, paths))
+
+    def check(files: list[Path]) -> list[str | None]:
+        with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+            return list(pool.map(check_image, files))
+
+    reasons, n_cached = cached_checks(paths, check)  # unchanged files checked by an earlier run
+    if n_cached:
+        log.info("Image check: %d of %d files unchanged since an earlier run's check.", n_cached, len(paths))
     good = [s for s, r in zip(samples, reasons) if r is None]
     bad = [(s.path, r) for s, r in zip(samples, reasons) if r is not None]
     if bad and on_bad_image == "error":
