@@ -17,6 +17,8 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from b4transfer.data.demo import cache_root
+
 log = logging.getLogger(__name__)
 
 _CHUNK = 500  # paths per SELECT (SQLite's variable limit is 999 on old builds)
@@ -29,8 +31,7 @@ def cache_file() -> Path | None:
         return None
     if setting:
         return Path(setting).expanduser()
-    base = Path(os.environ.get("B4TRANSFER_CACHE") or Path.home() / ".cache" / "b4transfer").expanduser()
-    return base / "image_checks.sqlite3"
+    return cache_root() / "image_checks.sqlite3"
 
 
 def _key(path: Path) -> tuple[str, int, int] | None:

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,14 @@ MARKER = ".complete"
 _SUPERSAMPLE = 2  # shapes are drawn at 2x and downsampled: anti-aliased edges
 
 
+def cache_root() -> Path:
+    """``$B4TRANSFER_CACHE``, else ``~/.cache/b4transfer``: generated demo sets, the image-check cache."""
+    return Path(os.environ.get("B4TRANSFER_CACHE") or Path.home() / ".cache" / "b4transfer").expanduser()
+
+
 def default_demo_root(image_size: int, train_per_class: int, val_per_class: int, seed: int) -> Path:
-    """``$B4TRANSFER_CACHE`` (or ``~/.cache/b4transfer``) / ``demo-v1-<size>-<train>-<val>-<seed>``."""
-    base = Path(os.environ.get("B4TRANSFER_CACHE") or Path.home() / ".cache" / "b4transfer")
-    name = f"demo-{DEMO_VERSION}-{image_size}-{train_per_class}-{val_per_class}-{seed}"
-    return base.expanduser() / name
+    """:func:`cache_root` / ``demo-v1-<size>-<train>-<val>-<seed>``."""
+    return cache_root() / f"demo-{DEMO_VERSION}-{image_size}-{train_per_class}-{val_per_class}-{seed}"
 
 
 def _hsv255(h: float, s: float, v: float) -> np.ndarray:
@@ -125,24 +129,32 @@ def _write_images(folder: Path, *, image_size: int, counts: dict[str, int], seed
                 render_demo_image(class_index, rng, image_size).save(class_dir / f"{i:04d}.png")
 
 
-def _check_args(image_size: int, train_per_class: int, val_per_class: int) -> None:
-    for key, value, low in (
-        ("image_size", image_size, 16),
-        ("train_per_class", train_per_class, 1),
-        ("val_per_class", val_per_class, 1),
-    ):
+def check_int_args(*specs: tuple[str, object, int]) -> None:
+    """Refuse any ``(key, value, low)`` whose value is not an integer >= low, naming ``data.<key>``."""
+    for key, value, low in specs:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"demo {key} must be an integer >= {low}, got {value!r}. Fix: set data.{key}.")
 
 
-def _write_atomically(root: Path, *, image_size: int, counts: dict[str, int], seed: int) -> None:
-    """Generate into a temp folder beside ``root``, marker last, then rename it into place."""
+def ensure_generated(root: Path, info: dict, write: Callable[[Path], None]) -> Path:
+    """Generate a data set into ``root`` once: ``write(folder)`` fills a temp folder beside ``root``, the
+    marker (holding ``info``) goes in last, then the folder is renamed into place (atomic).
+
+    A finished set (marker present) is returned as it is; a non-empty ``root`` without the marker is
+    never touched (:class:`FileExistsError`); an interrupted generation leaves nothing behind.
+    """
+    if (root / MARKER).is_file():
+        return root
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(
+            f"Demo data root {root} exists but is not a finished demo dataset (no {MARKER} marker); "
+            "it is left untouched. Fix: delete it, or choose another data.root for the demo data."
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        _write_images(tmp, image_size=image_size, counts=counts, seed=seed)
-        info = {"version": DEMO_VERSION, "classes": list(DEMO_CLASSES), "image_size": image_size}
-        (tmp / MARKER).write_text(json.dumps({**info, **counts, "seed": seed}) + "\n")
+        write(tmp)
+        (tmp / MARKER).write_text(json.dumps(info) + "\n")
         tmp.chmod(0o755)
         try:
             os.rename(tmp, root)  # atomic; replaces an empty folder
@@ -151,6 +163,7 @@ def _write_atomically(root: Path, *, image_size: int, counts: dict[str, int], se
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return root
 
 
 def ensure_demo(
@@ -176,18 +189,23 @@ def ensure_demo(
     Raises:
         FileExistsError: ``root`` exists, is not empty and is not a finished demo set.
     """
-    _check_args(image_size, train_per_class, val_per_class)
+    check_int_args(
+        ("image_size", image_size, 16),
+        ("train_per_class", train_per_class, 1),
+        ("val_per_class", val_per_class, 1),
+    )
     if root is None:
         root = default_demo_root(image_size, train_per_class, val_per_class, seed)
-    root = Path(root).expanduser()
-    if (root / MARKER).is_file():
-        return root
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(
-            f"Demo data root {root} exists but is not a finished demo dataset (no {MARKER} marker); "
-            "it is left untouched. Fix: delete it, or choose another data.root for the demo data."
-        )
-    _write_atomically(
-        root, image_size=image_size, counts={"train": train_per_class, "val": val_per_class}, seed=seed
+    counts = {"train": train_per_class, "val": val_per_class}
+    info = {
+        "version": DEMO_VERSION,
+        "classes": list(DEMO_CLASSES),
+        "image_size": image_size,
+        **counts,
+        "seed": seed,
+    }
+    return ensure_generated(
+        Path(root).expanduser(),
+        info,
+        lambda folder: _write_images(folder, image_size=image_size, counts=counts, seed=seed),
     )
-    return root

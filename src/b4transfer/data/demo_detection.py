@@ -15,29 +15,31 @@ are the tight boxes of the drawn shapes.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from b4transfer.data.demo import _background, _hsv255, _polygon
+from b4transfer.data.demo import (
+    _background,
+    _hsv255,
+    _polygon,
+    cache_root,
+    check_int_args,
+    ensure_generated,
+)
 
 DEMO_DETECTION_CLASSES = ("circle", "square", "triangle")
 DEMO_DETECTION_VERSION = "v1"
-MARKER = ".complete"
 _SUPERSAMPLE = 2
 _OBJECTS = (0, 1, 2, 3, 4)
 _OBJECT_P = (0.1, 0.3, 0.3, 0.2, 0.1)
 
 
 def default_demo_detection_root(image_size: int, train_images: int, val_images: int, seed: int) -> Path:
-    """``$B4TRANSFER_CACHE`` (or ``~/.cache/b4transfer``) / ``demo-detection-v1-<size>-<n>-<n>-<seed>``."""
-    base = Path(os.environ.get("B4TRANSFER_CACHE") or Path.home() / ".cache" / "b4transfer")
+    """:func:`~b4transfer.data.demo.cache_root` / ``demo-detection-v1-<size>-<n>-<n>-<seed>``."""
     name = f"demo-detection-{DEMO_DETECTION_VERSION}-{image_size}-{train_images}-{val_images}-{seed}"
-    return base.expanduser() / name
+    return cache_root() / name
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -151,46 +153,25 @@ def ensure_demo_detection(
     Raises:
         FileExistsError: ``root`` exists, is not empty and is not a finished demo set.
     """
-    for key, value, low in (
-        ("image_size", image_size, 64),
-        ("train_images", train_images, 1),
-        ("val_images", val_images, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"demo {key} must be an integer >= {low}, got {value!r}. Fix: set data.{key}.")
+    check_int_args(
+        ("image_size", image_size, 64), ("train_images", train_images, 1), ("val_images", val_images, 1)
+    )
     if root is None:
         root = default_demo_detection_root(image_size, train_images, val_images, seed)
-    root = Path(root).expanduser()
-    if (root / MARKER).is_file():
-        return root
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(
-            f"Demo data root {root} exists but is not a finished demo dataset (no {MARKER} marker); "
-            "it is left untouched. Fix: delete it, or choose another data.root for the demo data."
-        )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+    info = {
+        "version": DEMO_DETECTION_VERSION,
+        "classes": list(DEMO_DETECTION_CLASSES),
+        "image_size": image_size,
+        "train": train_images,
+        "val": val_images,
+        "seed": seed,
+    }
+
+    def write(folder: Path) -> None:
         for split_id, (split, count) in enumerate((("train", train_images), ("val", val_images))):
-            _write_split(tmp, split, split_id, count, image_size, seed)
-        info = {
-            "version": DEMO_DETECTION_VERSION,
-            "classes": list(DEMO_DETECTION_CLASSES),
-            "image_size": image_size,
-            "train": train_images,
-            "val": val_images,
-            "seed": seed,
-        }
-        (tmp / MARKER).write_text(json.dumps(info) + "\n")
-        tmp.chmod(0o755)
-        try:
-            os.rename(tmp, root)  # atomic; replaces an empty folder
-        except OSError:
-            if not (root / MARKER).is_file():  # not another process finishing first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+            _write_split(folder, split, split_id, count, image_size, seed)
+
+    return ensure_generated(Path(root).expanduser(), info, write)
 
 
 def demo_detection_splits(
