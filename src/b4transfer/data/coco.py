@@ -383,17 +383,6 @@ def coco_splits(
             "data.train_images=DIR. Fix: set one of them."
         )
     names, ids, train, cleaner = read_coco(*files["train"], key="data.train_json")
-    seen = {int(label) for sample in train for label in sample.labels}
-    unseen = [f"{n} (id {i})" for k, (n, i) in enumerate(zip(names, ids)) if k not in seen]
-    if unseen:
-        log.warning(
-            "%s: %d of %d categories have no training annotations: %s. The detector cannot learn them (a "
-            "Roboflow export's parent category, listed without boxes, is one of these and harmless).",
-            files["train"][0],
-            len(unseen),
-            len(names),
-            ", ".join(unseen[:_SHOW]) + (", ..." if len(unseen) > _SHOW else ""),
-        )
     tagged, counts = {"train": train}, list(cleaner.report())
     for split in ("val", "test"):
         if split in files:

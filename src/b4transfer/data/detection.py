@@ -218,9 +218,16 @@ def assemble_detection_splits(
         np.concatenate([s.labels for s in parts["train"]] or [np.zeros(0, np.int64)]),
         minlength=len(class_names),
     )
-    empty = [name for name, n in zip(class_names, counts) if not n]
+    empty = [f"{name} (id {cid})" for name, cid, n in zip(class_names, category_ids, counts) if not n]
     if empty:
-        log.warning("%s: class(es) %s have no training boxes; the model can never learn them.", source, empty)
+        log.warning(
+            "%s: %d of %d categories have no training annotations: %s; the model can never learn them (a "
+            "Roboflow export's parent category, listed without boxes, is one of these and harmless).",
+            source,
+            len(empty),
+            len(class_names),
+            ", ".join(empty[:_SHOW]) + (", ..." if len(empty) > _SHOW else ""),
+        )
     return DetectionSplits(
         list(class_names),
         [int(i) for i in category_ids],
