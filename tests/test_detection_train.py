@@ -126,26 +126,29 @@ def test_predict_writes_coco_results_that_pycocotools_loads_and_drawn_pngs(det_c
     assert len(list((out / "predict_drawn").glob("*.png"))) == 8
 
 
-def _gt_as_predictions(splits):
+def _gt_as_predictions(tmp_path):
+    """``small_coco`` ground truth as perfect predictions, through the library's metric inputs.
+
+    Returns ``(splits, head, preds, gts, targets)``: predictions and ground truth in original pixels.
+    """
+    small_coco(tmp_path)  # includes a crowd box and an image with no boxes
+    splits = coco_splits(tmp_path, val_fraction=0.34)
+    splits.val = splits.train + splits.val
     datamodule = DetectionDataModule(splits, image_size=64, mean=(0.5, 0.5, 0.5))
     preds, targets = [], []
     for _, target in datamodule.dataset("val"):  # the eval letterbox: exact map back to the original
         n = len(target["labels"])
         preds.append({"boxes": target["boxes"], "scores": torch.ones(n), "labels": target["labels"]})
         targets.append(target)
-    return preds, targets
+    body = build_feature_backbone({"name": "test_efficientnet", "pretrained": False})
+    head = DetectionHead(body, 2, image_size=64, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
+    return (splits, head, *head.metric_inputs(preds, targets), targets)
 
 
 def test_ground_truth_fed_back_as_predictions_scores_map_one(tmp_path):
     """COCO round trip: letterboxed targets -> library evaluation in original pixels, and -> results JSON."""
-    small_coco(tmp_path)  # includes a crowd box and an image with no boxes
-    splits = coco_splits(tmp_path, val_fraction=0.34)
-    splits.val = splits.train + splits.val
-    preds, targets = _gt_as_predictions(splits)
-    body = build_feature_backbone({"name": "test_efficientnet", "pretrained": False})
-    head = DetectionHead(body, 2, image_size=64, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
+    splits, head, p, g, targets = _gt_as_predictions(tmp_path)
     metric = head.build_metrics()
-    p, g = head.metric_inputs(preds, targets)
     keep = [t["iscrowd"] == 0 for t in targets]  # a detector would not predict the crowd region
     metric.update([{k: v[m] for k, v in d.items()} for d, m in zip(p, keep)], g)
     values = metric.compute()
@@ -164,14 +167,8 @@ def test_ground_truth_fed_back_as_predictions_scores_map_one(tmp_path):
 
 
 def test_a_missed_object_lowers_map(tmp_path):
-    small_coco(tmp_path)
-    splits = coco_splits(tmp_path, val_fraction=0.34)
-    splits.val = splits.train + splits.val
-    preds, targets = _gt_as_predictions(splits)
-    body = build_feature_backbone({"name": "test_efficientnet", "pretrained": False})
-    head = DetectionHead(body, 2, image_size=64, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
+    _, head, p, g, targets = _gt_as_predictions(tmp_path)
     metric = head.build_metrics()
-    p, g = head.metric_inputs(preds, targets)
     p = [{k: v[:0] for k, v in d.items()} if len(t["labels"]) == 2 else d for d, t in zip(p, targets)]
     metric.update(p, g)
     assert metric.compute()["map"].item() < 0.9
