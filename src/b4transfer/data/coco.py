@@ -32,9 +32,9 @@ from b4transfer.data.detection import (
     make_sample,
 )
 from b4transfer.data.images import ImageLoadError, image_header, upright_size
+from b4transfer.data.splits import shown
 
 SPLITS = ("train", "val", "test")
-_SHOW = 5
 log = logging.getLogger(__name__)
 
 
@@ -113,12 +113,11 @@ def _images(data: dict, path: Path, image_dir: Path) -> dict[int, tuple[Path, tu
         images[iid] = (image_dir / str(img["file_name"]), (int(w), int(h)) if ok else None)
     missing = [(iid, p) for iid, (p, _) in images.items() if not p.is_file()]
     if missing:
-        shown = "; ".join(f"image id {iid}: {p}" for iid, p in missing[:_SHOW])
+        listed = shown([f"image id {iid}: {p}" for iid, p in missing])
         raise FileNotFoundError(
-            f"{path}: {len(missing)} of {len(images)} image file(s) do not exist ({shown}"
-            f"{'; ...' if len(missing) > _SHOW else ''}). Fix: point the image folder (data.root, or "
-            f"data.train_images / data.val_images; now {image_dir}) at the folder 'file_name' is relative "
-            "to, or remove those images from the JSON."
+            f"{path}: {len(missing)} of {len(images)} image file(s) do not exist ({listed}). Fix: point "
+            f"the image folder (data.root, or data.train_images / data.val_images; now {image_dir}) at the "
+            "folder 'file_name' is relative to, or remove those images from the JSON."
         )
     _check_sizes(images, path)
     return images
@@ -149,14 +148,13 @@ def _check_sizes(images: dict[int, tuple[Path, tuple[int, int] | None]], path: P
         flipped = [file.name for (_, file, _), f in zip(listed, found) if f and f[2] in (2, 3, 4)]
         if flipped:
             log.warning(
-                "%s: %d image(s) carry an EXIF orientation that flips or turns them by 180 degrees (%s%s). "
+                "%s: %d image(s) carry an EXIF orientation that flips or turns them by 180 degrees (%s). "
                 "b4transfer reads them upright; if they were annotated as stored (some tools ignore the "
                 "tag), their boxes are misplaced. HINT: check one with mode=predict predict.draw=true on a "
                 "trained model, or strip the tag.",
                 path,
                 len(flipped),
-                ", ".join(flipped[:_SHOW]),
-                ", ..." if len(flipped) > _SHOW else "",
+                shown(flipped, ", "),
             )
         return
     rotated = [b for b in bad if b[3][0] == tuple(b[2])]  # the JSON has the stored size: EXIF ignored
@@ -166,7 +164,6 @@ def _check_sizes(images: dict[int, tuple[Path, tuple[int, int] | None]], path: P
         stored = f" (stored {sw}x{sh}, EXIF-rotated to {uw}x{uh})" if (sw, sh) != (uw, uh) else ""
         return f"image id {iid} {file.name}: JSON {size[0]}x{size[1]}, file {uw}x{uh}{stored}"
 
-    shown = "; ".join(show(*b) for b in bad[:_SHOW])
     fix = (
         "the annotations of the EXIF-rotated image(s) were made on the stored pixels, ignoring the "
         "orientation tag: remove the tag so the file reads as annotated (e.g. `exiftool -Orientation= "
@@ -177,7 +174,7 @@ def _check_sizes(images: dict[int, tuple[Path, tuple[int, int] | None]], path: P
     )
     raise ValueError(
         f"{path}: {len(bad)} of {len(listed)} image(s) are not the size the JSON gives them, so their "
-        f"boxes would be misplaced ({shown}{'; ...' if len(bad) > _SHOW else ''}). Fix: {fix}."
+        f"boxes would be misplaced ({shown([show(*x) for x in bad])}). Fix: {fix}."
     )
 
 

@@ -21,10 +21,10 @@ from b4transfer.data.splits import (
     check_class_count,
     check_on_bad_image,
     check_val_fraction,
+    shown,
 )
 
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-_SHOW = 5
 
 
 @dataclass
@@ -123,11 +123,11 @@ def _resolve_paths(rows: list[_Row], path: Path) -> list[Path]:
     files = [f if f.is_absolute() else path.parent / f for f in files]
     missing = [(row, f) for row, f in zip(rows, files) if not f.is_file()]
     if missing:
-        shown = "; ".join(f"line {row.line}: {f}" for row, f in missing[:_SHOW])
+        listed = shown([f"line {row.line}: {f}" for row, f in missing])
         raise FileNotFoundError(
-            f"{path}: {len(missing)} of {len(rows)} image file(s) do not exist ({shown}"
-            f"{'; ...' if len(missing) > _SHOW else ''}). Fix: correct the paths (relative paths are "
-            f"resolved against the CSV's folder {path.parent}) or delete those rows."
+            f"{path}: {len(missing)} of {len(rows)} image file(s) do not exist ({listed}). Fix: correct "
+            f"the paths (relative paths are resolved against the CSV's folder {path.parent}) or delete those "
+            "rows."
         )
     return files
 

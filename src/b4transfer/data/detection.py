@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from b4transfer.data.splits import check_on_bad_image, check_val_fraction, drop_unreadable
+from b4transfer.data.splits import check_on_bad_image, check_val_fraction, drop_unreadable, shown
 
 log = logging.getLogger(__name__)
 
-_SHOW = 5  # how many offending items a message lists
 
 
 @dataclass
@@ -135,7 +134,7 @@ class BoxCleaner:
     def report(self) -> tuple[int, int]:
         """Log one warning if anything was clipped or dropped; return ``(clipped, dropped)``."""
         if self.clipped or self.dropped:
-            shown = ", ".join(self.dropped[:_SHOW]) + (", ..." if len(self.dropped) > _SHOW else "")
+            listed = shown(self.dropped, ", ")
             log.warning(
                 "%s: clipped %d box(es) reaching outside their image and dropped %d with no area inside "
                 "it (non-positive width/height)%s. HINT: fix those annotations if they are mistakes; "
@@ -143,7 +142,7 @@ class BoxCleaner:
                 self.source,
                 self.clipped,
                 len(self.dropped),
-                f" ({shown})" if self.dropped else "",
+                f" ({listed})" if self.dropped else "",
             )
         return self.clipped, len(self.dropped)
 
@@ -226,7 +225,7 @@ def assemble_detection_splits(
             source,
             len(empty),
             len(class_names),
-            ", ".join(empty[:_SHOW]) + (", ..." if len(empty) > _SHOW else ""),
+            shown(empty, ", "),
         )
     return DetectionSplits(
         list(class_names),

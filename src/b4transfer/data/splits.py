@@ -144,10 +144,15 @@ def check_on_bad_image(on_bad_image: str) -> None:
         )
 
 
+def shown(items: Sequence[object], sep: str = "; ") -> str:
+    """The first few ``items`` for a message, joined by ``sep``, with ``sep + "..."`` when there are more."""
+    return sep.join(str(i) for i in items[:_SHOW]) + (f"{sep}..." if len(items) > _SHOW else "")
+
+
 def _listing(bad: Sequence[tuple[Path, str]]) -> str:
-    shown = "; ".join(f"{path}: {reason}" for path, reason in bad[:_SHOW])
+    first = "; ".join(f"{path}: {reason}" for path, reason in bad[:_SHOW])
     more = f"; ... and {len(bad) - _SHOW} more" if len(bad) > _SHOW else ""
-    return shown + more
+    return first + more
 
 
 def drop_unreadable(

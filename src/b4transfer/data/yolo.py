@@ -26,10 +26,10 @@ import yaml
 from b4transfer.data.detection import BoxCleaner, DetectionSplits, assemble_detection_splits, make_sample
 from b4transfer.data.folder import list_images
 from b4transfer.data.images import ImageLoadError, upright_size
+from b4transfer.data.splits import shown
 
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 NAMES_FILES = ("data.yaml", "dataset.yaml", "classes.txt")
-_SHOW = 5
 
 
 def read_class_names(root: Path, names_file: str | Path | None = None) -> list[str]:
@@ -124,10 +124,9 @@ def _read_split(images_dir: Path, labels_dir: Path, names: list[str], cleaner: B
         else []
     )
     if orphans:
-        shown = "; ".join(str(p) for p in orphans[:_SHOW])
         raise ValueError(
-            f"{labels_dir}: {len(orphans)} label file(s) have no matching image in {images_dir} ({shown}"
-            f"{'; ...' if len(orphans) > _SHOW else ''}). Fix: add the images (same relative path, any image "
+            f"{labels_dir}: {len(orphans)} label file(s) have no matching image in {images_dir} "
+            f"({shown(orphans)}). Fix: add the images (same relative path, any image "
             "extension) or delete those label files."
         )
     samples = []
