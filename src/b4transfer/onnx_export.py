@@ -27,14 +27,13 @@ import torch
 from torch import nn
 
 from b4transfer import __version__
-from b4transfer.export import _atomic_write, _flat_data_config, timm_classifier
+from b4transfer.export import _MARKER, _atomic_write, _flat_data_config, timm_classifier
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ONNX_NAME", "export_onnx", "onnx_metadata", "verify_onnx"]
 
 ONNX_NAME = "model.onnx"
-_MARKER = "b4transfer_version"
 
 
 def _require_onnx():
