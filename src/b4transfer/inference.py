@@ -109,6 +109,17 @@ def fast_model(module: L.LightningModule, *, channels_last: bool, compile: bool)
             module.to(memory_format=torch.contiguous_format)
 
 
+def predict_trainer_setup(
+    settings: InferenceSettings, trainer_kwargs: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], torch.device, str]:
+    """``(Trainer kwargs, device, resolved precision)`` for a one-device prediction run (fp32 Trainer)."""
+    kwargs = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False,
+              **dict(trainer_kwargs or {}), "devices": 1, "strategy": "auto", "precision": "32-true"}
+    on_gpu = torch.cuda.is_available() and kwargs.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+    device = torch.device("cuda" if on_gpu else "cpu")
+    return kwargs, device, resolve_precision(settings.precision, device)
+
+
 def run_inference(
     module: L.LightningModule,
     loader: DataLoader,
@@ -130,11 +141,7 @@ def run_inference(
         ``(values, report)``: ``(N, K)`` probabilities or ``(N, C)`` embeddings in index order, and
         the settings used plus the agreement with fp32 eager (when checked).
     """
-    kwargs = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False,
-              **dict(trainer_kwargs or {}), "devices": 1, "strategy": "auto"}
-    on_gpu = torch.cuda.is_available() and kwargs.get("accelerator", "auto") in ("auto", "gpu", "cuda")
-    device = torch.device("cuda" if on_gpu else "cpu")
-    precision = resolve_precision(settings.precision, device)
+    kwargs, device, precision = predict_trainer_setup(settings, trainer_kwargs)
     kwargs["precision"] = "bf16-mixed" if precision == "bf16" else "32-true"
     module.predict_output = output
     trainer = L.Trainer(**kwargs)

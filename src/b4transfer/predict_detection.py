@@ -30,6 +30,7 @@ import inspect
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from torchvision.utils import draw_bounding_boxes
 from b4transfer.data.coco import load_json
 from b4transfer.data.detection_datamodule import DetectionPathDataset, collate_detection, fill_colour
 from b4transfer.data.images import load_rgb, upright_size
-from b4transfer.inference import MIN_AGREEMENT, InferenceSettings, fast_model, resolve_precision
+from b4transfer.inference import MIN_AGREEMENT, InferenceSettings, fast_model, predict_trainer_setup
 from b4transfer.train import _plain, num_workers, write_summary
 
 log = logging.getLogger(__name__)
@@ -96,16 +97,16 @@ def image_ids(paths: list[Path], source: str | Path, coco_json: str | Path | Non
 
 
 class Bf16Part(torch.nn.Module):
-    """A sub-network run under bf16 autocast whose output (a tensor or a list of them) comes back fp32."""
+    """A timm feature extractor run under bf16 autocast whose maps come back in fp32."""
 
     def __init__(self, part: torch.nn.Module, device_type: str) -> None:
         super().__init__()
         self.part, self.device_type = part, device_type
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            out = self.part(x)
-        return out.float() if isinstance(out, torch.Tensor) else [m.float() for m in out]
+            maps = self.part(x)
+        return [m.float() for m in maps]
 
 
 @contextlib.contextmanager
@@ -145,24 +146,13 @@ def run_detection_inference(
         ``(detections, report)``: one ``{"index", "boxes", "scores", "labels"}`` per image (boxes in
         original-image pixels), and the settings used plus the agreement with fp32 eager when checked.
     """
-    kwargs = {
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_model_summary": False,
-        **dict(trainer_kwargs or {}),
-        "devices": 1,
-        "strategy": "auto",
-        "precision": "32-true",
-    }
-    on_gpu = torch.cuda.is_available() and kwargs.get("accelerator", "auto") in ("auto", "gpu", "cuda")
-    device = torch.device("cuda" if on_gpu else "cpu")
-    precision = resolve_precision(settings.precision, device)
+    kwargs, device, precision = predict_trainer_setup(settings, trainer_kwargs)  # bf16: the body only
     trainer = L.Trainer(**kwargs)
     bf16 = bf16_detector(module, device.type) if precision == "bf16" else contextlib.nullcontext()
     with fast_model(module, channels_last=settings.channels_last, compile=settings.compile), bf16:
         outputs = [d for batch in trainer.predict(module, dataloaders=loader) for d in batch]
     outputs.sort(key=lambda d: d["index"])
-    report = {**settings.__dict__, "precision": precision, "device": device.type}
+    report = {**asdict(settings), "precision": precision, "device": device.type}
     if settings.check_agreement and (precision != "32" or settings.compile):
         report["agreement_vs_fp32"] = detection_agreement(
             module, loader.dataset, outputs, n=settings.check_agreement, device=device, min_score=min_score
