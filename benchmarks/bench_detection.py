@@ -32,6 +32,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from b4transfer.data.detection_datamodule import collate_detection
 from benchmarks.bench_train import _Interleave, plain_ema, split_epoch_ends
 from benchmarks.common import Result, endless, interleaved, median, quiet, ratio_of_rounds, side, timed
 
@@ -78,8 +79,6 @@ class _Data(L.LightningDataModule):
         self.train, self.val, self.batch_size = train, val, batch_size
 
     def _loader(self, items, shuffle: bool) -> DataLoader:
-        from b4transfer.data.detection_datamodule import collate_detection
-
         return DataLoader(items, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate_detection)
 
     def train_dataloader(self) -> DataLoader:
@@ -174,7 +173,7 @@ def _predict(module, p: dict) -> dict:
     raw = standalone_detector(module).eval()
     items = _images(p["predict_images"], p["image_size"], seed=2)
     loader = DataLoader([(x, {k: t[k] for k in ("index", "scale", "orig_size")}) for x, t in items],
-                        batch_size=p["batch_size"], collate_fn=lambda batch: tuple(map(list, zip(*batch))))
+                        batch_size=p["batch_size"], collate_fn=collate_detection)
     settings = InferenceSettings(check_agreement=0)  # the predict.* defaults; agreement measured below
     kwargs = {"accelerator": "cpu", "enable_progress_bar": False}
     out = {}
