@@ -6,6 +6,10 @@ import os
 import tempfile
 from pathlib import Path
 
+# Tests never touch the network: any hub access fails at once instead of downloading (set before timm
+# and huggingface_hub are imported; the tests of the hub path patch or lift it themselves).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import numpy as np
 import pytest
 import torch
