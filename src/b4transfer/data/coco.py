@@ -32,7 +32,7 @@ from b4transfer.data.detection import (
     make_sample,
 )
 from b4transfer.data.images import ImageLoadError, image_header, upright_size
-from b4transfer.data.splits import shown
+from b4transfer.data.splits import DEFAULT_CHECK_THREADS, shown
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def _check_sizes(images: dict[int, tuple[Path, tuple[int, int] | None]], path: P
     pixels, or an image resized after annotation — would silently get misplaced boxes.
     """
     listed = [(iid, file, size) for iid, (file, size) in images.items() if size is not None]
-    with ThreadPoolExecutor(max_workers=8) as pool:  # header reads only
+    with ThreadPoolExecutor(max_workers=DEFAULT_CHECK_THREADS) as pool:  # header reads only
         found = list(pool.map(lambda item: _file_sizes(item[1]), listed))
     bad = [(iid, file, size, f) for (iid, file, size), f in zip(listed, found) if f and f[1] != tuple(size)]
     if not bad:
