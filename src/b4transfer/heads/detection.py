@@ -224,15 +224,16 @@ def build_detector(
         and (detector != "fcos" or fpn_channels % 32 == 0),
         "a positive integer (FCOS: a multiple of 32, its heads use GroupNorm(32))",
     )
+    strides = level_strides(body, detector)
     if detector == "fcos" and fpn_channels == 32:
-        coarsest = -(-image_size // level_strides(body, detector)[-1])  # side of the P7 map
+        coarsest = -(-image_size // strides[-1])  # side of the P7 map
         _check(
             "fpn_channels",
             fpn_channels,
             coarsest > 1,
             f"at image size {image_size} FCOS's coarsest level is 1x1, and its GroupNorm(32) over 32 "
             "channels would normalise single values (a constant output; a batch of one crashes); use "
-            f"head.fpn_channels=64 or more, or data.image_size above {level_strides(body, detector)[-1]}",
+            f"head.fpn_channels=64 or more, or data.image_size above {strides[-1]}",
         )
     _check("score_thresh", score_thresh, _real(score_thresh) and 0 <= score_thresh < 1, "a number in [0, 1)")
     _check("nms_thresh", nms_thresh, _real(nms_thresh) and 0 < nms_thresh <= 1, "an IoU in (0, 1]")
@@ -247,7 +248,6 @@ def build_detector(
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
     kwargs = _check_detector_kwargs(detector, detector_kwargs)
-    strides = level_strides(body, detector)
     anchors = _anchor_generator(strides, detector, anchor_sizes, aspect_ratios)
     transform = {
         "min_size": image_size,
