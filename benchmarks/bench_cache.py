@@ -68,17 +68,16 @@ def _config(p: dict, root: Path, run_dir: Path, cached: bool, extra: tuple[str, 
 def _fit(
     p: dict, root: Path, run_dir: Path, cached: bool, extra: tuple[str, ...] = ()
 ) -> tuple[list[float], dict]:
-    from b4transfer.feature_cache import enable_feature_cache
-    from b4transfer.train import _plain, build_datamodule, build_module, build_splits, build_trainer
+    from b4transfer import tasks
+    from b4transfer.modes.common import build_splits
+    from b4transfer.trainer import build_trainer
 
     cfg = _config(p, root, run_dir, cached, extra)
     L.seed_everything(0, verbose=False)
-    splits = build_splits(cfg)
-    module = build_module(cfg, splits)
-    datamodule = build_datamodule(cfg, splits, module)
-    if cached:
-        datamodule = enable_feature_cache(module, datamodule, augment=_plain(cfg.data.augment))
-    else:
+    splits = build_splits(cfg, tasks.from_config(cfg))
+    module = tasks.from_config(cfg).build_module(cfg, splits)
+    datamodule = tasks.from_config(cfg).build_datamodule(cfg, splits, module)  # cached: the feature cache
+    if not cached:
         module.backbone.requires_grad_(False).eval()
     timer = _EpochTimer()
     trainer = build_trainer(cfg, run_dir, extra_callbacks=[timer])

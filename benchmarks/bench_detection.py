@@ -1,7 +1,7 @@
 """Detection: the library's train step and predict path vs the raw torchvision detector, same backbone.
 
 Library path: the config from ``conf/`` with ``task=detection data=coco`` defaults (RetinaNet, 256-wide
-FPN, timm AdamW, CSV logger, best + last checkpoints, EMA, progress bar), :class:`TransferModule`
+FPN, timm AdamW, CSV logger, best + last checkpoints, EMA, progress bar), :class:`DetectionModule`
 + a datamodule over in-memory letterboxed images + ``Trainer.fit`` for training, and
 the ``mode=predict`` path (:func:`~b4transfer.predict_detection.run_detection_inference` with the
 ``predict.*`` defaults: channels_last, bf16 body where native; boxes mapped back to original-image
@@ -119,7 +119,8 @@ def _baseline_steps(raw: torch.nn.Module, loader: DataLoader, ema_decay: float |
 
 
 def run(p: dict) -> Result:
-    from b4transfer.train import build_module, build_trainer
+    from b4transfer import tasks
+    from b4transfer.trainer import build_trainer
 
     torch.manual_seed(0)
     k, blocks = p["k"], p["rounds"] + p["warmup"]
@@ -130,7 +131,7 @@ def run(p: dict) -> Result:
     splits = SimpleNamespace(class_names=list(CLASSES), category_ids=[1, 2, 3], multi_label=False)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _config(p, Path(tmp) / "run")
-        module = build_module(cfg, splits)
+        module = tasks.from_config(cfg).build_module(cfg, splits)
         raw = standalone_detector(module)
         data = _Data(train, val, b)
         ema_decay = float(cfg.ema.decay) if cfg.ema.enabled else None  # the same recipe: EMA on both sides
@@ -163,7 +164,7 @@ def run(p: dict) -> Result:
 def _predict(module, p: dict) -> dict:
     """Images/s of the ``mode=predict`` path vs ``raw(images)`` under no_grad (fp32), and box agreement."""
     from b4transfer.inference import InferenceSettings
-    from b4transfer.predict_detection import box_agreement, run_detection_inference
+    from b4transfer.tasks.detection.predict import box_agreement, run_detection_inference
 
     module.eval()
     with torch.no_grad():  # spread the random-init class scores, so that "confident" boxes exist

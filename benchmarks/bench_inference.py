@@ -1,8 +1,9 @@
 """Inference: the ``mode=predict`` path vs a naive timm fp32 eval loop, plus batch-1 latency.
 
-Library path: :func:`b4transfer.inference.run_inference` with the default ``predict.*`` settings
-(``precision=auto`` -> bf16 where native, ``channels_last=true``) through ``Trainer.predict``,
-over pre-decoded images (decoding is measured separately in the input-pipeline benchmark).
+Library path: :func:`b4transfer.tasks.classification.predict.run_inference` with the default
+``predict.*`` settings (``precision=auto`` -> bf16 where native, ``channels_last=true``)
+through ``Trainer.predict``, over pre-decoded images (decoding is measured separately in the input-pipeline
+benchmark).
 Baseline: ``with torch.no_grad(): model(x)`` per batch, fp32, NCHW, on a plain timm classifier
 holding the same weights.
 
@@ -36,11 +37,12 @@ def _fit_head(module, x: torch.Tensor, labels: torch.Tensor, device) -> None:
 
 def run(p: dict, *, device: str = "cpu") -> Result:
     from b4transfer.export import timm_classifier
-    from b4transfer.inference import InferenceSettings, run_inference
-    from b4transfer.module import TransferModule
+    from b4transfer.inference import InferenceSettings
+    from b4transfer.tasks.classification import ClassificationModule
+    from b4transfer.tasks.classification.predict import run_inference
 
     torch.manual_seed(0)
-    module = TransferModule(class_names=[f"c{i}" for i in range(6)],
+    module = ClassificationModule(class_names=[f"c{i}" for i in range(6)],
                             model={"name": p["model"], "pretrained": False}, data=p.get("data"))
     eval_cfg = module.data_config["eval"]
     size = eval_cfg["input_size"][-1]

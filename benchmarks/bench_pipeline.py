@@ -48,10 +48,10 @@ def _model_rate(module, size: int, batch: int, steps: int) -> float:
 def run(p: dict) -> Result:
     from b4transfer.data.splits import DatasetSplits, Sample
     from b4transfer.data.transforms import DRAFT_FACTOR
-    from b4transfer.module import TransferModule
+    from b4transfer.tasks.classification import ClassificationModule
 
     torch.manual_seed(0)
-    module = TransferModule(class_names=["a", "b"], model={"name": p["model"], "pretrained": False},
+    module = ClassificationModule(class_names=["a", "b"], model={"name": p["model"], "pretrained": False},
                             data=p.get("data"))
     train_size = module.data_config["train"]["input_size"][-1]
     eval_size = module.data_config["eval"]["input_size"][-1]

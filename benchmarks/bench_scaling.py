@@ -76,13 +76,13 @@ def _measure(make_step, batch: int, reps: int, device) -> dict:
 def measure_one(p: dict, kind: str, batch: int, size: int, device: str) -> dict:
     """One configuration, in this (fresh) process: build the module, warm up, time, read peak memory."""
     from b4transfer.inference import fast_model, resolve_precision
-    from b4transfer.module import TransferModule
+    from b4transfer.tasks.classification import ClassificationModule
 
     if p.get("threads"):
         torch.set_num_threads(p["threads"])
     torch.manual_seed(0)
     dev = torch.device(device)
-    module = TransferModule(class_names=[f"c{i}" for i in range(10)],
+    module = ClassificationModule(class_names=[f"c{i}" for i in range(10)],
                             model={"name": p["model"], "pretrained": False}).to(dev)
     x = torch.randn(batch, 3, size, size, device=dev)
     if kind == "inference":

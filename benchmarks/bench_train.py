@@ -2,7 +2,7 @@
 
 Library path: the config from ``conf/`` with its defaults (CSV logger, best + last checkpoints,
 learning-rate monitor, progress bar, timm AdamW with per-group LRs and the cosine schedule,
-``ThroughputMeter``), ``TransferModule`` + a datamodule over in-memory tensors + ``Trainer.fit``.
+``ThroughputMeter``), ``ClassificationModule`` + a datamodule over in-memory tensors + ``Trainer.fit``.
 Baseline: ``for x, y in loader: loss = ce(model(x), y); zero_grad; backward; step`` with
 ``torch.optim.AdamW`` on a copy of the same model, the same batches, and — since the library's
 default recipe averages the weights (``ema.enabled=true``) — timm's ``ModelEmaV3`` update after each
@@ -168,9 +168,10 @@ def run(p: dict, *, accelerator: str = "cpu", precision: str = "32-true", target
 
     ``target`` ``<= x`` compares time per step (library / plain); ``>= x`` compares images/s.
     """
+    from b4transfer import tasks
     from b4transfer.callbacks import ThroughputMeter
     from b4transfer.speed import apply_speed_switches
-    from b4transfer.train import build_module, build_trainer
+    from b4transfer.trainer import build_trainer
 
     torch.manual_seed(0)
     k, blocks = p["k"], p["rounds"] + p["warmup"]
@@ -182,7 +183,8 @@ def run(p: dict, *, accelerator: str = "cpu", precision: str = "32-true", target
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _config(p, Path(tmp) / "run", accelerator=accelerator, precision=precision)
         names = [f"c{i}" for i in range(classes)]
-        module = build_module(cfg, SimpleNamespace(class_names=names, multi_label=False))
+        splits = SimpleNamespace(class_names=names, multi_label=False)
+        module = tasks.from_config(cfg).build_module(cfg, splits)
         device = torch.device("cuda" if accelerator in ("gpu", "cuda") else "cpu")
         loader = DataLoader(data, batch_size=p["batch_size"], shuffle=True)
         ema_decay = float(cfg.ema.decay) if cfg.ema.enabled else None  # the same recipe: EMA on both sides

@@ -33,7 +33,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from b4transfer.cli import config_dir  # noqa: E402
 from b4transfer.data.demo import DEMO_CLASSES, ensure_demo  # noqa: E402
-from b4transfer.train import train  # noqa: E402
+from b4transfer.modes import train  # noqa: E402
 
 SOURCE_CLASSES = DEMO_CLASSES[:3]
 SCHEDULES = {

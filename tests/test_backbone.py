@@ -14,7 +14,6 @@ import torch
 from huggingface_hub import constants as hf_constants
 from timm.data import resolve_model_data_config
 
-from b4transfer import backbone as bb
 from b4transfer.backbone import (
     PretrainedWeightsUnavailable,
     create_backbone,
@@ -22,6 +21,7 @@ from b4transfer.backbone import (
     feature_reductions,
     resolve_data_configs,
 )
+from b4transfer.backbone import weights as bb
 
 TINY = "test_efficientnet"
 

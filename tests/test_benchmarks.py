@@ -10,7 +10,7 @@ import pytest
 import torch
 from tests.conftest import compose_cfg
 
-from b4transfer.train import build_trainer
+from b4transfer.trainer import build_trainer
 
 ALL = ["train_overhead", "inference", "input_pipeline", "cached_probe", "scaling", "detection"]
 

@@ -10,20 +10,19 @@ import pytest
 import torch
 
 from b4transfer.backbone import create_backbone
-from b4transfer.heads import detection as detection_head
-from b4transfer.heads.detection import DetectionHead, build_detector
-from b4transfer.module import TransferModule
-from b4transfer.module_detection import build_feature_backbone
+from b4transfer.tasks.detection import DetectionModule
+from b4transfer.tasks.detection import head as detection_head
+from b4transfer.tasks.detection.head import DetectionHead, build_detector
+from b4transfer.tasks.detection.module import build_feature_backbone
 
 TINY = {"name": "test_efficientnet", "pretrained": False}
 
 
-def _module(detector: str, **head) -> TransferModule:
+def _module(detector: str, **head) -> DetectionModule:
     torch.manual_seed(0)
-    return TransferModule(
+    return DetectionModule(
         class_names=["a", "b", "c"],
         model=TINY,
-        task="detection",
         data={"image_size": 64},
         head={"detector": detector, "fpn_channels": 64 if detector == "fcos" else 32, **head},
     )

@@ -14,12 +14,13 @@ from tests.detection_helpers import small_coco
 
 from b4transfer.data.coco import coco_splits
 from b4transfer.data.detection_datamodule import DetectionDataModule
-from b4transfer.export_detection import load_exported_detector
-from b4transfer.heads.detection import DetectionHead
-from b4transfer.module import TransferModule, load_module
-from b4transfer.module_detection import build_feature_backbone
-from b4transfer.predict_detection import coco_results, image_ids
-from b4transfer.train import run, train
+from b4transfer.modes import run, train
+from b4transfer.tasks import load_module
+from b4transfer.tasks.detection import DetectionModule
+from b4transfer.tasks.detection.export import load_exported_detector
+from b4transfer.tasks.detection.head import DetectionHead
+from b4transfer.tasks.detection.module import build_feature_backbone
+from b4transfer.tasks.detection.predict import coco_results, image_ids
 
 DEMO = ("data.source.image_size=64", "data.source.train_images=16", "data.source.val_images=8")
 
@@ -205,10 +206,9 @@ def test_validate_mode_on_a_detection_checkpoint(det_cfg, tmp_path):
 
 
 def _detection_checkpoint(path):
-    module = TransferModule(
+    module = DetectionModule(
         class_names=["a", "b"],
         model={"name": "test_efficientnet"},
-        task="detection",
         head={"fpn_channels": 32},
         data={"image_size": 64},
     )
@@ -219,7 +219,7 @@ def _detection_checkpoint(path):
 def test_embed_refuses_a_detection_checkpoint(tiny_cfg, tmp_path, image_folder):
     ckpt = _detection_checkpoint(tmp_path / "det.ckpt")
     with pytest.raises(
-        ValueError, match=r"mode=embed needs a classification checkpoint; .*det.ckpt is a detection"
+        ValueError, match=r"task=detection does not support mode=embed; it supports train, validate"
     ):
         run(tiny_cfg("mode=embed", f"ckpt_path={ckpt}", f"predict.input={image_folder}"))
 

@@ -12,8 +12,9 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDevice
 from tests.conftest import compose_cfg
 
 from b4transfer.devices import build_strategy, default_num_workers, scaled_lr
+from b4transfer.modes import train
 from b4transfer.speed import apply_speed_switches
-from b4transfer.train import build_trainer, train
+from b4transfer.trainer import build_trainer
 
 
 @pytest.mark.parametrize("choice", ["32-true", "bf16-mixed", "16-mixed", "bf16-true"])

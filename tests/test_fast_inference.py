@@ -13,8 +13,10 @@ from tests.conftest import TINY, compose_cfg, make_image_folder
 from b4transfer.data.images import load_rgb
 from b4transfer.data.transforms import build_transforms
 from b4transfer.inference import InferenceSettings, fast_model, resolve_precision
-from b4transfer.module import TransferModule, load_module
-from b4transfer.train import run, train
+from b4transfer.modes import run, train
+from b4transfer.tasks import load_module
+from b4transfer.tasks.classification import ClassificationModule
+from b4transfer.tasks.detection import DetectionModule
 
 # Stated tolerances: bf16 autocast keeps top-1 on >= 99 % of images and moves no probability by
 # more than 0.02; ONNX (fp32 onnxruntime) matches PyTorch logits to 1e-4.
@@ -84,7 +86,7 @@ def test_embeddings_fast_path_reports_cosine_agreement(trained):
 
 
 def test_channels_last_and_compile_are_temporary():
-    module = TransferModule(class_names=["a", "b"], model={"name": "test_efficientnet"})
+    module = ClassificationModule(class_names=["a", "b"], model={"name": "test_efficientnet"})
     backbone = module.backbone
     with fast_model(module, channels_last=True, compile=True):
         assert module.backbone is not backbone and hasattr(module.backbone, "_orig_mod")
@@ -156,8 +158,8 @@ def _detector_and_loader():
     from b4transfer.data.detection_datamodule import collate_detection
 
     torch.manual_seed(0)
-    module = TransferModule(
-        task="detection", class_names=["a", "b"], model={"name": "test_efficientnet", "pretrained": False},
+    module = DetectionModule(
+        class_names=["a", "b"], model={"name": "test_efficientnet", "pretrained": False},
         head={"score_thresh": 0.0, "detections_per_img": 5, "fpn_channels": 32}, data={"image_size": 64},
     ).eval()
     with torch.no_grad():  # spread the scores of the random-init head: no near-ties at the top-5 cut
@@ -169,7 +171,7 @@ def _detector_and_loader():
 
 
 def test_detection_fast_path_channels_last_gives_the_fp32_boxes_and_bf16_is_checked():
-    from b4transfer.predict_detection import run_detection_inference
+    from b4transfer.tasks.detection.predict import run_detection_inference
 
     module, loader = _detector_and_loader()
     kwargs = {"accelerator": "cpu", "enable_progress_bar": False}
@@ -197,11 +199,11 @@ def test_detection_fast_path_channels_last_gives_the_fp32_boxes_and_bf16_is_chec
 
 
 def test_detection_agreement_counts_boxes_found_by_both_runs():
-    from b4transfer.predict_detection import detection_agreement
+    from b4transfer.tasks.detection.predict import detection_agreement
 
     module, loader = _detector_and_loader()
     dataset = loader.dataset
-    same = [module._detection_predict_step(([x], [m]))[0] for x, m in dataset]
+    same = [module.predict_step(([x], [m]))[0] for x, m in dataset]
     kwargs = {"n": 4, "device": torch.device("cpu"), "min_score": 0.0}
     assert detection_agreement(module, dataset, same, **kwargs)["box_agreement"] == 1.0
     moved = [{**d, "boxes": d["boxes"] + 50.0} for d in same]
@@ -212,10 +214,10 @@ def test_detection_agreement_counts_boxes_found_by_both_runs():
 
 @pytest.mark.parametrize("detector", ["retinanet", "fcos", "faster_rcnn"])
 def test_bf16_detector_runs_the_body_in_bf16_and_restores_it(detector):
-    from b4transfer.predict_detection import Bf16Part, bf16_detector
+    from b4transfer.tasks.detection.predict import Bf16Part, bf16_detector
 
-    module = TransferModule(
-        task="detection", class_names=["a", "b"], model={"name": "test_efficientnet", "pretrained": False},
+    module = DetectionModule(
+        class_names=["a", "b"], model={"name": "test_efficientnet", "pretrained": False},
         head={"detector": detector, "fpn_channels": 64}, data={"image_size": 64},
     ).eval()
     body = module.backbone

@@ -15,7 +15,7 @@ import torch
 from tests.conftest import TINY, compose_cfg
 
 from b4transfer.checkpointing import SIGTERM_EXIT_CODE, find_last_checkpoint, step_checkpoint
-from b4transfer.train import train
+from b4transfer.modes import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # 24 images, 20% held out -> 18 training images; batch 2 -> 9 steps per epoch, 18 in two epochs.
@@ -27,7 +27,7 @@ _SIGNAL_AT_STEP = """
 import os, signal, sys
 import lightning as L
 from tests.conftest import compose_cfg, TINY
-from b4transfer.train import train
+from b4transfer.modes import train
 
 class SignalAt(L.Callback):
     def on_train_batch_end(self, trainer, *args):

@@ -8,10 +8,14 @@ import lightning as L
 import pytest
 import torch
 
+from b4transfer import tasks
 from b4transfer.callbacks import ThroughputMeter
-from b4transfer.feature_cache import CachedFeatureDataModule, check_cacheable
-from b4transfer.module import load_module
-from b4transfer.train import _plain, build_datamodule, build_module, build_splits, build_trainer, train
+from b4transfer.config import plain as _plain
+from b4transfer.modes import train
+from b4transfer.modes.common import build_splits
+from b4transfer.tasks import load_module
+from b4transfer.tasks.classification.feature_cache import CachedFeatureDataModule, check_cacheable
+from b4transfer.trainer import build_trainer
 
 # checkpoint.monitor=null: last.ckpt is then written every epoch (with a monitor, Lightning 2.6 only
 # rewrites last.ckpt when the monitored metric improves, so it can hold an earlier epoch)
@@ -27,13 +31,13 @@ PROBE = (
 
 def _uncached_probe(cfg, run_dir):
     """The same steps as train(cfg), with the backbone frozen in eval mode and run on every batch."""
-    from b4transfer.module import build_backbone
+    from b4transfer.tasks.classification.module import build_backbone
 
     L.seed_everything(cfg.seed, workers=True)
     backbone = build_backbone(_plain(cfg.model))
-    splits = build_splits(cfg)
-    module = build_module(cfg, splits, backbone)
-    datamodule = build_datamodule(cfg, splits, module)
+    splits = build_splits(cfg, tasks.from_config(cfg))
+    module = tasks.from_config(cfg).build_module(cfg, splits, backbone)
+    datamodule = tasks.from_config(cfg).build_datamodule(cfg, splits, module)
     module.backbone.requires_grad_(False).eval()
     trainer = build_trainer(cfg, run_dir, extra_callbacks=[ThroughputMeter()])
     with warnings.catch_warnings():
@@ -52,7 +56,9 @@ def test_cached_probe_trains_the_same_head_as_the_uncached_frozen_backbone(tiny_
     assert summary["global_step"] == trainer.global_step == 6  # 24 train images / batch 8, 2 epochs
     for key, value in uncached.head.state_dict().items():
         assert torch.allclose(cached.head.state_dict()[key], value, atol=1e-5), key
-    moved = (cached.head.fc.weight - build_module(cfg, build_splits(cfg)).head.fc.weight).abs().max()
+    task = tasks.from_config(cfg)
+    fresh = task.build_module(cfg, build_splits(cfg, task))
+    moved = (cached.head.fc.weight - fresh.head.fc.weight).abs().max()
     assert moved > 1e-3, "the head trained"
     # the backbone is untouched: bit-identical to the uncached run's frozen backbone
     for key, value in uncached.backbone.state_dict().items():
@@ -63,10 +69,10 @@ def test_cached_probe_trains_the_same_head_as_the_uncached_frozen_backbone(tiny_
 
 def test_cached_features_match_the_backbone_in_eval_mode(tiny_cfg):
     cfg = tiny_cfg("data.augment=false")
-    splits = build_splits(cfg)
-    module = build_module(cfg, splits)
+    splits = build_splits(cfg, tasks.from_config(cfg))
+    module = tasks.from_config(cfg).build_module(cfg, splits)
     module.backbone.requires_grad_(False)
-    images = build_datamodule(cfg, splits, module)
+    images = tasks.from_config(cfg).build_datamodule(cfg, splits, module)
     cache = CachedFeatureDataModule(images, backbone=module.backbone)
     rng_before = torch.get_rng_state()
     feats, targets = cache.cached("val").tensors
@@ -89,8 +95,9 @@ def test_cache_needs_deterministic_inputs_and_a_frozen_backbone(tiny_cfg):
     with pytest.raises(ValueError, match=r"finetune='full' trains it"):
         check_cacheable(augment=False, finetune={"_target_": "b4transfer.finetuning.Full"})
     cfg = tiny_cfg("data.augment=false")
-    splits = build_splits(cfg)
-    module = build_module(cfg, splits)
-    cache = CachedFeatureDataModule(build_datamodule(cfg, splits, module), backbone=module.backbone)
+    splits = build_splits(cfg, tasks.from_config(cfg))
+    module = tasks.from_config(cfg).build_module(cfg, splits)
+    images = tasks.from_config(cfg).build_datamodule(cfg, splits, module)
+    cache = CachedFeatureDataModule(images, backbone=module.backbone)
     with pytest.raises(ValueError, match=r"need a frozen backbone, but \d+ backbone parameters require"):
         cache.cached("train")

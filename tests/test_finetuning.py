@@ -11,18 +11,15 @@ import timm
 import torch
 from lightning.pytorch.callbacks import BaseFinetuning
 
+from b4transfer import tasks
+from b4transfer.config import plain as _plain
 from b4transfer.finetuning import FreezeUnfreeze, Gradual, LinearProbe
+from b4transfer.modes import train
+from b4transfer.modes.common import build_splits
+from b4transfer.runs import prepare_run_dir
 from b4transfer.stages import backbone_stages
-from b4transfer.train import (
-    _plain,
-    build_backbone,
-    build_datamodule,
-    build_module,
-    build_splits,
-    build_trainer,
-    prepare_run_dir,
-    train,
-)
+from b4transfer.tasks.classification.module import build_backbone
+from b4transfer.trainer import build_trainer
 
 
 def _probe(tmp_path, name="states"):
@@ -51,10 +48,10 @@ def _fit(cfg, *callbacks):
     """train()'s own building blocks, with extra callbacks we can inspect afterwards."""
     run_dir = prepare_run_dir(cfg)
     L.seed_everything(cfg.seed)
-    splits = build_splits(cfg)
-    module = build_module(cfg, splits, build_backbone(_plain(cfg.model)))
+    splits = build_splits(cfg, tasks.from_config(cfg))
+    module = tasks.from_config(cfg).build_module(cfg, splits, build_backbone(_plain(cfg.model)))
     trainer = build_trainer(cfg, run_dir, extra_callbacks=callbacks)
-    trainer.fit(module, datamodule=build_datamodule(cfg, splits, module))
+    trainer.fit(module, datamodule=tasks.from_config(cfg).build_datamodule(cfg, splits, module))
     return module, trainer
 
 
@@ -226,9 +223,9 @@ def test_frozen_stages_stay_in_eval_mode_after_the_strategy_converts_batchnorm()
 
     from timm.layers import convert_sync_batchnorm
 
-    from b4transfer.module import TransferModule
+    from b4transfer.tasks.classification import ClassificationModule
 
-    module = TransferModule(class_names=["a", "b"], model={"name": "test_efficientnet"})
+    module = ClassificationModule(class_names=["a", "b"], model={"name": "test_efficientnet"})
     trainer = SimpleNamespace(
         max_epochs=2, current_epoch=0, optimizers=[SimpleNamespace(param_groups=[{"stages": [0]}])]
     )

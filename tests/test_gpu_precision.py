@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from b4transfer.train import train
+from b4transfer.modes import train
 
 pytestmark = [
     pytest.mark.gpu,

@@ -9,13 +9,14 @@ from timm.data import create_transform, resolve_model_data_config
 from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 
 from b4transfer.data.transforms import build_transforms
-from b4transfer.heads.classification import ClassificationHead
-from b4transfer.module import TransferModule, load_module
-from b4transfer.train import train
+from b4transfer.modes import train
+from b4transfer.tasks import load_module
+from b4transfer.tasks.classification import ClassificationModule
+from b4transfer.tasks.classification.head import ClassificationHead
 
 
 def test_b4_eval_transform_is_384_crop_1_bicubic_as_timm_test_size():
-    module = TransferModule(class_names=["a", "b"], model={"name": "efficientnet_b4.ra2_in1k"})
+    module = ClassificationModule(class_names=["a", "b"], model={"name": "efficientnet_b4.ra2_in1k"})
     _, eval_tf = build_transforms(train_cfg=module.data_config["train"], eval_cfg=module.data_config["eval"])
     resize = next(t for t in eval_tf.transforms if isinstance(t, Resize))
     crop = next(t for t in eval_tf.transforms if isinstance(t, CenterCrop))

@@ -8,8 +8,8 @@ import torch
 from tests.conftest import compose_cfg
 
 from b4transfer.devices import split_lr_scaling
-from b4transfer.heads.classification import ClassificationHead
 from b4transfer.optim import create_optimizer, create_scheduler, param_groups
+from b4transfer.tasks.classification.head import ClassificationHead
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,9 @@ import pytest
 import torch
 from tests.conftest import TINY, compose_cfg
 
-from b4transfer.train import build_datamodule, build_module, build_splits, run, train
+from b4transfer import tasks
+from b4transfer.modes import run, train
+from b4transfer.modes.common import build_splits
 
 NO_SCHEDULER_OVERRIDE = tuple(o for o in TINY if not o.startswith("scheduler="))
 
@@ -29,8 +31,9 @@ def test_ra2_recipe_composes_to_the_model_card_recipe_and_runs_a_step(tmp_path, 
     assert cfg.scheduler.name == "step" and cfg.scheduler.decay_rate == 0.97
     assert (cfg.model.drop_rate, cfg.model.drop_path_rate) == (0.4, 0.2)
     assert cfg.ema.enabled and cfg.finetune._target_.endswith("Full")
-    splits = build_splits(cfg)
-    train_tf = repr(build_datamodule(cfg, splits, build_module(cfg, splits)).train_transform)
+    task = tasks.from_config(cfg)
+    splits = build_splits(cfg, task)
+    train_tf = repr(task.build_datamodule(cfg, splits, task.build_module(cfg, splits)).train_transform)
     assert "RandAugment" in train_tf and "RandomErasing" in train_tf
 
     summary = train(cfg)

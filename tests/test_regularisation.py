@@ -55,7 +55,7 @@ def test_ema_keeps_a_frozen_backbone_bit_identical(tiny_cfg):
 
 
 def test_exported_weights_are_the_ema_weights(tiny_cfg, tmp_path):
-    from b4transfer.train import train
+    from b4transfer.modes import train
 
     summary = train(tiny_cfg("finetune=full", "ema.enabled=true", "ema.decay=0.9"))
     ckpt = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=False)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tests.probes import Killed
 
-from b4transfer.train import train
+from b4transfer.modes import train
 
 
 def _rows(path):

@@ -15,7 +15,7 @@ from torch import nn
 
 from b4transfer.devices import trainer_kwargs
 from b4transfer.syncbn import TimmSyncBatchNorm
-from b4transfer.train import build_trainer
+from b4transfer.trainer import build_trainer
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_sync_batchnorm_on_several_cpu_processes_is_refused(tiny_cfg):
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 def test_ddp_with_sync_batchnorm_on_gpus_keeps_activations(tiny_cfg):
-    from b4transfer.train import train
+    from b4transfer.modes import train
 
     summary = train(
         tiny_cfg(

@@ -11,8 +11,8 @@ import torch
 from hydra.errors import ConfigCompositionException
 from tests.conftest import TINY, compose_cfg
 
-from b4transfer.module import load_module
-from b4transfer.train import run, train
+from b4transfer.modes import run, train
+from b4transfer.tasks import load_module
 
 
 def _rows(path):

@@ -27,6 +27,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
 
+from b4transfer.errors import UserError, UserFileNotFoundError, UserTypeError
+
 log = logging.getLogger(__name__)
 
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM: what a shell reports for a process ended by SIGTERM
@@ -37,7 +39,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
-            raise TypeError(
+            raise UserTypeError(
                 f"AtomicCheckpointIO.save_checkpoint got storage_options={storage_options!r}; it takes none."
             )
         target = Path(path)
@@ -77,7 +79,7 @@ def step_checkpoint(dirpath: Path, every_n_train_steps: int | None) -> ModelChec
         or not isinstance(every_n_train_steps, int)
         or every_n_train_steps < 1
     ):
-        raise ValueError(
+        raise UserError(
             "checkpoint.every_n_train_steps must be a positive integer or null, "
             f"got {every_n_train_steps!r}. "
             "Fix: e.g. checkpoint.every_n_train_steps=500 (or null for per-epoch last.ckpt only)."
@@ -133,7 +135,7 @@ def find_last_checkpoint(runs_root: str | Path, *, exclude: Path | None = None) 
         p for p in root.glob("**/checkpoints/last.ckpt") if exclude is None or p.parents[1] != Path(exclude)
     ]
     if not found:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"ckpt_path=last: no checkpoints/last.ckpt under checkpoint.runs_root={str(runs_root)!r} "
             f"({root.resolve()}). Fix: point checkpoint.runs_root at the directory holding your runs "
             "(e.g. checkpoint.runs_root=multirun for sweeps), or pass ckpt_path=<path to last.ckpt>."

@@ -1,6 +1,6 @@
 """Command line: ``python run.py key=value ...`` or the ``b4transfer`` console script.
 
-A thin ``@hydra.main`` shim over :func:`b4transfer.train.run`; the configs live in the
+A thin ``@hydra.main`` shim over :func:`b4transfer.modes.run`; the configs live in the
 repository's ``conf/`` (shipped inside the package as ``b4transfer.conf`` when installed).
 """
 
@@ -14,6 +14,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from b4transfer.errors import UserError
+
 
 def config_dir() -> str:
     """``conf/`` of a source checkout, else the copy installed as the ``b4transfer.conf`` package."""
@@ -21,10 +23,6 @@ def config_dir() -> str:
     if (checkout / "config.yaml").is_file():
         return str(checkout)
     return str(Path(__file__).resolve().parent / "conf")  # installed wheel: b4transfer/conf/
-
-
-# Errors that describe bad input or configuration: shown as one message, no traceback.
-_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
 
 def objective(cfg: DictConfig, summary: dict) -> float | None:
@@ -37,7 +35,7 @@ def objective(cfg: DictConfig, summary: dict) -> float | None:
         return float(summary["best_score"])
     metrics = summary.get("metrics", {})
     if name not in metrics:
-        raise ValueError(
+        raise UserError(
             f"optimized_metric={name!r} was not logged by this run; logged: {', '.join(sorted(metrics))}. "
             "Fix: set optimized_metric to one of them (e.g. val/acc1)."
         )
@@ -46,14 +44,16 @@ def objective(cfg: DictConfig, summary: dict) -> float | None:
 
 def _main(cfg: DictConfig) -> float | None:
     from b4transfer.backbone import PretrainedWeightsUnavailable
-    from b4transfer.train import run
+    from b4transfer.modes import run
 
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).propagate = False  # they print themselves; no second copy via Hydra
     from hydra.errors import InstantiationException
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    user_errors = (*_USER_ERRORS, PretrainedWeightsUnavailable, MisconfigurationException)
+    # the library's own user errors and the known ones of its dependencies: one message, exit 2;
+    # anything else is a bug and keeps its traceback
+    user_errors = (UserError, PretrainedWeightsUnavailable, MisconfigurationException)
     try:
         return objective(cfg, run(cfg))
     except (*user_errors, InstantiationException) as err:

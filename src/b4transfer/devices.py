@@ -24,6 +24,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from b4transfer.checkpointing import AtomicCheckpointIO
 from b4transfer.distributed import is_rank_zero
+from b4transfer.errors import UserError
 from b4transfer.syncbn import TimmSyncBatchNorm
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def build_strategy(spec: Mapping[str, Any] | None):
     spec = dict(spec or {"name": "auto"})
     name = spec.pop("name", "auto")
     if name not in STRATEGIES:
-        raise ValueError(f"strategy={name!r} is not supported; choose one of {', '.join(STRATEGIES)}.")
+        raise UserError(f"strategy={name!r} is not supported; choose one of {', '.join(STRATEGIES)}.")
     if name == "auto":
         return "auto"
     if name == "ddp_spawn":
@@ -53,7 +54,7 @@ def _block_class(path: str) -> type:
     try:
         return get_class(path)
     except Exception as err:
-        raise ValueError(
+        raise UserError(
             f"strategy.auto_wrap_policy names {path!r}, which is not an importable class ({err}). "
             "Fix: list module classes such as timm.models._efficientnet_blocks.InvertedResidual."
         ) from err
@@ -84,7 +85,7 @@ def check_trainer(trainer: L.Trainer, *, sync_batchnorm: bool) -> None:
     if trainer.num_devices * trainer.num_nodes <= 1:
         log.warning("trainer.sync_batchnorm=true has no effect on a single device (nothing to synchronise).")
     elif isinstance(trainer.accelerator, CPUAccelerator):
-        raise ValueError(
+        raise UserError(
             "trainer.sync_batchnorm=true with several CPU processes: torch's SyncBatchNorm only runs "
             "on GPUs. "
             "Fix: set trainer.sync_batchnorm=false on CPU, or train on GPUs (trainer=multi_gpu)."
@@ -101,11 +102,11 @@ def split_lr_scaling(optim: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
 def scaled_lr(lr: float, *, rule: str, global_batch: int, base_batch: int) -> float:
     """``lr`` scaled from ``base_batch`` to ``global_batch``: ``none``, ``linear`` or ``sqrt``."""
     if rule not in LR_RULES:
-        raise ValueError(f"optim.lr_scaling={rule!r} is not a rule; choose one of {', '.join(LR_RULES)}.")
+        raise UserError(f"optim.lr_scaling={rule!r} is not a rule; choose one of {', '.join(LR_RULES)}.")
     if rule == "none":
         return lr
     if isinstance(base_batch, bool) or not isinstance(base_batch, int) or base_batch < 1:
-        raise ValueError(
+        raise UserError(
             f"optim.base_batch_size must be a positive integer, got {base_batch!r}. "
             "Fix: the global batch size the base optim.lr was tuned for, e.g. optim.base_batch_size=256."
         )

@@ -29,6 +29,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
+from b4transfer.errors import UserError
+
 
 class EMA(WeightAveraging):
     """Exponential moving average of parameters and buffers, updated after every optimizer step.
@@ -49,13 +51,13 @@ class EMA(WeightAveraging):
         device: str | None = None,
     ) -> None:
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
-            raise ValueError(f"ema.decay must be in [0, 1), e.g. 0.999, got {decay!r}.")
+            raise UserError(f"ema.decay must be in [0, 1), e.g. 0.999, got {decay!r}.")
         if (
             isinstance(update_every_n_steps, bool)
             or not isinstance(update_every_n_steps, int)
             or update_every_n_steps < 1
         ):
-            raise ValueError(
+            raise UserError(
                 f"ema.update_every_n_steps must be an integer >= 1, got {update_every_n_steps!r}."
             )
         super().__init__(device=device, use_buffers=True, multi_avg_fn=self._update)

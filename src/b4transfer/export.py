@@ -39,15 +39,16 @@ from timm.models._pretrained import PretrainedCfg
 from torch import nn
 
 from b4transfer import __version__
+from b4transfer.errors import UserError, UserFileExistsError, UserFileNotFoundError, UserTypeError
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "export_timm", "load_exported", "timm_classifier"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-_MARKER = "b4transfer_version"  # present in every config.json we write: the directory is ours
+MARKER = "b4transfer_version"  # present in every config.json we write: the directory is ours
 _DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 _RESERVED = {"architecture", "num_classes", "num_features", "global_pool", "label_names",
-             "label_descriptions", "model_args", "pretrained_cfg", _MARKER, "multi_label"}
+             "label_descriptions", "model_args", "pretrained_cfg", MARKER, "multi_label"}
 
 
 def export_timm(
@@ -85,18 +86,18 @@ def export_timm(
         FileExistsError: ``out_dir`` holds a ``model.safetensors``/``config.json`` b4transfer did not write.
     """
     arch = _check_model(backbone, head_fc, model_name, class_names)
-    flat = _flat_data_config(data_config)
-    extras = _check_extra(extra)
+    flat = flat_data_config(data_config)
+    extras = check_extra(extra)
     out_dir = Path(out_dir)
-    _claim(out_dir)
+    claim_dir(out_dir)
     model = timm_classifier(backbone, head_fc)
     state = _checked_state_dict(model, arch, len(class_names))
-    model_config = {"label_names": list(class_names), _MARKER: __version__, "multi_label": bool(multi_label),
+    model_config = {"label_names": list(class_names), MARKER: __version__, "multi_label": bool(multi_label),
                     **extras}
-    _atomic_write(out_dir / CONFIG_NAME, lambda p: save_config_for_hf(
+    atomic_write(out_dir / CONFIG_NAME, lambda p: save_config_for_hf(
         model, str(p), model_config=model_config, data_config=flat))
-    _atomic_write(out_dir / WEIGHTS_NAME, lambda p: safetensors.torch.save_file(
-        state, str(p), metadata={"format": "pt", _MARKER: __version__}))
+    atomic_write(out_dir / WEIGHTS_NAME, lambda p: safetensors.torch.save_file(
+        state, str(p), metadata={"format": "pt", MARKER: __version__}))
     return out_dir
 
 
@@ -122,13 +123,13 @@ def load_exported(out_dir: Path | str) -> nn.Module:
     config_path, weights = out_dir / CONFIG_NAME, out_dir / WEIGHTS_NAME
     for path in (config_path, weights):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist; pass the directory export_timm wrote "
+            raise UserFileNotFoundError(f"{path} does not exist; pass the directory export_timm wrote "
                                     f"(it holds {WEIGHTS_NAME} and {CONFIG_NAME}).")
     try:
         config = json.loads(config_path.read_text())
         num_classes, arch = int(config["num_classes"]), config["architecture"]
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{config_path} is not a timm config.json (no architecture/num_classes): {e}") from e
+        raise UserError(f"{config_path} is not a timm config.json (no architecture/num_classes): {e}") from e
     fields = {f.name for f in dataclasses.fields(PretrainedCfg)}
     overlay = {k: tuple(v) if isinstance(v, list) else v
                for k, v in config.get("pretrained_cfg", {}).items() if k in fields}
@@ -148,33 +149,33 @@ def _check_model(backbone: nn.Module, head_fc: nn.Linear, model_name: str, class
         raise TypeError(f"backbone ({type(backbone).__name__}) must be the timm classification trunk from "
                         "create_backbone(name, features_only=False), which has num_classes=0.")
     if not isinstance(head_fc, nn.Linear):
-        raise TypeError(f"head_fc must be the head's nn.Linear, got {type(head_fc).__name__}.")
+        raise UserTypeError(f"head_fc must be the head's nn.Linear, got {type(head_fc).__name__}.")
     names = list(class_names)
     if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
-        raise ValueError(f"class_names must be distinct strings, one per output, got {class_names!r}.")
+        raise UserError(f"class_names must be distinct strings, one per output, got {class_names!r}.")
     if (head_fc.in_features, head_fc.out_features) != (backbone.num_features, len(names)):
-        raise ValueError(
+        raise UserError(
             f"head_fc maps {head_fc.in_features} -> {head_fc.out_features}, but the backbone gives "
             f"{backbone.num_features} features and there are {len(names)} class_names."
         )
     arch = split_model_name_tag(model_name)[0]
     if arch != cfg.get("architecture", arch):
-        raise ValueError(f"model_name={model_name!r} does not match the backbone's architecture "
+        raise UserError(f"model_name={model_name!r} does not match the backbone's architecture "
                          f"{cfg['architecture']!r}; pass the name the backbone was built with.")
     return arch
 
 
-def _flat_data_config(data_config: dict) -> dict:
+def flat_data_config(data_config: dict) -> dict:
     """One timm data config, the eval half (if given) as ``test_input_size``/``test_crop_pct``."""
     if not isinstance(data_config, dict):
-        raise ValueError(f"data_config must be a timm data config dict, got {type(data_config).__name__}.")
+        raise UserError(f"data_config must be a timm data config dict, got {type(data_config).__name__}.")
     if "train" in data_config or "eval" in data_config:
         train, evaluation = data_config.get("train"), data_config.get("eval")
         if not (isinstance(train, dict) and isinstance(evaluation, dict)):
-            raise ValueError("data_config with 'train'/'eval' needs both as timm data config dicts.")
+            raise UserError("data_config with 'train'/'eval' needs both as timm data config dicts.")
         for key in ("interpolation", "mean", "std"):
             if tuple(_as_tuple(train.get(key))) != tuple(_as_tuple(evaluation.get(key))):
-                raise ValueError(f"data_config train/eval {key} differ ({train.get(key)!r} vs "
+                raise UserError(f"data_config train/eval {key} differ ({train.get(key)!r} vs "
                                  f"{evaluation.get(key)!r}); timm's config.json holds one {key} for both.")
         flat = dict(train, test_input_size=evaluation.get("input_size"),
                     test_crop_pct=evaluation.get("crop_pct"))
@@ -182,7 +183,7 @@ def _flat_data_config(data_config: dict) -> dict:
         flat = dict(data_config)
     missing = [k for k in ("input_size", "mean", "std", "crop_pct", "interpolation") if flat.get(k) is None]
     if missing:
-        raise ValueError(f"data_config lacks {', '.join(missing)}; pass resolve_data_configs(...) output.")
+        raise UserError(f"data_config lacks {', '.join(missing)}; pass resolve_data_configs(...) output.")
     return {k: _as_tuple(v) for k, v in flat.items()
             if k in (*_DATA_KEYS, "test_input_size", "test_crop_pct") and v is not None}
 
@@ -191,15 +192,15 @@ def _as_tuple(value):
     return tuple(value) if isinstance(value, list) else value
 
 
-def _check_extra(extra: dict | None) -> dict:
+def check_extra(extra: dict | None) -> dict:
     extra = dict(extra or {})
     clash = sorted(set(extra) & _RESERVED)
     if clash:
-        raise ValueError(f"extra keys {clash} would overwrite fields of config.json; rename them.")
+        raise UserError(f"extra keys {clash} would overwrite fields of config.json; rename them.")
     try:
         json.dumps(extra)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"extra must be JSON-serialisable for config.json: {e}") from e
+        raise UserError(f"extra must be JSON-serialisable for config.json: {e}") from e
     return extra
 
 
@@ -208,7 +209,7 @@ def _classifier_name(model: nn.Module) -> str:
     name = name[0] if isinstance(name, (list, tuple)) else name
     if not name:
         arch = model.pretrained_cfg.get("architecture")
-        raise TypeError(f"{arch} names no classifier in its pretrained_cfg; it cannot be exported.")
+        raise UserTypeError(f"{arch} names no classifier in its pretrained_cfg; it cannot be exported.")
     return name
 
 
@@ -224,7 +225,7 @@ def _checked_state_dict(model: nn.Module, arch: str, num_classes: int) -> dict[s
     unexpected = [k for k in state if k not in fresh]
     shapes = [k for k in fresh if k in state and state[k].shape != fresh[k].shape]
     if missing or unexpected or shapes:
-        raise ValueError(
+        raise UserError(
             f"The backbone's weights do not fit a fresh timm {arch!r} (missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}); export the unwrapped timm model "
             "(no torch.compile / DDP wrapper) with standard BatchNorm layers."
@@ -232,25 +233,25 @@ def _checked_state_dict(model: nn.Module, arch: str, num_classes: int) -> dict[s
     return state
 
 
-def _claim(out_dir: Path) -> None:
+def claim_dir(out_dir: Path) -> None:
     """Refuse to overwrite export files b4transfer did not write; create ``out_dir``."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"export out_dir {out_dir} is a file; choose a directory path.")
+        raise UserFileExistsError(f"export out_dir {out_dir} is a file; choose a directory path.")
     config = out_dir / CONFIG_NAME
     try:
-        ours = _MARKER in json.loads(config.read_text())
+        ours = MARKER in json.loads(config.read_text())
     except (OSError, ValueError, TypeError):
         ours = False
     clash = [p.name for p in (out_dir / WEIGHTS_NAME, config) if p.exists()]
     if clash and not ours:
-        raise FileExistsError(
+        raise UserFileExistsError(
             f"export out_dir {out_dir} already holds {', '.join(clash)} not written by b4transfer; refusing "
             "to overwrite it. Choose another out_dir or move those files away."
         )
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the same directory, then ``os.replace`` it into place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -261,3 +262,11 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# The earlier private names, for code written against them.
+_MARKER = MARKER
+_atomic_write = atomic_write
+_check_extra = check_extra
+_claim = claim_dir
+_flat_data_config = flat_data_config

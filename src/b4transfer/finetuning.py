@@ -38,16 +38,29 @@ from typing import Any
 import lightning as L
 from torch import nn
 
+from b4transfer.errors import UserError, UserTypeError
 from b4transfer.stages import backbone_stages, module_stages
 
 log = logging.getLogger(__name__)
 
 BN_POLICIES = ("train", "frozen")
+# finetune= config name of each schedule class
+SCHEDULE_NAMES = {"Full": "full", "LinearProbe": "linear_probe", "FreezeUnfreeze": "freeze_unfreeze",
+                  "Gradual": "gradual"}
+
+
+def schedule_name(finetune: Any) -> str | None:
+    """The ``finetune=`` name of a schedule config (``{"_target_": "...Gradual"}`` -> ``gradual``); a
+    schedule class of the user's own gives its class name; ``None`` without a schedule."""
+    if not finetune:
+        return None
+    target = str(finetune.get("_target_") or "").rsplit(".", 1)[-1]
+    return finetune.get("name") or SCHEDULE_NAMES.get(target, target or None)
 
 
 def _check_epoch(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{key} must be an epoch number >= 0 (an integer), got {value!r}.")
+        raise UserError(f"{key} must be an epoch number >= 0 (an integer), got {value!r}.")
     return value
 
 
@@ -66,13 +79,13 @@ class FinetuneSchedule(L.Callback):
 
     def __init__(self, *, bn: str = "train", warmup_epochs: float = 0.0) -> None:
         if bn not in BN_POLICIES:
-            raise ValueError(f"finetune.bn={bn!r} is not a BatchNorm policy; choose one of {BN_POLICIES}.")
+            raise UserError(f"finetune.bn={bn!r} is not a BatchNorm policy; choose one of {BN_POLICIES}.")
         if (
             isinstance(warmup_epochs, bool)
             or not isinstance(warmup_epochs, (int, float))
             or warmup_epochs < 0
         ):
-            raise ValueError(f"finetune.warmup_epochs must be a number >= 0, got {warmup_epochs!r}.")
+            raise UserError(f"finetune.warmup_epochs must be a number >= 0, got {warmup_epochs!r}.")
         self.bn = bn
         self.warmup_epochs = float(warmup_epochs)
         self.starts: list[int | None] = []
@@ -189,7 +202,7 @@ class FinetuneSchedule(L.Callback):
         for optimizer in trainer.optimizers:
             if any(g.get("stages") for g in optimizer.param_groups):
                 continue
-            raise TypeError(
+            raise UserTypeError(
                 f"finetune={type(self).__name__} needs optimizer groups built by "
                 "b4transfer.optim.param_groups (each with its backbone 'stages'); the optimizer has none. "
                 "Build the optimizer with "
@@ -278,13 +291,13 @@ class Gradual(FinetuneSchedule):
     ) -> None:
         super().__init__(bn=bn, warmup_epochs=warmup_epochs)
         if isinstance(unfreeze_at_epochs, (str, bytes)) or not isinstance(unfreeze_at_epochs, Sequence):
-            raise ValueError(
+            raise UserError(
                 f"finetune.unfreeze_at_epochs must be a list of epochs, top stage first (e.g. [1, 2, 3]), "
                 f"got {unfreeze_at_epochs!r}."
             )
         epochs = [_check_epoch("finetune.unfreeze_at_epochs[]", e) for e in unfreeze_at_epochs]
         if not epochs or any(b < a for a, b in zip(epochs, epochs[1:])):
-            raise ValueError(
+            raise UserError(
                 "finetune.unfreeze_at_epochs must be a non-empty, non-decreasing list of epochs (the top "
                 f"stage first, lower stages later), got {list(unfreeze_at_epochs)}."
             )
@@ -293,7 +306,7 @@ class Gradual(FinetuneSchedule):
     def stage_starts(self, num_stages: int) -> list[int | None]:
         epochs = self.unfreeze_at_epochs
         if len(epochs) > num_stages:
-            raise ValueError(
+            raise UserError(
                 f"finetune.unfreeze_at_epochs has {len(epochs)} entries {epochs} but the backbone has "
                 f"{num_stages} stages (cut at its feature_info levels). Give at most {num_stages} epochs."
             )

@@ -1,6 +1,6 @@
 """Fast inference for ``mode=predict`` / ``mode=embed``: channels_last, bf16 autocast, torch.compile.
 
-:func:`run_inference` runs ``Trainer.predict`` with
+Prediction (each task's ``run_inference``) runs ``Trainer.predict`` with
 
 - **bf16 autocast** (Lightning's ``precision="bf16-mixed"``) where the hardware computes bf16 natively
   (``predict.precision=auto``: CPUs with AVX512-BF16 / AMX, CUDA GPUs with bf16 support; emulated
@@ -22,12 +22,13 @@ import contextlib
 import logging
 import numbers
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+
+from b4transfer.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +51,16 @@ class InferenceSettings:
         predict = dict(predict or {})
         precision = str(predict.get("precision", cls.precision)).lower()
         if precision not in PRECISIONS:
-            raise ValueError(
+            raise UserError(
                 f"predict.precision={predict.get('precision')!r} is not supported; use one of "
                 f"{', '.join(PRECISIONS)} (auto: bf16 where the hardware runs it natively, else 32)."
             )
         for key in ("channels_last", "compile"):
             if not isinstance(predict.get(key, False), bool):
-                raise ValueError(f"predict.{key} must be true or false, got {predict[key]!r}.")
+                raise UserError(f"predict.{key} must be true or false, got {predict[key]!r}.")
         check = predict.get("check_agreement", cls.check_agreement)
         if isinstance(check, bool) or not isinstance(check, numbers.Integral) or check < 0:
-            raise ValueError(
+            raise UserError(
                 f"predict.check_agreement must be a number of images >= 0 (0: no check), got {check!r}."
             )
         return cls(
@@ -118,77 +119,3 @@ def predict_trainer_setup(
     on_gpu = torch.cuda.is_available() and kwargs.get("accelerator", "auto") in ("auto", "gpu", "cuda")
     device = torch.device("cuda" if on_gpu else "cpu")
     return kwargs, device, resolve_precision(settings.precision, device)
-
-
-def run_inference(
-    module: L.LightningModule,
-    loader: DataLoader,
-    *,
-    settings: InferenceSettings,
-    output: str = "probs",
-    trainer_kwargs: Mapping[str, Any] | None = None,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Predict every batch of ``loader`` (``(images, index)`` batches) with the fast settings.
-
-    Args:
-        module: A :class:`~b4transfer.module.TransferModule`.
-        loader: Yields ``(images, index)``; the outputs are returned in index order.
-        settings: Precision, memory format, compilation, agreement check.
-        output: ``"probs"`` or ``"embedding"`` (what ``module.predict_step`` returns).
-        trainer_kwargs: More ``lightning.Trainer`` arguments (``accelerator``, ``default_root_dir``...).
-
-    Returns:
-        ``(values, report)``: ``(N, K)`` probabilities or ``(N, C)`` embeddings in index order, and
-        the settings used plus the agreement with fp32 eager (when checked).
-    """
-    kwargs, device, precision = predict_trainer_setup(settings, trainer_kwargs)
-    kwargs["precision"] = "bf16-mixed" if precision == "bf16" else "32-true"
-    module.predict_output = output
-    trainer = L.Trainer(**kwargs)
-    with fast_model(module, channels_last=settings.channels_last, compile=settings.compile):
-        outputs = trainer.predict(module, dataloaders=loader)
-    index = torch.cat([o["index"] for o in outputs])
-    values = torch.cat([o[output] for o in outputs])[index.argsort()]
-    report = {**asdict(settings), "precision": precision, "device": device.type}
-    if settings.check_agreement and (precision != "32" or settings.compile):
-        report["agreement_vs_fp32"] = agreement(
-            module, loader.dataset, values, n=settings.check_agreement, output=output, device=device
-        )
-    return values, report
-
-
-@torch.no_grad()
-def agreement(
-    module: L.LightningModule,
-    dataset: Dataset,
-    fast_values: torch.Tensor,
-    *,
-    n: int,
-    output: str,
-    device: torch.device,
-) -> dict[str, Any]:
-    """Re-run the first ``n`` images in fp32 eager and compare with ``fast_values[:n]``."""
-    n = min(n, len(dataset))
-    x = torch.stack([dataset[i][0] for i in range(n)])
-    module.to(device).eval()
-    features = torch.cat([module.backbone(chunk.to(device)) for chunk in x.split(16)]).float().cpu()
-    fast = fast_values[:n].float()
-    if output == "embedding":
-        cosine = torch.nn.functional.cosine_similarity(features, fast, dim=-1)
-        report = {"images": n, "min_cosine": float(cosine.min()),
-                  "max_abs_diff": float((features - fast).abs().max())}
-    else:
-        head = module.head.to(device)
-        ref = head.probabilities(head(features.to(device))).float().cpu()
-        if head.multi_label:  # every label's yes/no decision at 0.5
-            top1 = float(((ref > 0.5) == (fast > 0.5)).float().mean())
-        else:
-            top1 = float((ref.argmax(-1) == fast.argmax(-1)).float().mean())
-        report = {"images": n, "top1_agreement": top1, "max_abs_prob_diff": float((ref - fast).abs().max())}
-        if top1 < MIN_AGREEMENT:
-            log.warning(
-                "Fast inference agrees with fp32 on top-1 for only %.1f%% of %d images. HINT: "
-                "predict.precision=32 gives exact fp32 predictions.", 100 * top1, n,
-            )
-    log.info("Fast inference vs fp32 eager: %s", report)
-    return report

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from b4transfer import __version__
-from b4transfer.export import _MARKER, _atomic_write, _flat_data_config, timm_classifier
+from b4transfer.errors import MissingDependencyError, UserError, UserFileExistsError
+from b4transfer.export import MARKER, atomic_write, flat_data_config, timm_classifier
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,12 @@ __all__ = ["ONNX_NAME", "export_onnx", "onnx_metadata", "verify_onnx"]
 ONNX_NAME = "model.onnx"
 
 
-def _require_onnx():
+def require_onnx():
     try:
         import onnx
         import onnxruntime
     except ImportError as e:
-        raise ImportError(
+        raise MissingDependencyError(
             f"export.format=onnx needs the onnx and onnxruntime packages ({e}). Fix: "
             'pip install "b4transfer[onnx]" (or pip install onnx onnxruntime).'
         ) from e
@@ -78,12 +79,12 @@ def export_onnx(
     Returns:
         ``{"path", "opset", "input_size", "max_abs_diff", "max_abs_logit", "tolerance"}``.
     """
-    onnx, _ = _require_onnx()
+    onnx, _ = require_onnx()
     if not isinstance(opset, int) or isinstance(opset, bool) or not 11 <= opset <= 21:
-        raise ValueError(f"export.onnx_opset must be an integer opset in 11..21, got {opset!r}.")
+        raise UserError(f"export.onnx_opset must be an integer opset in 11..21, got {opset!r}.")
     if len(class_names) != head_fc.out_features:
-        raise ValueError(f"{len(class_names)} class_names for a head with {head_fc.out_features} outputs.")
-    flat = _flat_data_config(data_config)
+        raise UserError(f"{len(class_names)} class_names for a head with {head_fc.out_features} outputs.")
+    flat = flat_data_config(data_config)
     input_size = tuple(flat.get("test_input_size") or flat["input_size"])
     out_dir = Path(out_dir)
     path = out_dir / ONNX_NAME
@@ -92,18 +93,18 @@ def export_onnx(
     dummy = torch.zeros(1, *input_size)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # the legacy exporter's notice
-        _atomic_write(path, lambda p: _export(model, dummy, p, opset))
+        atomic_write(path, lambda p: _export(model, dummy, p, opset))
     proto = onnx.load(str(path))
     metadata = {
         "label_names": json.dumps(list(class_names)),
         "data_config": json.dumps(flat),
         "multi_label": json.dumps(bool(multi_label)),
-        _MARKER: __version__,
+        MARKER: __version__,
     }
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    _atomic_write(path, lambda p: onnx.save(proto, str(p)))
+    atomic_write(path, lambda p: onnx.save(proto, str(p)))
     try:
         check = verify_onnx(path, model, input_size, atol=atol, rtol=rtol)
     except Exception:
@@ -143,7 +144,7 @@ def verify_onnx(
     Raises:
         RuntimeError: The largest absolute logit difference exceeds ``atol + rtol * max|logits|``.
     """
-    _, ort = _require_onnx()
+    _, ort = require_onnx()
     x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(seed))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(["logits"], {"image": x.numpy()})[0])
@@ -160,22 +161,22 @@ def verify_onnx(
 
 def onnx_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata :func:`export_onnx` stored, JSON values decoded."""
-    onnx, _ = _require_onnx()
+    onnx, _ = require_onnx()
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return {k: v if k == _MARKER else json.loads(v) for k, v in props.items()}
+    return {k: v if k == MARKER else json.loads(v) for k, v in props.items()}
 
 
 def _claim(path: Path, onnx) -> None:
     if path.parent.exists() and not path.parent.is_dir():
-        raise FileExistsError(f"export out_dir {path.parent} is a file; choose a directory path.")
+        raise UserFileExistsError(f"export out_dir {path.parent} is a file; choose a directory path.")
     if path.exists():
         try:
             props = onnx.load(str(path), load_external_data=False).metadata_props
-            ours = any(p.key == _MARKER for p in props)
+            ours = any(p.key == MARKER for p in props)
         except Exception:
             ours = False
         if not ours:
-            raise FileExistsError(
+            raise UserFileExistsError(
                 f"{path} exists and was not written by b4transfer; refusing to overwrite it. Choose another "
                 "out_dir or move the file away."
             )

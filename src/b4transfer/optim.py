@@ -23,6 +23,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import StepLRScheduler, create_scheduler_v2
 from torch import nn
 
+from b4transfer.errors import UserError
 from b4transfer.stages import param_stage_map
 
 SCHEDULERS = ("cosine", "step", "multistep", "poly", "tanh")
@@ -67,11 +68,11 @@ def param_groups(
         (stage indices; empty for the head).
     """
     if lr <= 0:
-        raise ValueError(f"optim.lr must be > 0, got {lr}.")
+        raise UserError(f"optim.lr must be > 0, got {lr}.")
     if backbone_lr_mult < 0:
-        raise ValueError(f"optim.backbone_lr_mult must be >= 0, got {backbone_lr_mult}.")
+        raise UserError(f"optim.backbone_lr_mult must be >= 0, got {backbone_lr_mult}.")
     if layer_decay is not None and not 0 < layer_decay <= 1:
-        raise ValueError(
+        raise UserError(
             f"optim.layer_decay must be in (0, 1] (e.g. 0.8), or null for no layer-wise decay; "
             f"got {layer_decay}."
         )
@@ -135,7 +136,7 @@ def create_optimizer(
         return create_optimizer_v2(groups, opt=name, lr=lr, **kwargs)
     except (AssertionError, ValueError) as err:
         if "Invalid optimizer" in str(err) or "optimizer" in str(err).lower():
-            raise ValueError(
+            raise UserError(
                 f"optim.name={name!r} is not a timm optimizer ({err}). "
                 "Use e.g. adamw, sgd, rmsproptf, lamb, adan (see timm.optim.list_optimizers())."
             ) from err
@@ -167,7 +168,7 @@ def create_scheduler(
             t_in_epochs=False,
         )
     if name not in SCHEDULERS:
-        raise ValueError(
+        raise UserError(
             f"scheduler.name={name!r} is not supported; choose one of {SCHEDULERS} or none (constant LR)."
         )
     scheduler, _ = create_scheduler_v2(

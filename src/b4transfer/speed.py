@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from b4transfer.errors import UserError
+
 log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -42,7 +44,7 @@ def apply_speed_switches(module: nn.Module, model_cfg: Mapping[str, Any]) -> nn.
     if model_cfg.get("compile"):
         mode = model_cfg.get("compile_mode") or "default"
         if mode not in COMPILE_MODES:
-            raise ValueError(
+            raise UserError(
                 f"model.compile_mode={mode!r} is not a torch.compile mode; choose one of "
                 f"{', '.join(COMPILE_MODES)}."
             )

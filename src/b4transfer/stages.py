@@ -34,10 +34,14 @@ class Stage:
 
 
 def _feature_levels(backbone: nn.Module) -> list[dict]:
+    """Every feature level the backbone holds: a ``features_only`` model returning only some levels
+    (detection: strides 8-32) still holds the layers below them, so it is cut at all of them."""
     info = getattr(backbone, "feature_info", None)
     if info is None:
         return []
-    return list(info.get_dicts() if hasattr(info, "get_dicts") else info)
+    levels = list(getattr(info, "info", None) or (info.get_dicts() if hasattr(info, "get_dicts") else info))
+    owned = {name.rsplit(".", 1)[0] for name, _ in backbone.named_parameters()}
+    return [lv for lv in levels if any(o == lv["module"] or o.startswith(lv["module"] + ".") for o in owned)]
 
 
 def _param_ordinals(backbone: nn.Module) -> dict[str, int]:

@@ -33,6 +33,7 @@ from b4transfer.data.detection import (
 )
 from b4transfer.data.images import ImageLoadError, image_header, upright_size
 from b4transfer.data.splits import DEFAULT_CHECK_THREADS, shown
+from b4transfer.errors import UserError, UserFileNotFoundError
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)
@@ -42,26 +43,26 @@ def load_json(path: Path, key: str) -> object:
     """Parse a JSON file; a syntax error names the file, line and column."""
     if not path.is_file():
         state = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"{key}={str(path)!r} {state}. Fix: point {key} at a COCO instances JSON file."
         )
     try:
         with path.open(encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(
+        raise UserError(
             f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}. Fix: repair the file "
             "(e.g. `python -m json.tool FILE` shows the spot) or re-export it."
         ) from e
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text ({e}). Fix: point {key} at a COCO JSON file.") from e
+        raise UserError(f"{path} is not UTF-8 text ({e}). Fix: point {key} at a COCO JSON file.") from e
 
 
 def _list(data: dict, name: str, path: Path, *, required: bool = True) -> list:
     value = data.get(name, None if required else [])
     if not isinstance(value, list):
         found = "no such key" if value is None else f"a {type(value).__name__}"
-        raise ValueError(
+        raise UserError(
             f"{path}: '{name}' must be a list ({found}). Fix: use a COCO instances file with 'images', "
             "'annotations' and 'categories' lists."
         )
@@ -70,7 +71,7 @@ def _list(data: dict, name: str, path: Path, *, required: bool = True) -> list:
 
 def _int(value, path: Path, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{path}: {what} must be an integer, got {value!r}. Fix: correct it in the file.")
+        raise UserError(f"{path}: {what} must be an integer, got {value!r}. Fix: correct it in the file.")
     return int(value)
 
 
@@ -78,23 +79,23 @@ def parse_categories(data: dict, path: Path) -> tuple[list[str], list[int]]:
     """Class names and category ids, sorted by id (the label order)."""
     cats = _list(data, "categories", path)
     if not cats:
-        raise ValueError(
+        raise UserError(
             f"{path}: 'categories' is empty. Fix: list each class as {{'id': 1, 'name': 'cat'}}."
         )
     by_id: dict[int, str] = {}
     for i, cat in enumerate(cats):
         if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
-            raise ValueError(f"{path}: categories[{i}] = {cat!r} needs an 'id' and a 'name'. Fix: add them.")
+            raise UserError(f"{path}: categories[{i}] = {cat!r} needs an 'id' and a 'name'. Fix: add them.")
         cid = _int(cat["id"], path, f"categories[{i}] id")
         if cid in by_id:
-            raise ValueError(
+            raise UserError(
                 f"{path}: category id {cid} is listed twice. Fix: give each category its own id."
             )
         by_id[cid] = str(cat["name"])
     names = [by_id[i] for i in sorted(by_id)]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"{path}: category name(s) {dupes} used by several ids. Fix: make names unique.")
+        raise UserError(f"{path}: category name(s) {dupes} used by several ids. Fix: make names unique.")
     return names, sorted(by_id)
 
 
@@ -102,10 +103,10 @@ def _images(data: dict, path: Path, image_dir: Path) -> dict[int, tuple[Path, tu
     images: dict[int, tuple[Path, tuple[int, int] | None]] = {}
     for i, img in enumerate(_list(data, "images", path)):
         if not isinstance(img, dict) or "id" not in img or not img.get("file_name"):
-            raise ValueError(f"{path}: images[{i}] = {img!r} needs an 'id' and a 'file_name'. Fix: add them.")
+            raise UserError(f"{path}: images[{i}] = {img!r} needs an 'id' and a 'file_name'. Fix: add them.")
         iid = _int(img["id"], path, f"images[{i}] id")
         if iid in images:
-            raise ValueError(
+            raise UserError(
                 f"{path}: image id {iid} is listed twice in 'images'. Fix: give each image one id."
             )
         w, h = img.get("width"), img.get("height")
@@ -114,7 +115,7 @@ def _images(data: dict, path: Path, image_dir: Path) -> dict[int, tuple[Path, tu
     missing = [(iid, p) for iid, (p, _) in images.items() if not p.is_file()]
     if missing:
         listed = shown([f"image id {iid}: {p}" for iid, p in missing])
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"{path}: {len(missing)} of {len(images)} image file(s) do not exist ({listed}). Fix: point "
             f"the image folder (data.root, or data.train_images / data.val_images; now {image_dir}) at the "
             "folder 'file_name' is relative to, or remove those images from the JSON."
@@ -172,7 +173,7 @@ def _check_sizes(images: dict[int, tuple[Path, tuple[int, int] | None]], path: P
         else "give 'width'/'height' (and boxes) for the files as they are now, or use the files that "
         "were annotated"
     )
-    raise ValueError(
+    raise UserError(
         f"{path}: {len(bad)} of {len(listed)} image(s) are not the size the JSON gives them, so their "
         f"boxes would be misplaced ({shown([show(*x) for x in bad])}). Fix: {fix}."
     )
@@ -183,7 +184,7 @@ def _bbox(ann: dict, path: Path, aid) -> list[float]:
     if not (isinstance(box, list) and len(box) == 4) or not all(
         isinstance(v, numbers.Real) and not isinstance(v, bool) for v in box
     ):
-        raise ValueError(
+        raise UserError(
             f"{path}: annotation id {aid} has bbox {box!r}; COCO boxes are 4 numbers [x, y, width, height] "
             "in pixels. Fix: correct or delete that annotation."
         )
@@ -218,10 +219,10 @@ def read_coco(
     path, image_dir = Path(json_path).expanduser(), Path(image_dir).expanduser()
     data = load_json(path, key)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object with 'images', 'annotations', 'categories'.")
+        raise UserError(f"{path}: expected a JSON object with 'images', 'annotations', 'categories'.")
     names, ids = parse_categories(data, path)
     if categories is not None and (names, ids) != (list(categories[0]), list(categories[1])):
-        raise ValueError(
+        raise UserError(
             f"{path}: categories {dict(zip(ids, names))} differ from the training file's "
             f"{dict(zip(categories[1], categories[0]))}. Fix: use the same 'categories' in every split."
         )
@@ -231,16 +232,22 @@ def read_coco(
     for i, ann in enumerate(_list(data, "annotations", path)):
         aid = ann.get("id", f"#{i}") if isinstance(ann, dict) else f"#{i}"
         if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
-            raise ValueError(
+            raise UserError(
                 f"{path}: annotation {aid} = {ann!r} needs 'image_id', 'category_id' and 'bbox'."
             )
+        bad = [k for k in ("image_id", "category_id") if type(ann[k]) not in (int, str)]  # bool: not an id
+        if bad:
+            raise UserError(
+                f"{path}: annotation id {aid} has {bad[0]} {ann[bad[0]]!r}; it must be one id (a number). "
+                "Fix: give each annotation a single image_id and category_id (one annotation per object)."
+            )
         if ann["image_id"] not in images:
-            raise ValueError(
+            raise UserError(
                 f"{path}: annotation id {aid} points at image_id {ann['image_id']!r}, which is not in "
                 "'images'. Fix: add that image to 'images' or delete the annotation."
             )
         if ann["category_id"] not in label_of:
-            raise ValueError(
+            raise UserError(
                 f"{path}: annotation id {aid} has category_id {ann['category_id']!r}, which is not among "
                 f"the categories {ids}. Fix: add the category or correct the annotation."
             )
@@ -285,7 +292,7 @@ def _image_dir_for(root: Path, json_path: Path, split: str) -> Path:
         if folder.is_dir():
             return folder
     tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
+    raise UserFileNotFoundError(
         f"data.root={str(root)!r}: found {json_path.name} but no image folder for it (tried {tried}). "
         f"Fix: put the images in {candidates[0]}, or set data.{split}_images=DIR explicitly."
     )
@@ -300,7 +307,7 @@ def find_coco_layout(root: str | Path) -> dict[str, tuple[Path, Path]]:
     Roboflow's export (``train/_annotations.coco.json`` beside the images; ``valid/``, ``test/``)."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"data.root={str(root)!r} is not a folder. Fix: point it at the COCO dataset root."
         )
     found = {}
@@ -308,7 +315,7 @@ def find_coco_layout(root: str | Path) -> dict[str, tuple[Path, Path]]:
         matches = sorted((root / "annotations").glob(f"instances_{split}*.json"))
         if len(matches) > 1:
             names = ", ".join(m.name for m in matches)
-            raise ValueError(
+            raise UserError(
                 f"data.root={str(root)!r}: several {split} annotation files ({names}). Fix: choose one with "
                 f"data.{split}_json=FILE and data.{split}_images=DIR."
             )
@@ -321,7 +328,7 @@ def find_coco_layout(root: str | Path) -> dict[str, tuple[Path, Path]]:
                     found[split] = (root / folder / ROBOFLOW_JSON, root / folder)
                     break
     if "train" not in found:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"data.root={str(root)!r}: no annotations/instances_train*.json (nor train/{ROBOFLOW_JSON}). "
             "Fix: use the standard COCO layout (annotations/instances_train2017.json + train2017/), or name "
             "the files with data.train_json=FILE data.train_images=DIR (and data.val_json / data.val_images)."
@@ -369,13 +376,13 @@ def coco_splits(
             continue
         if js in (None, "") or imgs in (None, ""):
             given, other = ("json", "images") if js not in (None, "") else ("images", "json")
-            raise ValueError(
+            raise UserError(
                 f"data.{split}_{given} is set but data.{split}_{other} is not. Fix: set both "
                 f"(the instances JSON and the folder its file_name entries are relative to)."
             )
         files[split] = (Path(js).expanduser(), Path(imgs).expanduser())
     if "train" not in files:
-        raise ValueError(
+        raise UserError(
             "data=coco needs data.root=DIR (standard COCO layout) or data.train_json=FILE with "
             "data.train_images=DIR. Fix: set one of them."
         )

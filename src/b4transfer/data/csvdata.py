@@ -23,6 +23,7 @@ from b4transfer.data.splits import (
     check_val_fraction,
     shown,
 )
+from b4transfer.errors import UserError, UserFileNotFoundError
 
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
@@ -37,11 +38,11 @@ class _Row:
 
 def _open_csv(csv_path: str | Path | None) -> Path:
     if csv_path is None or str(csv_path).strip() == "":
-        raise ValueError(f"data.csv is empty ({csv_path!r}). Fix: set data.csv=/path/to/labels.csv.")
+        raise UserError(f"data.csv is empty ({csv_path!r}). Fix: set data.csv=/path/to/labels.csv.")
     path = Path(csv_path).expanduser()
     if not path.is_file():
         state = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"data.csv={str(csv_path)!r}: {path.resolve()} {state}. Fix: point data.csv at a "
             "CSV file with a header row such as 'path,label' (relative paths resolve against the "
             "working directory, which Hydra may change; prefer an absolute path)."
@@ -51,7 +52,7 @@ def _open_csv(csv_path: str | Path | None) -> Path:
 
 def _column(header: list[str], wanted: str, key: str, path: Path) -> str:
     if wanted not in header:
-        raise ValueError(
+        raise UserError(
             f"{path}: no column {wanted!r} ({key}={wanted!r}); the header has {header}. Fix: rename the "
             f"column in the CSV or set {key} to one of {header}."
         )
@@ -71,7 +72,7 @@ def _iter_rows(path: Path, columns: dict[str, str], multi_label: bool, delimiter
         reader = csv.DictReader(f)
         header = [name.strip() for name in reader.fieldnames or []]
         if not header:
-            raise ValueError(
+            raise UserError(
                 f"{path} is empty. Fix: add a header row such as 'path,label' and one row per image."
             )
         reader.fieldnames = header
@@ -82,18 +83,18 @@ def _iter_rows(path: Path, columns: dict[str, str], multi_label: bool, delimiter
             line = reader.line_num
             file_text, label_text = (row.get(path_col) or "").strip(), row.get(label_col) or ""
             if not file_text:
-                raise ValueError(
+                raise UserError(
                     f"{path}, line {line}: empty {path_col!r}. Fix: give the image path or delete the row."
                 )
             labels = _split_labels(label_text, multi_label, delimiter)
             if not labels:
-                raise ValueError(
+                raise UserError(
                     f"{path}, line {line}: empty label for {file_text!r}. Fix: fill in column "
                     f"{label_col!r} or delete the row."
                 )
             split = (row.get(split_col) or "").strip().lower() if split_col else None
             if split_col and split not in SPLIT_ALIASES:
-                raise ValueError(
+                raise UserError(
                     f"{path}, line {line}: unknown {split_col!r} value {row.get(split_col)!r}. Fix: use one "
                     f"of {sorted(SPLIT_ALIASES)} (or drop the column to split automatically)."
                 )
@@ -106,11 +107,11 @@ def _resolve_classes(rows: list[_Row], class_names: list[str] | None, path: Path
     known = set(class_names)
     if len(known) != len(class_names):
         dupes = sorted({name for name in class_names if list(class_names).count(name) > 1})
-        raise ValueError(f"data.class_names lists {dupes} more than once. Fix: list each class once.")
+        raise UserError(f"data.class_names lists {dupes} more than once. Fix: list each class once.")
     for row in rows:
         unknown = [label for label in row.labels if label not in known]
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"{path}, line {row.line}: label(s) {unknown} not in data.class_names {list(class_names)}. "
                 "Fix: add them to data.class_names, correct the row, or set data.class_names=null to "
                 "use the labels found in the CSV."
@@ -124,7 +125,7 @@ def _resolve_paths(rows: list[_Row], path: Path) -> list[Path]:
     missing = [(row, f) for row, f in zip(rows, files) if not f.is_file()]
     if missing:
         listed = shown([f"line {row.line}: {f}" for row, f in missing])
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"{path}: {len(missing)} of {len(rows)} image file(s) do not exist ({listed}). Fix: correct "
             f"the paths (relative paths are resolved against the CSV's folder {path.parent}) or delete those "
             "rows."
@@ -174,7 +175,7 @@ def read_csv(
     columns = {"path": path_column, "label": label_column, "split": split_column}
     rows = list(_iter_rows(path, columns, multi_label, label_delimiter))
     if not rows:
-        raise ValueError(f"{path} has a header but no rows. Fix: add one row per image.")
+        raise UserError(f"{path} has a header but no rows. Fix: add one row per image.")
     names = _resolve_classes(rows, class_names, path)
     check_class_count(names, path)
     index = {name: i for i, name in enumerate(names)}

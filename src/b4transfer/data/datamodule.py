@@ -13,15 +13,22 @@ from b4transfer.data.dataset import ImageDataset
 from b4transfer.data.mixup import build_mixup
 from b4transfer.data.splits import DatasetSplits, class_counts
 from b4transfer.data.transforms import DRAFT_FACTOR, build_transforms, draft_size_for
+from b4transfer.errors import UserError
 
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
 
 
-def _check_int(value: Any, key: str, low: int, fix: str) -> None:
+def check_int(value: Any, key: str, low: int, fix: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{key} must be an integer >= {low}, got {value!r}. Fix: {fix}.")
+        raise UserError(f"{key} must be an integer >= {low}, got {value!r}. Fix: {fix}.")
+
+
+def lone_last_batch(num_samples: int, batch_size: int) -> bool:
+    """Whether an epoch would end with a batch of one image: training drops it (BatchNorm in train mode
+    cannot normalise a single value per channel, e.g. a 1x1 map of one image), one image per epoch."""
+    return batch_size > 1 and num_samples > batch_size and num_samples % batch_size == 1
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -59,16 +66,16 @@ class ClassificationDataModule(L.LightningDataModule):
         mixup: Mapping[str, Any] | None = None,
     ):
         super().__init__()
-        _check_int(batch_size, "data.batch_size", 1, "set e.g. data.batch_size=32")
-        _check_int(num_workers, "data.num_workers", 0, "set data.num_workers=0 (main process) or more")
+        check_int(batch_size, "data.batch_size", 1, "set e.g. data.batch_size=32")
+        check_int(num_workers, "data.num_workers", 0, "set data.num_workers=0 (main process) or more")
         if not splits.val:
-            raise ValueError(
+            raise UserError(
                 f"The validation split is empty ({len(splits.train)} training images, "
                 f"{splits.num_classes} classes). Fix: add a val/ folder or val rows, or raise "
                 "data.val_fraction so each class with 2+ images sends some to validation."
             )
         if drop_last and len(splits.train) < batch_size:
-            raise ValueError(
+            raise UserError(
                 f"data.batch_size={batch_size} with data.drop_last=true but only {len(splits.train)} "
                 "training images: no batch would ever be trained. Fix: lower data.batch_size or set "
                 "data.drop_last=false."
@@ -108,7 +115,7 @@ class ClassificationDataModule(L.LightningDataModule):
     def class_counts(self, split: str = "train") -> list[int]:
         """Images per class in ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
         if split not in SPLIT_NAMES:
-            raise ValueError(f"Unknown split {split!r}. Fix: use one of {list(SPLIT_NAMES)}.")
+            raise UserError(f"Unknown split {split!r}. Fix: use one of {list(SPLIT_NAMES)}.")
         return class_counts(getattr(self.splits, split), self.num_classes)
 
     def dataset(self, split: str) -> ImageDataset:
@@ -123,11 +130,12 @@ class ClassificationDataModule(L.LightningDataModule):
         )
 
     def _loader(self, split: str, *, train: bool) -> DataLoader:
+        dataset = self.dataset(split)
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.batch_size,
             shuffle=train,
-            drop_last=self.drop_last and train,
+            drop_last=train and (self.drop_last or lone_last_batch(len(dataset), self.batch_size)),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,

@@ -11,6 +11,7 @@ from torchvision.transforms.functional import to_tensor
 
 from b4transfer.data.images import load_rgb
 from b4transfer.data.splits import Sample
+from b4transfer.errors import UserError
 
 
 def _target_tensor(target: int | tuple[int, ...], num_classes: int, multi_label: bool) -> torch.Tensor:
@@ -55,7 +56,7 @@ class ImageDataset(Dataset):
             labels = sample.target if isinstance(sample.target, (tuple, list)) else (sample.target,)
             bad = [label for label in labels if not 0 <= int(label) < num_classes]
             if bad:
-                raise ValueError(
+                raise UserError(
                     f"{sample.path}: target {sample.target!r} has class index(es) {bad} outside "
                     f"0..{num_classes - 1} (num_classes={num_classes}). Fix: make num_classes match "
                     "the dataset's class names."

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from b4transfer.errors import UserError, UserFileExistsError
+
 DEMO_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
 DEMO_VERSION = "v1"
 MARKER = ".complete"
@@ -41,13 +43,13 @@ def default_demo_root(image_size: int, train_per_class: int, val_per_class: int,
     return cache_root() / f"demo-{DEMO_VERSION}-{image_size}-{train_per_class}-{val_per_class}-{seed}"
 
 
-def _hsv255(h: float, s: float, v: float) -> np.ndarray:
+def hsv255(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v)) * 255.0
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A ``(size, size, 3)`` float image: gradient, blotchy noise or stripes in muted colours."""
-    c1, c2 = (_hsv255(rng.random(), rng.uniform(0, 0.25), rng.uniform(0.25, 0.75)) for _ in range(2))
+    c1, c2 = (hsv255(rng.random(), rng.uniform(0, 0.25), rng.uniform(0.25, 0.75)) for _ in range(2))
     yy, xx = np.mgrid[0:size, 0:size] / size
     kind = rng.integers(3)
     if kind == 0:  # linear gradient at a random angle
@@ -63,7 +65,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return c1 * (1 - t) + c2 * t
 
 
-def _polygon(name: str, cx: float, cy: float, r: float, theta: float) -> list[tuple[float, float]]:
+def shape_polygon(name: str, cx: float, cy: float, r: float, theta: float) -> list[tuple[float, float]]:
     """Vertices of a shape of radius ``r`` centred at ``(cx, cy)``, rotated by ``theta``."""
     if name == "square":
         pts = [(r * np.cos(a), r * np.sin(a)) for a in np.pi / 4 + np.arange(4) * np.pi / 2]
@@ -94,7 +96,7 @@ def _shape_mask(rng: np.random.Generator, name: str, size: int) -> np.ndarray:
     elif name == "ring":
         draw.ellipse(box, outline=255, width=max(2, round(0.32 * r)))
     else:
-        draw.polygon(_polygon(name, cx, cy, r, theta), fill=255)
+        draw.polygon(shape_polygon(name, cx, cy, r, theta), fill=255)
     small = mask.resize((size, size), Image.BOX)
     return np.asarray(small, dtype=np.float64)[..., None] / 255.0
 
@@ -110,9 +112,9 @@ def render_demo_image(class_index: int, rng: np.random.Generator, image_size: in
     Returns:
         An RGB image.
     """
-    background = _background(rng, image_size)
+    background = textured_background(rng, image_size)
     hue = class_index / len(DEMO_CLASSES) + rng.uniform(-0.04, 0.04)
-    colour = _hsv255(hue, rng.uniform(0.65, 1.0), rng.uniform(0.7, 1.0))
+    colour = hsv255(hue, rng.uniform(0.65, 1.0), rng.uniform(0.7, 1.0))
     mask = _shape_mask(rng, DEMO_CLASSES[class_index], image_size)
     pixels = background * (1 - mask) + colour * mask
     pixels += rng.normal(0, rng.uniform(3, 12), size=pixels.shape)
@@ -133,7 +135,7 @@ def check_int_args(*specs: tuple[str, object, int]) -> None:
     """Refuse any ``(key, value, low)`` whose value is not an integer >= low, naming ``data.<key>``."""
     for key, value, low in specs:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"demo {key} must be an integer >= {low}, got {value!r}. Fix: set data.{key}.")
+            raise UserError(f"demo {key} must be an integer >= {low}, got {value!r}. Fix: set data.{key}.")
 
 
 def ensure_generated(root: Path, info: dict, write: Callable[[Path], None]) -> Path:
@@ -146,7 +148,7 @@ def ensure_generated(root: Path, info: dict, write: Callable[[Path], None]) -> P
     if (root / MARKER).is_file():
         return root
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(
+        raise UserFileExistsError(
             f"Demo data root {root} exists but is not a finished demo dataset (no {MARKER} marker); "
             "it is left untouched. Fix: delete it, or choose another data.root for the demo data."
         )

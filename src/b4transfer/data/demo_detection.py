@@ -21,12 +21,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from b4transfer.data.demo import (
-    _background,
-    _hsv255,
-    _polygon,
     cache_root,
     check_int_args,
     ensure_generated,
+    hsv255,
+    shape_polygon,
+    textured_background,
 )
 
 DEMO_DETECTION_CLASSES = ("circle", "square", "triangle")
@@ -59,7 +59,7 @@ def _draw_mask(
     if name == "circle":
         draw.ellipse((s * (cx - r), s * (cy - r), s * (cx + r), s * (cy + r)), fill=255)
     else:
-        draw.polygon(_polygon(name, s * cx, s * cy, s * r, theta), fill=255)
+        draw.polygon(shape_polygon(name, s * cx, s * cy, s * r, theta), fill=255)
     return np.asarray(mask.resize((width, height), Image.BOX), dtype=np.float64) / 255.0
 
 
@@ -75,7 +75,7 @@ def render_detection_image(rng: np.random.Generator, image_size: int) -> tuple[I
     """
     width, height = (int(v) for v in rng.integers(image_size, int(1.4 * image_size) + 1, size=2))
     side = max(width, height)
-    pixels = _background(rng, side)[:height, :width]
+    pixels = textured_background(rng, side)[:height, :width]
     boxes, labels = [], []
     for _ in range(rng.choice(_OBJECTS, p=_OBJECT_P)):
         cls = int(rng.integers(len(DEMO_DETECTION_CLASSES)))
@@ -92,7 +92,7 @@ def render_detection_image(rng: np.random.Generator, image_size: int) -> tuple[I
         else:
             continue  # no free spot: fewer objects
         hue = cls / len(DEMO_DETECTION_CLASSES) + rng.uniform(-0.05, 0.05)
-        colour = _hsv255(hue, rng.uniform(0.6, 1.0), rng.uniform(0.7, 1.0))
+        colour = hsv255(hue, rng.uniform(0.6, 1.0), rng.uniform(0.7, 1.0))
         pixels = pixels * (1 - mask[..., None]) + colour * mask[..., None]
         boxes.append(box)
         labels.append(cls)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from b4transfer.data.splits import check_on_bad_image, check_val_fraction, drop_unreadable, shown
+from b4transfer.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,6 @@ class DetectionSplits:
     clipped_boxes: int = 0
     dropped_boxes: int = 0
 
-    task = "detection"
     multi_label = False
 
     @property
@@ -189,7 +189,7 @@ def assemble_detection_splits(
         The assembled splits.
     """
     if not class_names:
-        raise ValueError(
+        raise UserError(
             f"{source}: no classes found. Fix: list at least one category (COCO 'categories', YOLO "
             "'names' in data.yaml or classes.txt)."
         )
@@ -201,7 +201,7 @@ def assemble_detection_splits(
     good_ids = {id(s) for s in good}
     parts = {name: [s for s in tagged.get(name, []) if id(s) in good_ids] for name in names}
     if not parts["train"]:
-        raise ValueError(
+        raise UserError(
             f"{source}: the training split holds no readable images. Fix: point data.root (or "
             "data.train_json / data.train_images) at a dataset with training images."
         )

@@ -15,10 +15,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from b4transfer.data.datamodule import _check_int
+from b4transfer.data.datamodule import check_int, lone_last_batch
 from b4transfer.data.detection import DetectionSample, DetectionSplits, make_sample
 from b4transfer.data.detection_transforms import DetectionTransform, check_augment
 from b4transfer.data.images import load_rgb, upright_size
+from b4transfer.errors import UserError
 
 
 def collate_detection(batch):
@@ -99,10 +100,10 @@ class DetectionDataModule(L.LightningDataModule):
         persistent_workers: bool | None = None,
     ) -> None:
         super().__init__()
-        _check_int(batch_size, "data.batch_size", 1, "set e.g. data.batch_size=8")
-        _check_int(num_workers, "data.num_workers", 0, "set data.num_workers=0 (main process) or more")
+        check_int(batch_size, "data.batch_size", 1, "set e.g. data.batch_size=8")
+        check_int(num_workers, "data.num_workers", 0, "set data.num_workers=0 (main process) or more")
         if not splits.val:
-            raise ValueError(
+            raise UserError(
                 f"The validation split is empty ({len(splits.train)} training images). Fix: add a val "
                 "annotation file / images/val folder, or use at least 2 training images so some are held out."
             )
@@ -124,15 +125,17 @@ class DetectionDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> DetectionDataset:
         """The dataset of ``split`` (``train``, ``val`` or ``test``) with its transform."""
         if split not in ("train", "val", "test"):
-            raise ValueError(f"Unknown split {split!r}. Fix: use one of ['train', 'val', 'test'].")
+            raise UserError(f"Unknown split {split!r}. Fix: use one of ['train', 'val', 'test'].")
         transform = self.train_transform if split == "train" else self.eval_transform
         return DetectionDataset(getattr(self.splits, split), transform)
 
     def _loader(self, split: str, *, train: bool) -> DataLoader:
+        dataset = self.dataset(split)
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.batch_size,
             shuffle=train,
+            drop_last=train and lone_last_batch(len(dataset), self.batch_size),
             num_workers=self.num_workers,
             collate_fn=collate_detection,
             pin_memory=self.pin_memory,

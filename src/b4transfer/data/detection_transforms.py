@@ -24,6 +24,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from b4transfer.data.detection import DetectionSample
+from b4transfer.errors import UserError
 
 DEFAULT_AUGMENT: dict[str, Any] = {"hflip": 0.5, "scale": (0.75, 1.25), "color_jitter": 0.2}
 
@@ -33,20 +34,20 @@ def check_augment(augment: Mapping[str, Any] | None) -> dict[str, Any]:
     aug = dict(DEFAULT_AUGMENT if augment is None else augment)
     unknown = sorted(set(aug) - set(DEFAULT_AUGMENT))
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"data.augment has unknown key(s) {unknown} for detection. Fix: use {sorted(DEFAULT_AUGMENT)}."
         )
     aug = {**DEFAULT_AUGMENT, **aug}
     if not isinstance(aug["hflip"], numbers.Real) or not 0 <= aug["hflip"] <= 1:
-        raise ValueError(f"data.augment.hflip must be a probability in [0, 1], got {aug['hflip']!r}.")
+        raise UserError(f"data.augment.hflip must be a probability in [0, 1], got {aug['hflip']!r}.")
     scale = aug["scale"]
     if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and 0 < scale[0] <= scale[1]):
-        raise ValueError(
+        raise UserError(
             f"data.augment.scale must be [low, high] with 0 < low <= high, got {scale!r}. "
             "Fix: e.g. data.augment.scale=[0.75,1.25], or [1.0,1.0] for no scale jitter."
         )
     if not isinstance(aug["color_jitter"], numbers.Real) or aug["color_jitter"] < 0:
-        raise ValueError(f"data.augment.color_jitter must be >= 0, got {aug['color_jitter']!r}.")
+        raise UserError(f"data.augment.color_jitter must be >= 0, got {aug['color_jitter']!r}.")
     aug["scale"] = (float(scale[0]), float(scale[1]))
     return aug
 
@@ -75,7 +76,7 @@ class DetectionTransform:
         self, image_size: int, *, fill: tuple[int, int, int], train: bool, augment: Mapping | None = None
     ) -> None:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
-            raise ValueError(f"data.image_size must be an integer >= 32 for detection, got {image_size!r}.")
+            raise UserError(f"data.image_size must be an integer >= 32 for detection, got {image_size!r}.")
         self.size = image_size
         self.fill = tuple(int(v) for v in fill)
         self.train = train

@@ -21,6 +21,7 @@ from b4transfer.data.splits import (
     check_on_bad_image,
     check_val_fraction,
 )
+from b4transfer.errors import UserError, UserFileNotFoundError
 
 VAL_DIR_NAMES = ("val", "valid", "validation")
 _LAYOUT_HINT = (
@@ -54,18 +55,18 @@ def list_images(folder: Path) -> list[Path]:
 
 def _check_root(root: str | Path | None) -> Path:
     if root is None or str(root).strip() == "":
-        raise ValueError(
+        raise UserError(
             f"data.root is empty ({root!r}). Fix: set data.root=/path/to/images. {_LAYOUT_HINT}."
         )
     path = Path(root).expanduser()
     if not path.exists():
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"data.root={str(root)!r}: folder {path.resolve()} does not exist. "
             "Fix: check the path (relative paths are resolved against the working directory, "
             "which Hydra may change; prefer an absolute path)."
         )
     if not path.is_dir():
-        raise ValueError(
+        raise UserError(
             f"data.root={str(root)!r} is a file, not a folder. Fix: point data.root at the image "
             "folder; for a CSV of path,label rows use the csv data config instead."
         )
@@ -81,14 +82,14 @@ def _read_classes(folder: Path, what: str) -> dict[str, list[Path]]:
             if list_images(folder)
             else ""
         )
-        raise ValueError(
+        raise UserError(
             f"data.root: {what} folder {folder} has no class sub-folders.{loose} {_LAYOUT_HINT}."
         )
     classes = {}
     for class_dir in class_dirs:
         images = list_images(class_dir)
         if not images:
-            raise ValueError(
+            raise UserError(
                 f"data.root: class folder {class_dir} holds no images (accepted extensions: "
                 f"{', '.join(IMG_EXTENSIONS)}, any case). Fix: add images or remove the folder."
             )
@@ -99,7 +100,7 @@ def _read_classes(folder: Path, what: str) -> dict[str, list[Path]]:
 def _find_val_dir(root: Path) -> Path | None:
     present = [root / name for name in VAL_DIR_NAMES if (root / name).is_dir()]
     if len(present) > 1:
-        raise ValueError(
+        raise UserError(
             f"data.root={root}: found several validation folders {[p.name for p in present]}. "
             "Fix: keep only one of them (merge or rename the others)."
         )
@@ -111,7 +112,7 @@ def _to_samples(
 ) -> list[Sample]:
     unknown = sorted(set(classes) - set(class_names))
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"data.root: {what} folder {folder} has class folder(s) {unknown} that are not in the "
             f"training folder's classes {class_names}. Fix: add those classes to the training "
             "folder, or rename/remove them here (class names must match exactly)."
@@ -124,7 +125,7 @@ def _check_layout(root: Path) -> None:
     """A val/ or test/ folder without train/ is a half split layout, not a class."""
     split_dirs = [name for name in (*VAL_DIR_NAMES, "test") if (root / name).is_dir()]
     if split_dirs and not (root / "train").is_dir():
-        raise ValueError(
+        raise UserError(
             f"data.root={root} has {split_dirs} but no train/ folder. Fix: put the training images "
             f"in {root / 'train'}/<class>/, or if {split_dirs} are really class names, rename them."
         )

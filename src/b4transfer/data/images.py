@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from b4transfer.errors import UserError
+
 IMG_EXTENSIONS: tuple[str, ...] = (
     ".jpg",
     ".jpeg",
@@ -53,7 +55,7 @@ _DEFAULT_FIX = (
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(UserError):
     """An image file that cannot be decoded.
 
     Args:

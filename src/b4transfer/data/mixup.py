@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from timm.data import Mixup
 
+from b4transfer.errors import UserError
+
 MODES = ("batch", "pair", "elem")
 
 
@@ -45,16 +47,16 @@ class BatchMixup:
     ) -> None:
         for key, value in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"data.mixup.{key} must be a number >= 0 (0 turns it off), got {value!r}.")
+                raise UserError(f"data.mixup.{key} must be a number >= 0 (0 turns it off), got {value!r}.")
         for key, value in (("prob", prob), ("switch_prob", switch_prob)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ValueError(f"data.mixup.{key} must be a probability in [0, 1], got {value!r}.")
+                raise UserError(f"data.mixup.{key} must be a probability in [0, 1], got {value!r}.")
         if mode not in MODES:
-            raise ValueError(f"data.mixup.mode={mode!r} is not a mixing mode; choose one of {MODES}.")
+            raise UserError(f"data.mixup.mode={mode!r} is not a mixing mode; choose one of {MODES}.")
         kwargs: dict[str, Any] = {}
         if multi_label:
             if "multi_label" not in inspect.signature(Mixup).parameters:
-                raise ValueError(
+                raise UserError(
                     "data.mixup with multi-label data needs timm's multi-label Mixup (timm >= 1.0.20). "
                     "Upgrade timm or set data.mixup.mixup_alpha=0 and data.mixup.cutmix_alpha=0."
                 )
@@ -101,5 +103,5 @@ def build_mixup(
     known = set(inspect.signature(BatchMixup).parameters) - {"num_classes", "multi_label"}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(f"data.mixup has unknown key(s) {unknown}; valid keys: {sorted(known)}.")
+        raise UserError(f"data.mixup has unknown key(s) {unknown}; valid keys: {sorted(known)}.")
     return BatchMixup(num_classes=num_classes, multi_label=multi_label, **options)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from b4transfer.data.check_cache import cached_checks
 from b4transfer.data.images import ImageLoadError, check_image
+from b4transfer.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,12 @@ def class_counts(samples: Iterable[Sample], num_classes: int) -> list[int]:
 def check_val_fraction(val_fraction: float) -> None:
     """Raise ValueError unless ``0 < val_fraction < 1``."""
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
-        raise ValueError(
+        raise UserError(
             f"data.val_fraction must be a number between 0 and 1, got {val_fraction!r}. "
             "Fix: set e.g. data.val_fraction=0.2."
         )
     if not 0 < val_fraction < 1:
-        raise ValueError(
+        raise UserError(
             f"data.val_fraction must be strictly between 0 and 1, got {val_fraction}. "
             "Fix: set e.g. data.val_fraction=0.2 (20% of each class goes to validation)."
         )
@@ -137,7 +138,7 @@ def stratified_split(
 def check_on_bad_image(on_bad_image: str) -> None:
     """Raise ValueError unless ``on_bad_image`` is one of ``ON_BAD_IMAGE_OPTIONS``."""
     if on_bad_image not in ON_BAD_IMAGE_OPTIONS:
-        raise ValueError(
+        raise UserError(
             f"data.on_bad_image={on_bad_image!r} is not an option; choose one of "
             f"{list(ON_BAD_IMAGE_OPTIONS)}. Fix: data.on_bad_image=skip leaves unreadable "
             "images out (and counts them), data.on_bad_image=error stops at start-up."
@@ -212,7 +213,7 @@ def check_class_count(class_names: Sequence[str], source: str | Path) -> None:
         source: Where they were found (folder or file), for the message.
     """
     if len(class_names) < 2:
-        raise ValueError(
+        raise UserError(
             f"{source}: found {len(class_names)} class(es) {list(class_names)}, but classification "
             "needs at least 2. Fix: add images of at least one more class (one sub-folder or label "
             "per class), or point data.root / data.csv at the right dataset."

@@ -14,6 +14,8 @@ from typing import Any
 
 from timm.data import create_transform
 
+from b4transfer.errors import UserError
+
 # Keys of a timm data config that create_transform understands.
 DATA_CFG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 DEFAULT_AUGMENT: dict[str, Any] = {"hflip": 0.5}
@@ -34,7 +36,7 @@ def _check_augment(augment: Mapping[str, Any]) -> dict[str, Any]:
     options = augment_options()
     unknown = sorted(set(augment) - set(options))
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"data.augment has unknown key(s) {unknown}. Fix: use timm.data.create_transform's "
             f"training arguments: {options} (input size, mean/std and crop come from the model)."
         )
@@ -43,7 +45,7 @@ def _check_augment(augment: Mapping[str, Any]) -> dict[str, Any]:
 
 def _data_cfg(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
     if "input_size" not in cfg:
-        raise ValueError(
+        raise UserError(
             f"{name} has no 'input_size' (got keys {sorted(cfg)}). Fix: pass a timm data config, "
             "e.g. timm.data.resolve_model_data_config(model)."
         )
@@ -74,7 +76,7 @@ def build_transforms(
         train_tf = create_transform(**_data_cfg(train_cfg, "train_cfg"), is_training=False)
     else:
         if not isinstance(augment, (Mapping, type(None))):
-            raise ValueError(
+            raise UserError(
                 f"data.augment must be a mapping of timm create_transform options, null (defaults) or "
                 f"false (no augmentation), got {augment!r}."
             )
@@ -102,7 +104,7 @@ def draft_size_for(cfg: Mapping[str, Any], factor: float | None = DRAFT_FACTOR) 
     if factor is None:
         return None
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1:
-        raise ValueError(
+        raise UserError(
             f"data.draft_factor must be a number >= 1 (decoded JPEG side / model input side), or null to "
             f"decode at full size, got {factor!r}."
         )

@@ -27,6 +27,7 @@ from b4transfer.data.detection import BoxCleaner, DetectionSplits, assemble_dete
 from b4transfer.data.folder import list_images
 from b4transfer.data.images import ImageLoadError, upright_size
 from b4transfer.data.splits import shown
+from b4transfer.errors import UserError, UserFileNotFoundError
 
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 NAMES_FILES = ("data.yaml", "dataset.yaml", "classes.txt")
@@ -37,14 +38,14 @@ def read_class_names(root: Path, names_file: str | Path | None = None) -> list[s
     if names_file not in (None, ""):
         path = Path(names_file).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(
+            raise UserFileNotFoundError(
                 f"data.names_file={str(names_file)!r} does not exist. Fix: point it at a data.yaml with "
                 "'names', or a classes.txt with one class name per line."
             )
     else:
         found = [root / n for n in NAMES_FILES if (root / n).is_file()]
         if not found:
-            raise FileNotFoundError(
+            raise UserFileNotFoundError(
                 f"{root}: no class names ({', '.join(NAMES_FILES)} not found). Fix: add data.yaml with "
                 "'names: [cat, dog]' (ultralytics style) or classes.txt with one name per line, or set "
                 "data.names_file=FILE."
@@ -54,7 +55,7 @@ def read_class_names(root: Path, names_file: str | Path | None = None) -> list[s
         return _names_from_yaml(path)
     names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"{path} lists no class names. Fix: write one class name per line.")
+        raise UserError(f"{path} lists no class names. Fix: write one class name per line.")
     return names
 
 
@@ -64,20 +65,20 @@ def _names_from_yaml(path: Path) -> list[str]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"{path}: malformed YAML{where}: {e}. Fix: repair the file.") from e
+        raise UserError(f"{path}: malformed YAML{where}: {e}. Fix: repair the file.") from e
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, dict):
         keys = sorted(names)
         if keys != list(range(len(keys))):
-            raise ValueError(
+            raise UserError(
                 f"{path}: 'names' keys must be 0..{len(keys) - 1}, got {keys}. Fix: number them."
             )
         names = [names[k] for k in keys]
     if not isinstance(names, list) or not names:
-        raise ValueError(f"{path}: no 'names' list (got {names!r}). Fix: add 'names: [cat, dog]'.")
+        raise UserError(f"{path}: no 'names' list (got {names!r}). Fix: add 'names: [cat, dog]'.")
     nc = data.get("nc")
     if nc is not None and nc != len(names):
-        raise ValueError(f"{path}: nc={nc} but 'names' lists {len(names)} classes. Fix: make them agree.")
+        raise UserError(f"{path}: nc={nc} but 'names' lists {len(names)} classes. Fix: make them agree.")
     return [str(n) for n in names]
 
 
@@ -87,19 +88,19 @@ def _parse_line(text: str, file: Path, line: int, num_classes: int) -> tuple[int
     try:
         values = [float(p) for p in parts]
     except ValueError:
-        raise ValueError(
+        raise UserError(
             f"{file}, line {line}: {text.strip()!r} is not numbers. Fix: write '<class> <cx> <cy> <w> <h>' "
             "with the box normalised to 0..1."
         ) from None
     if not (len(values) == 5 or (len(values) >= 7 and len(values) % 2 == 1)):
-        raise ValueError(
+        raise UserError(
             f"{file}, line {line}: {len(values)} values in {text.strip()!r}; expected 5 "
             "('<class> <cx> <cy> <w> <h>') or a polygon '<class> x1 y1 x2 y2 x3 y3 ...'. "
             "Fix: correct the line."
         )
     cls = values[0]
     if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < num_classes:
-        raise ValueError(
+        raise UserError(
             f"{file}, line {line}: class {parts[0]!r} is not a class index in 0..{num_classes - 1} "
             f"({num_classes} class names). Fix: correct the line or the class names file."
         )
@@ -124,7 +125,7 @@ def _read_split(images_dir: Path, labels_dir: Path, names: list[str], cleaner: B
         else []
     )
     if orphans:
-        raise ValueError(
+        raise UserError(
             f"{labels_dir}: {len(orphans)} label file(s) have no matching image in {images_dir} "
             f"({shown(orphans)}). Fix: add the images (same relative path, any image "
             "extension) or delete those label files."
@@ -198,10 +199,10 @@ def yolo_splits(
         The dataset splits.
     """
     if root in (None, ""):
-        raise ValueError("data=yolo needs data.root=DIR (with images/train and labels/train). Fix: set it.")
+        raise UserError("data=yolo needs data.root=DIR (with images/train and labels/train). Fix: set it.")
     root = Path(root).expanduser()
     if _split_dir(root, "train") is None:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"data.root={str(root)!r}: no images/train (or train/images) folder. Fix: use the ultralytics "
             "layout images/{train,val}/ + labels/{train,val}/, or train/{images,labels}/ + "
             "valid/{images,labels}/, with a data.yaml or classes.txt."
@@ -215,7 +216,7 @@ def yolo_splits(
             tagged[split] = _read_split(*dirs, names, cleaner, next_id)
             next_id += len(tagged[split])
     if not tagged["train"]:
-        raise ValueError(f"{root / 'images' / 'train'} holds no images. Fix: put the training images there.")
+        raise UserError(f"{root / 'images' / 'train'} holds no images. Fix: put the training images there.")
     return assemble_detection_splits(
         names,
         list(range(len(names))),

@@ -7,7 +7,8 @@ with the backbone's mean/std; its resize is set to the data's letterbox size, so
 the letterboxed canvas). This module only wires them to a timm backbone and adds what Lightning needs:
 a validation loss (torchvision gives losses only in train mode), crowd handling and COCO mAP.
 
-The timm body is *shared*, not owned, when the head lives in :class:`~b4transfer.module.TransferModule`:
+The timm body is *shared*, not owned, when the head lives in a
+:class:`~b4transfer.tasks.detection.module.DetectionModule`:
 the module keeps it as ``self.backbone`` (so freezing schedules and optimizer groups see it once) and
 the head's state holds only the FPN and the detector heads. :func:`build_detector` with
 ``own_body=True`` gives a standalone torchvision detector (the exported form).
@@ -32,6 +33,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from b4transfer.backbone import feature_channels, feature_reductions
+from b4transfer.errors import UserError
 
 DETECTORS = ("retinanet", "fcos", "faster_rcnn")
 _CLASSES = {"retinanet": RetinaNet, "fcos": FCOS, "faster_rcnn": FasterRCNN}
@@ -96,7 +98,7 @@ class FeaturePyramidBackbone(nn.Module):
 
 def _check(key: str, value, ok: bool, want: str) -> None:
     if not ok:
-        raise ValueError(f"head.{key}={value!r} is invalid: {want}.")
+        raise UserError(f"head.{key}={value!r} is invalid: {want}.")
 
 
 def _real(v) -> bool:
@@ -167,7 +169,7 @@ def _check_detector_kwargs(detector: str, kwargs: dict | None) -> dict:
     allowed = sorted(set(inspect.signature(_CLASSES[detector].__init__).parameters) - _OWN_ARGS - {"self"})
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"head.detector_kwargs has {unknown}, which torchvision's {_CLASSES[detector].__name__} does not "
             "take "
             f"(or b4transfer sets from other head keys). Fix: use any of {allowed}."
@@ -246,7 +248,7 @@ def build_detector(
         "a positive integer",
     )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+        raise UserError(f"num_classes must be a positive integer, got {num_classes!r}.")
     kwargs = _check_detector_kwargs(detector, detector_kwargs)
     anchors = _anchor_generator(strides, detector, anchor_sizes, aspect_ratios)
     transform = {
@@ -314,7 +316,7 @@ class DetectionHead(nn.Module):
     """FPN + torchvision detector over a shared timm body, with loss, post-processing and mAP.
 
     Args:
-        body: The timm ``features_only`` model (``TransferModule.backbone``).
+        body: The timm ``features_only`` model (``DetectionModule.backbone``).
         num_classes: Object classes; labels are ``0..num_classes-1`` in and out, for every detector.
         image_size: Letterbox canvas side.
         image_mean: Normalisation mean.
@@ -325,7 +327,6 @@ class DetectionHead(nn.Module):
             ``aspect_ratios``, ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``detector_kwargs``).
     """
 
-    task = "detection"
     multi_label = False
 
     def __init__(
@@ -342,7 +343,7 @@ class DetectionHead(nn.Module):
     ) -> None:
         super().__init__()
         if feature_strides is not None and list(feature_strides) != feature_reductions(body):
-            raise ValueError(
+            raise UserError(
                 f"head.feature_strides={list(feature_strides)} but the backbone gives maps at "
                 f"strides {feature_reductions(body)}; build it with out_indices_for_strides."
             )

@@ -1,4 +1,5 @@
-"""``mode=lr_find``: Lightning's learning-rate range test; saves ``lr_find.png`` and prints the suggestion.
+"""``mode=lr_find``: Lightning's learning-rate range test over the task's loss; saves ``lr_find.png``
+and prints the suggestion.
 
 The search trains what the run's first phase trains: with ``finetune=freeze_unfreeze`` or
 ``linear_probe`` the backbone stays frozen and the suggestion is the head's LR; with ``finetune=full``
@@ -16,15 +17,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig
 
-from b4transfer.module import build_backbone
-from b4transfer.train import (
-    _plain,
-    build_datamodule,
-    build_module,
-    build_splits,
-    prepare_run_dir,
-    write_summary,
-)
+from b4transfer import tasks
+from b4transfer.config import plain
+from b4transfer.errors import UserError
+from b4transfer.modes.common import build_splits
+from b4transfer.runs import prepare_run_dir, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +29,27 @@ log = logging.getLogger(__name__)
 def lr_find(cfg: DictConfig) -> dict[str, Any]:
     """Run the LR range test of ``cfg.lr_find`` (``min_lr``, ``max_lr``, ``num_training``, ``mode``)."""
     options = {"min_lr": 1e-6, "max_lr": 1.0, "num_training": 100, "mode": "exponential"}
-    options.update(_plain(cfg.get("lr_find")) or {})
+    options.update(plain(cfg.get("lr_find")) or {})
     if not 0 < options["min_lr"] < options["max_lr"]:
-        raise ValueError(
+        raise UserError(
             f"lr_find.min_lr={options['min_lr']} and lr_find.max_lr={options['max_lr']} must satisfy "
             "0 < min_lr < max_lr, e.g. lr_find.min_lr=1e-6 lr_find.max_lr=1."
         )
+    task = tasks.from_config(cfg)
+    task.check_config(cfg)
     run_dir = prepare_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    backbone = build_backbone(_plain(cfg.model))
-    splits = build_splits(cfg)
-    module = build_module(cfg, splits, backbone)
-    datamodule = build_datamodule(cfg, splits, module)
+    backbone = task.build_backbone(cfg)
+    splits = build_splits(cfg, task)
+    module = task.build_module(cfg, splits, backbone)
+    module.lr_finding = True  # its validation passes write no plots of a model worth keeping
+    datamodule = task.build_datamodule(cfg, splits, module)
     callbacks = []
     if cfg.get("finetune"):
         schedule = instantiate(cfg.finetune)
         schedule.first_phase_only = True  # what trains at step 0 trains; the rest stays frozen
         callbacks.append(schedule)
-    trainer_cfg = {**_plain(cfg.trainer), "enable_progress_bar": False}
+    trainer_cfg = {**plain(cfg.trainer), "enable_progress_bar": False}
     trainer = L.Trainer(
         **trainer_cfg,
         default_root_dir=str(run_dir),
@@ -59,9 +59,8 @@ def lr_find(cfg: DictConfig) -> dict[str, Any]:
     )
     finder = Tuner(trainer).lr_find(module, datamodule=datamodule, update_attr=False, **options)
     suggestion = finder.suggestion() if finder is not None else None
-    summary: dict[str, Any] = {"mode": "lr_find", "suggested_lr": suggestion, "search": options}
-    # the search's validation passes drew a confusion matrix of no model worth keeping
-    (run_dir / "confusion_matrix_val.png").unlink(missing_ok=True)
+    summary: dict[str, Any] = {"mode": "lr_find", "task": task.name, "suggested_lr": suggestion}
+    summary["search"] = options
     if finder is not None and trainer.is_global_zero:
         import matplotlib
 

@@ -8,7 +8,8 @@ cost — can be done once. :class:`CachedFeatureDataModule` wraps a
 it runs the backbone over it in eval mode (no gradients, under the Trainer's precision, on the
 module's device) and keeps the pooled features in memory (``num_features`` floats per image,
 7 KB for B4); every epoch then trains and validates the head on ``(features, target)`` batches.
-:meth:`TransferModule.forward <b4transfer.module.TransferModule.forward>` takes such
+:meth:`ClassificationModule.forward <b4transfer.tasks.classification.module.ClassificationModule.forward>`
+takes such
 ``(N, num_features)`` batches as they are.
 
 The result is the same head as training on images with the backbone frozen in eval mode, same seed
@@ -31,6 +32,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from b4transfer.data.datamodule import ClassificationDataModule
+from b4transfer.errors import UserError
+from b4transfer.finetuning import schedule_name
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +50,15 @@ def check_cacheable(*, augment: Any, finetune: Mapping[str, Any] | None = None) 
             frozen for the whole run) can use cached features.
     """
     if augment is not False:
-        raise ValueError(
+        raise UserError(
             f"data.cache_features=true needs deterministic training images, but data.augment={augment!r} "
             "applies random augmentation that changes every epoch. Fix: add data.augment=false (resize + "
             "centre crop only), or set data.cache_features=false to keep the augmentation."
         )
-    name = finetune
-    if isinstance(finetune, Mapping):  # a finetune config: {"_target_": "...LinearProbe"} or {"name": ...}
-        target = str(finetune.get("_target_") or "").rsplit(".", 1)[-1]
-        name = finetune.get("name") or {"LinearProbe": "linear_probe", "Full": "full"}.get(
-            target, target or None
-        )
+    # a finetune config ({"_target_": "...LinearProbe"} or {"name": ...}) or a schedule name
+    name = schedule_name(finetune) if isinstance(finetune, Mapping) else finetune
     if name not in (None, "linear_probe"):
-        raise ValueError(
+        raise UserError(
             f"data.cache_features=true needs the backbone frozen for the whole run, but finetune={name!r} "
             "trains it. Fix: use finetune=linear_probe, or set data.cache_features=false."
         )
@@ -68,7 +67,7 @@ def check_cacheable(*, augment: Any, finetune: Mapping[str, Any] | None = None) 
 def _check_frozen(backbone: nn.Module) -> None:
     trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
     if trainable:
-        raise ValueError(
+        raise UserError(
             f"Cached features need a frozen backbone, but {len(trainable)} backbone parameters require "
             f"gradients (e.g. {trainable[0]!r}). Fix: freeze it (backbone.requires_grad_(False), as "
             "data.cache_features=true / finetune=linear_probe do) or do not cache features."
@@ -202,7 +201,7 @@ def enable_feature_cache(
     """Check the settings, freeze ``module.backbone`` and wrap ``images`` in a feature cache.
 
     Args:
-        module: A :class:`~b4transfer.module.TransferModule` (``backbone`` + ``head``).
+        module: A :class:`~b4transfer.tasks.classification.module.ClassificationModule`.
         images: Its image datamodule, built with ``augment=False``.
         augment: The ``data.augment`` setting (checked to be ``False``).
         finetune: The ``finetune`` config, if any (checked to be a linear probe).

@@ -1,10 +1,9 @@
-"""The detection half of :class:`~b4transfer.module.TransferModule` (``task="detection"``).
+"""``DetectionModule``: a timm ``features_only`` backbone plus an FPN + torchvision detector head.
 
-A mixin, so there is still one LightningModule class: ``self.backbone`` is the timm
-``features_only`` model (what freezing schedules and the backbone optimizer groups act on), and
-``self.head`` is a :class:`~b4transfer.heads.detection.DetectionHead` (FPN + torchvision detector),
-which owns the loss, the post-processing and the COCO mAP metric. Batches are ``(images, targets)``
-lists from :class:`~b4transfer.data.detection_datamodule.DetectionDataModule`.
+``self.backbone`` is the timm ``features_only`` model (what freezing schedules and the backbone optimizer
+groups act on), and ``self.head`` is a :class:`~b4transfer.tasks.detection.head.DetectionHead` (FPN +
+torchvision detector), which owns the loss, the post-processing and the COCO mAP metric. Batches are
+``(images, targets)`` lists from :class:`~b4transfer.data.detection_datamodule.DetectionDataModule`.
 """
 
 from __future__ import annotations
@@ -14,16 +13,11 @@ from typing import Any
 import torch
 
 from b4transfer.backbone import create_backbone, out_indices_for_strides, resolve_data_configs
+from b4transfer.errors import UserError
+from b4transfer.tasks.base import TaskModule, metric_name
+from b4transfer.tasks.detection.head import DetectionHead, to_original
 
-TASKS = ("classification", "detection")
 DEFAULT_STRIDES = (8, 16, 32)
-
-
-def check_task(task: str) -> str:
-    """Raise a clear error for an unknown ``task``."""
-    if task not in TASKS:
-        raise ValueError(f"task={task!r} is not a task; choose one of {', '.join(TASKS)}.")
-    return task
 
 
 def build_feature_backbone(model: dict[str, Any], strides=DEFAULT_STRIDES) -> torch.nn.Module:
@@ -38,12 +32,37 @@ def build_feature_backbone(model: dict[str, Any], strides=DEFAULT_STRIDES) -> to
     )
 
 
-class DetectionSteps:
-    """Detection construction and steps, mixed into ``TransferModule``."""
+class DetectionModule(TaskModule):
+    """Fine-tunes a pretrained timm backbone as the body of a torchvision detector.
 
-    def _init_detection(self, *, class_names, model, head, data, category_ids, backbone) -> None:
-        from b4transfer.heads.detection import DetectionHead
+    Args:
+        class_names: object class names, index = label.
+        model: backbone settings (``name``, ``pretrained``, ``weights``, ``drop_path_rate``).
+        head: :class:`~b4transfer.tasks.detection.head.DetectionHead` settings, plus ``feature_strides``.
+        optim: optimizer settings (see :class:`~b4transfer.tasks.base.TaskModule`).
+        scheduler: scheduler settings; ``None`` for a constant LR.
+        data: ``image_size`` (the letterbox side), ``mean``, ``std``.
+        category_ids: the data source's id of each class, for COCO results JSON.
+        backbone: an already built ``features_only`` backbone (from :func:`build_feature_backbone`).
+    """
 
+    task_name = "detection"
+
+    def __init__(
+        self,
+        *,
+        class_names: list[str],
+        model: dict[str, Any],
+        head: dict[str, Any] | None = None,
+        optim: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+        category_ids: list[int] | None = None,
+        backbone: torch.nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"])
+        self.remember_task()
         settings = dict(head or {})
         strides = list(settings.pop("feature_strides", None) or DEFAULT_STRIDES)
         self.backbone = backbone if backbone is not None else build_feature_backbone(model, strides)
@@ -58,7 +77,7 @@ class DetectionSteps:
         self.class_names = list(class_names)
         ids = list(range(len(class_names))) if category_ids is None else [int(i) for i in category_ids]
         if len(ids) != len(self.class_names):
-            raise ValueError(f"category_ids {ids} must give one id per class name {self.class_names}.")
+            raise UserError(f"category_ids {ids} must give one id per class name {self.class_names}.")
         self.category_ids = ids
         self.head = DetectionHead(
             self.backbone,
@@ -82,7 +101,7 @@ class DetectionSteps:
         # The head only references the body; follow it if a callback swapped self.backbone for a copy.
         self.head.detector.backbone.share_body(self.backbone)
 
-    def _detection_training_step(self, batch) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         self._share_backbone()
         images, targets = batch
         losses = self.head(images, targets)
@@ -92,7 +111,7 @@ class DetectionSteps:
             self.log(f"train/{key}", value, batch_size=len(images))
         return loss
 
-    def _detection_eval_step(self, batch, metrics, stage: str) -> None:
+    def _eval_step(self, batch, metrics, stage: str) -> None:
         self._share_backbone()
         images, targets = batch
         preds = self.head(images)
@@ -103,9 +122,19 @@ class DetectionSteps:
             self.log(f"{stage}/{key}", value, batch_size=n, sync_dist=True)
         metrics.update(*self.head.metric_inputs(preds, targets))
 
-    def _log_detection_metrics(self, metrics, stage: str) -> None:
-        from b4transfer.module import _sanitize
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
 
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+
+    def _log_metrics(self, metrics, stage: str) -> None:
         values = metrics.compute()
         metrics.reset()
         classes = torch.atleast_1d(values.pop("classes")).tolist()
@@ -124,11 +153,14 @@ class DetectionSteps:
                 if ap >= 0 and 0 <= label < len(
                     self.class_names
                 ):  # -1: class absent from data and predictions
-                    self.log(f"{stage}/ap_{_sanitize(self.class_names[label])}", ap, sync_dist=True)
+                    self.log(f"{stage}/ap_{metric_name(self.class_names[label])}", ap, sync_dist=True)
 
-    def _detection_predict_step(self, batch) -> list[dict]:
-        from b4transfer.heads.detection import to_original
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+        """Train mode: the head's loss dict. Eval mode: detections in canvas pixels."""
+        self._share_backbone()
+        return self.head(images, targets)
 
+    def predict_step(self, batch, batch_idx: int = 0) -> list[dict]:
         self._share_backbone()
         images, metas = batch
         out = []

@@ -24,28 +24,30 @@ from torch import nn
 
 from b4transfer import __version__
 from b4transfer.backbone import create_backbone
-from b4transfer.export import _MARKER, CONFIG_NAME, WEIGHTS_NAME, _atomic_write, _check_extra, _claim
-from b4transfer.heads.detection import build_detector
+from b4transfer.errors import UserError, UserFileNotFoundError
+from b4transfer.export import CONFIG_NAME, MARKER, WEIGHTS_NAME, atomic_write, check_extra, claim_dir
+from b4transfer.tasks.detection.head import build_detector
+from b4transfer.tasks.detection.module import DetectionModule
 
 __all__ = ["export_detector", "load_exported_detector"]
 
 
 def export_detector(module, out_dir: str | Path, *, extra: dict | None = None) -> Path:
-    """Write ``out_dir/model.safetensors`` + ``out_dir/config.json`` for a detection ``TransferModule``.
+    """Write ``out_dir/model.safetensors`` + ``out_dir/config.json`` for a ``DetectionModule``.
 
     Args:
-        module: A ``TransferModule`` with ``task="detection"``.
+        module: A :class:`~b4transfer.tasks.detection.module.DetectionModule`.
         out_dir: Export directory; files b4transfer did not write are never overwritten.
         extra: More JSON-serialisable top-level entries for ``config.json``.
 
     Returns:
         ``out_dir``.
     """
-    if getattr(module, "task", None) != "detection":
-        raise TypeError("export_detector needs a detection TransferModule (task='detection').")
-    extras = _check_extra(extra)
+    if not isinstance(module, DetectionModule):
+        raise TypeError(f"export_detector needs a DetectionModule, got {type(module).__name__}.")
+    extras = check_extra(extra)
     out_dir = Path(out_dir)
-    _claim(out_dir)
+    claim_dir(out_dir)
     state = {f"backbone.body.{k}": v for k, v in module.backbone.state_dict().items()}
     state.update(module.head.detector.state_dict())
     state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
@@ -62,13 +64,13 @@ def export_detector(module, out_dir: str | Path, *, extra: dict | None = None) -
         "class_names": list(module.class_names),
         "category_ids": list(module.category_ids),
         "label_offset": module.head.label_offset,
-        _MARKER: __version__,
+        MARKER: __version__,
         **extras,
     }
-    _atomic_write(out_dir / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
-    _atomic_write(
+    atomic_write(out_dir / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(
         out_dir / WEIGHTS_NAME,
-        lambda p: safetensors.torch.save_file(state, str(p), metadata={"format": "pt", _MARKER: __version__}),
+        lambda p: safetensors.torch.save_file(state, str(p), metadata={"format": "pt", MARKER: __version__}),
     )
     return out_dir
 
@@ -86,13 +88,13 @@ def load_exported_detector(out_dir: str | Path) -> tuple[nn.Module, dict]:
     config_path, weights = out_dir / CONFIG_NAME, out_dir / WEIGHTS_NAME
     for path in (config_path, weights):
         if not path.is_file():
-            raise FileNotFoundError(
+            raise UserFileNotFoundError(
                 f"{path} does not exist; pass the directory export_detector wrote "
                 f"(it holds {WEIGHTS_NAME} and {CONFIG_NAME})."
             )
     config = json.loads(config_path.read_text())
     if config.get("task") != "detection":
-        raise ValueError(
+        raise UserError(
             f"{config_path} is not a detection export (task={config.get('task')!r}); for a "
             "classifier use b4transfer.export.load_exported."
         )

@@ -42,11 +42,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.utils import draw_bounding_boxes
 
+from b4transfer.config import num_workers, plain
 from b4transfer.data.coco import load_json
 from b4transfer.data.detection_datamodule import DetectionPathDataset, collate_detection, fill_colour
 from b4transfer.data.images import load_rgb, upright_size
+from b4transfer.errors import UserError
 from b4transfer.inference import MIN_AGREEMENT, InferenceSettings, fast_model, predict_trainer_setup
-from b4transfer.train import _plain, num_workers, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def image_ids(paths: list[Path], source: str | Path, coco_json: str | Path | Non
     data = load_json(path, "predict.coco_json")
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
-        raise ValueError(f"predict.coco_json={str(coco_json)!r} has no 'images' list. Fix: pass a COCO JSON.")
+        raise UserError(f"predict.coco_json={str(coco_json)!r} has no 'images' list. Fix: pass a COCO JSON.")
     by_name = {str(img.get("file_name")): img.get("id") for img in images if isinstance(img, dict)}
     by_base = {Path(name).name: iid for name, iid in by_name.items()}
     root = Path(source).expanduser()
@@ -87,7 +88,7 @@ def image_ids(paths: list[Path], source: str | Path, coco_json: str | Path | Non
         rel = p.relative_to(root).as_posix() if root.is_dir() else p.name
         iid = by_name.get(rel, by_base.get(p.name))
         if iid is None:
-            raise ValueError(
+            raise UserError(
                 f"predict.coco_json={str(coco_json)!r} lists no image {rel!r} (from predict.input). "
                 "Fix: predict "
                 "on the folder that file's 'file_name' entries are relative to, or drop predict.coco_json."
@@ -136,7 +137,7 @@ def run_detection_inference(
     """Detections for every batch of ``loader`` (``(images, metas)``), in index order, and a report.
 
     Args:
-        module: A detection ``TransferModule``.
+        module: A ``DetectionModule``.
         loader: Batches of :class:`DetectionPathDataset` items, collated by ``collate_detection``.
         settings: ``predict.*`` precision / channels_last / compile / check_agreement.
         trainer_kwargs: More ``lightning.Trainer`` arguments.
@@ -191,7 +192,7 @@ def detection_agreement(
     ref = []
     for i in range(n):
         image, meta = dataset[i]
-        ref.append(module._detection_predict_step(([image.to(device)], [meta]))[0])
+        ref.append(module.predict_step(([image.to(device)], [meta]))[0])
     matched, total = box_agreement(ref, fast[:n], min_score=min_score, iou=iou)
     share = matched / total if total else 1.0
     report = {
@@ -213,7 +214,7 @@ def detection_agreement(
 
 
 def _run(cfg: DictConfig, module, paths: list[Path]) -> tuple[list[dict], dict[str, Any]]:
-    settings = InferenceSettings.from_config(_plain(cfg.predict))
+    settings = InferenceSettings.from_config(plain(cfg.predict))
     dataset = DetectionPathDataset(paths, module.image_size, fill_colour(module.data_config["eval"]["mean"]))
     batch_size = int(cfg.predict.get("batch_size") or cfg.data.batch_size)
     loader = DataLoader(
@@ -227,7 +228,7 @@ def _run(cfg: DictConfig, module, paths: list[Path]) -> tuple[list[dict], dict[s
         module,
         loader,
         settings=settings,
-        trainer_kwargs={**_plain(cfg.trainer), "default_root_dir": str(cfg.run_dir)},
+        trainer_kwargs={**plain(cfg.trainer), "default_root_dir": str(cfg.run_dir)},
         min_score=float(cfg.predict.get("draw_score_thresh", 0.3)),
     )
 
@@ -273,10 +274,8 @@ def draw(path: Path, det: dict, class_names: list[str], out: Path, min_score: fl
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(out)
 
 
-def predict_detection(
-    cfg: DictConfig, module, paths: list[Path], skipped: int, run_dir: Path, ckpt: str
-) -> dict[str, Any]:
-    """Run a detection checkpoint over ``paths`` and write the results (see the module docstring)."""
+def write_detections(cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
+    """Run a detection module over ``paths`` and write the results (see the module docstring)."""
     ids = image_ids(paths, cfg.predict.input, cfg.predict.get("coco_json"))
     detections, inference = _run(cfg, module, paths)
     results = coco_results(detections, ids, module.category_ids)
@@ -301,16 +300,10 @@ def predict_detection(
             )
             draw(p, det, module.class_names, drawn_dir / f"{name}.png", min_score)
     summary = {
-        "mode": "predict",
-        "task": "detection",
-        "checkpoint": ckpt,
-        "images": len(paths),
-        "skipped_images": skipped,
         "detections": len(results),
         "predictions": str(run_dir / "detections.json"),
         "drawn": str(drawn_dir) if drawn_dir else None,
         "inference": inference,
     }
-    write_summary(run_dir, summary)
     log.info("Wrote %d detections for %d images to %s", len(results), len(paths), run_dir / "detections.json")
     return summary

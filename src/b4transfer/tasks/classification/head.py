@@ -20,6 +20,8 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
+from b4transfer.errors import UserError
+
 
 class ClassificationHead(nn.Module):
     """Dropout + linear classifier over pooled features.
@@ -32,7 +34,6 @@ class ClassificationHead(nn.Module):
         label_smoothing: label smoothing for the loss, in [0, 1).
     """
 
-    task = "classification"
 
     def __init__(
         self,
@@ -45,11 +46,11 @@ class ClassificationHead(nn.Module):
     ) -> None:
         super().__init__()
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+            raise UserError(f"num_classes must be >= 2, got {num_classes}.")
         if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"head.drop_rate must be in [0, 1), got {drop_rate}.")
+            raise UserError(f"head.drop_rate must be in [0, 1), got {drop_rate}.")
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"head.label_smoothing must be in [0, 1), got {label_smoothing}.")
+            raise UserError(f"head.label_smoothing must be in [0, 1), got {label_smoothing}.")
         self.num_classes = num_classes
         self.multi_label = multi_label
         self.label_smoothing = label_smoothing

@@ -1,31 +1,21 @@
-"""``TransferModule``: a timm backbone plus a swappable head, as one LightningModule.
+"""``ClassificationModule``: a pooled timm backbone plus a linear head, as one LightningModule.
 
 The module holds ``self.backbone`` (built by :mod:`b4transfer.backbone`) and ``self.head``
 (which owns its loss, probabilities and metrics). Everything needed to rebuild it — model
 name, class names, head and optimizer settings, data configs — is saved in the checkpoint's
-hyper-parameters, so :func:`load_module` restores it from a checkpoint with no config.
+hyper-parameters, so :func:`b4transfer.tasks.load_module` restores it from a checkpoint with no config.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 
 from b4transfer.backbone import create_backbone, resolve_data_configs
-from b4transfer.devices import split_lr_scaling
-from b4transfer.heads.classification import ClassificationHead
-from b4transfer.module_detection import DetectionSteps, check_task
-from b4transfer.optim import create_optimizer, create_scheduler, param_groups
-
-log = logging.getLogger(__name__)
-
-
-def _sanitize(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+from b4transfer.tasks.base import TaskModule, metric_name
+from b4transfer.tasks.classification.head import ClassificationHead
 
 
 def build_backbone(model: dict[str, Any]) -> torch.nn.Module:
@@ -38,8 +28,8 @@ def build_backbone(model: dict[str, Any]) -> torch.nn.Module:
     )
 
 
-class TransferModule(DetectionSteps, L.LightningModule):
-    """Fine-tunes a pretrained timm backbone with a task head.
+class ClassificationModule(TaskModule):
+    """Fine-tunes a pretrained timm backbone with a classification head.
 
     Args:
         class_names: label names, index = class id.
@@ -53,10 +43,9 @@ class TransferModule(DetectionSteps, L.LightningModule):
         multi_label: several labels per image.
         backbone: an already built backbone (from :func:`build_backbone` with the same ``model``);
             lets a run check the weights before it scans the data.
-        task: ``classification`` or ``detection`` (a ``features_only`` backbone and a
-            :class:`~b4transfer.heads.detection.DetectionHead`; ``head`` holds its settings).
-        category_ids: detection: the data source's id of each class, for COCO results JSON.
     """
+
+    task_name = "classification"
 
     def __init__(
         self,
@@ -69,22 +58,10 @@ class TransferModule(DetectionSteps, L.LightningModule):
         data: dict[str, Any] | None = None,
         multi_label: bool = False,
         backbone: torch.nn.Module | None = None,
-        task: str = "classification",
-        category_ids: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
-        self.task = check_task(task)
-        if task == "detection":
-            self._init_detection(
-                class_names=class_names,
-                model=model,
-                head=head,
-                data=data,
-                category_ids=category_ids,
-                backbone=backbone,
-            )
-            return
+        self.remember_task()
         self.backbone = backbone if backbone is not None else build_backbone(model)
         self.head = ClassificationHead(
             self.backbone.num_features,
@@ -105,18 +82,13 @@ class TransferModule(DetectionSteps, L.LightningModule):
         """Pooled pre-logits features, (N, 3, H, W) -> (N, num_features)."""
         return self.backbone(x)
 
-    def forward(self, x, targets: list[dict] | None = None):
-        """Classification: logits of images ``(N, 3, H, W)``, or of pooled features ``(N, num_features)``
-        (the cached-feature linear probe feeds those, see :mod:`b4transfer.feature_cache`).
-        Detection: ``x`` is a list of images; in train mode the head returns its loss dict."""
-        if self.task == "detection":
-            return self.head(x, targets)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of images ``(N, 3, H, W)``, or of pooled features ``(N, num_features)`` (the
+        cached-feature linear probe feeds those, see :mod:`b4transfer.tasks.classification.feature_cache`)."""
         return self.head(x if x.ndim == 2 else self.backbone(x))
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if self.task == "detection":
-            return self._detection_training_step(batch)
         x, y = batch
         logits = self(x)
         loss = self.head.loss(logits, y)
@@ -127,8 +99,6 @@ class TransferModule(DetectionSteps, L.LightningModule):
         return loss
 
     def _eval_step(self, batch, metrics, stage: str) -> None:
-        if self.task == "detection":
-            return self._detection_eval_step(batch, metrics, stage)
         x, y = batch
         logits = self(x)
         loss = self.head.loss(logits, y)
@@ -148,8 +118,6 @@ class TransferModule(DetectionSteps, L.LightningModule):
         self._log_metrics(self.test_metrics, "test")
 
     def _log_metrics(self, metrics, stage: str) -> None:
-        if self.task == "detection":
-            return self._log_detection_metrics(metrics, stage)
         values = metrics.compute()
         metrics.reset()
         for key, value in values.items():
@@ -158,13 +126,13 @@ class TransferModule(DetectionSteps, L.LightningModule):
                     self._save_confusion_matrix(value, stage)
             elif key == "acc_per_class":
                 for name, v in zip(self.class_names, value):
-                    self.log(f"{stage}/acc_{_sanitize(name)}", v, sync_dist=True)
+                    self.log(f"{stage}/acc_{metric_name(name)}", v, sync_dist=True)
             else:
                 self.log(f"{stage}/{key}", value, prog_bar=key == "acc1", sync_dist=True)
 
     def _save_confusion_matrix(self, matrix: torch.Tensor, stage: str) -> None:
-        if not self.trainer.is_global_zero:
-            return
+        if not self.trainer.is_global_zero or getattr(self, "lr_finding", False):
+            return  # the LR range test's validation passes draw no model worth keeping
         import matplotlib
 
         matplotlib.use("Agg")
@@ -179,76 +147,9 @@ class TransferModule(DetectionSteps, L.LightningModule):
 
     # -------------------------------------------------------------- prediction
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        if self.task == "detection":
-            return self._detection_predict_step(batch)
         x, index = batch
         features = self.backbone(x).float()
         if self.predict_output == "embedding":
             return {"index": index, "embedding": features}
         with torch.autocast(features.device.type, enabled=False):  # the cheap head in fp32 under bf16
             return {"index": index, "probs": self.head.probabilities(self.head(features)).float()}
-
-    # --------------------------------------------------------------- optimizer
-    def configure_optimizers(self):
-        # lr_scaling/base_batch_size are applied by train() to optim.lr; the rest goes to timm
-        default = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05}
-        opt_cfg, _ = split_lr_scaling(self.hparams.optim or default)
-        name, lr = opt_cfg.pop("name", "adamw"), opt_cfg.pop("lr")
-        groups = param_groups(
-            backbone=self.backbone,
-            head=self.head,
-            lr=lr,
-            weight_decay=opt_cfg.pop("weight_decay", 0.0),
-            backbone_lr_mult=opt_cfg.pop("backbone_lr_mult", 1.0),
-            layer_decay=opt_cfg.pop("layer_decay", None),
-            # a freezing schedule that unfreezes stage by stage needs one group pair per stage
-            split_stages=any(getattr(cb, "needs_stage_groups", False) for cb in self.trainer.callbacks),
-        )
-        optimizer = create_optimizer(groups, name=name, lr=lr, **opt_cfg)
-        # Always a timm scheduler (a constant one for scheduler=none): it applies each group's lr_scale.
-        sched_cfg = dict(self.hparams.scheduler or {})
-        sched_name = sched_cfg.pop("name", None)
-        epochs = max(1, self.trainer.max_epochs or 1)
-        steps = max(1, self.trainer.estimated_stepping_batches // epochs)
-        scheduler = create_scheduler(
-            optimizer, name=sched_name, num_epochs=epochs, updates_per_epoch=steps, **sched_cfg
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def lr_scheduler_step(self, scheduler, metric) -> None:
-        if hasattr(scheduler, "step_update"):
-            # timm schedulers are stepped by update count, not by torch's step().
-            scheduler.step_update(num_updates=self.global_step)
-        else:  # e.g. the LR finder's own torch scheduler
-            scheduler.step()
-
-
-def load_module(ckpt_path: str | Path, *, map_location: str = "cpu") -> TransferModule:
-    """Rebuild a :class:`TransferModule` from a checkpoint, with no network and no config.
-
-    The backbone is built with random init and then filled from the checkpoint's weights.
-    """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={str(ckpt_path)!r} does not exist. Pass the path of a .ckpt written by a "
-            "training run, e.g. ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt."
-        )
-    try:  # tensors and plain containers only: a checkpoint is never run as arbitrary pickle
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"ckpt_path={str(path)!r} could not be read as a checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}). Pass a .ckpt written by b4transfer."
-        ) from err
-    hparams = ckpt.get("hyper_parameters")
-    if not hparams or "class_names" not in hparams:
-        raise ValueError(
-            f"{path} is not a b4transfer checkpoint (no class_names in its hyper-parameters). "
-            "Pass a checkpoint written by `python run.py mode=train`."
-        )
-    model_cfg = {**hparams["model"], "pretrained": False, "weights": None}
-    module = TransferModule(**{**hparams, "model": model_cfg})
-    module.load_state_dict(ckpt["state_dict"])
-    module.eval()
-    return module

@@ -1,0 +1,101 @@
+"""The backbone: the one place that calls ``timm.create_model``.
+
+``create_backbone`` builds a timm EfficientNet (``efficientnet_b4.ra2_in1k`` by default) either as a
+classification trunk (``forward`` gives pooled ``(N, num_features)`` features, no classifier) or as a
+``features_only`` pyramid (``feature_info`` describes the maps). Pretrained weights come, in order of
+preference, from a local file (``weights=PATH``), from the local Hugging Face cache, or from the hub when
+it answers within ``hub_timeout`` seconds. With none of those it fails at once with
+:class:`PretrainedWeightsUnavailable` naming the ways out; it never falls back to random weights.
+
+``resolve_data_configs`` gives the train and eval timm data configs (B4: 320 / crop 0.875 to train,
+384 / crop 1.0 to evaluate, as on the model card).
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from pathlib import Path
+
+from torch import nn
+
+from b4transfer.backbone.builder import DEFAULT_NAME, build_model, check_name, check_out_indices, check_rate
+from b4transfer.backbone.data_config import resolve_data_configs
+from b4transfer.backbone.features import feature_channels, feature_reductions, out_indices_for_strides
+from b4transfer.backbone.weights import (
+    PretrainedWeightsUnavailable,
+    build_pretrained,
+    hf_cache_dir,
+    load_weights_file,
+)
+from b4transfer.errors import UserError
+
+__all__ = [
+    "DEFAULT_NAME",
+    "PretrainedWeightsUnavailable",
+    "create_backbone",
+    "feature_channels",
+    "feature_reductions",
+    "hf_cache_dir",
+    "out_indices_for_strides",
+    "resolve_data_configs",
+]
+
+
+def create_backbone(
+    name: str = DEFAULT_NAME,
+    *,
+    pretrained: bool = True,
+    weights: str | os.PathLike | None = None,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+    hub_timeout: float = 3.0,
+) -> nn.Module:
+    """Build a timm backbone, with weights from a file, the local cache, the hub, or random init.
+
+    Args:
+        name: timm model name, optionally with a pretrained tag (``efficientnet_b4.ra2_in1k``).
+            Any timm EfficientNet-family model works (``efficientnet_b0``, ``tf_efficientnet_lite0``, ...).
+        pretrained: Load the pretrained weights of ``name`` (cache first, then the hub).
+        weights: Path to a local ``.safetensors``/``.pth``/``.pt``/``.bin``/``.ckpt`` state dict in timm
+            layout (classifier keys optional). Overrides ``pretrained``; never touches the network.
+        features_only: Build the multi-scale feature extractor (keeps ``feature_info``) instead of the
+            pooled classification trunk (``forward`` -> ``(N, num_features)``).
+        out_indices: Feature stages to return; only with ``features_only`` (timm default: all).
+        drop_rate: Dropout before the (absent) classifier, as timm's ``drop_rate``.
+        drop_path_rate: Stochastic depth rate.
+        hub_timeout: Hard limit in seconds for checking that the hub answers before downloading.
+
+    Returns:
+        The timm model, in train mode.
+
+    Raises:
+        PretrainedWeightsUnavailable: ``pretrained=True`` but the weights are not cached and the hub
+            cannot be reached (or ``HF_HUB_OFFLINE`` is set).
+        FileNotFoundError: ``weights`` does not exist.
+        ValueError: Unknown ``name``, bad argument, or a weights file that does not fit the model.
+    """
+    check_name(name)
+    check_rate("model.drop_rate", drop_rate)
+    check_rate("model.drop_path_rate", drop_path_rate)
+    if not isinstance(hub_timeout, numbers.Real) or hub_timeout <= 0:
+        raise UserError(f"model.hub_timeout must be a positive number of seconds, got {hub_timeout!r}.")
+    kwargs = {"drop_rate": drop_rate, "drop_path_rate": drop_path_rate}
+    if features_only:
+        kwargs.update(features_only=True, out_indices=check_out_indices(out_indices))
+    elif out_indices is not None:
+        raise UserError(
+            f"model.out_indices={out_indices!r} only applies with features_only=True; "
+            "set model.features_only=true or model.out_indices=null."
+        )
+    else:
+        kwargs["num_classes"] = 0  # pooled pre-logits features, no classifier
+    if weights is not None:
+        model = build_model(name, kwargs)
+        load_weights_file(model, Path(weights), name=name, features_only=features_only)
+        return model
+    if not pretrained:
+        return build_model(name, kwargs)
+    return build_pretrained(name, kwargs, float(hub_timeout))

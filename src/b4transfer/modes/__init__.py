@@ -1,0 +1,38 @@
+"""The modes behind the CLI: ``run(cfg)`` dispatches on ``cfg.mode``; each mode only asks the task.
+
+Every mode writes into ``cfg.run_dir`` (Hydra's run directory when called from the CLI) and returns the
+run's summary (also written to ``summary.json``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from b4transfer.errors import UserError
+from b4transfer.modes.evaluate import evaluate
+from b4transfer.modes.export import export
+from b4transfer.modes.lr_find import lr_find
+from b4transfer.modes.predict import embed, predict
+from b4transfer.modes.train import train
+from b4transfer.tasks.base import MODES
+
+__all__ = ["MODES", "evaluate", "embed", "export", "lr_find", "predict", "run", "train"]
+
+_MODES = {
+    "train": train,
+    "validate": evaluate,
+    "test": evaluate,
+    "predict": predict,
+    "embed": embed,
+    "export": export,
+    "lr_find": lr_find,
+}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run ``cfg.mode`` and return its summary."""
+    if cfg.mode not in _MODES:
+        raise UserError(f"mode={cfg.mode!r} is not a mode; choose one of {', '.join(MODES)}.")
+    return _MODES[cfg.mode](cfg)

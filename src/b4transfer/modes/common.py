@@ -1,0 +1,108 @@
+"""What several modes share: the checked data splits, the export formats, metric values."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from b4transfer import tasks
+from b4transfer.config import plain
+from b4transfer.errors import UserError
+from b4transfer.tasks.base import EXPORT_FORMATS, Task, TaskModule
+
+log = logging.getLogger(__name__)
+
+
+def build_splits(cfg: DictConfig, task: Task, *, source: str = "") -> Any:
+    """Instantiate ``cfg.data.source`` and check it gives the data ``task`` takes, with the classes
+    ``num_classes`` states. ``source`` names where the task came from (e.g. a checkpoint)."""
+    splits = instantiate(cfg.data.source)
+    if not isinstance(splits, task.splits_type):
+        other = tasks.for_splits(splits)
+        kind = other.name if other else type(splits).__name__
+        fix = f"use {task.data_hint}" if task.data_hint else "use a data source of this task"
+        raise UserError(
+            f"task={task.name}{source} but the data source ({cfg.data.source._target_}) gives {kind} data. "
+            f"Fix: {fix}" + (f", or task={other.name}." if other and not source else ".")
+        )
+    if cfg.get("num_classes") is not None and int(cfg.num_classes) != splits.num_classes:
+        raise UserError(
+            f"num_classes={cfg.num_classes} but the data holds {splits.num_classes} classes "
+            f"({', '.join(splits.class_names)}). Remove num_classes from the config (it is read from "
+            "the data) or fix the data."
+        )
+    log.info(
+        "Data: %d classes, %d train / %d val / %d test images%s",
+        splits.num_classes,
+        len(splits.train),
+        len(splits.val),
+        len(splits.test),
+        f", {len(splits.skipped)} unreadable skipped" if splits.skipped else "",
+    )
+    return splits
+
+
+def export_formats(cfg: DictConfig, task: Task) -> list[str]:
+    """The checked ``export.format`` list (a name or a list of names) for ``task``."""
+    value = plain((cfg.get("export") or {}).get("format", "timm"))
+    formats = [value] if isinstance(value, str) else list(value or [])
+    if not formats or any(f not in EXPORT_FORMATS for f in formats):
+        raise UserError(
+            f"export.format={value!r} is not supported; use one of {', '.join(EXPORT_FORMATS)}, or a list "
+            "such as export.format=[timm,onnx]."
+        )
+    for fmt in formats:
+        task.refuse("export.format", fmt, task.export_formats)
+    if "onnx" in formats:
+        from b4transfer.onnx_export import require_onnx
+
+        require_onnx()
+    return formats
+
+
+def export_all(
+    cfg: DictConfig, task: Task, module: TaskModule, out_dir: Path, *, checkpoint: str | None
+) -> dict[str, Any]:
+    """Export in every ``export.format``; returns the summary entries (``export_dir``, ``onnx``, ...)."""
+    out: dict[str, Any] = {"export_dir": str(out_dir)}
+    for fmt in export_formats(cfg, task):
+        out.update(task.export(fmt, module, out_dir, cfg=cfg, checkpoint=checkpoint))
+    return out
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The one-number entries of Lightning's metrics, as floats."""
+    return {k: float(v) for k, v in metrics.items() if torch.as_tensor(v).numel() == 1}
+
+
+def check_resumable(ckpt: str, task: Task, module: TaskModule) -> None:
+    """Refuse, before training, to resume from a checkpoint of another task or of another model shape."""
+    checkpoint = tasks.read_checkpoint(ckpt)
+    hparams = checkpoint["hyper_parameters"]
+    saved = tasks.get(hparams.get("task"))
+    if saved is not task:
+        raise UserError(
+            f"ckpt_path={ckpt} holds a task={saved.name} model, but this run is task={task.name}. "
+            f"Fix: resume with task={saved.name} (and its data), or pass a task={task.name} checkpoint."
+        )
+    ours, theirs = module.state_dict(), checkpoint["state_dict"]
+    misfit = [k for k in ours if k not in theirs or tuple(theirs[k].shape) != tuple(ours[k].shape)]
+    misfit += [k for k in theirs if k not in ours]
+    if misfit:
+        changed = [
+            f"{group}.{key}: {old!r} in the checkpoint, {new!r} now"
+            for group in ("model", "head", "data")
+            for key, new in (module.hparams.get(group) or {}).items()
+            if key not in ("pretrained", "weights")
+            and (old := (hparams.get(group) or {}).get(key, new)) != new
+        ]
+        raise UserError(
+            f"ckpt_path={ckpt} does not fit the configured model ({len(misfit)} weights differ, e.g. "
+            f"{', '.join(misfit[:3])}); changed settings: {'; '.join(changed) or 'none found'}. Fix: resume "
+            "with the settings the checkpoint was trained with, or start a new run without ckpt_path."
+        )

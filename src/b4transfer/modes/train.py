@@ -1,0 +1,113 @@
+"""``mode=train``: fine-tune, keep best + last checkpoints, export the best weights, write ``summary.json``.
+
+``train(cfg) -> summary`` needs no Hydra: tests call it with a composed config. Everything it does is
+asked of the task (``cfg.task``, see :mod:`b4transfer.tasks`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
+
+from b4transfer import devices, distributed, tasks
+from b4transfer.callbacks import ThroughputMeter
+from b4transfer.checkpointing import SIGTERM_EXIT_CODE, continue_requeued_job
+from b4transfer.config import plain
+from b4transfer.modes.common import build_splits, check_resumable, export_all, export_formats, scalars
+from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
+from b4transfer.speed import apply_speed_switches
+from b4transfer.trainer import build_trainer
+
+log = logging.getLogger(__name__)
+
+# prepare_run_dir guarantees a fresh run dir (it only holds our resolved config): Lightning's warning
+# that "previous log files will be deleted" would only alarm users.
+warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+
+
+def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
+    """Fine-tune ``cfg.task`` on ``cfg.data``; ``callbacks`` are extra Lightning callbacks."""
+    task = tasks.from_config(cfg)
+    task.check_config(cfg)
+    cfg, ckpt = continue_requeued_job(cfg, resolve_ckpt(cfg, required=False))
+    export_formats(cfg, task)  # a bad export.format fails now, not after training
+    run_dir = prepare_run_dir(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    backbone = task.build_backbone(cfg)  # weights problems surface before the data scan
+    splits = build_splits(cfg, task)
+    module = apply_speed_switches(task.build_module(cfg, splits, backbone), cfg.model)
+    if ckpt:
+        check_resumable(ckpt, task, module)
+    datamodule = task.build_datamodule(cfg, splits, module)
+    meter = ThroughputMeter()
+    trainer = build_trainer(cfg, run_dir, extra_callbacks=[meter, *callbacks], monitor=task.monitor)
+    plan = devices.batch_plan(trainer, per_device=int(cfg.data.batch_size), optim=plain(cfg.optim))
+    module.hparams.optim["lr"] = plan["lr"]
+    start = time.perf_counter()
+    try:
+        with distributed.hydra_ddp_launch():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    except SIGTERMException:
+        _stopped_by_sigterm(trainer, run_dir, time.perf_counter() - start)
+    summary = _summary(cfg, trainer, splits, plan, meter, wall=time.perf_counter() - start, run_dir=run_dir)
+    summary.update(task=task.name, **task.summary(splits, datamodule))
+    if trainer.is_global_zero:
+        best = summary["best_checkpoint"]
+        export_module = tasks.load_module(best) if best else module
+        summary.update(export_all(cfg, task, export_module, run_dir / "export", checkpoint=best))
+    write_summary(run_dir, summary)
+    if distributed.is_rank_zero():
+        log.info("Run directory: %s", run_dir)
+    return summary
+
+
+def _summary(cfg, trainer: L.Trainer, splits, plan, meter, *, wall: float, run_dir: Path) -> dict[str, Any]:
+    best_score = trainer.checkpoint_callback.best_model_score
+    return {
+        "mode": "train",
+        "model": cfg.model.name,
+        "num_classes": splits.num_classes,
+        "class_names": splits.class_names,
+        "train_images": len(splits.train),
+        "val_images": len(splits.val),
+        "skipped_images": len(splits.skipped),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "precision": str(trainer.precision),
+        "batch": plan,
+        "wall_time_s": round(wall, 2),
+        "train_images_per_s": meter.images_per_s,
+        "metrics": scalars(trainer.callback_metrics),
+        "best_checkpoint": trainer.checkpoint_callback.best_model_path or None,
+        "best_score": float(best_score) if best_score is not None else None,
+        "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+    }
+
+
+def _stopped_by_sigterm(trainer: L.Trainer, run_dir: Path, wall: float) -> None:
+    """After SIGTERM: record where to resume, then exit with status 143 (no traceback, no export)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    summary = {
+        "mode": "train",
+        "stopped_by": "SIGTERM",
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": round(wall, 2),
+        "resume_checkpoint": str(last) if last.is_file() else None,
+    }
+    write_summary(run_dir, summary)
+    if distributed.is_rank_zero():
+        print(
+            f"b4transfer: stopped by SIGTERM at step {trainer.global_step}; resume with ckpt_path={last}",
+            file=sys.stderr,
+        )
+    raise SystemExit(SIGTERM_EXIT_CODE)

@@ -1,0 +1,103 @@
+"""The task registry: ``task=`` name -> :class:`~b4transfer.tasks.base.Task`.
+
+The built-in tasks are imported on first use; a plug-in registers itself with :func:`register`::
+
+    from b4transfer import tasks
+    tasks.register(MyTask())          # then task=my_task (conf/task/my_task.yaml, or a ConfigStore node)
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from b4transfer.errors import UserError
+from b4transfer.tasks.base import Task, TaskModule
+
+__all__ = ["DEFAULT", "Task", "TaskModule", "for_splits", "from_config", "get", "load_module", "names",
+           "read_checkpoint", "register"]
+
+DEFAULT = "classification"
+_BUILTIN = {"classification": "b4transfer.tasks.classification", "detection": "b4transfer.tasks.detection"}
+_REGISTRY: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    """Make ``task`` available as ``task=<task.name>`` (a later registration of a name replaces it)."""
+    if not task.name or not isinstance(task.name, str):
+        raise UserError(f"a Task needs a name (the task= value), got {task.name!r}.")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def names() -> list[str]:
+    """Every known task name."""
+    return sorted({*_BUILTIN, *_REGISTRY})
+
+
+def get(name: str | None) -> Task:
+    """The task registered as ``name`` (``None``: the default task)."""
+    name = name or DEFAULT
+    if name not in _REGISTRY and name in _BUILTIN:
+        register(importlib.import_module(_BUILTIN[name]).TASK)
+    if name not in _REGISTRY:
+        raise UserError(f"task={name!r} is not a task; choose one of {', '.join(names())}.")
+    return _REGISTRY[name]
+
+
+def from_config(cfg: DictConfig) -> Task:
+    """The task a config selects (``cfg.task``)."""
+    return get(cfg.get("task"))
+
+
+def for_splits(splits: Any) -> Task | None:
+    """The task whose data sources give data like ``splits``, if any."""
+    for name in names():
+        if isinstance(splits, get(name).splits_type):
+            return get(name)
+    return None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A b4transfer checkpoint as a dict (tensors and plain containers only: never arbitrary pickle).
+
+    Raises:
+        UserError: ``path`` is missing, unreadable, or not a checkpoint written by b4transfer.
+    """
+    from b4transfer.errors import UserFileNotFoundError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserFileNotFoundError(
+            f"ckpt_path={str(path)!r} does not exist. Pass the path of a .ckpt written by a training run, "
+            "e.g. ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt."
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        try:  # mmap needs the zip format; an older torch.save format is read whole
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise UserError(
+                f"ckpt_path={str(path)!r} could not be read as a checkpoint ({type(err).__name__}: {first}). "
+                "Pass a .ckpt written by b4transfer."
+            ) from err
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not hparams or "class_names" not in hparams or "state_dict" not in ckpt:
+        raise UserError(
+            f"{path} is not a b4transfer checkpoint (no class_names in its hyper-parameters). "
+            "Pass a checkpoint written by `python run.py mode=train`."
+        )
+    return ckpt
+
+
+def load_module(ckpt_path: str | Path) -> TaskModule:
+    """Rebuild a task's module from a checkpoint, with no network and no config (in eval mode)."""
+    ckpt = read_checkpoint(ckpt_path)
+    hparams = dict(ckpt["hyper_parameters"])
+    return get(hparams.get("task")).load_module(hparams, ckpt["state_dict"])

@@ -1,0 +1,168 @@
+"""The task contract: what a ``task=`` plug-in provides, and the LightningModule every task extends.
+
+A :class:`Task` says what data it accepts (the type its data sources return), its default monitor
+metric, which modes, export formats and fine-tuning schedules it supports, and builds its backbone,
+LightningModule and datamodule, writes its predictions and its exports. The modes
+(:mod:`b4transfer.modes`) only talk to a task through this contract, so a new task is one package
+(and ``conf/task/<name>.yaml``), registered with :func:`b4transfer.tasks.register`.
+
+:class:`TaskModule` is the shared LightningModule: ``self.backbone`` (what freezing schedules, stages
+and the backbone optimizer groups act on), ``self.head``, optimizer groups, timm scheduler stepping.
+Each task's module subclasses it with its own steps and metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from b4transfer.devices import split_lr_scaling
+from b4transfer.errors import NotSupportedError
+from b4transfer.finetuning import schedule_name
+from b4transfer.optim import create_optimizer, create_scheduler, param_groups
+
+__all__ = ["EXPORT_FORMATS", "MODES", "SCHEDULES", "Task", "TaskModule", "metric_name"]
+
+MODES = ("train", "validate", "test", "predict", "embed", "export", "lr_find")
+SCHEDULES = ("full", "linear_probe", "freeze_unfreeze", "gradual")
+EXPORT_FORMATS = ("timm", "onnx")
+
+
+def metric_name(name: str) -> str:
+    """A class name made safe for a metric key (``val/acc_<name>``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+
+
+class TaskModule(L.LightningModule):
+    """A timm backbone plus a task head: the optimizer groups and scheduler stepping every task shares.
+
+    Subclasses build ``self.backbone``, ``self.head``, ``self.class_names`` and ``self.data_config``
+    (``{"train": ..., "eval": ...}`` timm data configs) in ``__init__``, call ``save_hyperparameters``
+    with everything needed to rebuild them, and implement the Lightning steps. ``hparams.optim`` and
+    ``hparams.scheduler`` configure :meth:`configure_optimizers`.
+    """
+
+    task_name: ClassVar[str] = ""
+
+    def remember_task(self) -> None:
+        """Store the task's name in the hyper-parameters: :func:`b4transfer.tasks.load_module` reads it."""
+        self.hparams["task"] = self.task_name
+
+    def configure_optimizers(self):
+        # lr_scaling/base_batch_size are applied by train() to optim.lr; the rest goes to timm
+        default = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05}
+        opt_cfg, _ = split_lr_scaling(self.hparams.get("optim") or default)
+        name, lr = opt_cfg.pop("name", "adamw"), opt_cfg.pop("lr")
+        groups = param_groups(
+            backbone=self.backbone,
+            head=self.head,
+            lr=lr,
+            weight_decay=opt_cfg.pop("weight_decay", 0.0),
+            backbone_lr_mult=opt_cfg.pop("backbone_lr_mult", 1.0),
+            layer_decay=opt_cfg.pop("layer_decay", None),
+            # a freezing schedule that unfreezes stage by stage needs one group pair per stage
+            split_stages=any(getattr(cb, "needs_stage_groups", False) for cb in self.trainer.callbacks),
+        )
+        optimizer = create_optimizer(groups, name=name, lr=lr, **opt_cfg)
+        # Always a timm scheduler (a constant one for scheduler=none): it applies each group's lr_scale.
+        sched_cfg = dict(self.hparams.get("scheduler") or {})
+        sched_name = sched_cfg.pop("name", None)
+        epochs = max(1, self.trainer.max_epochs or 1)
+        steps = max(1, self.trainer.estimated_stepping_batches // epochs)
+        scheduler = create_scheduler(
+            optimizer, name=sched_name, num_epochs=epochs, updates_per_epoch=steps, **sched_cfg
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        if hasattr(scheduler, "step_update"):
+            # timm schedulers are stepped by update count, not by torch's step().
+            scheduler.step_update(num_updates=self.global_step)
+        else:  # e.g. the LR finder's own torch scheduler
+            scheduler.step()
+
+
+class Task:
+    """What a ``task=`` plug-in provides. Subclass it, set the class attributes, implement the builders.
+
+    Attributes:
+        name: The ``task=`` value.
+        splits_type: The type its data sources return (``DatasetSplits``, ``DetectionSplits``, ...).
+        data_hint: The ``data=`` choices giving such data, for error messages.
+        monitor: Its default ``checkpoint.monitor`` (set by ``conf/task/<name>.yaml`` too).
+        module_class: Its :class:`TaskModule` subclass (rebuilt from a checkpoint's hyper-parameters).
+        modes: The modes it supports.
+        export_formats: The ``export.format`` values it supports.
+        schedules: The ``finetune=`` schedules it supports.
+    """
+
+    name: ClassVar[str] = ""
+    splits_type: ClassVar[type] = object
+    data_hint: ClassVar[str] = ""
+    monitor: ClassVar[str] = "val/loss"
+    module_class: ClassVar[type[TaskModule]] = TaskModule
+    modes: ClassVar[tuple[str, ...]] = ("train", "validate", "test", "predict", "export", "lr_find")
+    export_formats: ClassVar[tuple[str, ...]] = ()
+    schedules: ClassVar[tuple[str, ...]] = SCHEDULES
+
+    # ------------------------------------------------------------------ what it supports
+    def refuse(self, kind: str, value: Any, supported: tuple[str, ...]) -> None:
+        """Raise the one "task X does not support ..." error unless ``value`` is in ``supported``."""
+        if value not in supported:
+            raise NotSupportedError(
+                f"task={self.name} does not support {kind}={value}; it supports "
+                f"{', '.join(supported) or 'none'}."
+            )
+
+    def check_config(self, cfg: DictConfig) -> None:
+        """Refuse, before any work, what this task cannot run. Override to add task-specific checks."""
+        self.refuse("mode", cfg.mode, self.modes)
+        schedule = schedule_name(cfg.get("finetune"))
+        if schedule in SCHEDULES:  # a schedule class of the user's own is theirs to vouch for
+            self.refuse("finetune", schedule, self.schedules)
+
+    # ------------------------------------------------------------------ building
+    def build_backbone(self, cfg: DictConfig) -> nn.Module:
+        """The configured timm backbone (before the data scan: weights problems surface first)."""
+        raise NotImplementedError
+
+    def build_module(self, cfg: DictConfig, splits: Any, backbone: nn.Module | None = None) -> TaskModule:
+        raise NotImplementedError
+
+    def build_datamodule(self, cfg: DictConfig, splits: Any, module: TaskModule) -> L.LightningDataModule:
+        raise NotImplementedError
+
+    def load_module(self, hparams: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> TaskModule:
+        """Rebuild the module from a checkpoint's hyper-parameters (random init, then its weights)."""
+        import inspect
+
+        accepted = inspect.signature(self.module_class.__init__).parameters
+        kwargs = {k: v for k, v in hparams.items() if k in accepted}
+        kwargs["model"] = {**hparams["model"], "pretrained": False, "weights": None}
+        module = self.module_class(**kwargs)
+        module.load_state_dict(state_dict)
+        return module.eval()
+
+    # ------------------------------------------------------------------ outputs
+    def summary(self, splits: Any, datamodule: L.LightningDataModule) -> dict[str, Any]:
+        """Entries of the training ``summary.json`` beyond the common ones."""
+        return {}
+
+    def predict(self, cfg: DictConfig, module: TaskModule, paths: list[Path], run_dir: Path) -> dict:
+        """Write the predictions for ``paths`` into ``run_dir``; return the summary entries."""
+        raise NotImplementedError
+
+    def embed(self, cfg: DictConfig, module: TaskModule | None, paths: list[Path], run_dir: Path) -> dict:
+        """``mode=embed``: write per-image features; ``module`` is ``None`` for the bare backbone."""
+        raise NotImplementedError
+
+    def export(
+        self, fmt: str, module: TaskModule, out_dir: Path, *, cfg: DictConfig, checkpoint: str | None
+    ) -> dict[str, Any]:
+        """Write ``module`` in format ``fmt`` into ``out_dir``; return the summary entries."""
+        raise NotImplementedError

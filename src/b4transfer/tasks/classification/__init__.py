@@ -1,0 +1,106 @@
+"""``task=classification``: pooled backbone features -> dropout -> linear; single- or multi-label."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from b4transfer.config import num_workers, plain
+from b4transfer.data.datamodule import ClassificationDataModule
+from b4transfer.data.splits import DatasetSplits
+from b4transfer.data.transforms import DRAFT_FACTOR
+from b4transfer.devices import split_lr_scaling
+from b4transfer.tasks.base import MODES, Task
+from b4transfer.tasks.classification.export import export_classifier_onnx, export_classifier_timm
+from b4transfer.tasks.classification.feature_cache import (
+    CachedFeatureDataModule,
+    check_cacheable,
+    enable_feature_cache,
+)
+from b4transfer.tasks.classification.module import ClassificationModule, build_backbone
+from b4transfer.tasks.classification.predict import write_embeddings, write_predictions
+
+__all__ = ["TASK", "ClassificationModule", "ClassificationTask"]
+
+_DATA_KEYS = ("image_size", "eval_image_size", "crop_pct", "eval_crop_pct", "interpolation", "mean", "std")
+
+
+def data_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """The ``data.*`` overrides of the backbone's pretrained data config."""
+    return {k: plain(cfg.data.get(k)) for k in _DATA_KEYS if cfg.data.get(k) is not None}
+
+
+class ClassificationTask(Task):
+    """Image classification: ``DatasetSplits`` data, ``val/acc1``, timm and ONNX exports, every mode."""
+
+    name = "classification"
+    splits_type = DatasetSplits
+    data_hint = "data=folder, data=csv or data=demo"
+    monitor = "val/acc1"
+    module_class = ClassificationModule
+    modes = MODES
+    export_formats = ("timm", "onnx")
+
+    def check_config(self, cfg: DictConfig) -> None:
+        super().check_config(cfg)
+        if cfg.mode == "train" and cfg.data.get("cache_features"):
+            check_cacheable(augment=plain(cfg.data.get("augment")), finetune=plain(cfg.get("finetune")))
+
+    def build_backbone(self, cfg: DictConfig) -> torch.nn.Module:
+        return build_backbone(plain(cfg.model))
+
+    def build_module(self, cfg: DictConfig, splits: DatasetSplits, backbone=None) -> ClassificationModule:
+        return ClassificationModule(
+            backbone=backbone,
+            class_names=list(splits.class_names),
+            model=plain(cfg.model),
+            head=plain(cfg.get("head")) or {},
+            optim=split_lr_scaling(plain(cfg.optim))[0],
+            scheduler=plain(cfg.get("scheduler")),
+            data=data_overrides(cfg),
+            multi_label=splits.multi_label,
+        )
+
+    def build_datamodule(self, cfg: DictConfig, splits: DatasetSplits, module: ClassificationModule):
+        on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
+        images = ClassificationDataModule(
+            splits,
+            train_cfg=module.data_config["train"],
+            eval_cfg=module.data_config["eval"],
+            batch_size=int(cfg.data.batch_size),
+            num_workers=num_workers(cfg),
+            augment=plain(cfg.data.get("augment")),
+            pin_memory=on_gpu,
+            draft_factor=plain(cfg.data.get("draft_factor", DRAFT_FACTOR)),
+            mixup=plain(cfg.data.get("mixup")),
+        )
+        if cfg.mode == "train" and cfg.data.get("cache_features"):
+            augment, finetune = plain(cfg.data.get("augment")), plain(cfg.get("finetune"))
+            return enable_feature_cache(module, images, augment=augment, finetune=finetune)
+        return images
+
+    def summary(self, splits: DatasetSplits, datamodule) -> dict[str, Any]:
+        if isinstance(datamodule, CachedFeatureDataModule):
+            return {"feature_extraction_s": round(sum(datamodule.extract_seconds.values()), 2)}
+        return {}
+
+    def predict(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
+        return write_predictions(cfg, module, paths, run_dir)
+
+    def embed(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
+        if module is None:  # the configured backbone itself (model.pretrained / model.weights)
+            model, data = plain(cfg.model), data_overrides(cfg)
+            module = ClassificationModule(class_names=["_0", "_1"], model=model, data=data)
+        return write_embeddings(cfg, module, paths, run_dir)
+
+    def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint: str | None) -> dict:
+        if fmt == "timm":
+            return export_classifier_timm(module, out_dir, checkpoint=checkpoint)
+        opset = int((cfg.get("export") or {}).get("onnx_opset", 17))
+        return export_classifier_onnx(module, out_dir, opset=opset)
+
+
+TASK = ClassificationTask()

@@ -1,0 +1,87 @@
+"""``task=detection``: backbone feature maps -> FPN -> torchvision RetinaNet / FCOS / Faster R-CNN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from b4transfer.config import num_workers, plain
+from b4transfer.data.detection import DetectionSplits
+from b4transfer.data.detection_datamodule import DetectionDataModule
+from b4transfer.devices import split_lr_scaling
+from b4transfer.errors import NotSupportedError
+from b4transfer.tasks.base import Task
+from b4transfer.tasks.detection.export import export_detector
+from b4transfer.tasks.detection.module import DEFAULT_STRIDES, DetectionModule, build_feature_backbone
+from b4transfer.tasks.detection.predict import write_detections
+
+__all__ = ["TASK", "DetectionModule", "DetectionTask"]
+
+
+class DetectionTask(Task):
+    """Object detection: ``DetectionSplits`` data (COCO, YOLO, demo), ``val/map``, state-dict export."""
+
+    name = "detection"
+    splits_type = DetectionSplits
+    data_hint = "data=coco, data=yolo or data=demo_detection"
+    monitor = "val/map"
+    module_class = DetectionModule
+    modes = ("train", "validate", "test", "predict", "export", "lr_find")
+    export_formats = ("timm",)
+
+    def check_config(self, cfg: DictConfig) -> None:
+        super().check_config(cfg)
+        for key in ("cache_features", "multi_label"):  # classification options
+            if cfg.data.get(key):
+                raise NotSupportedError(
+                    f"task=detection does not support data.{key}=true; it supports data.{key}=false "
+                    "(the option is classification's)."
+                )
+
+    def build_backbone(self, cfg: DictConfig) -> torch.nn.Module:
+        strides = plain(cfg.head.get("feature_strides")) or DEFAULT_STRIDES
+        return build_feature_backbone(plain(cfg.model), strides)
+
+    def build_module(self, cfg: DictConfig, splits: DetectionSplits, backbone=None) -> DetectionModule:
+        return DetectionModule(
+            backbone=backbone,
+            class_names=list(splits.class_names),
+            category_ids=list(splits.category_ids),
+            model=plain(cfg.model),
+            head=plain(cfg.head),
+            optim=split_lr_scaling(plain(cfg.optim))[0],
+            scheduler=plain(cfg.get("scheduler")),
+            data={k: plain(cfg.data[k]) for k in ("image_size", "mean", "std") if cfg.data.get(k)},
+        )
+
+    def build_datamodule(self, cfg: DictConfig, splits: DetectionSplits, module: DetectionModule):
+        on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
+        return DetectionDataModule(
+            splits,
+            image_size=module.image_size,
+            mean=module.data_config["eval"]["mean"],
+            batch_size=int(cfg.data.batch_size),
+            num_workers=num_workers(cfg),
+            augment=plain(cfg.data.get("augment")),
+            pin_memory=on_gpu,
+        )
+
+    def summary(self, splits: DetectionSplits, datamodule) -> dict[str, Any]:
+        return {
+            "category_ids": splits.category_ids,
+            "clipped_boxes": splits.clipped_boxes,
+            "dropped_boxes": splits.dropped_boxes,
+        }
+
+    def predict(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
+        return write_detections(cfg, module, paths, run_dir)
+
+    def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint: str | None) -> dict:
+        export_detector(module, out_dir, extra={"checkpoint": checkpoint})
+        return {}
+
+
+TASK = DetectionTask()

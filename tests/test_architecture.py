@@ -1,0 +1,123 @@
+"""The plug-in rule and the shape of the code: no task named outside its package, no import cycle,
+no oversized module, a training entry point that reads in one screen."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+from b4transfer import tasks
+from b4transfer.modes.train import train
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "b4transfer"
+MAX_LINES = 430  # "about 400": one concept per file
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the package."""
+    out = {}
+    for path in sorted(SRC.rglob("*.py")):
+        parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _outside_tasks() -> list[Path]:
+    return [p for p in _modules().values() if "tasks" not in p.relative_to(SRC).parts]
+
+
+def test_no_task_is_named_outside_its_package():
+    """Outside ``tasks/``, no string equals a task name and nothing is compared with a ``.task``."""
+    names = set(tasks.names())
+    found = []
+    for path in _outside_tasks():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in names:
+                found.append(f"{path.relative_to(SRC)}:{node.lineno}: literal {node.value!r}")
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                if any(isinstance(s, ast.Attribute) and s.attr in ("task", "task_name") for s in sides):
+                    found.append(f"{path.relative_to(SRC)}:{node.lineno}: comparison with .task")
+    assert not found, "\n".join(found)
+
+
+def test_the_rule_test_catches_a_task_branch(tmp_path):
+    """The scan above does find what it forbids (so its silence means something)."""
+    code = 'if module.task == "detection":\n    pass\n'
+    tree = ast.parse(code)
+    assert any(isinstance(n, ast.Constant) and n.value in tasks.names() for n in ast.walk(tree))
+    assert any(
+        isinstance(n, ast.Compare) and isinstance(n.left, ast.Attribute) and n.left.attr == "task"
+        for n in ast.walk(tree)
+    )
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The package modules ``name`` imports (top level or inside functions)."""
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + [base]).strip(".")
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        for target in targets:
+            while target and target not in known:
+                target = target.rsplit(".", 1)[0] if "." in target else ""
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def test_no_import_cycles():
+    modules = _modules()
+    known = set(modules)
+    graph = {name: _imports(name, path, known) for name, path in modules.items()}
+    # a package's __init__ importing its own submodules is how packages work, not a cycle
+    for name in graph:
+        graph[name] = {t for t in graph[name] if not t.startswith(name + ".")}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "\n".join(cycles)
+
+
+def test_no_private_helper_is_imported_across_modules():
+    found = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("b4transfer"):
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.endswith("__")]
+                found += [f"{name}: {a} from {node.module}" for a in private]
+    assert not found, "\n".join(found)
+
+
+def test_no_module_is_oversized():
+    sizes = {str(p.relative_to(SRC)): len(p.read_text().splitlines()) for p in _modules().values()}
+    assert {k: v for k, v in sizes.items() if v > MAX_LINES} == {}
+
+
+def test_the_training_entry_point_reads_in_one_screen():
+    assert len(inspect.getsource(train).splitlines()) <= 40
