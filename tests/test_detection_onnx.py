@@ -12,13 +12,13 @@ pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from b4transfer.backbone import create_backbone  # noqa: E402
-from b4transfer.detection_onnx import (  # noqa: E402
+from b4transfer.onnx_export import onnx_metadata  # noqa: E402
+from b4transfer.tasks.detection.head import DETECTORS, build_detector  # noqa: E402
+from b4transfer.tasks.detection.onnx_export import (  # noqa: E402
     check_detector_onnx,
     export_detector_onnx,
     onnx_export_refusal,
 )
-from b4transfer.heads.detection import DETECTORS, build_detector  # noqa: E402
-from b4transfer.onnx_export import onnx_metadata  # noqa: E402
 
 NAMES = ["circle", "square", "triangle"]
 # Canvas sizes: 112 is not a multiple of 32, so the detector's internal padding is in the graph too.

@@ -202,3 +202,27 @@ def test_refusals_are_the_library_s_own_error_type(data, trained):
     cfg = cell("detection", data, "embed-type", "mode=embed", f"ckpt_path={ckpt}", f"predict.input={data}")
     with pytest.raises(NotSupportedError):
         run(cfg)
+
+
+@pytest.mark.parametrize("detector", ["retinanet", "fcos", "faster_rcnn"])
+def test_every_detector_trains_and_exports_onnx_that_onnxruntime_runs(data, detector):
+    import numpy as np
+    import onnxruntime as ort
+
+    width = "head.fpn_channels=64" if detector == "fcos" else "head.fpn_channels=32"
+    cfg = cell(
+        "detection",
+        data,
+        f"onnx-{detector}",
+        f"head.detector={detector}",
+        width,
+        "export.format=[timm,onnx]",
+        "trainer.limit_train_batches=1",
+    )
+    summary = run(cfg)
+    report = summary["onnx"]
+    assert report["detector"] == detector and report["check"]["matched"] == report["check"]["boxes"]
+    session = ort.InferenceSession(report["path"], providers=["CPUExecutionProvider"])
+    boxes, scores, labels = session.run(None, {"image": np.zeros((1, 3, 64, 64), np.float32)})
+    assert boxes.shape[1:] == (4,) and len(scores) == len(labels)
+    _export_loads(Path(summary["export_dir"]))

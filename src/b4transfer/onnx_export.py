@@ -88,7 +88,7 @@ def export_onnx(
     input_size = tuple(flat.get("test_input_size") or flat["input_size"])
     out_dir = Path(out_dir)
     path = out_dir / ONNX_NAME
-    _claim(path, onnx)
+    claim_onnx_file(path, onnx)
     model = timm_classifier(backbone, head_fc)
     dummy = torch.zeros(1, *input_size)
     with warnings.catch_warnings():
@@ -166,7 +166,7 @@ def onnx_metadata(path: str | Path) -> dict[str, Any]:
     return {k: v if k == MARKER else json.loads(v) for k, v in props.items()}
 
 
-def _claim(path: Path, onnx) -> None:
+def claim_onnx_file(path: Path, onnx) -> None:
     if path.parent.exists() and not path.parent.is_dir():
         raise UserFileExistsError(f"export out_dir {path.parent} is a file; choose a directory path.")
     if path.exists():

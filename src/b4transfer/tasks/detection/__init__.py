@@ -14,15 +14,17 @@ from b4transfer.data.detection_datamodule import DetectionDataModule
 from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
 from b4transfer.tasks.base import Task
-from b4transfer.tasks.detection.export import export_detector
+from b4transfer.tasks.detection.export import export_detection_onnx, export_detector
 from b4transfer.tasks.detection.module import DEFAULT_STRIDES, DetectionModule, build_feature_backbone
+from b4transfer.tasks.detection.onnx_graph import onnx_export_refusal
 from b4transfer.tasks.detection.predict import write_detections
 
 __all__ = ["TASK", "DetectionModule", "DetectionTask"]
 
 
 class DetectionTask(Task):
-    """Object detection: ``DetectionSplits`` data (COCO, YOLO, demo), ``val/map``, state-dict export."""
+    """Object detection: ``DetectionSplits`` data (COCO, YOLO, demo), ``val/map``, state-dict and ONNX
+    exports."""
 
     name = "detection"
     splits_type = DetectionSplits
@@ -30,10 +32,16 @@ class DetectionTask(Task):
     monitor = "val/map"
     module_class = DetectionModule
     modes = ("train", "validate", "test", "predict", "export", "lr_find")
-    export_formats = ("timm",)
+    export_formats = ("timm", "onnx")
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)
+        formats = plain((cfg.get("export") or {}).get("format"))
+        detector = (cfg.get("head") or {}).get("detector")
+        if cfg.mode == "train" and "onnx" in ([formats] if isinstance(formats, str) else formats or []):
+            reason = onnx_export_refusal(detector or "retinanet")
+            if reason:
+                raise NotSupportedError(f"head.detector={detector} cannot be exported to ONNX: {reason}")
         for key in ("cache_features", "multi_label"):  # classification options
             if cfg.data.get(key):
                 raise NotSupportedError(
@@ -80,6 +88,9 @@ class DetectionTask(Task):
         return write_detections(cfg, module, paths, run_dir)
 
     def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint: str | None) -> dict:
+        if fmt == "onnx":
+            opset = int((cfg.get("export") or {}).get("onnx_opset", 17))
+            return {"onnx": export_detection_onnx(module, out_dir, opset=opset)}
         export_detector(module, out_dir, extra={"checkpoint": checkpoint})
         return {}
 

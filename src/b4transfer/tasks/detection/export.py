@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 import safetensors.torch
+import torch
 from torch import nn
 
 from b4transfer import __version__
@@ -28,6 +29,7 @@ from b4transfer.errors import UserError, UserFileNotFoundError
 from b4transfer.export import CONFIG_NAME, MARKER, WEIGHTS_NAME, atomic_write, check_extra, claim_dir
 from b4transfer.tasks.detection.head import build_detector
 from b4transfer.tasks.detection.module import DetectionModule
+from b4transfer.tasks.detection.onnx_export import check_detector_onnx, export_detector_onnx
 
 __all__ = ["export_detector", "load_exported_detector"]
 
@@ -48,12 +50,27 @@ def export_detector(module, out_dir: str | Path, *, extra: dict | None = None) -
     extras = check_extra(extra)
     out_dir = Path(out_dir)
     claim_dir(out_dir)
+    state, config = detector_state(module), {**detector_config(module), MARKER: __version__, **extras}
+    atomic_write(out_dir / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(
+        out_dir / WEIGHTS_NAME,
+        lambda p: safetensors.torch.save_file(state, str(p), metadata={"format": "pt", MARKER: __version__}),
+    )
+    return out_dir
+
+
+def detector_state(module: DetectionModule) -> dict:
+    """The standalone torchvision detector's state dict (``backbone.body.*`` = the timm features)."""
     state = {f"backbone.body.{k}": v for k, v in module.backbone.state_dict().items()}
     state.update(module.head.detector.state_dict())
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
+def detector_config(module: DetectionModule) -> dict:
+    """Everything needed to rebuild the standalone detector (the export's ``config.json``)."""
     hp = module.hparams
     head = dict(hp.head or {})
-    config = {
+    return {
         "task": "detection",
         "architecture": hp.model["name"],
         "out_indices": list(module.backbone.feature_info.out_indices),
@@ -64,15 +81,12 @@ def export_detector(module, out_dir: str | Path, *, extra: dict | None = None) -
         "class_names": list(module.class_names),
         "category_ids": list(module.category_ids),
         "label_offset": module.head.label_offset,
-        MARKER: __version__,
-        **extras,
     }
-    atomic_write(out_dir / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
-    atomic_write(
-        out_dir / WEIGHTS_NAME,
-        lambda p: safetensors.torch.save_file(state, str(p), metadata={"format": "pt", MARKER: __version__}),
-    )
-    return out_dir
+
+
+def standalone_detector(module: DetectionModule) -> nn.Module:
+    """A CPU, eval-mode torchvision detector with ``module``'s weights (what the exports hold)."""
+    return rebuild_detector(detector_config(module), detector_state(module))
 
 
 def load_exported_detector(out_dir: str | Path) -> tuple[nn.Module, dict]:
@@ -98,6 +112,12 @@ def load_exported_detector(out_dir: str | Path) -> tuple[nn.Module, dict]:
             f"{config_path} is not a detection export (task={config.get('task')!r}); for a "
             "classifier use b4transfer.export.load_exported."
         )
+    state = safetensors.torch.load_file(str(weights), device="cpu")
+    return rebuild_detector(config, state), config
+
+
+def rebuild_detector(config: dict, state: dict) -> nn.Module:
+    """The torchvision detector described by an export ``config``, filled strictly from ``state``."""
     body = create_backbone(
         config["architecture"], pretrained=False, features_only=True, out_indices=tuple(config["out_indices"])
     )
@@ -111,6 +131,29 @@ def load_exported_detector(out_dir: str | Path) -> tuple[nn.Module, dict]:
         own_body=True,
         **settings,
     )
-    state = safetensors.torch.load_file(str(weights), device="cpu")
     detector.load_state_dict(state, strict=True)
-    return detector.eval(), config
+    return detector.eval()
+
+
+def export_detection_onnx(module: DetectionModule, out_dir: str | Path, *, opset: int = 17) -> dict:
+    """``export.format=onnx``: ``out_dir/model.onnx``, the whole detector (normalisation, NMS, ...), run
+    with onnxruntime against PyTorch on seeded canvases (:func:`export_detector_onnx`)."""
+    detector = standalone_detector(module)
+    path = Path(out_dir) / "model.onnx"
+    report = export_detector_onnx(
+        detector,
+        path,
+        image_size=module.image_size,
+        opset=opset,
+        class_names=module.class_names,
+        metadata={"category_ids": list(module.category_ids)},
+    )
+    canvases = torch.rand(
+        2, 3, module.image_size, module.image_size, generator=torch.Generator().manual_seed(0)
+    )
+    try:
+        report["check"] = check_detector_onnx(detector, path, canvases, min_boxes=0)
+    except Exception:
+        path.unlink(missing_ok=True)
+        raise
+    return report

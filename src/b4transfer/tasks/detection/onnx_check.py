@@ -1,0 +1,184 @@
+"""Run an exported detector with onnxruntime and PyTorch on the same canvases: every confident PyTorch
+box must be found by ONNX (same label, IoU >= 0.99, score within 1e-3)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from b4transfer.errors import UserError
+from b4transfer.onnx_export import require_onnx
+from b4transfer.tasks.detection.onnx_graph import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    canvas_size,
+    detector_settings,
+    label_offset,
+    module_device,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _as_canvases(images, size: int) -> list[torch.Tensor]:
+    if isinstance(images, torch.Tensor):
+        images = list(images) if images.dim() == 4 else [images]
+    out = []
+    for i, img in enumerate(images):
+        img = torch.as_tensor(img)
+        if img.dim() == 4 and len(img) == 1:
+            img = img[0]
+        if tuple(img.shape) != (3, size, size):
+            raise UserError(
+                f"images[{i}] has shape {tuple(img.shape)}; the check needs (3, {size}, {size}) letterbox "
+                "canvases, 0..1 floats (or an (N, 3, S, S) batch)."
+            )
+        out.append(img.detach().float().cpu())
+    if not out:
+        raise UserError("check_detector_onnx needs at least one image.")
+    return out
+
+
+@torch.no_grad()
+def check_detector_onnx(
+    detector: nn.Module,
+    path: str | Path,
+    images: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    min_score: float = 0.05,
+    iou: float = 0.99,
+    score_atol: float = 1e-3,
+    box_atol: float = 0.05,
+    min_matched: float = 1.0,
+    min_boxes: int = 1,
+) -> dict[str, Any]:
+    """Run ``path`` with onnxruntime and ``detector`` in PyTorch fp32 eager on the same canvases.
+
+    Every PyTorch box with score >= ``min_score`` must be matched (one to one, best IoU first) by an
+    ONNX box with the same label, IoU >= ``iou`` and a score within ``score_atol``. For a box under
+    1 px wide or high (e.g. clipped to the canvas edge), where IoU is undefined (0/0) or unstable,
+    every coordinate within ``box_atol`` pixels stands in for the IoU. Boxes whose
+    presence legitimately depends on rounding are not required: scores within ``score_atol`` of the
+    detector's ``score_thresh``, and, when an image's list is full (``detections_per_img`` boxes),
+    scores within ``score_atol`` of its lowest one (the top-k cut).
+
+    Args:
+        detector: The PyTorch detector the file was exported from (eval mode is used, then restored).
+        path: The ``.onnx`` file from :func:`export_detector_onnx`.
+        images: ``(3, S, S)`` canvases (0..1), a sequence of them or an ``(N, 3, S, S)`` batch.
+        min_score: Confidence above which PyTorch boxes must be matched.
+        iou: Smallest IoU of a match.
+        score_atol: Largest score difference of a match.
+        box_atol: Largest coordinate difference (pixels) of a match for a sub-pixel-thin box.
+        min_matched: Smallest share of required boxes that must be matched.
+        min_boxes: Fewest required boxes; fewer raise (the check would prove nothing). 0 allows none.
+
+    Returns:
+        ``{"images", "boxes", "matched", "matched_share", "thin_boxes", "max_score_diff", "min_iou",
+        "max_box_diff", "onnx_boxes", "torch_boxes", "min_score", "iou", "score_atol"}`` (``boxes``:
+        required PyTorch boxes; ``thin_boxes``: those under 1 px wide or high, matched by
+        coordinates; ``min_iou``: over the other matches; ``*_boxes``: all boxes each runtime
+        returned).
+
+    Raises:
+        RuntimeError: Fewer than ``min_boxes`` required boxes, or a matched share below ``min_matched``.
+    """
+    from torchvision.ops import box_iou
+
+    _, ort = require_onnx()
+    size = canvas_size(detector)
+    canvases = _as_canvases(images, size)
+    settings = detector_settings(detector)
+    floor = max(float(min_score), settings["score_thresh"] + score_atol)
+    offset = label_offset(detector)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    mode, device = detector.training, module_device(detector)
+    detector.eval()
+    try:
+        refs = [{k: v.cpu() for k, v in detector([x.to(device)])[0].items()} for x in canvases]
+    finally:
+        detector.train(mode)
+
+    required = matched = thin = onnx_total = torch_total = 0
+    max_score_diff = max_box_diff = 0.0
+    min_iou = 1.0
+    misses: list[str] = []
+    for i, (x, ref) in enumerate(zip(canvases, refs)):
+        got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x[None].numpy()})
+        boxes, scores, labels = (torch.from_numpy(g) for g in got)
+        ref_labels = ref["labels"] - offset
+        onnx_total += len(boxes)
+        torch_total += len(ref["boxes"])
+        need = ref["scores"] >= floor
+        if len(ref["scores"]) >= settings["detections_per_img"]:
+            need &= ref["scores"] > ref["scores"].min() + score_atol
+        taken = torch.zeros(len(boxes), dtype=torch.bool)
+        ious = close = None
+        if len(boxes) and len(ref["boxes"]):
+            ious = box_iou(ref["boxes"], boxes).nan_to_num(0.0)
+            close = torch.cdist(ref["boxes"], boxes, p=math.inf) <= box_atol
+        sides = ref["boxes"][:, 2:] - ref["boxes"][:, :2]
+        for j in torch.nonzero(need).flatten().tolist():
+            required += 1
+            is_thin = bool(sides[j].min() < 1.0)
+            thin += is_thin
+            ok = torch.zeros(len(boxes), dtype=torch.bool)
+            if ious is not None:
+                ok = (
+                    ~taken
+                    & (labels == ref_labels[j])
+                    & (close[j] if is_thin else ious[j] >= iou)
+                    & ((scores - ref["scores"][j]).abs() <= score_atol)
+                )
+            if not ok.any():
+                if len(misses) < 5:
+                    misses.append(
+                        f"image {i}: label {int(ref_labels[j])} score {float(ref['scores'][j]):.4f} "
+                        f"box {[round(v, 1) for v in ref['boxes'][j].tolist()]}"
+                    )
+                continue
+            diff = (boxes - ref["boxes"][j]).abs().amax(1)
+            k = int(torch.where(ok, -diff if is_thin else ious[j], torch.tensor(-math.inf)).argmax())
+            taken[k] = True
+            matched += 1
+            max_score_diff = max(max_score_diff, float((scores[k] - ref["scores"][j]).abs()))
+            max_box_diff = max(max_box_diff, float(diff[k]))
+            if not is_thin:
+                min_iou = min(min_iou, float(ious[j, k]))
+    share = matched / required if required else math.nan
+    report = {
+        "images": len(canvases),
+        "boxes": required,
+        "matched": matched,
+        "matched_share": share,
+        "thin_boxes": thin,
+        "max_score_diff": max_score_diff,
+        "min_iou": min_iou,
+        "max_box_diff": max_box_diff,
+        "onnx_boxes": onnx_total,
+        "torch_boxes": torch_total,
+        "min_score": floor,
+        "iou": iou,
+        "score_atol": score_atol,
+    }
+    if required < min_boxes:
+        raise RuntimeError(
+            f"{path}: the PyTorch detector finds only {required} box(es) with score >= {floor:.3g} on "
+            f"{len(canvases)} image(s) (need {min_boxes}), so the ONNX check would prove nothing. Pass "
+            "images with objects, a lower min_score, or min_boxes=0 to accept an unchecked export."
+        )
+    if required and share < min_matched:
+        raise RuntimeError(
+            f"{path}: onnxruntime matches only {matched}/{required} PyTorch boxes with score >= {floor:.3g} "
+            f"(same label, IoU >= {iou}, score within {score_atol}); need {min_matched:.0%}. First misses: "
+            f"{'; '.join(misses)}. The export is wrong; report it with your torch/torchvision/onnx/"
+            "onnxruntime versions, or use export.format=timm (load_exported_detector)."
+        )
+    log.info("ONNX detector check %s: %s", path, report)
+    return report

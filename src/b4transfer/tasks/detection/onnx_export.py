@@ -1,0 +1,226 @@
+"""ONNX export of a torchvision detector (RetinaNet, FCOS, Faster R-CNN), checked with onnxruntime.
+
+:func:`export_detector_onnx` writes the *whole* standalone detector that
+:func:`~b4transfer.heads.detection.build_detector` (``own_body=True``) or
+:func:`~b4transfer.export_detection.load_exported_detector` gives — normalisation, the timm body,
+FPN, heads, box decoding, score threshold, NMS and the top-k cut — as one ONNX graph:
+
+- input ``image``: ``(1, 3, S, S)`` float32 RGB in ``0..1``, **a batch of one** at the letterbox
+  canvas size ``S`` (``image_size``; fixed, like the data's eval letterbox: the longer side resized to
+  ``S``, aspect ratio kept, bottom/right padded with ``pad_fill``). Do not normalise: the graph does.
+- outputs ``boxes`` ``(n, 4)`` float32 ``x1, y1, x2, y2`` in canvas pixels; ``scores`` ``(n,)``
+  float32, descending; ``labels`` ``(n,)`` int64, **0-based** indices into ``label_names`` for every
+  detector (Faster R-CNN's background class 0 is removed inside the graph). ``n`` is 0 up to
+  ``detections_per_img``; the detector's ``score_thresh`` and ``nms_thresh`` are baked in.
+- metadata (``onnx.load(path).metadata_props``, every value JSON; decode them all with
+  :func:`b4transfer.onnx_export.onnx_metadata`): ``label_names``, ``image_size``, ``detector``,
+  ``mean`` / ``std`` (applied inside), ``pad_fill`` (letterbox padding, RGB 0..255),
+  ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``input`` / ``outputs`` (descriptions),
+  whatever ``metadata=`` adds, and the b4transfer version.
+
+It uses PyTorch's TorchScript-based exporter (``dynamo=False``, which needs no ``onnxscript``), as
+torchvision's own ONNX tests do; all three detectors export at opset 11..21 (default 17), so
+:func:`onnx_export_refusal` refuses none of them today. :func:`check_detector_onnx` runs the file
+with onnxruntime and the PyTorch detector on the same canvases and requires every confident PyTorch
+box to be found by ONNX (same label, IoU >= 0.99, score within 1e-3).
+
+Running the exported model::
+
+    import json, numpy as np, onnx, onnxruntime as ort
+    from PIL import Image
+
+    meta = {p.key: json.loads(p.value) for p in onnx.load("model.onnx").metadata_props
+            if p.key != "b4transfer_version"}
+    size, names = meta["image_size"], meta["label_names"]
+    img = Image.open("photo.jpg").convert("RGB")
+    scale = size / max(img.size)
+    w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+    canvas = Image.new("RGB", (size, size), tuple(meta["pad_fill"]))
+    canvas.paste(img.resize((w, h), Image.BILINEAR), (0, 0))  # top-left, pad bottom/right
+    x = np.asarray(canvas, np.float32).transpose(2, 0, 1)[None] / 255.0  # (1, 3, S, S), 0..1
+    session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+    boxes, scores, labels = session.run(["boxes", "scores", "labels"], {"image": x})
+    sx, sy = w / img.width, h / img.height
+    boxes_in_photo = np.minimum(boxes / [sx, sy, sx, sy], [img.width, img.height] * 2)  # canvas -> photo
+    found = [(names[k], float(s), b) for b, s, k in zip(boxes_in_photo, scores, labels) if s >= 0.3]
+
+Needs ``onnx`` and ``onnxruntime`` (``pip install "b4transfer[onnx]"``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from b4transfer import __version__
+from b4transfer.errors import UserError
+from b4transfer.export import MARKER, atomic_write
+from b4transfer.onnx_export import claim_onnx_file, require_onnx
+from b4transfer.tasks.detection.onnx_check import check_detector_onnx
+from b4transfer.tasks.detection.onnx_graph import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    OnnxDetector,
+    canvas_size,
+    detector_name,
+    detector_settings,
+    module_device,
+    num_classes,
+    onnx_export_refusal,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["check_detector_onnx", "export_detector_onnx", "onnx_export_refusal"]
+
+_RESERVED = {
+    "label_names",
+    "image_size",
+    "detector",
+    "mean",
+    "std",
+    "pad_fill",
+    "score_thresh",
+    "nms_thresh",
+    "detections_per_img",
+    "input",
+    "outputs",
+    MARKER,
+}
+
+
+def export_detector_onnx(
+    detector: nn.Module,
+    path: str | Path,
+    *,
+    image_size: int,
+    opset: int = 17,
+    class_names: Sequence[str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    check_images: torch.Tensor | Sequence[torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Write the whole detector, pre- and post-processing included, to ``path`` as ONNX.
+
+    Args:
+        detector: A torchvision ``RetinaNet`` / ``FCOS`` / ``FasterRCNN`` from ``build_detector(...,
+            own_body=True)`` or ``load_exported_detector``, on any device (a CPU copy is exported;
+            its train/eval mode is restored afterwards).
+        path: The ``.onnx`` file; a file there that b4transfer did not write is never overwritten.
+        image_size: The letterbox canvas side ``S`` (must be the detector's transform size).
+        opset: ONNX opset version, 11..21.
+        class_names: Name of each 0-based label (``None``: ``"0"``, ``"1"``, ...); stored as
+            ``label_names``.
+        metadata: More metadata entries (JSON-serialisable values, stored JSON-encoded), e.g.
+            ``{"category_ids": [...]}``.
+        check_images: If given, run :func:`check_detector_onnx` on them; on failure the file is removed
+            and the error raised. Its report is added under ``"check"``.
+
+    Returns:
+        ``{"path", "opset", "detector", "image_size", "input", "outputs"}`` (+ ``"check"``).
+    """
+    onnx, _ = require_onnx()
+    name = detector_name(detector)
+    reason = onnx_export_refusal(name)
+    if reason:
+        raise UserError(reason)
+    if not isinstance(opset, int) or isinstance(opset, bool) or not 11 <= opset <= 21:
+        raise UserError(f"export.onnx_opset must be an integer opset in 11..21, got {opset!r}.")
+    size = canvas_size(detector)
+    if image_size != size:
+        raise UserError(
+            f"image_size={image_size!r} but the detector letterboxes to {size} (its transform's size); "
+            "export at the size it was built for."
+        )
+    count = num_classes(detector)
+    names = [str(i) for i in range(count)] if class_names is None else [str(c) for c in class_names]
+    if len(names) != count:
+        raise UserError(f"{len(names)} class_names for a detector with {count} classes.")
+    extra = dict(metadata or {})
+    clash = sorted(set(extra) & _RESERVED)
+    if clash:
+        raise UserError(f"metadata keys {clash} are set by export_detector_onnx; rename them.")
+    mean = [float(v) for v in detector.transform.image_mean]
+    std = [float(v) for v in detector.transform.image_std]
+    entries = {
+        "label_names": names,
+        "image_size": size,
+        "detector": name,
+        "mean": mean,
+        "std": std,
+        "pad_fill": [round(255 * m) for m in mean],
+        **detector_settings(detector),
+        "input": f"{INPUT_NAME}: (1, 3, {size}, {size}) float32 RGB 0..1, letterboxed (top-left), "
+        "not normalised",
+        "outputs": "boxes: (n, 4) float32 xyxy canvas pixels; scores: (n,) float32 descending; "
+        "labels: (n,) int64 0-based index into label_names",
+        **extra,
+    }
+    try:
+        encoded = {k: json.dumps(v) for k, v in entries.items()}
+    except TypeError as e:
+        raise TypeError(f"metadata values must be JSON-serialisable: {e}") from e
+    encoded[MARKER] = __version__
+
+    path = Path(path)
+    claim_onnx_file(path, onnx)
+    source = detector if module_device(detector).type == "cpu" else copy.deepcopy(detector).cpu()
+    wrapper = OnnxDetector(source)
+    mode = source.training
+    source.eval()
+    dummy = torch.zeros(1, 3, size, size)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)  # the legacy exporter's notice
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # torchvision's, expected
+            warnings.filterwarnings("ignore", message=".*ONNX.*", category=UserWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\.")  # tracing notes
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+            atomic_write(path, lambda p: _export(wrapper, dummy, p, opset))
+    finally:
+        source.train(mode)
+    proto = onnx.load(str(path))
+    for key, value in encoded.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    atomic_write(path, lambda p: onnx.save(proto, str(p)))
+    report: dict[str, Any] = {
+        "path": str(path),
+        "opset": opset,
+        "detector": name,
+        "image_size": size,
+        "input": entries["input"],
+        "outputs": entries["outputs"],
+    }
+    if check_images is not None:
+        try:
+            report["check"] = check_detector_onnx(detector, path, check_images)
+        except Exception:
+            path.unlink(missing_ok=True)
+            raise
+    log.info("ONNX detector export %s (%s, opset %d)", path, name, opset)
+    return report
+
+
+def _export(model: nn.Module, dummy: torch.Tensor, path: Path, opset: int) -> None:
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={k: {0: "detections"} for k in OUTPUT_NAMES},
+        )
+
+
