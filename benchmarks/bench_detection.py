@@ -3,10 +3,10 @@
 Library path: the config from ``conf/`` with ``task=detection data=coco`` defaults (RetinaNet, 256-wide
 FPN, timm AdamW, CSV logger, best + last checkpoints, EMA, progress bar), :class:`DetectionModule`
 + a datamodule over in-memory letterboxed images + ``Trainer.fit`` for training, and
-the ``mode=predict`` path (:func:`~b4transfer.predict_detection.run_detection_inference` with the
+the ``mode=predict`` path (:func:`~b4transfer.tasks.detection.predict.run_detection_inference` with the
 ``predict.*`` defaults: channels_last, bf16 body where native; boxes mapped back to original-image
 pixels) for inference.
-Baseline: the torchvision ``RetinaNet`` that :func:`~b4transfer.heads.detection.build_detector`
+Baseline: the torchvision ``RetinaNet`` that :func:`~b4transfer.tasks.detection.head.build_detector`
 gives as a standalone model (the exported form) holding a copy of the same weights, trained with
 ``loss = sum(model(images, targets).values()); zero_grad; backward; step`` (``torch.optim.AdamW``,
 then timm's ``ModelEmaV3`` update, as the library's default EMA does) and run with ``model(images)``

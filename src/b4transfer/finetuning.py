@@ -206,7 +206,7 @@ class FinetuneSchedule(L.Callback):
                 f"finetune={type(self).__name__} needs optimizer groups built by "
                 "b4transfer.optim.param_groups (each with its backbone 'stages'); the optimizer has none. "
                 "Build the optimizer with "
-                "TransferModule.configure_optimizers or param_groups()."
+                "TaskModule.configure_optimizers or param_groups()."
             )
 
     # --------------------------------------------------------------- state

@@ -32,7 +32,7 @@ def apply_speed_switches(module: nn.Module, model_cfg: Mapping[str, Any]) -> nn.
     """Apply ``model.channels_last`` / ``compile`` / ``compile_mode`` to ``module.backbone``.
 
     Args:
-        module: a module with a ``backbone`` attribute (e.g. ``TransferModule``).
+        module: a module with a ``backbone`` attribute (e.g. a ``TaskModule``).
         model_cfg: the ``model`` config; missing keys mean off.
     """
     backbone = module.backbone

@@ -85,7 +85,7 @@ def run_inference(
     """Predict every batch of ``loader`` (``(images, index)`` batches) with the fast settings.
 
     Args:
-        module: A :class:`~b4transfer.module.TransferModule`.
+        module: A :class:`~b4transfer.tasks.classification.module.ClassificationModule`.
         loader: Yields ``(images, index)``; the outputs are returned in index order.
         settings: Precision, memory format, compilation, agreement check.
         output: ``"probs"`` or ``"embedding"`` (what ``module.predict_step`` returns).

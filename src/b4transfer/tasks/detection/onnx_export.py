@@ -1,8 +1,8 @@
 """ONNX export of a torchvision detector (RetinaNet, FCOS, Faster R-CNN), checked with onnxruntime.
 
 :func:`export_detector_onnx` writes the *whole* standalone detector that
-:func:`~b4transfer.heads.detection.build_detector` (``own_body=True``) or
-:func:`~b4transfer.export_detection.load_exported_detector` gives — normalisation, the timm body,
+:func:`~b4transfer.tasks.detection.head.build_detector` (``own_body=True``) or
+:func:`~b4transfer.tasks.detection.export.load_exported_detector` gives — normalisation, the timm body,
 FPN, heads, box decoding, score threshold, NMS and the top-k cut — as one ONNX graph:
 
 - input ``image``: ``(1, 3, S, S)`` float32 RGB in ``0..1``, **a batch of one** at the letterbox
