@@ -7,6 +7,8 @@ import ast
 import inspect
 from pathlib import Path
 
+import pytest
+
 from b4transfer import tasks
 from b4transfer.modes.train import train
 
@@ -121,3 +123,11 @@ def test_no_module_is_oversized():
 
 def test_the_training_entry_point_reads_in_one_screen():
     assert len(inspect.getsource(train).splitlines()) <= 40
+
+
+def test_every_package_ships_in_the_wheel():
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())
+    listed = set(pyproject["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(SRC.parent).parts) for p in SRC.rglob("__init__.py")}
+    assert found - listed == set()
