@@ -208,3 +208,21 @@ def test_a_refused_run_leaves_the_earlier_run_byte_identical(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "already holds an earlier run (summary.json)" in proc.stderr and "Traceback" not in proc.stderr
     assert _tree(earlier) == before
+
+
+def test_a_refused_sweep_leaves_the_earlier_sweep_byte_identical(tmp_path):
+    earlier = tmp_path / "sweep"
+    (earlier / "0" / ".hydra").mkdir(parents=True)
+    (earlier / "multirun.yaml").write_text("hydra: {}\n")
+    (earlier / "0" / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    (earlier / "0" / "summary.json").write_text('{"mode": "train"}\n')
+    before = _tree(earlier)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "-m", "model=test_efficientnet", "seed=1,2",
+         f"hydra.sweep.dir={earlier}"],
+        cwd=tmp_path, env={**os.environ, "B4TRANSFER_CACHE": str(tmp_path / "cache")},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "already holds an earlier sweep (multirun.yaml)" in proc.stderr and "Traceback" not in proc.stderr
+    assert _tree(earlier) == before

@@ -85,15 +85,35 @@ except ImportError:  # pragma: no cover
 
 
 class RefuseTakenRunDir(_HydraCallback):
-    """Hydra callback: refuse a single run whose ``hydra.run.dir`` already holds a run, before Hydra's job
-    writes anything into it (one message, exit status 2). DDP child ranks and requeued SLURM jobs
-    (which continue their own run) are let through."""
+    """Hydra callback: refuse a run whose ``hydra.run.dir`` (or a sweep whose ``hydra.sweep.dir``) already
+    holds one, before Hydra writes anything into it (one message, exit status 2). DDP child ranks and
+    requeued SLURM jobs (which continue their own run) are let through."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._refuse_taken(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        jobs = [d for d in sweep.iterdir() if d.is_dir()] if sweep.is_dir() else []
+        if (sweep / "multirun.yaml").exists():
+            self._refuse(
+                RunDirTakenError(
+                    f"Sweep directory {sweep} already holds an earlier sweep (multirun.yaml); b4transfer never "
+                    "overwrites a run. Use a new hydra.sweep.dir=..."
+                )
+            )
+        for job in jobs:
+            self._refuse_taken(job)
+
+    def _refuse_taken(self, run_dir: str | Path) -> None:
+        try:
+            check_run_dir_free(run_dir)
+        except RunDirTakenError as err:
+            self._refuse(err)
+
+    @staticmethod
+    def _refuse(err: RunDirTakenError) -> None:
         if not distributed.is_rank_zero() or int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
             return
-        try:
-            check_run_dir_free(config.hydra.run.dir)
-        except RunDirTakenError as err:
-            print(f"\nb4transfer: error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+        print(f"\nb4transfer: error: {err}", file=sys.stderr)
+        raise SystemExit(2)
