@@ -13,6 +13,7 @@ Each task's module subclasses it with its own steps and metrics.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -139,8 +140,6 @@ class Task:
 
     def load_module(self, hparams: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> TaskModule:
         """Rebuild the module from a checkpoint's hyper-parameters (random init, then its weights)."""
-        import inspect
-
         accepted = inspect.signature(self.module_class.__init__).parameters
         kwargs = {k: v for k, v in hparams.items() if k in accepted}
         kwargs["model"] = {**hparams["model"], "pretrained": False, "weights": None}
