@@ -98,8 +98,8 @@ class RefuseTakenRunDir(_HydraCallback):
         if (sweep / "multirun.yaml").exists():
             self._refuse(
                 RunDirTakenError(
-                    f"Sweep directory {sweep} already holds an earlier sweep (multirun.yaml); b4transfer never "
-                    "overwrites a run. Use a new hydra.sweep.dir=..."
+                    f"Sweep directory {sweep} already holds an earlier sweep (multirun.yaml); b4transfer "
+                    "never overwrites a run. Use a new hydra.sweep.dir=..."
                 )
             )
         for job in jobs:
