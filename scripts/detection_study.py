@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1: no OpenMP contention)")
     ap.add_argument("--extra", nargs="*", default=[], help="NAME=override,override: ad-hoc variants")
     ap.add_argument("--results", type=Path, default=Path(__file__).with_name("detection_study.results.json"))
     args = ap.parse_args(argv)
@@ -115,10 +116,12 @@ def run_variant(overrides: tuple[str, ...], args, seed: int) -> dict:
         weights=args.weights, model_name=args.model, image_size=args.image_size, epochs=args.epochs, seed=seed
     )
     if overrides == ("<plain loop>",):
+        import torch
         from benchmarks.plain_detection import train_plain
 
+        torch.set_num_threads(args.threads)
         return train_plain(args.data, **common)
-    return library_run(args.data, overrides=overrides, **common)
+    return library_run(args.data, overrides=overrides, threads=args.threads, **common)
 
 
 def render(store: dict, names, seeds, setting: str) -> str:
