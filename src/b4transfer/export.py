@@ -262,11 +262,3 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-# The earlier private names, for code written against them.
-_MARKER = MARKER
-_atomic_write = atomic_write
-_check_extra = check_extra
-_claim = claim_dir
-_flat_data_config = flat_data_config
