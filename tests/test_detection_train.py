@@ -71,6 +71,7 @@ def test_detection_run_logs_val_loss_and_map_keeps_the_best_by_map_and_exports(d
     best = max(float(r["val/map"]) for r in rows)
     assert summary["best_score"] == pytest.approx(best)
     assert summary["class_names"] == ["circle", "square", "triangle"] and summary["category_ids"] == [1, 2, 3]
+    assert summary["anchor_fit"]["anchor_range"] == [32, 812]  # the start-up anchor check, recorded
     config = json.loads((run_dir / "export" / "config.json").read_text())
     assert config["task"] == "detection" and config["class_names"] == ["circle", "square", "triangle"]
 

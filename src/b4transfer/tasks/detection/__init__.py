@@ -14,6 +14,7 @@ from b4transfer.data.detection_datamodule import DetectionDataModule
 from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
 from b4transfer.tasks.base import Task
+from b4transfer.tasks.detection.anchors import anchor_fit, box_sides, warn_if_unfit
 from b4transfer.tasks.detection.export import export_detection_onnx, export_detector
 from b4transfer.tasks.detection.module import DEFAULT_STRIDES, DetectionModule, build_feature_backbone
 from b4transfer.tasks.detection.onnx_graph import onnx_export_refusal
@@ -67,7 +68,7 @@ class DetectionTask(Task):
 
     def build_datamodule(self, cfg: DictConfig, splits: DetectionSplits, module: DetectionModule):
         on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
-        return DetectionDataModule(
+        datamodule = DetectionDataModule(
             splits,
             image_size=module.image_size,
             mean=module.data_config["eval"]["mean"],
@@ -76,12 +77,17 @@ class DetectionTask(Task):
             augment=plain(cfg.data.get("augment")),
             pin_memory=on_gpu,
         )
+        sides = box_sides(splits.train, module.image_size)
+        datamodule.anchor_fit = anchor_fit(sides, module.head.anchor_sizes, module.head.detector_name)
+        warn_if_unfit(datamodule.anchor_fit)
+        return datamodule
 
     def summary(self, splits: DetectionSplits, datamodule) -> dict[str, Any]:
         return {
             "category_ids": splits.category_ids,
             "clipped_boxes": splits.clipped_boxes,
             "dropped_boxes": splits.dropped_boxes,
+            "anchor_fit": getattr(datamodule, "anchor_fit", None),
         }
 
     def predict(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:

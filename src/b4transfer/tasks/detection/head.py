@@ -365,6 +365,12 @@ class DetectionHead(nn.Module):
         """The feature pyramid network."""
         return self.detector.backbone.fpn
 
+    @property
+    def anchor_sizes(self) -> list[list[float]]:
+        """Anchor sizes per level, in canvas pixels (RetinaNet / FCOS, or Faster R-CNN's RPN)."""
+        generator = getattr(self.detector, "anchor_generator", None) or self.detector.rpn.anchor_generator
+        return [list(level) for level in generator.sizes]
+
     def _train_targets(self, targets: list[dict]) -> list[dict]:
         out = []
         for t in targets:
