@@ -20,7 +20,6 @@ import importlib.util
 import inspect
 import logging
 import numbers
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,8 +31,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from b4transfer.backbone import feature_channels, feature_reductions
+from b4transfer.backbone import feature_reductions
 from b4transfer.errors import UserError
+from b4transfer.tasks.detection.fpn import FeaturePyramidBackbone
 
 DETECTORS = ("retinanet", "fcos", "faster_rcnn")
 _CLASSES = {"retinanet": RetinaNet, "fcos": FCOS, "faster_rcnn": FasterRCNN}
@@ -57,43 +57,6 @@ _OWN_ARGS = {
     "kwargs",
 }
 _NORM_OR_DROPOUT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-
-
-class FeaturePyramidBackbone(nn.Module):
-    """timm ``features_only`` body + FPN: the ``out_channels`` interface torchvision detectors take.
-
-    Args:
-        body: A ``create_backbone(..., features_only=True)`` model.
-        out_channels: FPN width.
-        extra_blocks: torchvision extra FPN levels (``LastLevelP6P7`` / ``LastLevelMaxPool``).
-        own_body: Register ``body`` as a submodule (standalone detector); else keep a plain
-            reference (the LightningModule owns it as ``self.backbone``).
-    """
-
-    def __init__(
-        self, body: nn.Module, *, out_channels: int, extra_blocks: nn.Module, own_body: bool
-    ) -> None:
-        super().__init__()
-        self.in_channels_list = feature_channels(body)
-        self.fpn = FeaturePyramidNetwork(self.in_channels_list, out_channels, extra_blocks=extra_blocks)
-        self.out_channels = out_channels
-        if own_body:
-            self.body = body
-        else:
-            self.__dict__["_shared_body"] = body  # not a submodule: no second copy of its parameters
-
-    def get_body(self) -> nn.Module:
-        """The timm feature extractor."""
-        return self._modules["body"] if "body" in self._modules else self.__dict__["_shared_body"]
-
-    def share_body(self, body: nn.Module) -> None:
-        """Point a shared (unregistered) body reference at ``body``, e.g. after its owner replaced it."""
-        if "body" not in self._modules:
-            self.__dict__["_shared_body"] = body
-
-    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        maps = self.get_body()(x)  # [(N, C_i, H/s_i, W/s_i)] for strides s_i ascending
-        return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
 
 
 def _check(key: str, value, ok: bool, want: str) -> None:
