@@ -31,6 +31,17 @@ def _outside_tasks() -> list[Path]:
     return [p for p in _modules().values() if "tasks" not in p.relative_to(SRC).parts]
 
 
+def _names_the_task(node: ast.AST) -> bool:
+    """``x.task``, ``x.task_name``, ``x["task"]`` or ``x.get("task")``."""
+    if isinstance(node, ast.Attribute):
+        return node.attr in ("task", "task_name")
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Constant) and node.slice.value == "task"
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+        return any(isinstance(a, ast.Constant) and a.value == "task" for a in node.args)
+    return False
+
+
 def test_no_task_is_named_outside_its_package():
     """Outside ``tasks/``, no string equals a task name and nothing is compared with a ``.task``."""
     names = set(tasks.names())
@@ -40,22 +51,19 @@ def test_no_task_is_named_outside_its_package():
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and node.value in names:
                 found.append(f"{path.relative_to(SRC)}:{node.lineno}: literal {node.value!r}")
-            if isinstance(node, ast.Compare):
-                sides = [node.left, *node.comparators]
-                if any(isinstance(s, ast.Attribute) and s.attr in ("task", "task_name") for s in sides):
-                    found.append(f"{path.relative_to(SRC)}:{node.lineno}: comparison with .task")
+            sides = [node.left, *node.comparators] if isinstance(node, ast.Compare) else []
+            if any(_names_the_task(side) for side in sides):
+                found.append(f"{path.relative_to(SRC)}:{node.lineno}: comparison with the task name")
     assert not found, "\n".join(found)
 
 
 def test_the_rule_test_catches_a_task_branch(tmp_path):
     """The scan above does find what it forbids (so its silence means something)."""
-    code = 'if module.task == "detection":\n    pass\n'
-    tree = ast.parse(code)
+    tree = ast.parse('if module.task == "detection":\n    pass\n')
     assert any(isinstance(n, ast.Constant) and n.value in tasks.names() for n in ast.walk(tree))
-    assert any(
-        isinstance(n, ast.Compare) and isinstance(n.left, ast.Attribute) and n.left.attr == "task"
-        for n in ast.walk(tree)
-    )
+    for code in ("module.task == name", "cfg.get('task') != name", "hp['task'] in names", "m.task_name == x"):
+        compare = ast.parse(code).body[0].value
+        assert any(_names_the_task(s) for s in [compare.left, *compare.comparators]), code
 
 
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
