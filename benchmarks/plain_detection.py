@@ -195,3 +195,33 @@ def train_plain(
             sched.step()
         history.append({"epoch": epoch, **evaluate(model, val, 8)})
     return {"epochs": history, "wall_s": round(time.perf_counter() - start, 1), "recipe": r}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.plain_detection DATA --weights W --model M --image-size S --epochs E --seed N``:
+    prints the result as JSON (one subprocess per run keeps runs apart and lets them run side by side)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    ap.add_argument("data")
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--image-size", type=int, required=True)
+    ap.add_argument("--epochs", type=int, required=True)
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--recipe", default="{}", help="JSON: RECIPE keys to change")
+    args = ap.parse_args(argv)
+    result = train_plain(
+        args.data,
+        weights=args.weights,
+        model_name=args.model,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        seed=args.seed,
+        recipe=json.loads(args.recipe),
+    )
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

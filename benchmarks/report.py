@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-_ORDER = {"cpu-quick": 0, "cpu-full": 1, "gpu-quick": 2, "gpu-full": 3}
+_ORDER = {"accuracy-full": -1, "cpu-quick": 0, "cpu-full": 1, "gpu-quick": 2, "gpu-full": 3}
 # Everything from this line on in BENCHMARKS.md is hand-written (e.g. benchmarks/precision.py's table)
 # and kept as it is when the generated part above it is rewritten.
 KEEP_MARKER = "<!-- Hand-written sections below: benchmarks/report.py keeps them as they are. -->"
@@ -121,11 +121,13 @@ def _details(record: dict) -> list[str]:
         lines.append(f"**{r['title']}** ({r['seconds']:.0f} s) — ratio: {r['ratio_kind'] or 'n/a'}")
         lines.append("")
         lines.append("- settings: " + ", ".join(f"`{k}={_fmt(v)}`" for k, v in r["settings"].items()))
-        extra = {k: v for k, v in r["extra"].items() if k != "rows"}
+        extra = {k: v for k, v in r["extra"].items() if k not in ("rows", "arms")}
         if extra:
             lines.append("- measured: " + ", ".join(f"`{k}={_fmt(v)}`" for k, v in extra.items()))
         if r["library"]:
             lines.append(f"- samples: library {r['library']['samples']}, baseline {r['baseline']['samples']}")
+        if "arms" in r["extra"]:
+            lines += _per_epoch(r["extra"]["arms"])
         if "rows" in r["extra"]:
             cuda = any("cuda_max_allocated_mib" in x for x in r["extra"]["rows"])
             lines += ["", "| kind | batch | size | images/s | s/batch | peak RSS MiB | RSS rise MiB |"
@@ -136,6 +138,20 @@ def _details(record: dict) -> list[str]:
                              f"{row['images_per_s']} | {row['s_per_batch']} | {row['rss_peak_mib']} | "
                              f"{row['rss_increase_mib']} |{cuda}")
         lines.append("")
+    return lines
+
+
+def _per_epoch(arms: dict[str, dict]) -> list[str]:
+    """Accuracy benchmarks: each arm's final mean ± sd over seeds, per seed, and the per-epoch means."""
+    lines = ["", "| arm | mAP@50 | mAP | mAP@50 per seed | mAP@50 per epoch (mean over seeds) | "
+             "mAP per epoch | runs made at | reused |", "|---|---|---|---|---|---|---|---|"]
+    for name, a in arms.items():
+        lines.append(
+            f"| {name} | {a['map_50']:.3f} ± {a['map_50_sd']:.3f} | {a['map']:.3f} ± {a['map_sd']:.3f} | "
+            f"{' / '.join(f'{v:.3f}' for v in a['per_seed_map_50'])} | "
+            f"{' → '.join(format(e['map_50'], '.3f') for e in a['per_epoch'])} | "
+            f"{' → '.join(format(e['map'], '.3f') for e in a['per_epoch'])} | {', '.join(a['commits'])} | "
+            f"{a['reused']} |")
     return lines
 
 

@@ -1,10 +1,12 @@
-"""Run the benchmark suite: ``python -m benchmarks.run --suite cpu|gpu [--quick]``.
+"""Run the benchmark suite: ``python -m benchmarks.run --suite cpu|gpu|accuracy [--quick]``.
 
 Writes ``benchmarks/results/<suite>-<profile>.json`` (machine, versions, settings, every sample) and
 a plot next to it, then regenerates ``BENCHMARKS.md`` from all result files there. Profiles:
 ``full`` (default), ``--quick`` (under 10 minutes on 2 CPU cores), ``--smoke`` (seconds, tiny
 model: checks the harness, the numbers mean nothing). ``--suite gpu`` without a CUDA device writes
-a result file saying so and exits 0.
+a result file saying so and exits 0. ``--suite accuracy`` trains on real images with real weights
+(``--det-data DIR --weights FILE``, see ``scripts/build_real_sets.py``): hours on 2 CPU cores, so its
+finished runs are kept in ``--cache`` (shared with ``scripts/detection_study.py``) and reused.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from benchmarks import (
     bench_cache,
     bench_detection,
+    bench_detection_accuracy,
     bench_inference,
     bench_pipeline,
     bench_scaling,
@@ -103,6 +106,14 @@ GPU_PROFILES["smoke"] = {
     "gpu_inference": dict(PROFILES["smoke"]["inference"]),
     "gpu_scaling": dict(PROFILES["smoke"]["scaling"], train_bf16=True, train_channels_last=True),
 }
+# Accuracy against plain loops on real images and real ImageNet weights (paths given on the command line).
+_DET_ACCURACY = dict(model="tf_efficientnet_lite1", image_size=256, epochs=4, seeds=[0, 1, 2], workers=2)
+ACCURACY_PROFILES: dict[str, dict[str, dict]] = {
+    "full": {"detection_accuracy": _DET_ACCURACY},
+    "quick": {"detection_accuracy": _DET_ACCURACY},
+    "smoke": {"detection_accuracy": dict(model="tf_efficientnet_lite1", image_size=96, epochs=1, seeds=[0],
+                                         workers=1)},
+}
 RUNNERS = {
     "train_overhead": lambda p: bench_train.run(p),
     "inference": lambda p: bench_inference.run(p),
@@ -110,6 +121,7 @@ RUNNERS = {
     "cached_probe": lambda p: bench_cache.run(p),
     "scaling": lambda p: bench_scaling.run(p),
     "detection": lambda p: bench_detection.run(p),
+    "detection_accuracy": lambda p: bench_detection_accuracy.run(p),
     "gpu_train": lambda p: bench_train.run(p, accelerator="gpu", precision="bf16-mixed", target=">= 0.97"),
     "gpu_inference": lambda p: bench_inference.run(p, device="cuda"),
     "gpu_scaling": lambda p: bench_scaling.run(p, device="cuda"),
@@ -120,13 +132,17 @@ TIMM_B4_TRAIN_RTX3090 = 293.0
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--suite", choices=("cpu", "gpu", "accuracy"), default="cpu")
     profile = parser.add_mutually_exclusive_group()
     profile.add_argument("--quick", action="store_true", help="the < 10 min profile")
     profile.add_argument("--smoke", action="store_true", help="seconds; tiny model; for tests")
     parser.add_argument("--only", default="", help="comma-separated benchmark names")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--det-data", type=Path, default=None, help="accuracy: COCO-format real-image set")
+    parser.add_argument("--weights", type=Path, default=None, help="accuracy: timm-layout ImageNet weights")
+    parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy-runs.json",
+                        help="accuracy: finished runs, reused when their composed config matches")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     return parser.parse_args(argv)
 
@@ -188,7 +204,10 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
         print(f"--suite gpu: {reason}")
         results = [Result(name=n, title=n, status="skipped", reason=reason) for n in GPU_PROFILES[profile]]
     else:
-        table = (GPU_PROFILES if args.suite == "gpu" else PROFILES)[profile]
+        table = {"gpu": GPU_PROFILES, "accuracy": ACCURACY_PROFILES}.get(args.suite, PROFILES)[profile]
+        if args.suite == "accuracy":
+            paths = {"data": args.det_data, "weights": args.weights, "cache": args.cache}
+            table = {name: {**params, **paths} for name, params in table.items()}
         names = [n for n in table if not args.only or n in args.only.split(",")]
         results = []
         for i, name in enumerate(names, 1):

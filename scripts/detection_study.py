@@ -2,9 +2,10 @@
 
 Each variant is a list of config overrides on top of ``task=detection data=coco`` (the library's
 detection defaults); ``plain`` is the written-out torchvision loop of ``benchmarks/plain_detection.py``.
-Results are appended to a JSON file as each run ends (a re-run skips what is there), and a Markdown
-table (mean ± sd over seeds of the final mAP@50 / mAP, per seed, mAP@50 per epoch, seconds per run) is
-printed and written next to it.
+Finished runs go to a JSON cache shared with the accuracy-parity benchmark
+(``benchmarks/bench_detection_accuracy.py``), keyed by each run's fully composed config: a re-run skips
+what is there, whichever of the two measured it. A Markdown table (mean ± sd over seeds of the final
+mAP@50 / mAP, per seed, mAP@50 per epoch, seconds per run) is printed and written to ``--table``.
 
     python scripts/build_real_sets.py --out /data/real --which detection
     python scripts/detection_study.py --data /data/real/real_det \
@@ -16,13 +17,17 @@ The variants run by default are the ones the README's detection table reports.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_detection_accuracy import PLAIN_RECIPE_OVERRIDES, library_run, summarize  # noqa: E402
+from benchmarks.bench_detection_accuracy import (  # noqa: E402
+    PLAIN_RECIPE_OVERRIDES,
+    RunCache,
+    measure_all,
+    summarize,
+)
 
 PR = PLAIN_RECIPE_OVERRIDES
 
@@ -47,7 +52,7 @@ OLD = (
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     "defaults": (),
-    "plain": ("<plain loop>",),
+    "plain": "plain",
     "old_defaults": OLD,
     "plain_recipe": PR,
     # the collapse: the plain recipe with the old jitter, weight decay 0.05 and no clipping
@@ -77,54 +82,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="COCO-format real-image set (annotations/, train/, val/)")
     ap.add_argument("--weights", required=True, help="timm-layout ImageNet weights for --model")
     ap.add_argument("--model", default="tf_efficientnet_lite1")
-    ap.add_argument("--image-size", type=int, default=384)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1: no OpenMP contention)")
+    ap.add_argument("--workers", type=int, default=1, help="runs side by side (one torch thread each)")
     ap.add_argument("--extra", nargs="*", default=[], help="NAME=override,override: ad-hoc variants")
-    ap.add_argument("--results", type=Path, default=Path(__file__).with_name("detection_study.results.json"))
+    ap.add_argument("--cache", type=Path, default=Path("detection_runs.json"), help="finished runs (JSON)")
+    ap.add_argument("--table", type=Path, default=None, help="also write the Markdown table here")
     args = ap.parse_args(argv)
     variants = dict(VARIANTS)
     for spec in args.extra:
         name, _, overrides = spec.partition("=")
         variants[name] = tuple(o for o in overrides.split(",") if o)
-    results = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    setting = f"{args.model}@{args.image_size}x{args.epochs}ep"
-    store = results.setdefault(setting, {})
-    for name in args.variants:
-        for seed in args.seeds:
-            key = f"{name}/seed{seed}"
-            if key in store:
-                continue
-            print(f"[{setting}] {key} ...", flush=True)
-            store[key] = run_variant(variants[name], args, seed) | {"overrides": list(variants[name])}
-            args.results.write_text(json.dumps(results, indent=1) + "\n")
-            print(
-                f"    mAP@50 per epoch {[e['map_50'] for e in store[key]['epochs']]} "
-                f"({store[key]['wall_s']} s)",
-                flush=True,
-            )
-    table = render(store, args.variants, args.seeds, setting)
+    settings = {
+        "data": args.data,
+        "weights": args.weights,
+        "model_name": args.model,
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+    }
+    jobs = [(name, variants[name], seed) for name in args.variants for seed in args.seeds]
+    runs = measure_all(RunCache(args.cache), jobs, settings, workers=args.workers)
+    table = render(runs, args.variants, f"{args.model}@{args.image_size}, {args.epochs} epochs")
     print(table)
-    args.results.with_suffix(".md").write_text(table)
+    if args.table:
+        args.table.write_text(table)
     return 0
 
 
-def run_variant(overrides: tuple[str, ...], args, seed: int) -> dict:
-    common = dict(
-        weights=args.weights, model_name=args.model, image_size=args.image_size, epochs=args.epochs, seed=seed
-    )
-    if overrides == ("<plain loop>",):
-        import torch
-        from benchmarks.plain_detection import train_plain
-
-        torch.set_num_threads(args.threads)
-        return train_plain(args.data, **common)
-    return library_run(args.data, overrides=overrides, threads=args.threads, **common)
-
-
-def render(store: dict, names, seeds, setting: str) -> str:
+def render(runs: dict[str, list[dict]], names, setting: str) -> str:
     lines = [
         f"Setting: {setting}",
         "",
@@ -133,10 +120,9 @@ def render(store: dict, names, seeds, setting: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name in names:
-        runs = [store[f"{name}/seed{s}"] for s in seeds if f"{name}/seed{s}" in store]
-        if not runs:
+        if not runs.get(name):
             continue
-        s = summarize(runs)
+        s = summarize(runs[name])
         lines.append(
             f"| {name} | {s['map_50']:.3f} ± {s['map_50_sd']:.3f} | {s['map']:.3f} ± {s['map_sd']:.3f} | "
             f"{' / '.join(f'{v:.3f}' for v in s['per_seed_map_50'])} | "

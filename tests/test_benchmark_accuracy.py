@@ -1,0 +1,63 @@
+"""The detection accuracy-parity benchmark (smoke: tiny model, generated COCO set, one epoch): it runs
+the library through the CLI and the plain torchvision loop, reports per-epoch mAP for both, reuses
+finished runs by their composed config, and explains itself without data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+from safetensors.torch import save_file
+
+from b4transfer.data.demo_detection import ensure_demo_detection
+
+
+@pytest.mark.slow
+def test_accuracy_suite_measures_library_and_plain_loop_and_reuses_runs(tmp_path, monkeypatch):
+    from benchmarks import run as suite
+
+    monkeypatch.setenv("B4TRANSFER_CACHE", str(tmp_path / "cache"))
+    data = ensure_demo_detection(tmp_path / "det", image_size=64, train_images=8, val_images=4, seed=0)
+    weights = tmp_path / "w.safetensors"
+    save_file(timm.create_model("test_efficientnet").state_dict(), str(weights))
+    out, md, cache = tmp_path / "results", tmp_path / "BENCHMARKS.md", tmp_path / "runs.json"
+    args = ["--suite", "accuracy", "--smoke", "--out-dir", str(out), "--markdown", str(md), "--det-data",
+            str(data), "--weights", str(weights), "--cache", str(cache)]
+    tiny = dict(model="test_efficientnet", image_size=64, epochs=1, seeds=[0], workers=2)
+    monkeypatch.setitem(suite.ACCURACY_PROFILES["smoke"], "detection_accuracy", tiny)
+    assert suite.main(args) == 0
+    result = json.loads((out / "accuracy-smoke.json").read_text())["results"][0]
+    assert result["status"] == "ok", result
+    arms = result["extra"]["arms"]
+    assert set(arms) == {"library", "plain", "library_plain_recipe"}
+    for arm in arms.values():
+        assert len(arm["per_epoch"]) == 1 and 0.0 <= arm["map_50"] <= 1.0 and arm["reused"] == 0
+    runs = json.loads(cache.read_text())
+    assert len(runs) == 3 and {r["arm"] for r in runs.values()} == set(arms)
+    text = md.read_text()
+    assert "library_plain_recipe" in text and "mAP@50 per epoch" in text
+    # a second call repeats nothing: every run is found by its composed config
+    assert suite.main(args) == 0
+    again = json.loads((out / "accuracy-smoke.json").read_text())["results"][0]
+    assert all(a["reused"] == 1 for a in again["extra"]["arms"].values())
+    assert again["extra"]["arms"]["plain"]["per_seed_map_50"] == arms["plain"]["per_seed_map_50"]
+
+
+def test_accuracy_suite_without_data_is_skipped_with_the_reason(tmp_path):
+    from benchmarks.run import main
+
+    out, md = tmp_path / "results", tmp_path / "BENCHMARKS.md"
+    assert main(["--suite", "accuracy", "--smoke", "--out-dir", str(out), "--markdown", str(md)]) == 0
+    result = json.loads((out / "accuracy-smoke.json").read_text())["results"][0]
+    assert result["status"] == "skipped" and "--det-data" in result["reason"]
+
+
+def test_a_changed_config_is_a_different_run():
+    from benchmarks.bench_detection_accuracy import cli_overrides, config_key
+
+    settings = dict(weights="w", model_name="test_efficientnet", image_size=64, epochs=1)
+    base = config_key(cli_overrides("d", seed=0, **settings))
+    assert base == config_key(cli_overrides("d", seed=0, **settings))
+    assert base != config_key(cli_overrides("d", seed=1, **settings))
+    assert base != config_key(cli_overrides("d", seed=0, overrides=("optim.lr=0.01",), **settings))
