@@ -135,7 +135,7 @@ class RegressionTask(Task):
             csv.writer(f).writerows([("path", "value"), *((str(p), v) for p, v in zip(paths, values))])
         return {"predictions": str(out)}
 
-    def export(self, fmt, module, out_dir, *, cfg, checkpoint):
+    def export(self, fmt, module, out_dir, *, cfg, checkpoint, samples=None):
         out_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.contiguous() for k, v in module.state_dict().items()}
         safetensors.torch.save_file(state, str(out_dir / "model.safetensors"))

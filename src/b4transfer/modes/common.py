@@ -66,12 +66,13 @@ def export_formats(cfg: DictConfig, task: Task) -> list[str]:
 
 
 def export_all(
-    cfg: DictConfig, task: Task, module: TaskModule, out_dir: Path, *, checkpoint: str | None
+    cfg: DictConfig, task: Task, module: TaskModule, out_dir: Path, *, checkpoint: str | None, samples=None
 ) -> dict[str, Any]:
-    """Export in every ``export.format``; returns the summary entries (``export_dir``, ``onnx``, ...)."""
+    """Export in every ``export.format``; returns the summary entries (``export_dir``, ``onnx``, ...).
+    ``samples``: the run's data splits, after training."""
     out: dict[str, Any] = {"export_dir": str(out_dir)}
     for fmt in export_formats(cfg, task):
-        out.update(task.export(fmt, module, out_dir, cfg=cfg, checkpoint=checkpoint))
+        out.update(task.export(fmt, module, out_dir, cfg=cfg, checkpoint=checkpoint, samples=samples))
     return out
 
 

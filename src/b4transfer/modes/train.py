@@ -63,7 +63,8 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     if trainer.is_global_zero:
         best = summary["best_checkpoint"]
         export_module = tasks.load_module(best) if best else module
-        summary.update(export_all(cfg, task, export_module, run_dir / "export", checkpoint=best))
+        out_dir = run_dir / "export"
+        summary.update(export_all(cfg, task, export_module, out_dir, checkpoint=best, samples=splits))
     write_summary(run_dir, summary)
     if distributed.is_rank_zero():
         log.info("Run directory: %s", run_dir)

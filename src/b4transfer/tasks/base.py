@@ -161,7 +161,9 @@ class Task:
         raise NotImplementedError
 
     def export(
-        self, fmt: str, module: TaskModule, out_dir: Path, *, cfg: DictConfig, checkpoint: str | None
+        self, fmt: str, module: TaskModule, out_dir: Path, *, cfg: DictConfig, checkpoint: str | None,
+        samples: Any = None,
     ) -> dict[str, Any]:
-        """Write ``module`` in format ``fmt`` into ``out_dir``; return the summary entries."""
+        """Write ``module`` in format ``fmt`` into ``out_dir``; return the summary entries. ``samples``: the
+        run's data splits when the export follows training (e.g. images to check an export on)."""
         raise NotImplementedError

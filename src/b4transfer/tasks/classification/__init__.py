@@ -96,7 +96,7 @@ class ClassificationTask(Task):
             module = ClassificationModule(class_names=["_0", "_1"], model=model, data=data)
         return write_embeddings(cfg, module, paths, run_dir)
 
-    def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint: str | None) -> dict:
+    def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint, samples=None):
         if fmt == "timm":
             return export_classifier_timm(module, out_dir, checkpoint=checkpoint)
         opset = int((cfg.get("export") or {}).get("onnx_opset", 17))

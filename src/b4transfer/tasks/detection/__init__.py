@@ -93,10 +93,11 @@ class DetectionTask(Task):
     def predict(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
         return write_detections(cfg, module, paths, run_dir)
 
-    def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint: str | None) -> dict:
+    def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint, samples=None):
         if fmt == "onnx":
             opset = int((cfg.get("export") or {}).get("onnx_opset", 17))
-            return {"onnx": export_detection_onnx(module, out_dir, opset=opset)}
+            images = [s.path for s in samples.val] if samples is not None else None
+            return {"onnx": export_detection_onnx(module, out_dir, opset=opset, check_images=images)}
         export_detector(module, out_dir, extra={"checkpoint": checkpoint})
         return {}
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from b4transfer import __version__
 from b4transfer.backbone import create_backbone
+from b4transfer.data.detection_datamodule import DetectionPathDataset, fill_colour
 from b4transfer.errors import UserError, UserFileNotFoundError
 from b4transfer.export import CONFIG_NAME, MARKER, WEIGHTS_NAME, atomic_write, check_extra, claim_dir
 from b4transfer.tasks.detection.head import build_detector
@@ -135,9 +136,12 @@ def rebuild_detector(config: dict, state: dict) -> nn.Module:
     return detector.eval()
 
 
-def export_detection_onnx(module: DetectionModule, out_dir: str | Path, *, opset: int = 17) -> dict:
+def export_detection_onnx(
+    module: DetectionModule, out_dir: str | Path, *, opset: int = 17, check_images: list[Path] | None = None
+) -> dict:
     """``export.format=onnx``: ``out_dir/model.onnx``, the whole detector (normalisation, NMS, ...), run
-    with onnxruntime against PyTorch on seeded canvases (:func:`export_detector_onnx`)."""
+    with onnxruntime against PyTorch (:func:`check_detector_onnx`) on the first :data:`CHECK_IMAGES` of
+    ``check_images``, letterboxed (after training: the validation images), else on seeded noise."""
     detector = standalone_detector(module)
     path = Path(out_dir) / "model.onnx"
     report = export_detector_onnx(
@@ -148,12 +152,22 @@ def export_detection_onnx(module: DetectionModule, out_dir: str | Path, *, opset
         class_names=module.class_names,
         metadata={"category_ids": list(module.category_ids)},
     )
-    canvases = torch.rand(
-        2, 3, module.image_size, module.image_size, generator=torch.Generator().manual_seed(0)
-    )
     try:
-        report["check"] = check_detector_onnx(detector, path, canvases, min_boxes=0)
+        canvases = _check_canvases(module, check_images)
+        report["check"] = check_detector_onnx(detector, path, canvases, min_score=0.0, min_boxes=0)
     except Exception:
         path.unlink(missing_ok=True)
         raise
     return report
+
+
+CHECK_IMAGES = 4
+
+
+def _check_canvases(module: DetectionModule, paths: list[Path] | None) -> torch.Tensor:
+    size = module.image_size
+    if not paths:
+        return torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    fill = fill_colour(module.data_config["eval"]["mean"])
+    dataset = DetectionPathDataset(paths[:CHECK_IMAGES], size, fill)
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
