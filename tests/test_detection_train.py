@@ -188,13 +188,29 @@ def test_demo_is_the_default_detection_data_and_classification_is_unchanged():
     assert det.data.source._target_.endswith("demo_detection_splits") and det.head.detector == "retinanet"
     # conf/specialize/demo_detection.yaml: settings for the quick from-scratch CPU demo, after every group
     assert (det.head.fpn_channels, det.model.drop_path_rate, det.trainer.gradient_clip_val) == (64, 0.0, 10.0)
+    # ... which keeps the from-scratch recipe it was measured with, not the fine-tuning one below
+    assert (det.finetune.bn, det.optim.backbone_lr_mult, det.ema.enabled, det.scheduler.name) == (
+        "train", 1.0, True, "none")
     coco = compose_cfg("task=detection", "data=coco")
-    assert (coco.head.fpn_channels, coco.model.drop_path_rate) == (256, 0.1)
-    assert coco.trainer.gradient_clip_val is None
-    assert compose_cfg("task=detection", "head.fpn_channels=128").head.fpn_channels == 128
+    assert (coco.head.fpn_channels, coco.model.drop_path_rate) == (128, 0.1)
+    # the measured detection fine-tuning recipe (README "Detection recipe"); without the clipping a
+    # fine-tune barely learns, so it must reach every detection run that does not switch it off
+    recipe = (coco.trainer.gradient_clip_val, coco.finetune.bn, coco.optim.backbone_lr_mult,
+              coco.optim.weight_decay, coco.scheduler.name, coco.ema.enabled, coco.data.batch_size,
+              list(coco.data.augment.scale), coco.data.augment.color_jitter)
+    assert recipe == (10.0, "frozen", 0.1, 1e-4, "cosine", False, 4, [1.0, 1.0], 0.0)
+    for data in ("coco", "yolo"):
+        cfg = compose_cfg("task=detection", f"data={data}", "finetune=gradual")
+        assert cfg.trainer.gradient_clip_val == 10
+    # user choices still win over the task's recipe
+    mine = compose_cfg("task=detection", "data=coco", "scheduler=step", "optim.weight_decay=0.05",
+                       "head.fpn_channels=256")
+    assert (mine.scheduler.name, mine.optim.weight_decay, mine.head.fpn_channels) == ("step", 0.05, 256)
     cls = compose_cfg()
     assert cls.task == "classification" and cls.checkpoint.monitor == "val/acc1"
     assert dict(cls.head) == {"label_smoothing": 0.1}
+    recipe = (cls.trainer.gradient_clip_val, cls.finetune.bn, cls.optim.backbone_lr_mult, cls.scheduler.name)
+    assert recipe == (None, "train", 1.0, "none") and cls.ema.enabled
 
 
 @pytest.mark.slow

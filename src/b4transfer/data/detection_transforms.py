@@ -26,7 +26,8 @@ from torchvision.transforms.v2 import functional as F
 from b4transfer.data.detection import DetectionSample
 from b4transfer.errors import UserError
 
-DEFAULT_AUGMENT: dict[str, Any] = {"hflip": 0.5, "scale": (0.75, 1.25), "color_jitter": 0.2}
+# As conf/data/_detection_common.yaml: no scale or colour jitter (measured, README "Detection recipe").
+DEFAULT_AUGMENT: dict[str, Any] = {"hflip": 0.5, "scale": (1.0, 1.0), "color_jitter": 0.0}
 
 
 def check_augment(augment: Mapping[str, Any] | None) -> dict[str, Any]:
