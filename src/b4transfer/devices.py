@@ -2,6 +2,9 @@
 
 - ``precision=`` (group) sets ``trainer.precision``; Lightning itself turns ``16-mixed`` on a CPU into
   ``bf16-mixed`` with one warning (fp16 autocast needs a GPU) and adds the GradScaler on GPUs.
+  ``precision=auto`` is resolved here (:func:`resolve_precision`): ``bf16-mixed`` plus channels_last
+  weights and inputs where the training device computes bf16 natively (CPUs with AVX512-BF16 / AMX,
+  GPUs with bf16), else ``32-true`` -- the same detection as ``predict.precision=auto``.
 - ``strategy=`` (group) is built into a Lightning strategy object here: ``auto``, ``ddp``,
   ``ddp_spawn``, ``fsdp`` (wrapping each EfficientNet block, classes named in the config).
 - ``trainer.sync_batchnorm=true`` is taken over: Lightning's converter would drop timm's fused
@@ -15,13 +18,16 @@ import logging
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import get_class
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
+from b4transfer import inference
 from b4transfer.checkpointing import AtomicCheckpointIO
 from b4transfer.distributed import is_rank_zero
 from b4transfer.errors import UserError
@@ -32,6 +38,59 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 LR_RULES = ("none", "linear", "sqrt")
 LR_SCALING_KEYS = ("lr_scaling", "base_batch_size")
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """What ``trainer.precision`` resolved to: the Lightning precision used, and channels_last or not."""
+
+    requested: str
+    used: str
+    channels_last: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def training_device(accelerator: Any) -> torch.device:
+    """The device type a Trainer with ``accelerator`` trains on (``auto``: a CUDA GPU if there is one)."""
+    name = str(accelerator or "auto").lower()
+    if name in ("gpu", "cuda") or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    if name == "mps":
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_precision(trainer_cfg: Mapping[str, Any], *, announce: bool = False) -> PrecisionPlan:
+    """``trainer.precision``, with ``auto`` resolved for the device ``trainer.accelerator`` trains on.
+
+    ``auto``: ``bf16-mixed`` + channels_last where the device runs bf16 natively
+    (:func:`b4transfer.inference.bf16_native`: CPUs with AVX512-BF16 / AMX, GPUs with bf16 support);
+    elsewhere ``32-true`` in the default layout (emulated bf16 is slower than fp32). Other values pass
+    through unchanged (channels_last then follows ``model.channels_last`` alone). ``announce``: log
+    what ``auto`` chose and why (once per run: ``mode=train`` asks with it).
+    """
+    plan = _resolve_precision(trainer_cfg)
+    if announce and plan.requested.lower() == "auto" and is_rank_zero():
+        layout = " + channels_last" if plan.channels_last else ""
+        log.info("precision=auto: %s%s (%s)", plan.used, layout, plan.reason)
+    return plan
+
+
+def _resolve_precision(trainer_cfg: Mapping[str, Any]) -> PrecisionPlan:
+    requested = str(trainer_cfg.get("precision", "32-true"))
+    if requested.lower() != "auto":
+        return PrecisionPlan(requested, requested, False, "as configured")
+    device = training_device(trainer_cfg.get("accelerator"))
+    what = {"cuda": "the GPU", "cpu": "the CPU"}.get(device.type, device.type)
+    if inference.bf16_native(device):
+        native = "bf16 support" if device.type == "cuda" else "native bf16 (AVX512-BF16 / AMX)"
+        return PrecisionPlan("auto", "bf16-mixed", True, f"{what} has {native}")
+    return PrecisionPlan(
+        "auto", "32-true", False, f"{what} has no native bf16 (emulated bf16 would be slower than fp32)"
+    )
 
 
 def build_strategy(spec: Mapping[str, Any] | None):
@@ -67,6 +126,8 @@ def trainer_kwargs(trainer_cfg: Mapping[str, Any], strategy_cfg: Mapping[str, An
     of Lightning's converter. A ``trainer.strategy`` set directly wins over ``strategy=auto``.
     """
     kwargs = dict(trainer_cfg)
+    if "precision" in kwargs:
+        kwargs["precision"] = resolve_precision(trainer_cfg).used
     sync_bn = bool(kwargs.pop("sync_batchnorm", False))
     plugins = list(kwargs.pop("plugins", None) or [])
     plugins.append(AtomicCheckpointIO())

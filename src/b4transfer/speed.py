@@ -28,19 +28,23 @@ def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
     return (x, *rest)
 
 
-def apply_speed_switches(module: nn.Module, model_cfg: Mapping[str, Any]) -> nn.Module:
-    """Apply ``model.channels_last`` / ``compile`` / ``compile_mode`` to ``module.backbone``.
+def apply_speed_switches(
+    module: nn.Module, model_cfg: Mapping[str, Any], channels_last: bool = False
+) -> nn.Module:
+    """Apply ``model.channels_last`` / ``compile`` / ``compile_mode`` to ``module``'s backbone.
 
     Args:
         module: a module with a ``backbone`` attribute (e.g. a ``TaskModule``).
         model_cfg: the ``model`` config; missing keys mean off.
+        channels_last: NHWC even if ``model.channels_last`` is off (``precision=auto`` chose it).
     """
     backbone = module.backbone
-    if model_cfg.get("channels_last"):
-        # NHWC weights and inputs: faster convolutions on tensor-core GPUs (and with AMP).
-        backbone.to(memory_format=torch.channels_last)
+    if model_cfg.get("channels_last") or channels_last:
+        # NHWC weights (the whole module: a task head's convolutions too) and inputs: faster convolutions
+        # with oneDNN on CPUs and on tensor-core GPUs, above all with bf16.
+        module.to(memory_format=torch.channels_last)
         backbone.register_forward_pre_hook(_to_channels_last)
-        log.info("model.channels_last=true: backbone weights and inputs in channels-last (NHWC) layout")
+        log.info("channels_last: weights and inputs in channels-last (NHWC) layout")
     if model_cfg.get("compile"):
         mode = model_cfg.get("compile_mode") or "default"
         if mode not in COMPILE_MODES:

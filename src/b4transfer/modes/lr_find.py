@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig
 
-from b4transfer import tasks
+from b4transfer import devices, tasks
 from b4transfer.config import plain
 from b4transfer.errors import UserError
 from b4transfer.modes.common import build_splits
@@ -50,6 +50,7 @@ def lr_find(cfg: DictConfig) -> dict[str, Any]:
         schedule.first_phase_only = True  # what trains at step 0 trains; the rest stays frozen
         callbacks.append(schedule)
     trainer_cfg = {**plain(cfg.trainer), "enable_progress_bar": False}
+    trainer_cfg["precision"] = devices.resolve_precision(trainer_cfg).used
     trainer = L.Trainer(
         **trainer_cfg,
         default_root_dir=str(run_dir),

@@ -44,7 +44,9 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     L.seed_everything(cfg.seed, workers=True)
     backbone = task.build_backbone(cfg)  # weights problems surface before the data scan
     splits = build_splits(cfg, task)
-    module = apply_speed_switches(task.build_module(cfg, splits, backbone), cfg.model)
+    precision = devices.resolve_precision(plain(cfg.trainer), announce=True)  # auto: this device's fastest
+    module = task.build_module(cfg, splits, backbone)
+    module = apply_speed_switches(module, cfg.model, precision.channels_last)
     if ckpt:
         check_resumable(ckpt, task, module)
     datamodule = task.build_datamodule(cfg, splits, module)
@@ -59,6 +61,7 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     except SIGTERMException:
         _stopped_by_sigterm(trainer, run_dir, time.perf_counter() - start)
     summary = _summary(cfg, trainer, splits, plan, meter, wall=time.perf_counter() - start, run_dir=run_dir)
+    summary["precision_plan"] = _precision_plan(cfg, trainer, precision)
     summary.update(task=task.name, **task.summary(splits, datamodule))
     if trainer.is_global_zero:
         best = summary["best_checkpoint"]
@@ -91,6 +94,14 @@ def _summary(cfg, trainer: L.Trainer, splits, plan, meter, *, wall: float, run_d
         "best_checkpoint": trainer.checkpoint_callback.best_model_path or None,
         "best_score": float(best_score) if best_score is not None else None,
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+    }
+
+
+def _precision_plan(cfg, trainer: L.Trainer, precision: devices.PrecisionPlan) -> dict[str, Any]:
+    return {
+        **precision.as_dict(),
+        "used": str(trainer.precision),  # Lightning may change it (16-mixed on a CPU runs bf16-mixed)
+        "channels_last": precision.channels_last or bool(cfg.model.get("channels_last")),
     }
 
 

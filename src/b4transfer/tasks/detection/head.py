@@ -34,6 +34,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 from b4transfer.backbone import feature_reductions
 from b4transfer.errors import UserError
 from b4transfer.tasks.detection.fpn import FeaturePyramidBackbone
+from b4transfer.tasks.detection.mixed_precision import fp32_boundaries
 
 DETECTORS = ("retinanet", "fcos", "faster_rcnn")
 _CLASSES = {"retinanet": RetinaNet, "fcos": FCOS, "faster_rcnn": FasterRCNN}
@@ -222,31 +223,37 @@ def build_detector(
     }
     c = fpn_channels
     if detector == "faster_rcnn":
-        backbone = FeaturePyramidBackbone(
-            body, out_channels=c, extra_blocks=LastLevelMaxPool(), own_body=own_body
-        )
-        pool = MultiScaleRoIAlign([str(i) for i in range(len(backbone.in_channels_list))], 7, 2)
-        return FasterRCNN(
-            backbone,
-            num_classes + 1,
-            rpn_anchor_generator=anchors,
-            box_roi_pool=pool,
-            box_score_thresh=score_thresh,
-            box_nms_thresh=nms_thresh,
-            box_detections_per_img=detections_per_img,
-            **transform,
-            **kwargs,
-        )
+        return fp32_boundaries(_faster_rcnn(body, num_classes, c, anchors, own_body, transform, kwargs,
+                                            score_thresh, nms_thresh, detections_per_img))
     backbone = FeaturePyramidBackbone(
         body, out_channels=c, extra_blocks=LastLevelP6P7(c, c), own_body=own_body
     )
-    return _CLASSES[detector](
+    return fp32_boundaries(_CLASSES[detector](
         backbone,
         num_classes,
         anchor_generator=anchors,
         score_thresh=score_thresh,
         nms_thresh=nms_thresh,
         detections_per_img=detections_per_img,
+        **transform,
+        **kwargs,
+    ))
+
+
+def _faster_rcnn(body, num_classes, c, anchors, own_body, transform, kwargs, score_thresh, nms_thresh,
+                 detections_per_img) -> nn.Module:
+    backbone = FeaturePyramidBackbone(
+        body, out_channels=c, extra_blocks=LastLevelMaxPool(), own_body=own_body
+    )
+    pool = MultiScaleRoIAlign([str(i) for i in range(len(backbone.in_channels_list))], 7, 2)
+    return FasterRCNN(
+        backbone,
+        num_classes + 1,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=pool,
+        box_score_thresh=score_thresh,
+        box_nms_thresh=nms_thresh,
+        box_detections_per_img=detections_per_img,
         **transform,
         **kwargs,
     )
