@@ -120,3 +120,16 @@ def test_detection_geometry_and_losses_stay_fp32_under_bf16_autocast(detector):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = module(images)
     assert all(d["boxes"].dtype == torch.float32 and d["scores"].dtype == torch.float32 for d in out)
+
+
+@pytest.mark.parametrize("task", ["classification", "detection"])
+def test_the_precision_benchmark_times_auto_against_fp32(task):
+    from benchmarks.precision import compare, table
+
+    rows = compare(
+        ["32-true", "auto"], device="cpu", steps=1, rounds=1, warmup=1, task=task,
+        model_name="test_efficientnet", image_size=64, batch_size=2, fpn_channels=32,
+    )
+    auto = resolve_precision({"precision": "auto", "accelerator": "cpu"}).used
+    assert [r["used"] for r in rows] == ["32-true", auto]
+    assert all(r["finite_loss"] and r["images_per_s"] > 0 for r in rows) and "auto" in table(rows)
