@@ -171,6 +171,7 @@ class RunCache:
         if self.path:  # re-read: another process may have added runs meanwhile
             runs = json.loads(self.path.read_text()) if self.path.is_file() else {}
             runs[key] = result
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps(runs, indent=1) + "\n")
             self.runs = runs
         else:

@@ -141,7 +141,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--det-data", type=Path, default=None, help="accuracy: COCO-format real-image set")
     parser.add_argument("--weights", type=Path, default=None, help="accuracy: timm-layout ImageNet weights")
-    parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy-runs.json",
+    parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "results" / "runs" / "acc.json",
                         help="accuracy: finished runs, reused when their composed config matches")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     return parser.parse_args(argv)

@@ -1,12 +1,15 @@
-"""The Lightning Trainer every mode uses: callbacks (checkpoints, schedule, EMA, LR monitor) and devices."""
+"""The Lightning Trainer every mode uses: callbacks (checkpoints, early stopping, schedule, EMA, LR monitor)
+and devices."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from omegaconf import DictConfig
 
 from b4transfer import devices
@@ -14,22 +17,24 @@ from b4transfer.callbacks import progress_bar
 from b4transfer.checkpointing import CheckpointOnSigterm, step_checkpoint
 from b4transfer.config import plain
 from b4transfer.ema import EMA
+from b4transfer.errors import UserError
 
 
 def build_trainer(
     cfg: DictConfig, run_dir: Path, *, extra_callbacks=(), monitor: str = "val/acc1"
 ) -> L.Trainer:
-    """The Lightning Trainer of a run: best + last checkpoints, the fine-tuning schedule, LR monitor, EMA,
-    SIGTERM checkpoint, progress bar; ``monitor`` is the task's default ``checkpoint.monitor``."""
+    """The Lightning Trainer of a run: best + last checkpoints, early stopping, the fine-tuning schedule,
+    LR monitor, EMA, SIGTERM checkpoint, progress bar; ``monitor``: the task's ``checkpoint.monitor``."""
     ckpt_cfg = plain(cfg.get("checkpoint")) or {}
+    monitor, mode = ckpt_cfg.get("monitor") or monitor, ckpt_cfg.get("mode", "max")
     loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None]
     callbacks = [
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
             filename="best-epoch{epoch:03d}",
             auto_insert_metric_name=False,
-            monitor=ckpt_cfg.get("monitor") or monitor,
-            mode=ckpt_cfg.get("mode", "max"),
+            monitor=monitor,
+            mode=mode,
             save_top_k=ckpt_cfg.get("save_top_k", 1),
         ),
         # last.ckpt: the latest state every epoch (Lightning's save_last only rewrites it when the
@@ -44,6 +49,7 @@ def build_trainer(
         *([instantiate(cfg.finetune)] if cfg.get("finetune") else []),  # before the LR monitor: it sets LRs
         *([LearningRateMonitor(logging_interval="step")] if loggers else []),  # it fails without a logger
         *ema_callbacks(cfg.get("ema")),
+        *early_stopping(cfg.get("early_stopping"), monitor=monitor, mode=mode),
         *[instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c],  # +callbacks.NAME._target_=
         CheckpointOnSigterm(run_dir / "checkpoints"),
         *extra_callbacks,
@@ -67,3 +73,34 @@ def ema_callbacks(ema: DictConfig | None) -> list:
     if not ema or not ema.get("enabled"):
         return []
     return [EMA(**{k: v for k, v in plain(ema).items() if k != "enabled"})]
+
+
+def early_stopping(cfg: DictConfig | None, *, monitor: str, mode: str) -> list:
+    """``[EarlyStopping(...)]`` on the checkpoint's metric if ``early_stopping.patience`` is set, else ``[]``.
+
+    It watches the same metric as the best checkpoint, so the exported (best) weights are those of the
+    epoch early stopping measured as best.
+    """
+    patience = (cfg or {}).get("patience")
+    if patience is None:
+        return []
+    if int(patience) < 1:
+        raise UserError(f"early_stopping.patience={patience} must be a whole number >= 1, or null (off).")
+    return [EarlyStopping(monitor=monitor, mode=mode, patience=int(patience),
+                          min_delta=float(cfg.get("min_delta") or 0.0))]
+
+
+def early_stopping_report(trainer: L.Trainer) -> dict | None:
+    """What ``summary.json`` says about early stopping: ``None`` when it was off."""
+    es = trainer.early_stopping_callback
+    if es is None:
+        return None
+    stopped = es.stopping_reason != EarlyStoppingReason.NOT_STOPPED
+    return {
+        "stopped_epoch": es.stopped_epoch if stopped else None,
+        "reason": es.stopping_reason_message if stopped else None,
+        "best_score": float(es.best_score) if torch.isfinite(es.best_score) else None,
+        "monitor": es.monitor,
+        "patience": es.patience,
+        "min_delta": abs(float(es.min_delta)),
+    }

@@ -25,7 +25,7 @@ from b4transfer.config import plain
 from b4transfer.modes.common import build_splits, check_resumable, export_all, export_formats, scalars
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
 from b4transfer.speed import apply_speed_switches
-from b4transfer.trainer import build_trainer
+from b4transfer.trainer import build_trainer, early_stopping_report
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ def _summary(cfg, trainer: L.Trainer, splits, plan, meter, *, wall: float, run_d
         "best_checkpoint": trainer.checkpoint_callback.best_model_path or None,
         "best_score": float(best_score) if best_score is not None else None,
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+        "early_stopping": early_stopping_report(trainer),
     }
 
 
