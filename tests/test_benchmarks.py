@@ -62,7 +62,8 @@ def test_gpu_suite_without_cuda_says_so_and_succeeds(isolated, capsys):
     assert "GPU numbers were not measured" in md.read_text()
 
 
-def test_progress_bar_refreshes_at_the_logging_interval(tmp_path):
+def test_progress_bar_refreshes_at_the_logging_interval(tmp_path, monkeypatch):
+    monkeypatch.setattr("b4transfer.callbacks.stdout_is_terminal", lambda: True)  # the bar is a terminal's
     cfg = compose_cfg("trainer.log_every_n_steps=7", "trainer.enable_progress_bar=true",
                       f"run_dir={tmp_path}")
     trainer = build_trainer(cfg, tmp_path)

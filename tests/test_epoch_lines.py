@@ -1,0 +1,65 @@
+"""Batch-job logs: with stdout not a terminal a run prints one plain line per epoch; on a terminal the bar."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from tests.conftest import TINY, compose_cfg
+
+from b4transfer import callbacks
+from b4transfer.callbacks import EpochLines
+from b4transfer.modes import train
+from b4transfer.trainer import build_trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+LINE = re.compile(
+    r"^epoch (\d+)/3  train/acc1 \S+ train/loss \S+  val/acc1 [\d.]+ val/loss [\d.]+  "
+    r"[\d.]+ img/s  ETA \d\d:\d\d$"
+)
+
+
+def test_a_run_with_stdout_not_a_terminal_prints_one_line_per_epoch(tiny_cfg, capsys):
+    train(tiny_cfg("trainer.max_epochs=3", "trainer.enable_progress_bar=true"))
+    lines = [m for m in map(LINE.match, capsys.readouterr().out.splitlines()) if m]
+    assert [int(m.group(1)) for m in lines] == [1, 2, 3]
+    assert lines[-1].group(0).endswith("ETA 00:00")
+
+
+def test_a_cli_run_redirected_to_a_file_shows_the_epochs(tmp_path, image_folder):
+    log = tmp_path / "job.out"
+    with open(log, "w") as out:
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "run.py"), *TINY, "trainer.max_epochs=3",
+             "trainer.enable_progress_bar=true", "data=folder", f"data.root={image_folder}",
+             f"hydra.run.dir={tmp_path / 'run'}"],
+            cwd=tmp_path, stdout=out, stderr=subprocess.PIPE, text=True, timeout=300,
+        )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    epochs = [line for line in log.read_text().splitlines() if LINE.match(line)]
+    assert len(epochs) == 3, log.read_text()[-3000:]
+
+
+def test_the_terminal_keeps_the_bar_and_enable_progress_bar_false_silences_both(tmp_path, monkeypatch):
+    cfg = compose_cfg(f"run_dir={tmp_path}", "trainer.enable_progress_bar=true")
+    assert isinstance(build_trainer(cfg, tmp_path).progress_bar_callback, EpochLines)
+    monkeypatch.setattr(callbacks, "stdout_is_terminal", lambda: True)
+    assert isinstance(build_trainer(cfg, tmp_path).progress_bar_callback, (RichProgressBar, TQDMProgressBar))
+    monkeypatch.undo()
+    assert build_trainer(compose_cfg(f"run_dir={tmp_path}", "trainer.enable_progress_bar=false"),
+                         tmp_path).progress_bar_callback is None
+
+
+def test_the_line_reads_the_metrics_throughput_and_time_left():
+    class Trainer:
+        progress_bar_metrics = {"train/loss": 0.51234, "val/map": 0.25, "val/loss": 1.5, "lr": 0.001}
+        max_epochs, current_epoch = 10, 2
+
+    bar = EpochLines()
+    bar._epoch_start, bar._train_end, bar._images, bar._epoch_seconds = 0.0, 2.0, 100, [30.0, 30.0, 30.0]
+    assert bar.line(Trainer()) == (
+        "epoch 3/10  train/loss 0.5123  val/loss 1.5 val/map 0.25  lr 0.001  50.0 img/s  ETA 03:30"
+    )
