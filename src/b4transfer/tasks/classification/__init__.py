@@ -38,8 +38,9 @@ def data_overrides(cfg: DictConfig) -> dict[str, Any]:
 def resolve_loss(cfg: DictConfig, splits: DatasetSplits) -> dict[str, Any]:
     """``cfg.loss`` with ``class_weights`` resolved from the training split's class counts."""
     loss = plain(cfg.get("loss")) or {}
-    counts = class_counts(splits.train, splits.num_classes)
-    weights = class_weights(loss.get("class_weights"), counts, splits.class_names)
+    spec = loss.get("class_weights")
+    counts = class_counts(splits.train, splits.num_classes) if spec is not None else []
+    weights = class_weights(spec, counts, splits.class_names)
     name, gamma = loss.get("name") or "ce", float(loss.get("gamma", 2.0))
     return {"name": name, "gamma": gamma, "class_weights": weights}
 
