@@ -153,15 +153,18 @@ def plain_run(
 class RunCache:
     """Finished runs by key, in a JSON file (written after every run)."""
 
-    def __init__(self, path: str | Path | None) -> None:
+    def __init__(self, path: str | Path | None, *, read_only: bool = False) -> None:
         self.path = Path(path) if path else None
+        self.read_only = read_only  # missing runs are left out instead of run
         self.lock = threading.Lock()
         self.runs = json.loads(self.path.read_text()) if self.path and self.path.is_file() else {}
 
     def measure(self, key: str, fn, **info) -> tuple[dict, bool]:
-        """``(result, reused)``: the cached run under ``key``, or ``fn()`` stored under it."""
+        """``(result, reused)``: the run cached under ``key``, else ``fn()`` (read-only: ``None``)."""
         if key in self.runs:
             return self.runs[key], True
+        if self.read_only:
+            return None, False
         result = fn() | info | {"commit": _commit()}
         with self.lock:
             self._store(key, result)
@@ -204,7 +207,8 @@ def measure_all(cache: RunCache, jobs: list[tuple[str, object, int]], settings: 
         done = list(pool.map(lambda p: (p[2]["arm"], *cache.measure(p[0], p[1], **p[2])), plans))
     out: dict[str, list] = {}
     for arm, result, reused in done:
-        out.setdefault(arm, []).append(result | {"reused": reused})
+        if result is not None:
+            out.setdefault(arm, []).append(result | {"reused": reused})
     return out
 
 

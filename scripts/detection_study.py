@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", nargs="*", default=[], help="NAME=override,override: ad-hoc variants")
     ap.add_argument("--cache", type=Path, default=Path("detection_runs.json"), help="finished runs (JSON)")
     ap.add_argument("--table", type=Path, default=None, help="also write the Markdown table here")
+    ap.add_argument("--no-run", action="store_true", help="only tabulate the runs already in --cache")
     args = ap.parse_args(argv)
     variants = dict(VARIANTS)
     for spec in args.extra:
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
     }
     jobs = [(name, variants[name], seed) for name in args.variants for seed in args.seeds]
-    runs = measure_all(RunCache(args.cache), jobs, settings, workers=args.workers)
+    runs = measure_all(RunCache(args.cache, read_only=args.no_run), jobs, settings, workers=args.workers)
     table = render(runs, args.variants, f"{args.model}@{args.image_size}, {args.epochs} epochs")
     print(table)
     if args.table:
