@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from b4transfer.data.dataset import ImageDataset
 from b4transfer.data.mixup import build_mixup
+from b4transfer.data.sampling import SAMPLERS, balanced_sampler
 from b4transfer.data.splits import DatasetSplits, class_counts
 from b4transfer.data.transforms import DRAFT_FACTOR, build_transforms, draft_size_for
 from b4transfer.errors import UserError
@@ -48,6 +49,9 @@ class ClassificationDataModule(L.LightningDataModule):
             (see ``draft_size_for``); ``None``: full-size decoding.
         mixup: ``data.mixup`` options (timm Mixup/CutMix on training batches, soft targets);
             ``None`` or both alphas 0: off.
+        sampler: ``None`` (shuffled) or ``"balanced"`` (each class drawn equally often, see
+            :mod:`b4transfer.data.sampling`; single-label data only).
+        seed: Seed of the balanced sampler's draws.
     """
 
     def __init__(
@@ -64,8 +68,17 @@ class ClassificationDataModule(L.LightningDataModule):
         drop_last: bool = False,
         draft_factor: float | None = DRAFT_FACTOR,
         mixup: Mapping[str, Any] | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
     ):
         super().__init__()
+        if sampler is not None and sampler not in SAMPLERS:
+            raise UserError(f"data.sampler={sampler} is not a sampler; use {', '.join(SAMPLERS)} or null.")
+        if sampler and splits.multi_label:
+            raise UserError(
+                f"data.sampler={sampler} needs single-label data (one class per image); with multi-label "
+                "data use loss.class_weights=auto or loss.name=focal instead."
+            )
         check_int(batch_size, "data.batch_size", 1, "set e.g. data.batch_size=32")
         check_int(num_workers, "data.num_workers", 0, "set data.num_workers=0 (main process) or more")
         if not splits.val:
@@ -81,6 +94,7 @@ class ClassificationDataModule(L.LightningDataModule):
                 "data.drop_last=false."
             )
         self.splits = splits
+        self.sampler, self.seed = sampler, seed
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -131,15 +145,23 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, *, train: bool) -> DataLoader:
         dataset = self.dataset(split)
+        sampler = self._train_sampler() if train and self.sampler else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train and (self.drop_last or lone_last_batch(len(dataset), self.batch_size)),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
+
+    def _train_sampler(self):
+        """The ``data.sampler`` of the training split, this rank's share of it under DDP."""
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        labels = [sample.target for sample in self.splits.train]
+        return balanced_sampler(labels, seed=self.seed, world_size=world, rank=rank)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Mixup/CutMix training batches on their device (validation and test batches stay as they are)."""

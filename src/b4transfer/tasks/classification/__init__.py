@@ -10,9 +10,10 @@ from omegaconf import DictConfig
 
 from b4transfer.config import num_workers, plain
 from b4transfer.data.datamodule import ClassificationDataModule
-from b4transfer.data.splits import DatasetSplits
+from b4transfer.data.splits import DatasetSplits, class_counts
 from b4transfer.data.transforms import DRAFT_FACTOR
 from b4transfer.devices import split_lr_scaling
+from b4transfer.errors import UserError
 from b4transfer.tasks.base import MODES, Task
 from b4transfer.tasks.classification.export import export_classifier_onnx, export_classifier_timm
 from b4transfer.tasks.classification.feature_cache import (
@@ -20,6 +21,7 @@ from b4transfer.tasks.classification.feature_cache import (
     check_cacheable,
     enable_feature_cache,
 )
+from b4transfer.tasks.classification.losses import class_weights
 from b4transfer.tasks.classification.module import ClassificationModule, build_backbone
 from b4transfer.tasks.classification.predict import write_embeddings, write_predictions
 
@@ -31,6 +33,31 @@ _DATA_KEYS = ("image_size", "eval_image_size", "crop_pct", "eval_crop_pct", "int
 def data_overrides(cfg: DictConfig) -> dict[str, Any]:
     """The ``data.*`` overrides of the backbone's pretrained data config."""
     return {k: plain(cfg.data.get(k)) for k in _DATA_KEYS if cfg.data.get(k) is not None}
+
+
+def resolve_loss(cfg: DictConfig, splits: DatasetSplits) -> dict[str, Any]:
+    """``cfg.loss`` with ``class_weights`` resolved from the training split's class counts."""
+    loss = plain(cfg.get("loss")) or {}
+    spec = loss.get("class_weights")
+    counts = class_counts(splits.train, splits.num_classes) if spec is not None else []
+    weights = class_weights(spec, counts, splits.class_names)
+    name, gamma = loss.get("name") or "ce", float(loss.get("gamma", 2.0))
+    return {"name": name, "gamma": gamma, "class_weights": weights}
+
+
+def class_balance(splits: DatasetSplits, datamodule) -> dict[str, Any]:
+    """The summary's report of the class counts and what was done about imbalance."""
+    module = datamodule.trainer.lightning_module if datamodule.trainer else None
+    loss = dict((module.hparams.get("loss") if module else None) or {"name": "ce"})
+    if loss.get("name") != "focal":
+        loss.pop("gamma", None)
+    weights = loss.pop("class_weights", None)
+    return {
+        "class_counts": dict(zip(splits.class_names, class_counts(splits.train, splits.num_classes))),
+        "loss": loss,
+        "class_weights": dict(zip(splits.class_names, weights)) if weights else None,
+        "sampler": getattr(datamodule, "sampler", None),
+    }
 
 
 class ClassificationTask(Task):
@@ -48,6 +75,11 @@ class ClassificationTask(Task):
         super().check_config(cfg)
         if cfg.mode == "train" and cfg.data.get("cache_features"):
             check_cacheable(augment=plain(cfg.data.get("augment")), finetune=plain(cfg.get("finetune")))
+            if cfg.data.get("sampler"):
+                raise UserError(
+                    f"data.sampler={cfg.data.sampler} does not combine with data.cache_features=true (the "
+                    "cached features are served in their own order); use loss.class_weights=auto instead."
+                )
 
     def build_backbone(self, cfg: DictConfig) -> torch.nn.Module:
         return build_backbone(plain(cfg.model))
@@ -58,6 +90,7 @@ class ClassificationTask(Task):
             class_names=list(splits.class_names),
             model=plain(cfg.model),
             head=plain(cfg.get("head")) or {},
+            loss=resolve_loss(cfg, splits),
             optim=split_lr_scaling(plain(cfg.optim))[0],
             scheduler=plain(cfg.get("scheduler")),
             data=data_overrides(cfg),
@@ -76,6 +109,8 @@ class ClassificationTask(Task):
             pin_memory=on_gpu,
             draft_factor=plain(cfg.data.get("draft_factor", DRAFT_FACTOR)),
             mixup=plain(cfg.data.get("mixup")),
+            sampler=cfg.data.get("sampler"),
+            seed=int(cfg.get("seed") or 0),
         )
         if cfg.mode == "train" and cfg.data.get("cache_features"):
             augment, finetune = plain(cfg.data.get("augment")), plain(cfg.get("finetune"))
@@ -83,9 +118,10 @@ class ClassificationTask(Task):
         return images
 
     def summary(self, splits: DatasetSplits, datamodule) -> dict[str, Any]:
+        out = {"class_balance": class_balance(splits, datamodule)}
         if isinstance(datamodule, CachedFeatureDataModule):
-            return {"feature_extraction_s": round(sum(datamodule.extract_seconds.values()), 2)}
-        return {}
+            out["feature_extraction_s"] = round(sum(datamodule.extract_seconds.values()), 2)
+        return out
 
     def predict(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
         return write_predictions(cfg, module, paths, run_dir)

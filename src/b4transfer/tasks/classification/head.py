@@ -1,7 +1,8 @@
 """Classification head: pooled backbone features -> dropout -> linear.
 
 The head owns everything task-specific: its loss (cross-entropy with optional label
-smoothing, or BCE-with-logits for multi-label data), how logits become probabilities,
+smoothing, or BCE-with-logits for multi-label data; optional per-class weights, or focal loss,
+see :mod:`b4transfer.tasks.classification.losses`), how logits become probabilities,
 and the torchmetrics it reports. The backbone hands it pooled pre-logits features.
 """
 
@@ -21,6 +22,7 @@ from torchmetrics.classification import (
 )
 
 from b4transfer.errors import UserError
+from b4transfer.tasks.classification.losses import LOSSES, focal_loss
 
 
 class ClassificationHead(nn.Module):
@@ -32,6 +34,9 @@ class ClassificationHead(nn.Module):
         drop_rate: dropout before the linear layer.
         multi_label: several labels per image (sigmoid + BCE) instead of one (softmax + CE).
         label_smoothing: label smoothing for the loss, in [0, 1).
+        loss: ``ce`` (cross-entropy; BCE for multi-label) or ``focal``.
+        gamma: the focal loss's focusing parameter.
+        class_weights: one loss weight per class, or ``None``.
     """
 
 
@@ -43,6 +48,9 @@ class ClassificationHead(nn.Module):
         drop_rate: float = 0.0,
         multi_label: bool = False,
         label_smoothing: float = 0.0,
+        loss: str = "ce",
+        gamma: float = 2.0,
+        class_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -51,6 +59,16 @@ class ClassificationHead(nn.Module):
             raise UserError(f"head.drop_rate must be in [0, 1), got {drop_rate}.")
         if not 0.0 <= label_smoothing < 1.0:
             raise UserError(f"head.label_smoothing must be in [0, 1), got {label_smoothing}.")
+        if loss not in LOSSES:
+            raise UserError(f"loss.name={loss} is not a loss; use one of {', '.join(LOSSES)}.")
+        if gamma < 0:
+            raise UserError(f"loss.gamma={gamma} must be >= 0 (2 is the usual focal loss).")
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise UserError(f"loss.class_weights has {len(class_weights)} weights for {num_classes} classes.")
+        self.loss_name, self.gamma = loss, float(gamma)
+        # not in the state dict: rebuilt from the hyper-parameters, and the export stays plain timm
+        weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", weights, persistent=False)
         self.num_classes = num_classes
         self.multi_label = multi_label
         self.label_smoothing = label_smoothing
@@ -63,13 +81,17 @@ class ClassificationHead(nn.Module):
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss for a batch; ``target`` is class indices (N,), or (N, K) soft/multi-hot targets."""
+        weight = self.class_weights
+        if self.loss_name == "focal":
+            return focal_loss(logits, target, gamma=self.gamma, weight=weight,
+                              label_smoothing=self.label_smoothing, multi_label=self.multi_label)
         if self.multi_label:
             target = target.float()
             if self.label_smoothing:
                 target = target * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
-            return F.binary_cross_entropy_with_logits(logits, target)
+            return F.binary_cross_entropy_with_logits(logits, target, weight=weight)
         # (N, K) soft targets come from mixup/cutmix; cross_entropy handles both forms.
-        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(logits, target, weight=weight, label_smoothing=self.label_smoothing)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.multi_label else logits.softmax(dim=-1)

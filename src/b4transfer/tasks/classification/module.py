@@ -36,6 +36,8 @@ class ClassificationModule(TaskModule):
         model: backbone settings: ``name``, ``pretrained``, ``weights``, ``drop_path_rate``, ``drop_rate``
             (the latter is the head's dropout).
         head: head settings: ``label_smoothing``.
+        loss: ``name`` (``ce`` or ``focal``), ``gamma``, ``class_weights`` (resolved: one per class, or
+            ``None``); see :mod:`b4transfer.tasks.classification.losses`.
         optim: ``name``, ``lr``, ``weight_decay``, ``backbone_lr_mult`` and timm optimizer kwargs.
         scheduler: ``name``, ``warmup_epochs`` and timm scheduler kwargs; ``None`` for a constant LR.
         data: overrides of the backbone's pretrained data config (``image_size``, ``eval_image_size``,
@@ -53,6 +55,7 @@ class ClassificationModule(TaskModule):
         class_names: list[str],
         model: dict[str, Any],
         head: dict[str, Any] | None = None,
+        loss: dict[str, Any] | None = None,
         optim: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
@@ -69,6 +72,8 @@ class ClassificationModule(TaskModule):
             drop_rate=model.get("drop_rate", 0.0),
             multi_label=multi_label,
             **(head or {}),
+            **{k: v for k, v in (loss or {}).items() if k in ("gamma", "class_weights")},
+            loss=(loss or {}).get("name") or "ce",
         )
         self.class_names = list(class_names)
         train_cfg, eval_cfg = resolve_data_configs(self.backbone, **(data or {}))

@@ -23,6 +23,23 @@ from b4transfer.tasks.detection.predict import write_detections
 __all__ = ["TASK", "DetectionModule", "DetectionTask"]
 
 
+def refuse_class_balancing(cfg: DictConfig) -> None:
+    """Classification's class-imbalance options (loss.*, data.sampler) are refused in one line."""
+    loss = cfg.get("loss") or {}
+    asked = {
+        "loss.name": loss.get("name") if loss.get("name") not in (None, "ce") else None,
+        "loss.class_weights": plain(loss.get("class_weights")),
+        "data.sampler": cfg.data.get("sampler"),
+    }
+    for key, value in asked.items():
+        if value is not None:
+            raise NotSupportedError(
+                f"task=detection does not support {key}={value}; it supports loss.name=ce, "
+                "loss.class_weights=null and data.sampler=null (the detector's own loss: retinanet's is "
+                "already a focal loss)."
+            )
+
+
 class DetectionTask(Task):
     """Object detection: ``DetectionSplits`` data (COCO, YOLO, demo), ``val/map``, state-dict and ONNX
     exports."""
@@ -49,6 +66,7 @@ class DetectionTask(Task):
                     f"task=detection does not support data.{key}=true; it supports data.{key}=false "
                     "(the option is classification's)."
                 )
+        refuse_class_balancing(cfg)
 
     def build_backbone(self, cfg: DictConfig) -> torch.nn.Module:
         strides = plain(cfg.head.get("feature_strides")) or DEFAULT_STRIDES
