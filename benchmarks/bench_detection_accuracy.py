@@ -77,7 +77,17 @@ def config_key(args: list[str]) -> str:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = OmegaConf.to_container(compose(config_name="config", overrides=args), resolve=False)
     cfg.pop("run_dir", None)
-    return "lib-" + hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+    text = json.dumps(_numbers_as_floats(cfg), sort_keys=True)
+    return "lib-" + hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _numbers_as_floats(node):
+    """``10`` and ``10.0`` (a command-line ``=10`` vs a YAML ``10.0``) are the same setting."""
+    if isinstance(node, dict):
+        return {k: _numbers_as_floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_numbers_as_floats(v) for v in node]
+    return float(node) if isinstance(node, int) and not isinstance(node, bool) else node
 
 
 def plain_key(data_root, *, weights, model_name, image_size, epochs, seed, recipe=None) -> str:
