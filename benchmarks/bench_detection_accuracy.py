@@ -213,8 +213,11 @@ def plan(arm: str, overrides, seed: int, settings: dict, threads: int | None = 1
 def measure_all(cache: RunCache, jobs: list[tuple[str, object, int]], settings: dict, workers: int = 1):
     """``[(arm, overrides, seed)]`` -> ``{arm: [results by seed]}``, ``workers`` runs side by side."""
     plans = [plan(*job, settings) for job in jobs]  # composing configs is not thread-safe: first, serially
+    unique = list({p[0]: p for p in plans}.values())  # arms that compose the same config run once
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        done = list(pool.map(lambda p: (p[2]["arm"], *cache.measure(p[0], p[1], **p[2])), plans))
+        results = pool.map(lambda p: cache.measure(p[0], p[1], **p[2]), unique)
+        measured = dict(zip([p[0] for p in unique], results))
+    done = [(info["arm"], *measured[key]) for key, _, info in plans]
     out: dict[str, list] = {}
     for arm, result, reused in done:
         if result is not None:
