@@ -77,8 +77,37 @@ def config_key(args: list[str]) -> str:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = OmegaConf.to_container(compose(config_name="config", overrides=args), resolve=False)
     cfg.pop("run_dir", None)
-    text = json.dumps(_numbers_as_floats(cfg), sort_keys=True)
+    text = json.dumps(_numbers_as_floats(_without_neutral(cfg)), sort_keys=True)
     return "lib-" + hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+# Keys added to conf/ after runs were cached, with the value that trains exactly as before the key
+# existed: left out of run keys, so that adding a config key does not orphan every finished run. When you
+# add a key whose default changes nothing, list it here; a key whose default changes training must not be.
+NEUTRAL = {
+    "data.sampler": None,
+    "early_stopping.patience": None,
+    "early_stopping.min_delta": 0.0,
+    "loss.class_weights": None,
+    "loss.gamma": 2.0,
+    "loss.name": "ce",
+    "head.head_norm": None,
+    "head.box_loss": None,
+}
+
+
+def _without_neutral(cfg: dict) -> dict:
+    cfg = json.loads(json.dumps(cfg))
+    for dotted, value in NEUTRAL.items():
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == value:
+            del node[leaf]
+    for key in [k for k, v in cfg.items() if v == {} and k in {d.split(".")[0] for d in NEUTRAL}]:
+        del cfg[key]
+    return cfg
 
 
 def _numbers_as_floats(node):

@@ -63,3 +63,13 @@ def test_a_changed_config_is_a_different_run():
     assert base == config_key(cli_overrides("d", seed=0, **settings))
     assert base != config_key(cli_overrides("d", seed=1, **settings))
     assert base != config_key(cli_overrides("d", seed=0, overrides=("optim.lr=0.01",), **settings))
+
+
+def test_a_later_config_key_at_its_neutral_value_keeps_the_run_key():
+    from benchmarks.bench_detection_accuracy import NEUTRAL, cli_overrides, config_key
+
+    settings = dict(weights="w", model_name="test_efficientnet", image_size=64, epochs=1)
+    base = config_key(cli_overrides("d", seed=0, **settings))
+    assert "head.head_norm" in NEUTRAL
+    assert base == config_key(cli_overrides("d", seed=0, overrides=("head.head_norm=null",), **settings))
+    assert base != config_key(cli_overrides("d", seed=0, overrides=("head.head_norm=group",), **settings))

@@ -35,6 +35,7 @@ from b4transfer.backbone import feature_reductions
 from b4transfer.errors import UserError
 from b4transfer.tasks.detection.fpn import FeaturePyramidBackbone
 from b4transfer.tasks.detection.mixed_precision import fp32_boundaries
+from b4transfer.tasks.detection.retinanet_head import retinanet_head
 
 DETECTORS = ("retinanet", "fcos", "faster_rcnn")
 _CLASSES = {"retinanet": RetinaNet, "fcos": FCOS, "faster_rcnn": FasterRCNN}
@@ -56,6 +57,7 @@ _OWN_ARGS = {
     "box_nms_thresh",
     "box_detections_per_img",
     "kwargs",
+    "head",
 }
 _NORM_OR_DROPOUT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
@@ -157,6 +159,8 @@ def build_detector(
     detections_per_img: int = 100,
     detector_kwargs: dict[str, Any] | None = None,
     own_body: bool = True,
+    head_norm: str | None = None,
+    box_loss: str | None = None,
 ) -> nn.Module:
     """A torchvision detector around ``body`` (a timm ``features_only`` model) and an FPN.
 
@@ -176,6 +180,8 @@ def build_detector(
         detections_per_img: At most this many detections per image.
         detector_kwargs: More constructor arguments of the torchvision class.
         own_body: Register ``body`` inside the detector (standalone use).
+        head_norm: RetinaNet only: ``"group"`` puts GroupNorm(32) in its heads (torchvision's v2 head).
+        box_loss: RetinaNet only: its box loss (``l1`` by default; ``giou`` as in torchvision's v2).
 
     Returns:
         The torchvision ``RetinaNet`` / ``FCOS`` / ``FasterRCNN``.
@@ -222,6 +228,10 @@ def build_detector(
         "image_std": list(image_std),
     }
     c = fpn_channels
+    n_anchors = anchors.num_anchors_per_location()[0]
+    head = retinanet_head(detector, c, n_anchors, num_classes, head_norm, box_loss)
+    if head is not None:
+        kwargs["head"] = head
     if detector == "faster_rcnn":
         return fp32_boundaries(_faster_rcnn(body, num_classes, c, anchors, own_body, transform, kwargs,
                                             score_thresh, nms_thresh, detections_per_img))
@@ -294,7 +304,8 @@ class DetectionHead(nn.Module):
         feature_strides: The strides ``body`` was built for (checked against its ``feature_info``).
         own_body: See :class:`FeaturePyramidBackbone`.
         **settings: :func:`build_detector` settings (``detector``, ``fpn_channels``, ``anchor_sizes``,
-            ``aspect_ratios``, ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``detector_kwargs``).
+            ``aspect_ratios``, ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``detector_kwargs``,
+            ``head_norm``, ``box_loss``).
     """
 
     multi_label = False
