@@ -1,4 +1,5 @@
-"""``mode=validate`` / ``mode=test``: metrics of a checkpoint on the configured data."""
+"""``mode=validate`` / ``mode=test``: metrics of a checkpoint on the configured data; with ``tta=...`` the
+metrics with test-time augmentation, and those without it in ``summary.json`` -> ``tta``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from b4transfer import tasks
+from b4transfer import tasks, tta
 from b4transfer.errors import UserError
 from b4transfer.modes.common import build_splits, scalars
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
@@ -36,5 +37,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": ckpt,
         "metrics": scalars(results[0] if results else {}),
     }
+    if tta.views(cfg.get("tta")):
+        module.tta = tta.views(cfg.tta)
+        with_tta = fn(module, datamodule=datamodule)
+        without, summary["metrics"] = summary["metrics"], scalars(with_tta[0] if with_tta else {})
+        monitor = (cfg.get("checkpoint") or {}).get("monitor") or task.monitor
+        monitor = monitor.replace("val/", "test/", 1) if cfg.mode == "test" else monitor
+        summary["tta"] = tta.monitor_report(cfg.tta, without, summary["metrics"], monitor)
     write_summary(run_dir, summary)
     return summary

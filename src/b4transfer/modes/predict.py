@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from b4transfer import tasks
+from b4transfer import tasks, tta
 from b4transfer.data.images import IMG_EXTENSIONS
 from b4transfer.data.splits import Sample, drop_unreadable, shown
 from b4transfer.errors import UserError, UserFileNotFoundError
@@ -68,6 +68,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     run_dir = prepare_run_dir(cfg)
     summary = {"mode": "predict", "task": task.name, "checkpoint": ckpt, "images": len(paths),
                "skipped_images": skipped}
+    module.tta = tta.views(cfg.get("tta"))
+    if module.tta:
+        summary["tta"] = {"name": cfg.tta, "views": [str(v) for v in module.tta]}
     summary.update(task.predict(cfg, module, paths, run_dir))
     write_summary(run_dir, summary)
     return summary

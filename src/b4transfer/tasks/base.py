@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from b4transfer import tta
 from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
 from b4transfer.finetuning import schedule_name
@@ -49,6 +50,15 @@ class TaskModule(L.LightningModule):
     """
 
     task_name: ClassVar[str] = ""
+    # Test-time augmentation: the views (b4transfer.tta) set by mode=validate|test|predict with tta=...;
+    # a task that supports tta= uses tta_forward in its eval / predict steps while this is set.
+    tta: tuple[tta.View, ...] | None = None
+
+    def tta_forward(self, images: Any) -> Any:
+        """The task's predictions for ``images`` merged over the views ``self.tta`` (classification:
+        averaged probabilities; segmentation: averaged logits, see :func:`b4transfer.tta.average_dense`;
+        detection: boxes mapped back and merged). A task listing ``tta_modes`` implements it."""
+        raise NotImplementedError
 
     def remember_task(self) -> None:
         """Store the task's name in the hyper-parameters: :func:`b4transfer.tasks.load_module` reads it."""
@@ -100,6 +110,7 @@ class Task:
         modes: The modes it supports.
         export_formats: The ``export.format`` values it supports.
         schedules: The ``finetune=`` schedules it supports.
+        tta_modes: The ``tta=`` values it supports (its module implements ``tta_forward``).
     """
 
     name: ClassVar[str] = ""
@@ -110,6 +121,7 @@ class Task:
     modes: ClassVar[tuple[str, ...]] = ("train", "validate", "test", "predict", "export", "lr_find")
     export_formats: ClassVar[tuple[str, ...]] = ()
     schedules: ClassVar[tuple[str, ...]] = SCHEDULES
+    tta_modes: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------ what it supports
     def refuse(self, kind: str, value: Any, supported: tuple[str, ...]) -> None:
@@ -126,6 +138,13 @@ class Task:
         schedule = schedule_name(cfg.get("finetune"))
         if schedule in SCHEDULES:  # a schedule class of the user's own is theirs to vouch for
             self.refuse("finetune", schedule, self.schedules)
+        if cfg.get("tta") not in (None, "", "null"):
+            self.refuse("tta", cfg.tta, self.tta_modes)
+            if cfg.mode not in tta.MODES:
+                raise NotSupportedError(
+                    f"tta={cfg.tta} applies to mode={'|'.join(tta.MODES)}, not mode={cfg.mode}; evaluate the "
+                    f"trained checkpoint with mode=validate ckpt_path=... tta={cfg.tta}."
+                )
 
     # ------------------------------------------------------------------ building
     def build_backbone(self, cfg: DictConfig) -> nn.Module:

@@ -70,6 +70,7 @@ class ClassificationTask(Task):
     module_class = ClassificationModule
     modes = MODES
     export_formats = ("timm", "onnx")
+    tta_modes = ("hflip", "hflip_scales")  # probabilities averaged over the views
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from b4transfer import tta
 from b4transfer.backbone import create_backbone, resolve_data_configs
 from b4transfer.tasks.base import TaskModule, metric_name
 from b4transfer.tasks.classification.head import ClassificationHead
@@ -92,6 +93,21 @@ class ClassificationModule(TaskModule):
         cached-feature linear probe feeds those, see :mod:`b4transfer.tasks.classification.feature_cache`)."""
         return self.head(x if x.ndim == 2 else self.backbone(x))
 
+    def tta_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of images ``x`` averaged over the views ``self.tta`` (head in fp32)."""
+
+        def probs(view: torch.Tensor) -> torch.Tensor:
+            features = self.backbone(view).float()
+            with torch.autocast(features.device.type, enabled=False):
+                return self.head.probabilities(self.head(features)).float()
+
+        return tta.average(probs, x, self.tta)
+
+    def tta_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits whose probabilities are the TTA average (loss and metrics read them as any logits)."""
+        p = self.tta_forward(x).clamp(1e-7, 1 - 1e-7)
+        return torch.logit(p) if self.head.multi_label else p.log()
+
     # ---------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -105,7 +121,7 @@ class ClassificationModule(TaskModule):
 
     def _eval_step(self, batch, metrics, stage: str) -> None:
         x, y = batch
-        logits = self(x)
+        logits = self.tta_logits(x) if self.tta else self(x)
         loss = self.head.loss(logits, y)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
         metrics.update(logits, y.long() if self.head.multi_label else y)
@@ -153,6 +169,8 @@ class ClassificationModule(TaskModule):
     # -------------------------------------------------------------- prediction
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         x, index = batch
+        if self.tta and self.predict_output == "probs":
+            return {"index": index, "probs": self.tta_forward(x)}
         features = self.backbone(x).float()
         if self.predict_output == "embedding":
             return {"index": index, "embedding": features}

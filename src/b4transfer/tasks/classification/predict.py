@@ -133,7 +133,10 @@ def agreement(
                   "max_abs_diff": float((features - fast).abs().max())}
     else:
         head = module.head.to(device)
-        ref = head.probabilities(head(features.to(device))).float().cpu()
+        if module.tta:  # the same views as the fast run
+            ref = torch.cat([module.tta_forward(chunk.to(device)).cpu() for chunk in x.split(16)])
+        else:
+            ref = head.probabilities(head(features.to(device))).float().cpu()
         if head.multi_label:  # every label's yes/no decision at 0.5
             top1 = float(((ref > 0.5) == (fast > 0.5)).float().mean())
         else:

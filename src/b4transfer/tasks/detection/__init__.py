@@ -51,6 +51,7 @@ class DetectionTask(Task):
     module_class = DetectionModule
     modes = ("train", "validate", "test", "predict", "export", "lr_find")
     export_formats = ("timm", "onnx")
+    tta_modes = ("hflip", "hflip_scales")  # boxes of the views mapped back and merged (NMS + box voting)
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)

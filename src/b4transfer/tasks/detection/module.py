@@ -16,6 +16,7 @@ from b4transfer.backbone import create_backbone, out_indices_for_strides, resolv
 from b4transfer.errors import UserError
 from b4transfer.tasks.base import TaskModule, metric_name
 from b4transfer.tasks.detection.head import DetectionHead, to_original
+from b4transfer.tasks.detection.tta import detect_tta
 
 DEFAULT_STRIDES = (8, 16, 32)
 
@@ -114,7 +115,7 @@ class DetectionModule(TaskModule):
     def _eval_step(self, batch, metrics, stage: str) -> None:
         self._share_backbone()
         images, targets = batch
-        preds = self.head(images)
+        preds = self.tta_forward(images) if self.tta else self.head(images)
         losses = self.head.validation_loss(images, targets)
         n = len(images)
         self.log(f"{stage}/loss", sum(losses.values()), prog_bar=True, batch_size=n, sync_dist=True)
@@ -155,6 +156,16 @@ class DetectionModule(TaskModule):
                 ):  # -1: class absent from data and predictions
                     self.log(f"{stage}/ap_{metric_name(self.class_names[label])}", ap, sync_dist=True)
 
+    def tta_forward(self, images: list[torch.Tensor]) -> list[dict]:
+        """Detections (canvas pixels) merged over the views ``self.tta``: NMS + box voting at the head's
+        ``nms_thresh``, see :mod:`b4transfer.tasks.detection.tta`."""
+        self._share_backbone()
+        head = self.hparams.get("head") or {}
+        return detect_tta(
+            self.head, images, self.tta, detector=self.head.detector,
+            iou=float(head.get("nms_thresh", 0.5)), max_det=int(head.get("detections_per_img", 100)),
+        )
+
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
         """Train mode: the head's loss dict. Eval mode: detections in canvas pixels."""
         self._share_backbone()
@@ -164,7 +175,7 @@ class DetectionModule(TaskModule):
         self._share_backbone()
         images, metas = batch
         out = []
-        for det, meta in zip(self.head(images), metas):
+        for det, meta in zip(self.tta_forward(images) if self.tta else self.head(images), metas):
             out.append(
                 {
                     "index": int(meta["index"]),
