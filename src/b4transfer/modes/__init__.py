@@ -15,6 +15,7 @@ from b4transfer.modes.evaluate import evaluate
 from b4transfer.modes.export import export
 from b4transfer.modes.lr_find import lr_find
 from b4transfer.modes.predict import embed, predict
+from b4transfer.modes.repeat import plan, train_runs
 from b4transfer.modes.train import train
 from b4transfer.tasks.base import MODES
 
@@ -32,7 +33,8 @@ _MODES = {
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run ``cfg.mode`` and return its summary."""
+    """Run ``cfg.mode`` and return its summary (``seeds`` / ``data.kfold``: every run, and their spread)."""
     if cfg.mode not in _MODES:
         raise UserError(f"mode={cfg.mode!r} is not a mode; choose one of {', '.join(MODES)}.")
-    return _MODES[cfg.mode](cfg)
+    runs = plan(cfg)
+    return train_runs(cfg, runs) if runs else _MODES[cfg.mode](cfg)

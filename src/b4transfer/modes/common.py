@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from b4transfer import tasks
 from b4transfer.config import plain
+from b4transfer.data.kfold import check_kfold, fold_splits
 from b4transfer.errors import UserError
 from b4transfer.tasks.base import EXPORT_FORMATS, Task, TaskModule
 
@@ -30,6 +31,9 @@ def build_splits(cfg: DictConfig, task: Task, *, source: str = "") -> Any:
             f"task={task.name}{source} but the data source ({cfg.data.source._target_}) gives {kind} data. "
             f"Fix: {fix}" + (f", or task={other.name}." if other and not source else ".")
         )
+    kfold, fold = check_kfold(plain(cfg.data.get("kfold")), plain(cfg.data.get("fold")))
+    if fold is not None:  # data.kfold=K data.fold=i: fold i validates, the others train
+        splits = fold_splits(splits, k=kfold, index=fold, source=f"data.source {cfg.data.source._target_}")
     if cfg.get("num_classes") is not None and int(cfg.num_classes) != splits.num_classes:
         raise UserError(
             f"num_classes={cfg.num_classes} but the data holds {splits.num_classes} classes "
