@@ -198,6 +198,7 @@ def read_coco(
     *,
     categories: tuple[list[str], list[int]] | None = None,
     key: str = "data.train_json",
+    data: dict | None = None,
 ) -> tuple[list[str], list[int], list[DetectionSample], BoxCleaner]:
     """Read one COCO instances file into samples.
 
@@ -207,6 +208,7 @@ def read_coco(
         categories: ``(names, ids)`` of the training file, which this file must agree with;
             ``None``: this file's own categories.
         key: The config key that named ``json_path``, for messages.
+        data: The file's parsed JSON, when the caller has read it already (it is not read again).
 
     Returns:
         ``(class_names, category_ids, samples, cleaner)``; ``cleaner`` holds the box counts.
@@ -217,7 +219,7 @@ def read_coco(
             a malformed bbox, or categories that differ from the training file's.
     """
     path, image_dir = Path(json_path).expanduser(), Path(image_dir).expanduser()
-    data = load_json(path, key)
+    data = load_json(path, key) if data is None else data
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object with 'images', 'annotations', 'categories'.")
     names, ids = parse_categories(data, path)
@@ -336,6 +338,28 @@ def find_coco_layout(root: str | Path) -> dict[str, tuple[Path, Path]]:
     return found
 
 
+def coco_files(root: str | Path | None, **given: tuple) -> dict[str, tuple[Path, Path]]:
+    """``{split: (instances json, image folder)}``: the layout found under ``root``, overridden per split by
+    ``given[split] = (json, images)`` (both or neither set); train is required."""
+    files: dict[str, tuple[Path, Path]] = find_coco_layout(root) if root not in (None, "") else {}
+    for split, (js, imgs) in given.items():
+        if js in (None, "") and imgs in (None, ""):
+            continue
+        if js in (None, "") or imgs in (None, ""):
+            have, other = ("json", "images") if js not in (None, "") else ("images", "json")
+            raise UserError(
+                f"data.{split}_{have} is set but data.{split}_{other} is not. Fix: set both "
+                f"(the instances JSON and the folder its file_name entries are relative to)."
+            )
+        files[split] = (Path(js).expanduser(), Path(imgs).expanduser())
+    if "train" not in files:
+        raise UserError(
+            "data=coco needs data.root=DIR (standard COCO layout) or data.train_json=FILE with "
+            "data.train_images=DIR. Fix: set one of them."
+        )
+    return files
+
+
 def coco_splits(
     root: str | Path | None = None,
     *,
@@ -366,26 +390,8 @@ def coco_splits(
     Returns:
         The dataset splits; labels follow the training file's categories sorted by id.
     """
-    files: dict[str, tuple[Path, Path]] = find_coco_layout(root) if root not in (None, "") else {}
-    for split, (js, imgs) in {
-        "train": (train_json, train_images),
-        "val": (val_json, val_images),
-        "test": (test_json, test_images),
-    }.items():
-        if js in (None, "") and imgs in (None, ""):
-            continue
-        if js in (None, "") or imgs in (None, ""):
-            given, other = ("json", "images") if js not in (None, "") else ("images", "json")
-            raise UserError(
-                f"data.{split}_{given} is set but data.{split}_{other} is not. Fix: set both "
-                f"(the instances JSON and the folder its file_name entries are relative to)."
-            )
-        files[split] = (Path(js).expanduser(), Path(imgs).expanduser())
-    if "train" not in files:
-        raise UserError(
-            "data=coco needs data.root=DIR (standard COCO layout) or data.train_json=FILE with "
-            "data.train_images=DIR. Fix: set one of them."
-        )
+    files = coco_files(root, train=(train_json, train_images), val=(val_json, val_images),
+                       test=(test_json, test_images))
     names, ids, train, cleaner = read_coco(*files["train"], key="data.train_json")
     tagged, counts = {"train": train}, list(cleaner.report())
     for split in ("val", "test"):

@@ -22,7 +22,11 @@ __all__ = ["DEFAULT", "Task", "TaskModule", "for_splits", "from_config", "get", 
            "read_checkpoint", "register"]
 
 DEFAULT = "classification"
-_BUILTIN = {"classification": "b4transfer.tasks.classification", "detection": "b4transfer.tasks.detection"}
+_BUILTIN = {
+    "classification": "b4transfer.tasks.classification",
+    "detection": "b4transfer.tasks.detection",
+    "segmentation": "b4transfer.tasks.segmentation",
+}
 _REGISTRY: dict[str, Task] = {}
 
 

@@ -1,0 +1,122 @@
+"""``task=segmentation``: backbone feature maps -> semantic FPN (default) or U-Net decoder -> per-pixel
+classes.
+
+Data: ``data=seg_folder`` (images/ + masks/), ``data=voc_seg`` (Pascal VOC), ``data=coco`` (instance
+polygons / RLE rendered to semantic masks, :mod:`b4transfer.tasks.segmentation.coco`), and the generated
+``data=demo_segmentation`` (the default). Best checkpoint by ``val/miou``; predictions are palette mask
+PNGs at each image's size; exports are weights + ``config.json`` (``export.format=timm``) and ONNX.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from b4transfer.config import num_workers, plain
+from b4transfer.data.mask_datamodule import MaskDataModule
+from b4transfer.data.masks import MaskSplits
+from b4transfer.devices import split_lr_scaling
+from b4transfer.errors import NotSupportedError
+from b4transfer.tasks.base import Task
+from b4transfer.tasks.segmentation.export import export_segmenter, export_segmenter_onnx
+from b4transfer.tasks.segmentation.head import check_head
+from b4transfer.tasks.segmentation.losses import pixel_class_weights
+from b4transfer.tasks.segmentation.module import SegmentationModule, build_feature_backbone
+from b4transfer.tasks.segmentation.predict import write_masks
+
+__all__ = ["TASK", "SegmentationModule", "SegmentationTask"]
+
+
+def refuse_other_options(cfg: DictConfig) -> None:
+    """Options of other tasks (focal loss, the balanced sampler, feature caching, multi-label) in one line."""
+    loss = cfg.get("loss") or {}
+    asked = {
+        "loss.name": loss.get("name") if loss.get("name") not in (None, "ce") else None,
+        "loss.class_weights": "effective" if loss.get("class_weights") == "effective" else None,
+        "data.sampler": cfg.data.get("sampler"),
+        "data.cache_features": cfg.data.get("cache_features") or None,
+        "data.multi_label": cfg.data.get("multi_label") or None,
+    }
+    for key, value in asked.items():
+        if value is not None:
+            raise NotSupportedError(
+                f"task=segmentation does not support {key}={value}; it supports loss.name=ce (+ "
+                "loss.dice_weight), "
+                "loss.class_weights=null|auto|[...], data.sampler=null, data.cache_features=false and "
+                "data.multi_label=false."
+            )
+
+
+class SegmentationTask(Task):
+    """Semantic segmentation: ``MaskSplits`` data, ``val/miou``, weights + config.json and ONNX exports."""
+
+    name = "segmentation"
+    splits_type = MaskSplits
+    data_hint = "data=seg_folder, data=voc_seg, data=coco or data=demo_segmentation"
+    monitor = "val/miou"
+    module_class = SegmentationModule
+    modes = ("train", "validate", "test", "predict", "export", "lr_find")
+    export_formats = ("timm", "onnx")
+
+    def check_config(self, cfg: DictConfig) -> None:
+        super().check_config(cfg)
+        refuse_other_options(cfg)
+        check_head(plain(cfg.get("head")))
+
+    def build_backbone(self, cfg: DictConfig) -> torch.nn.Module:
+        return build_feature_backbone(plain(cfg.model), plain(cfg.get("head")))
+
+    def build_module(self, cfg: DictConfig, splits: MaskSplits, backbone=None) -> SegmentationModule:
+        loss = plain(cfg.get("loss")) or {}
+        weights = pixel_class_weights(loss.get("class_weights"), splits.class_pixels, splits.class_names)
+        return SegmentationModule(
+            backbone=backbone,
+            class_names=list(splits.class_names),
+            model=plain(cfg.model),
+            head=plain(cfg.get("head")),
+            loss={"class_weights": weights, "dice_weight": float(loss.get("dice_weight") or 0.0)},
+            optim=split_lr_scaling(plain(cfg.optim))[0],
+            scheduler=plain(cfg.get("scheduler")),
+            data={k: plain(cfg.data[k]) for k in ("image_size", "mean", "std", "resize") if cfg.data.get(k)},
+            ignore_index=splits.ignore_index,
+            palette=[list(c) for c in splits.palette] if splits.palette else None,
+        )
+
+    def build_datamodule(self, cfg: DictConfig, splits: MaskSplits, module: SegmentationModule):
+        on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
+        return MaskDataModule(
+            splits,
+            image_size=module.image_size,
+            mean=module.data_config["eval"]["mean"],
+            batch_size=int(cfg.data.batch_size),
+            num_workers=num_workers(cfg),
+            augment=plain(cfg.data.get("augment")),
+            resize=module.resize,
+            pin_memory=on_gpu,
+        )
+
+    def summary(self, splits: MaskSplits, datamodule) -> dict[str, Any]:
+        total = sum(splits.class_pixels) or 1
+        return {
+            "ignore_index": splits.ignore_index,
+            "class_pixel_share": {
+                n: round(c / total, 4) for n, c in zip(splits.class_names, splits.class_pixels)
+            },
+        }
+
+    def predict(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
+        return write_masks(cfg, module, paths, run_dir)
+
+    def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint, samples=None):
+        if fmt == "onnx":
+            opset = int((cfg.get("export") or {}).get("onnx_opset", 17))
+            images = [s.path for s in samples.val] if samples is not None else None
+            return {"onnx": export_segmenter_onnx(module, out_dir, opset=opset, check_images=images)}
+        export_segmenter(module, out_dir, extra={"checkpoint": checkpoint})
+        return {}
+
+
+TASK = SegmentationTask()

@@ -1,0 +1,198 @@
+"""``SegmentationModule``: a timm ``features_only`` backbone plus a decoder head, as one LightningModule.
+
+``self.backbone`` is the timm feature extractor (what freezing schedules, stages and the backbone optimizer
+groups act on) and ``self.head`` the decoder + classifier (:class:`~b4transfer.tasks.segmentation.head.
+SegmentationHead`), which counts as head for every schedule. Batches are ``(images, masks)`` from
+:class:`~b4transfer.data.mask_datamodule.MaskDataModule`: images in 0..1, normalised here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from b4transfer.backbone import create_backbone, out_indices_for_strides, resolve_data_configs
+from b4transfer.data.masks import IGNORE_INDEX, default_palette
+from b4transfer.tasks.base import TaskModule, metric_name
+from b4transfer.tasks.segmentation.head import Segmenter, build_head, check_head
+from b4transfer.tasks.segmentation.losses import SegmentationLoss
+from b4transfer.tasks.segmentation.metrics import build_metrics, summarize
+
+SHOWN_IMAGES = 4  # validation images drawn in val_predictions.png
+
+
+def build_feature_backbone(model: dict[str, Any], head: dict[str, Any] | None) -> torch.nn.Module:
+    """The ``features_only`` backbone returning the maps at ``head.feature_strides``."""
+    strides = check_head(head)["feature_strides"]
+    return create_backbone(
+        model["name"],
+        pretrained=model.get("pretrained", False),
+        weights=model.get("weights"),
+        features_only=True,
+        out_indices=out_indices_for_strides(model["name"], list(strides)),
+        drop_path_rate=model.get("drop_path_rate", 0.0),
+    )
+
+
+def colourize(mask: np.ndarray, palette, ignore_index: int) -> np.ndarray:
+    """``(H, W)`` class indices -> ``(H, W, 3)`` uint8 colours (ignored pixels white)."""
+    table = np.array(list(palette) + [(255, 255, 255)], np.uint8)
+    return table[np.where((mask >= 0) & (mask < len(palette)), mask, len(palette))]
+
+
+class SegmentationModule(TaskModule):
+    """Fine-tunes a pretrained timm backbone with a semantic FPN or U-Net decoder.
+
+    Args:
+        class_names: Class names, index = mask value.
+        model: Backbone settings (``name``, ``pretrained``, ``weights``, ``drop_path_rate``).
+        head: ``decoder`` (fpn | unet), ``feature_strides``, ``fpn_channels``, ``seg_channels``,
+            ``decoder_channels``, ``dropout``.
+        loss: ``class_weights`` (resolved: one per class, or ``None``) and ``dice_weight``.
+        optim: Optimizer settings (see :class:`~b4transfer.tasks.base.TaskModule`).
+        scheduler: Scheduler settings; ``None`` for a constant LR.
+        data: ``image_size`` (canvas side, train and eval), ``mean``, ``std``, ``resize``.
+        ignore_index: Mask value of pixels to ignore.
+        palette: RGB colour per class (figures, written masks); ``None``: the VOC colour map.
+        backbone: An already built backbone (from :func:`build_feature_backbone`).
+    """
+
+    task_name = "segmentation"
+
+    def __init__(
+        self,
+        *,
+        class_names: list[str],
+        model: dict[str, Any],
+        head: dict[str, Any] | None = None,
+        loss: dict[str, Any] | None = None,
+        optim: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        palette=None,
+        backbone: torch.nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"])
+        self.remember_task()
+        self.backbone = backbone if backbone is not None else build_feature_backbone(model, head)
+        self.class_names = list(class_names)
+        self.head = build_head(self.backbone, len(class_names), dict(head or {}))
+        data = dict(data or {})
+        size = data.get("image_size")
+        train_cfg, eval_cfg = resolve_data_configs(
+            self.backbone, image_size=size, eval_image_size=size, mean=data.get("mean"), std=data.get("std")
+        )
+        if size is None:  # one canvas size for train and eval: the model's test size
+            train_cfg["input_size"] = eval_cfg["input_size"]
+        self.data_config = {"train": train_cfg, "eval": eval_cfg}
+        self.resize = data.get("resize") or "letterbox"
+        self.ignore_index = int(ignore_index)
+        self.palette = [tuple(c) for c in (palette or default_palette(len(class_names)))]
+        loss = dict(loss or {})
+        self.criterion = SegmentationLoss(
+            ignore_index=self.ignore_index,
+            class_weights=loss.get("class_weights"),
+            dice_weight=loss.get("dice_weight") or 0.0,
+        )
+        self.register_buffer("mean", torch.tensor(eval_cfg["mean"]).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(eval_cfg["std"]).view(1, -1, 1, 1), persistent=False)
+        self.val_metrics = build_metrics(len(class_names), self.ignore_index)
+        self.test_metrics = build_metrics(len(class_names), self.ignore_index)
+        self._shown: list[tuple] = []
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square canvas."""
+        return int(self.data_config["eval"]["input_size"][-1])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` images in 0..1 -> ``(N, K, H, W)`` logits."""
+        return self.head(self.backbone((images - self.mean) / self.std), images.shape[-2:])
+
+    def segmenter(self) -> Segmenter:
+        """The standalone model (shares this module's layers)."""
+        return Segmenter(
+            self.backbone, self.head, self.data_config["eval"]["mean"], self.data_config["eval"]["std"]
+        )
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, masks = batch
+        loss = self.criterion(self(images), masks)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def _eval_step(self, batch, batch_idx: int, metrics, stage: str) -> None:
+        images, masks = batch
+        logits = self(images)
+        self.log(
+            f"{stage}/loss",
+            self.criterion(logits, masks),
+            prog_bar=True,
+            batch_size=len(images),
+            sync_dist=True,
+        )
+        preds = logits.argmax(1)
+        metrics.update(preds, masks)
+        if stage == "val" and len(self._shown) < SHOWN_IMAGES:
+            for i in range(min(len(images), SHOWN_IMAGES - len(self._shown))):
+                self._shown.append((images[i].float().cpu(), masks[i].cpu(), preds[i].cpu()))
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, self.val_metrics, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, self.test_metrics, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+        if not self.trainer.sanity_checking and not getattr(self, "lr_finding", False):
+            self._save_figure(Path(self.trainer.default_root_dir) / "val_predictions.png")
+        self._shown = []
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+
+    def _log_metrics(self, metrics, stage: str) -> None:
+        values = summarize(metrics.compute())
+        metrics.reset()
+        for key in ("miou", "pixel_acc", "dice"):
+            self.log(f"{stage}/{key}", values[key], prog_bar=key == "miou", sync_dist=True)
+        for name, iou, dice in zip(self.class_names, values["iou_per_class"], values["dice_per_class"]):
+            if not torch.isnan(iou):  # a class absent from labels and predictions has no IoU
+                self.log(f"{stage}/iou_{metric_name(name)}", iou, sync_dist=True)
+                self.log(f"{stage}/dice_{metric_name(name)}", dice, sync_dist=True)
+
+    def _save_figure(self, path: Path) -> None:
+        """A few validation images, each as image | true mask | predicted mask (ignored pixels white)."""
+        if not self._shown or not self.trainer.is_global_zero:
+            return
+        rows = []
+        for image, mask, pred in self._shown:
+            pixels = (image.permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
+            cells = [
+                pixels,
+                colourize(mask.numpy(), self.palette, self.ignore_index),
+                colourize(pred.numpy(), self.palette, self.ignore_index),
+            ]
+            rows.append(
+                np.concatenate([np.pad(c, ((2, 2), (2, 2), (0, 0)), constant_values=255) for c in cells], 1)
+            )
+        Image.fromarray(np.concatenate(rows, 0)).save(path)
+
+    def predict_step(self, batch, batch_idx: int = 0) -> list[dict]:
+        images, meta = batch
+        logits = self(images).float()
+        out = []
+        for i in range(len(images)):
+            h, w = (int(v) for v in meta["content"][i])
+            size = tuple(int(v) for v in meta["orig"][i])
+            crop = logits[i : i + 1, :, :h, :w]  # letterbox: the content is top-left
+            full = torch.nn.functional.interpolate(crop, size=size, mode="bilinear", align_corners=False)
+            out.append({"index": int(meta["index"][i]), "mask": full[0].argmax(0).to(torch.uint8).cpu()})
+        return out
