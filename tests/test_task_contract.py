@@ -21,13 +21,22 @@ from b4transfer.errors import NotSupportedError, UserError
 from b4transfer.modes import run
 from b4transfer.tasks.base import EXPORT_FORMATS, MODES, SCHEDULES
 
-TASKS = ("classification", "detection")
+TASKS = ("classification", "detection", "segmentation")
 DET = (
     "data.source.image_size=64",
     "data.source.train_images=12",
     "data.source.val_images=6",
     "data.image_size=64",
     "head.fpn_channels=32",
+    "trainer.limit_val_batches=1",
+)
+SEG = (
+    "data.source.image_size=64",
+    "data.source.train_images=12",
+    "data.source.val_images=6",
+    "data.image_size=64",
+    "head.fpn_channels=16",
+    "head.seg_channels=16",
     "trainer.limit_val_batches=1",
 )
 
@@ -42,6 +51,8 @@ def data(tmp_path_factory) -> Path:
 def overrides(task: str, root: Path, run_dir: Path, *extra: str) -> list[str]:
     if task == "detection":
         data = ["task=detection", *DET, f"data.source.root={root / 'demo'}"]
+    elif task == "segmentation":
+        data = ["task=segmentation", *SEG, f"data.source.root={root / 'demo_masks'}"]
     else:
         data = ["data=folder", f"data.root={root / 'images'}", "data.image_size=32"]
     return [*TINY, *data, f"run_dir={run_dir}", *extra]
@@ -158,12 +169,12 @@ def test_every_schedule_trains_or_is_refused_up_front(data, task, schedule):
 @pytest.mark.parametrize("task", TASKS)
 def test_cache_features_and_multi_label(data, task, tmp_path):
     cache = (
-        "+data.cache_features=true" if task == "detection" else "data.cache_features=true",
+        "data.cache_features=true" if task == "classification" else "+data.cache_features=true",
         "data.augment=false",
         "finetune=linear_probe",
     )
-    if task == "detection":
-        _refused(cell(task, data, "cache", *cache), "task=detection does not support data.cache_features")
+    if task != "classification":
+        _refused(cell(task, data, "cache", *cache), f"task={task} does not support data.cache_features")
         _refused(cell(task, data, "multi", "+data.multi_label=true"), "does not support data.multi_label")
         return
     summary = run(cell(task, data, "cache", *cache))
@@ -193,8 +204,8 @@ def test_cache_features_and_multi_label(data, task, tmp_path):
 
 
 def test_an_unknown_task_names_the_known_ones():
-    with pytest.raises(UserError, match=r"task='segmentation' is not a task; choose one of .*classification"):
-        tasks.get("segmentation")
+    with pytest.raises(UserError, match=r"task='keypoints' is not a task; choose one of .*segmentation"):
+        tasks.get("keypoints")
 
 
 def test_refusals_are_the_library_s_own_error_type(data, trained):
