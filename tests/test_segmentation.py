@@ -186,3 +186,20 @@ def test_other_tasks_options_are_refused_in_one_line(tmp_path):
             run(seg_cfg(tmp_path, extra.split("=")[0].strip("+"), extra))
     with pytest.raises(UserError, match=r"head.decoder='deeplab' is not a decoder; choose one of fpn, unet"):
         run(seg_cfg(tmp_path, "deeplab", "head.decoder=deeplab"))
+
+
+def test_tta_averages_logits_for_validate_and_predict(trained, tmp_path):
+    tmp, summary = trained
+    ckpt = summary["best_checkpoint"]
+    report = run(seg_cfg(tmp, "tta-val", "mode=validate", f"ckpt_path={ckpt}", "tta=hflip_scales"))["tta"]
+    assert report["monitor"] == "val/miou" and len(report["views"]) == 6
+    assert 0 <= report["with_tta"] <= 1 and report["without_tta"] == pytest.approx(
+        summary["best_score"], abs=1e-4
+    )
+    Image.fromarray(np.zeros((45, 70, 3), np.uint8)).save(tmp_path / "a.png")
+    out = run(
+        seg_cfg(
+            tmp, "tta-predict", "mode=predict", f"ckpt_path={ckpt}", f"predict.input={tmp_path}", "tta=hflip"
+        )
+    )
+    assert out["tta"]["name"] == "hflip" and Image.open(Path(out["masks_dir"]) / "a.png").size == (70, 45)

@@ -60,6 +60,7 @@ class SegmentationTask(Task):
     module_class = SegmentationModule
     modes = ("train", "validate", "test", "predict", "export", "lr_find")
     export_formats = ("timm", "onnx")
+    tta_modes = ("hflip", "hflip_scales")
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from b4transfer import tta
 from b4transfer.backbone import create_backbone, out_indices_for_strides, resolve_data_configs
 from b4transfer.data.masks import IGNORE_INDEX, default_palette
 from b4transfer.tasks.base import TaskModule, metric_name
@@ -115,6 +116,13 @@ class SegmentationModule(TaskModule):
         """``(N, 3, H, W)`` images in 0..1 -> ``(N, K, H, W)`` logits."""
         return self.head(self.backbone((images - self.mean) / self.std), images.shape[-2:])
 
+    def tta_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits averaged over the views ``self.tta``, each mapped back to the input's frame."""
+        return tta.average_dense(lambda view: self(view).float(), images, self.tta)
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.tta_forward(images) if self.tta else self(images)
+
     def segmenter(self) -> Segmenter:
         """The standalone model (shares this module's layers)."""
         return Segmenter(
@@ -187,7 +195,7 @@ class SegmentationModule(TaskModule):
 
     def predict_step(self, batch, batch_idx: int = 0) -> list[dict]:
         images, meta = batch
-        logits = self(images).float()
+        logits = self._logits(images).float()
         out = []
         for i in range(len(images)):
             h, w = (int(v) for v in meta["content"][i])
