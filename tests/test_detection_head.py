@@ -162,6 +162,13 @@ def _body():
         ),
         ({"score_thresh": 1.5}, r"head.score_thresh=1.5 is invalid"),
         (
+            {"detector": "fcos", "fpn_channels": 64, "head_norm": "group"},
+            r"head.head_norm='group' / head.box_loss=None apply to RetinaNet's heads only",
+        ),
+        ({"head_norm": "batch"}, r"head.head_norm='batch' is not one of \[None, 'group'\]"),
+        ({"box_loss": "iou"}, r"head.box_loss='iou' is not one of"),
+        ({"head_norm": "group", "fpn_channels": 48}, r"head_norm=group needs head.fpn_channels divisible"),
+        (
             {"detector_kwargs": {"fg_iou": 0.5}},
             r"detector_kwargs has \['fg_iou'\].*Fix: use any of .*fg_iou_thresh",
         ),
@@ -197,3 +204,16 @@ def test_the_head_follows_a_replaced_backbone():
         (images, [{"index": 0, "scale": torch.ones(4), "orig_size": torch.tensor([64, 64])}]), 0
     )
     assert module.head.detector.backbone.get_body() is copy
+
+
+def test_retinanet_v2_head_has_groupnorm_and_a_giou_box_loss():
+    plain, v2 = _module("retinanet"), _module("retinanet", head_norm="group", box_loss="giou")
+    norms = [m for m in v2.head.detector.head.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 8 and all(m.num_groups == 32 for m in norms)  # 4 convs x 2 heads
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in plain.modules())
+    assert v2.head.detector.head.regression_head._loss_type == "giou"
+    assert plain.head.detector.head.regression_head._loss_type == "l1"
+    images = [torch.rand(3, 64, 64) for _ in range(2)]
+    targets = [_target([[4, 6, 30, 40]], [0]), _target([[10, 10, 50, 50]], [1])]
+    parts = v2.train()(images, targets)
+    assert all(torch.isfinite(v) for v in parts.values()) and parts["bbox_regression"] > 0
