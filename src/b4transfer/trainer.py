@@ -18,6 +18,7 @@ from b4transfer.checkpointing import CheckpointOnSigterm, step_checkpoint
 from b4transfer.config import plain
 from b4transfer.ema import EMA
 from b4transfer.errors import UserError
+from b4transfer.trackers import ConfigParams, build_loggers
 
 
 def build_trainer(
@@ -27,7 +28,7 @@ def build_trainer(
     LR monitor, EMA, SIGTERM checkpoint, progress bar; ``monitor``: the task's ``checkpoint.monitor``."""
     ckpt_cfg = plain(cfg.get("checkpoint")) or {}
     monitor, mode = ckpt_cfg.get("monitor") or monitor, ckpt_cfg.get("mode", "max")
-    loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None]
+    loggers = build_loggers(cfg.get("logger"))
     callbacks = [
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
@@ -52,6 +53,7 @@ def build_trainer(
         *early_stopping(cfg.get("early_stopping"), monitor=monitor, mode=mode),
         *[instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c],  # +callbacks.NAME._target_=
         CheckpointOnSigterm(run_dir / "checkpoints"),
+        ConfigParams(cfg),  # the resolved config as params of the trackers (MLflow, W&B)
         *extra_callbacks,
     ]
     every_n = step_checkpoint(run_dir / "checkpoints", ckpt_cfg.get("every_n_train_steps"))

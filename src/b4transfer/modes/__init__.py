@@ -18,6 +18,7 @@ from b4transfer.modes.predict import embed, predict
 from b4transfer.modes.repeat import plan, train_runs
 from b4transfer.modes.train import train
 from b4transfer.tasks.base import MODES
+from b4transfer.trackers import check_loggers
 
 __all__ = ["MODES", "evaluate", "embed", "export", "lr_find", "predict", "run", "train"]
 
@@ -36,5 +37,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run ``cfg.mode`` and return its summary (``seeds`` / ``data.kfold``: every run, and their spread)."""
     if cfg.mode not in _MODES:
         raise UserError(f"mode={cfg.mode!r} is not a mode; choose one of {', '.join(MODES)}.")
+    check_loggers(cfg.get("logger"))  # a tracker whose package is missing: refused before any work
     runs = plan(cfg)
     return train_runs(cfg, runs) if runs else _MODES[cfg.mode](cfg)

@@ -25,6 +25,7 @@ from b4transfer.config import plain
 from b4transfer.modes.common import build_splits, check_resumable, export_all, export_formats, scalars
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
 from b4transfer.speed import apply_speed_switches
+from b4transfer.trackers import log_run_files
 from b4transfer.trainer import build_trainer, early_stopping_report
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
         out_dir = run_dir / "export"
         summary.update(export_all(cfg, task, export_module, out_dir, checkpoint=best, samples=splits))
     write_summary(run_dir, summary)
+    log_run_files(trainer, run_dir)  # summary, export, plots -> the trackers (MLflow, W&B)
     if distributed.is_rank_zero():
         log.info("Run directory: %s", run_dir)
     return summary
