@@ -143,6 +143,16 @@ def _details(record: dict) -> list[str]:
 
 def _per_epoch(arms: dict[str, dict]) -> list[str]:
     """Accuracy benchmarks: each arm's final mean ± sd over seeds, per seed, and the per-epoch means."""
+    if any("miou" in a for a in arms.values()):  # segmentation
+        lines = ["", "| arm | mIoU | mIoU per seed | mIoU per epoch (mean over seeds) | runs made at "
+                 "| reused |", "|---|---|---|---|---|---|"]
+        for name, a in arms.items():
+            lines.append(
+                f"| {name} | {a['miou']:.3f} ± {a['miou_sd']:.3f} | "
+                f"{' / '.join(f'{v:.3f}' for v in a['per_seed_miou'])} | "
+                f"{' → '.join(format(v, '.3f') for v in a['per_epoch_miou'])} | {', '.join(a['commits'])} | "
+                f"{a['reused']} |")
+        return lines
     lines = ["", "| arm | mAP@50 | mAP | mAP@50 per seed | mAP@50 per epoch (mean over seeds) | "
              "mAP per epoch | runs made at | reused |", "|---|---|---|---|---|---|---|---|"]
     for name, a in arms.items():

@@ -31,6 +31,8 @@ from benchmarks import (
     bench_inference,
     bench_pipeline,
     bench_scaling,
+    bench_segmentation,
+    bench_segmentation_accuracy,
     bench_train,
 )
 from benchmarks.common import Result, machine
@@ -57,6 +59,8 @@ PROFILES: dict[str, dict[str, dict]] = {
                         train_sizes=[], train_batch=2),
         "detection": dict(model="test_efficientnet", image_size=64, batch_size=2, k=1, rounds=1, warmup=1,
                           steps_per_epoch=2, predict_images=4, predict_rounds=1),
+        "segmentation_fpn": dict(model="test_efficientnet", decoder="fpn", image_size=64, batch_size=2, k=1,
+                                 rounds=1, warmup=1, steps_per_epoch=2),
     },
     "quick": {
         "train_overhead": dict(model="efficientnet_b0", image_size=160, batch_size=16, k=1, rounds=60,
@@ -71,6 +75,10 @@ PROFILES: dict[str, dict[str, dict]] = {
                         train_sizes=[256], train_batch=2),
         "detection": dict(model="efficientnet_b0", image_size=256, batch_size=4, k=1, rounds=12, warmup=1,
                           steps_per_epoch=13, predict_images=16, predict_rounds=3),
+        "segmentation_fpn": dict(model="efficientnet_b0", decoder="fpn", image_size=256, batch_size=4, k=1,
+                                 rounds=12, warmup=1, steps_per_epoch=13),
+        "segmentation_unet": dict(model="efficientnet_b0", decoder="unet", image_size=256, batch_size=4, k=1,
+                                  rounds=12, warmup=1, steps_per_epoch=13),
     },
     "full": {
         "train_overhead": dict(model="efficientnet_b4", image_size=320, batch_size=8, k=2, rounds=8, warmup=1,
@@ -85,6 +93,10 @@ PROFILES: dict[str, dict[str, dict]] = {
                         train_batches=[4, 8, 16], train_sizes=[224, 384], train_batch=8),
         "detection": dict(model="efficientnet_b4", image_size=384, batch_size=4, k=2, rounds=8, warmup=1,
                           steps_per_epoch=9, predict_images=32, predict_rounds=3),
+        "segmentation_fpn": dict(model="efficientnet_b4", decoder="fpn", image_size=320, batch_size=8, k=2,
+                                 rounds=8, warmup=1, steps_per_epoch=9),
+        "segmentation_unet": dict(model="efficientnet_b4", decoder="unet", image_size=320, batch_size=8, k=2,
+                                  rounds=8, warmup=1, steps_per_epoch=9),
     },
 }
 GPU_PROFILES: dict[str, dict[str, dict]] = {
@@ -108,11 +120,18 @@ GPU_PROFILES["smoke"] = {
 }
 # Accuracy against plain loops on real images and real ImageNet weights (paths given on the command line).
 _DET_ACCURACY = dict(model="tf_efficientnet_lite1", image_size=256, epochs=4, seeds=[0, 1, 2], workers=2)
+# Segmentation beside segmentation_models_pytorch: the same weights file as detection (--weights).
+_SEG_ACCURACY = dict(model="tf_efficientnet_lite1", image_size=256, epochs=4, seeds=[0, 1, 2])
 ACCURACY_PROFILES: dict[str, dict[str, dict]] = {
-    "full": {"detection_accuracy": _DET_ACCURACY},
-    "quick": {"detection_accuracy": _DET_ACCURACY},
+    "full": {"detection_accuracy": _DET_ACCURACY,
+             "segmentation_accuracy_fpn": dict(_SEG_ACCURACY, decoder="fpn"),
+             "segmentation_accuracy_unet": dict(_SEG_ACCURACY, decoder="unet")},
+    "quick": {"detection_accuracy": _DET_ACCURACY,
+              "segmentation_accuracy_fpn": dict(_SEG_ACCURACY, decoder="fpn")},
     "smoke": {"detection_accuracy": dict(model="tf_efficientnet_lite1", image_size=96, epochs=1, seeds=[0],
-                                         workers=1)},
+                                         workers=1),
+              "segmentation_accuracy_fpn": dict(model="tf_efficientnet_lite1", decoder="fpn", image_size=96,
+                                                epochs=1, seeds=[0])},
 }
 RUNNERS = {
     "train_overhead": lambda p: bench_train.run(p),
@@ -122,6 +141,10 @@ RUNNERS = {
     "scaling": lambda p: bench_scaling.run(p),
     "detection": lambda p: bench_detection.run(p),
     "detection_accuracy": lambda p: bench_detection_accuracy.run(p),
+    "segmentation_fpn": lambda p: bench_segmentation.run(p),
+    "segmentation_unet": lambda p: bench_segmentation.run(p),
+    "segmentation_accuracy_fpn": lambda p: bench_segmentation_accuracy.run(p),
+    "segmentation_accuracy_unet": lambda p: bench_segmentation_accuracy.run(p),
     "gpu_train": lambda p: bench_train.run(p, accelerator="gpu", precision="bf16-mixed", target=">= 0.97"),
     "gpu_inference": lambda p: bench_inference.run(p, device="cuda"),
     "gpu_scaling": lambda p: bench_scaling.run(p, device="cuda"),
@@ -140,6 +163,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--det-data", type=Path, default=None, help="accuracy: COCO-format real-image set")
+    parser.add_argument("--seg-data", type=Path, default=None,
+                        help="accuracy: seg_folder real-image set (images/ + masks/ + classes.txt)")
     parser.add_argument("--weights", type=Path, default=None, help="accuracy: timm-layout ImageNet weights")
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "results" / "runs" / "acc.json",
                         help="accuracy: finished runs, reused when their composed config matches")
@@ -206,7 +231,8 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     else:
         table = {"gpu": GPU_PROFILES, "accuracy": ACCURACY_PROFILES}.get(args.suite, PROFILES)[profile]
         if args.suite == "accuracy":
-            paths = {"data": args.det_data, "weights": args.weights, "cache": args.cache}
+            paths = {"data": args.det_data, "seg_data": args.seg_data, "weights": args.weights,
+                     "cache": args.cache}
             table = {name: {**params, **paths} for name, params in table.items()}
         names = [n for n in table if not args.only or n in args.only.split(",")]
         results = []

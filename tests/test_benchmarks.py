@@ -12,7 +12,7 @@ from tests.conftest import compose_cfg
 
 from b4transfer.trainer import build_trainer
 
-ALL = ["train_overhead", "inference", "input_pipeline", "cached_probe", "scaling", "detection"]
+ALL = ["train_overhead", "inference", "input_pipeline", "cached_probe", "scaling", "detection", "segmentation_fpn"]
 
 
 @pytest.fixture
