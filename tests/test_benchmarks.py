@@ -12,7 +12,8 @@ from tests.conftest import compose_cfg
 
 from b4transfer.trainer import build_trainer
 
-ALL = ["train_overhead", "inference", "input_pipeline", "cached_probe", "scaling", "detection", "segmentation_fpn"]
+ALL = ["train_overhead", "inference", "input_pipeline", "cached_probe", "scaling", "detection",
+       "segmentation_fpn"]
 
 
 @pytest.fixture
