@@ -111,6 +111,7 @@ class Task:
         export_formats: The ``export.format`` values it supports.
         schedules: The ``finetune=`` schedules it supports.
         tta_modes: The ``tta=`` values it supports (its module implements ``tta_forward``).
+        sliced_predict: Whether its ``mode=predict`` honours ``predict.slice`` (tiled inference).
     """
 
     name: ClassVar[str] = ""
@@ -122,6 +123,7 @@ class Task:
     export_formats: ClassVar[tuple[str, ...]] = ()
     schedules: ClassVar[tuple[str, ...]] = SCHEDULES
     tta_modes: ClassVar[tuple[str, ...]] = ()
+    sliced_predict: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ what it supports
     def refuse(self, kind: str, value: Any, supported: tuple[str, ...]) -> None:
@@ -138,6 +140,12 @@ class Task:
         schedule = schedule_name(cfg.get("finetune"))
         if schedule in SCHEDULES:  # a schedule class of the user's own is theirs to vouch for
             self.refuse("finetune", schedule, self.schedules)
+        tile = (cfg.get("predict") or {}).get("slice")
+        if cfg.mode == "predict" and tile is not None and not self.sliced_predict:
+            raise NotSupportedError(
+                f"task={self.name} does not support predict.slice={tile} (sliced inference); it supports "
+                "predict.slice=null."
+            )
         if cfg.get("tta") not in (None, "", "null"):
             self.refuse("tta", cfg.tta, self.tta_modes)
             if cfg.mode not in tta.MODES:

@@ -19,6 +19,7 @@ from b4transfer.tasks.detection.export import export_detection_onnx, export_dete
 from b4transfer.tasks.detection.module import DEFAULT_STRIDES, DetectionModule, build_feature_backbone
 from b4transfer.tasks.detection.onnx_graph import onnx_export_refusal
 from b4transfer.tasks.detection.predict import write_detections
+from b4transfer.tasks.detection.slicing import check_slice
 
 __all__ = ["TASK", "DetectionModule", "DetectionTask"]
 
@@ -52,6 +53,7 @@ class DetectionTask(Task):
     modes = ("train", "validate", "test", "predict", "export", "lr_find")
     export_formats = ("timm", "onnx")
     tta_modes = ("hflip", "hflip_scales")  # boxes of the views mapped back and merged (NMS + box voting)
+    sliced_predict = True  # predict.slice: tiles detected one by one, merged in original pixels
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)
@@ -68,6 +70,9 @@ class DetectionTask(Task):
                     "(the option is classification's)."
                 )
         refuse_class_balancing(cfg)
+        if cfg.mode == "predict":
+            predict = cfg.get("predict") or {}
+            check_slice(predict.get("slice"), predict.get("slice_overlap", 0.2))
 
     def build_backbone(self, cfg: DictConfig) -> torch.nn.Module:
         strides = plain(cfg.head.get("feature_strides")) or DEFAULT_STRIDES

@@ -48,6 +48,7 @@ from b4transfer.data.detection_datamodule import DetectionPathDataset, collate_d
 from b4transfer.data.images import load_rgb, upright_size
 from b4transfer.errors import UserError
 from b4transfer.inference import MIN_AGREEMENT, InferenceSettings, fast_model, predict_trainer_setup
+from b4transfer.tasks.detection.slicing import TileDataset, check_slice
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,12 @@ def detection_agreement(
 
 def _run(cfg: DictConfig, module, paths: list[Path]) -> tuple[list[dict], dict[str, Any]]:
     settings = InferenceSettings.from_config(plain(cfg.predict))
-    dataset = DetectionPathDataset(paths, module.image_size, fill_colour(module.data_config["eval"]["mean"]))
+    fill = fill_colour(module.data_config["eval"]["mean"])
+    tile, overlap = check_slice(cfg.predict.get("slice"), cfg.predict.get("slice_overlap", 0.2))
+    if tile:  # predict.slice: every tile (and the whole image) detected, merged below
+        dataset = TileDataset(paths, module.image_size, fill, tile=tile, overlap=overlap)
+    else:
+        dataset = DetectionPathDataset(paths, module.image_size, fill)
     batch_size = int(cfg.predict.get("batch_size") or cfg.data.batch_size)
     loader = DataLoader(
         dataset,
@@ -224,13 +230,19 @@ def _run(cfg: DictConfig, module, paths: list[Path]) -> tuple[list[dict], dict[s
         num_workers=num_workers(cfg),
         collate_fn=collate_detection,
     )
-    return run_detection_inference(
+    detections, report = run_detection_inference(
         module,
         loader,
         settings=settings,
         trainer_kwargs={**plain(cfg.trainer), "default_root_dir": str(cfg.run_dir)},
         min_score=float(cfg.predict.get("draw_score_thresh", 0.3)),
     )
+    if tile:
+        head = module.hparams.get("head") or {}
+        iou, max_det = float(head.get("nms_thresh", 0.5)), int(head.get("detections_per_img", 100))
+        detections = dataset.merge(detections, iou=iou, max_det=max_det)
+        report["slice"] = {"size": tile, "overlap": overlap, "tiles": len(dataset) - len(paths)}
+    return detections, report
 
 
 def coco_results(detections: list[dict], ids: list[int], category_ids: list[int]) -> list[dict]:

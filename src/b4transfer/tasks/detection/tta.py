@@ -6,7 +6,7 @@ smaller); its boxes are mapped back to the canvas (un-mirrored, divided by the s
 all views are merged by :func:`merge_boxes`: torchvision's class-wise NMS, then box voting as in
 weighted box fusion -- each kept box becomes the score-weighted mean of the boxes it suppressed, and its
 score the summed score of that cluster over the number of views (a box found in one view of two keeps
-half its score), at most its best score. The same merge joins the tiles of sliced inference.
+half its score), at most its best score.
 """
 
 from __future__ import annotations
