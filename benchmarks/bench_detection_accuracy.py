@@ -93,6 +93,12 @@ NEUTRAL = {
     "loss.name": "ce",
     "head.head_norm": None,
     "head.box_loss": None,
+    "data.kfold": None,
+    "data.fold": None,
+    "seeds": None,
+    "tta": None,
+    "predict.slice": None,
+    "predict.slice_overlap": 0.2,
 }
 
 
