@@ -203,3 +203,17 @@ def test_tta_averages_logits_for_validate_and_predict(trained, tmp_path):
         )
     )
     assert out["tta"]["name"] == "hflip" and Image.open(Path(out["masks_dir"]) / "a.png").size == (70, 45)
+
+
+def test_a_checkpoint_predicts_without_task_on_the_command_line(trained, tmp_path):
+    tmp, summary = trained
+    Image.fromarray(np.zeros((30, 50, 3), np.uint8)).save(tmp_path / "a.png")
+    cfg = compose_cfg(
+        *TINY,
+        "mode=predict",
+        f"ckpt_path={summary['best_checkpoint']}",
+        f"predict.input={tmp_path}",
+        f"run_dir={tmp / 'bare-predict'}",
+    )
+    out = run(cfg)
+    assert out["task"] == "segmentation" and Image.open(Path(out["masks_dir"]) / "a.png").size == (50, 30)

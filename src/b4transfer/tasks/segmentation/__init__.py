@@ -65,7 +65,8 @@ class SegmentationTask(Task):
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)
         refuse_other_options(cfg)
-        check_head(plain(cfg.get("head")))
+        if cfg.mode in ("train", "lr_find"):  # other modes rebuild the head from the checkpoint
+            check_head(plain(cfg.get("head")))
 
     def build_backbone(self, cfg: DictConfig) -> torch.nn.Module:
         return build_feature_backbone(plain(cfg.model), plain(cfg.get("head")))
