@@ -133,6 +133,33 @@ def _resolve_paths(rows: list[_Row], path: Path) -> list[Path]:
     return files
 
 
+CONFLICTING_LABELS = ("error", "keep")
+
+
+def check_conflicting_rows(rows: list[_Row], files: list[Path], path: Path, conflicting_labels: str) -> None:
+    """Refuse an image listed on several rows with different labels (unless ``conflicting_labels="keep"``).
+    Rows repeating an image with the same label are left to the audit (a duplicate, or leakage across
+    splits)."""
+    if conflicting_labels not in CONFLICTING_LABELS:
+        raise UserError(
+            f"data.conflicting_labels={conflicting_labels!r} is not an option; choose one of "
+            f"{', '.join(CONFLICTING_LABELS)}."
+        )
+    by_file: dict[Path, list[_Row]] = {}
+    for row, file in zip(rows, files):
+        by_file.setdefault(file.resolve(), []).append(row)
+    clashes = [rs for rs in by_file.values() if len({tuple(sorted(r.labels)) for r in rs}) > 1]
+    if clashes and conflicting_labels == "error":
+        listed = shown([
+            f"{rs[0].path!r} on lines " + ", ".join(f"{r.line} ({' '.join(r.labels)})" for r in rs)
+            for rs in clashes
+        ])
+        raise UserError(
+            f"{path}: {len(clashes)} image(s) are listed with conflicting labels: {listed}. Fix: keep one "
+            "row (one label) per image, or set data.conflicting_labels=keep to train on every row."
+        )
+
+
 def read_csv(
     csv_path: str | Path | None,
     *,
@@ -145,6 +172,7 @@ def read_csv(
     val_fraction: float = 0.2,
     seed: int = 0,
     on_bad_image: str = "skip",
+    conflicting_labels: str = "error",
 ) -> DatasetSplits:
     """Read a CSV of image paths and labels into train/val(/test) splits.
 
@@ -160,6 +188,8 @@ def read_csv(
         val_fraction: Share of each class held out when there are no val rows.
         seed: Seed of that split.
         on_bad_image: ``"skip"`` or ``"error"`` for unreadable images.
+        conflicting_labels: ``"error"``: refuse an image listed with different labels on several rows;
+            ``"keep"``: keep every row.
 
     Returns:
         The dataset splits.
@@ -180,9 +210,12 @@ def read_csv(
     check_class_count(names, path)
     index = {name: i for i, name in enumerate(names)}
     tagged: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
-    for row, file in zip(rows, _resolve_paths(rows, path)):
+    files = _resolve_paths(rows, path)
+    check_conflicting_rows(rows, files, path, conflicting_labels)
+    for row, file in zip(rows, files):
         ids = sorted(index[label] for label in row.labels)
-        tagged[row.split or "train"].append(Sample(file, tuple(ids) if multi_label else ids[0]))
+        target = tuple(ids) if multi_label else ids[0]
+        tagged[row.split or "train"].append(Sample(file, target, origin=f"{path.name} line {row.line}"))
     return assemble_splits(
         names,
         tagged,

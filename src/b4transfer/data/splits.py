@@ -35,10 +35,12 @@ class Sample:
     Args:
         path: Image file.
         target: Class index, or a tuple of class indices for multi-label data.
+        origin: Where the source lists it, for messages (``labels.csv line 5``); ``None``: the path.
     """
 
     path: Path
     target: int | tuple[int, ...]
+    origin: str | None = field(default=None, compare=False)
 
 
 @dataclass

@@ -52,10 +52,25 @@ def read_class_names(root: Path, names_file: str | Path | None = None) -> list[s
             )
         path = found[0]
     if path.suffix.lower() in (".yaml", ".yml"):
-        return _names_from_yaml(path)
+        return check_unique_names(_names_from_yaml(path), path)
     names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not names:
         raise UserError(f"{path} lists no class names. Fix: write one class name per line.")
+    return check_unique_names(names, path)
+
+
+def check_unique_names(names: list[str], path: Path) -> list[str]:
+    """Refuse a class name given to two indices: their boxes would be scored as one class (one AP lost)."""
+    seen: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        seen.setdefault(name, []).append(i)
+    dupes = {name: ids for name, ids in seen.items() if len(ids) > 1}
+    if dupes:
+        listed = "; ".join(f"{name!r} at indices {ids}" for name, ids in dupes.items())
+        raise UserError(
+            f"{path}: class names must be distinct, but {listed}. Fix: rename the classes in {path.name} "
+            "(or merge their labels into one index)."
+        )
     return names
 
 

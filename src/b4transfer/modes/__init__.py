@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from b4transfer.errors import UserError
+from b4transfer.modes.audit import audit
 from b4transfer.modes.evaluate import evaluate
 from b4transfer.modes.export import export
 from b4transfer.modes.lr_find import lr_find
@@ -20,7 +21,7 @@ from b4transfer.modes.train import train
 from b4transfer.tasks.base import MODES
 from b4transfer.trackers import check_loggers
 
-__all__ = ["MODES", "evaluate", "embed", "export", "lr_find", "predict", "run", "train"]
+__all__ = ["MODES", "audit", "evaluate", "embed", "export", "lr_find", "predict", "run", "train"]
 
 _MODES = {
     "train": train,
@@ -30,6 +31,7 @@ _MODES = {
     "embed": embed,
     "export": export,
     "lr_find": lr_find,
+    "audit": audit,
 }
 
 

@@ -22,6 +22,7 @@ from b4transfer import devices, distributed, tasks
 from b4transfer.callbacks import ThroughputMeter
 from b4transfer.checkpointing import SIGTERM_EXIT_CODE, continue_requeued_job
 from b4transfer.config import plain
+from b4transfer.modes.audit import pre_train_audit
 from b4transfer.modes.common import build_splits, check_resumable, export_all, export_formats, scalars
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
 from b4transfer.speed import apply_speed_switches
@@ -45,6 +46,7 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     L.seed_everything(cfg.seed, workers=True)
     backbone = task.build_backbone(cfg)  # weights problems surface before the data scan
     splits = build_splits(cfg, task)
+    audit = pre_train_audit(cfg, task, splits, run_dir)  # duplicates, leakage, conflicting labels
     precision = devices.resolve_precision(plain(cfg.trainer), announce=True)  # auto: this device's fastest
     module = task.build_module(cfg, splits, backbone)
     module = apply_speed_switches(module, cfg.model, precision.channels_last)
@@ -63,7 +65,7 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
         _stopped_by_sigterm(trainer, run_dir, time.perf_counter() - start)
     summary = _summary(cfg, trainer, splits, plan, meter, wall=time.perf_counter() - start, run_dir=run_dir)
     summary["precision_plan"] = _precision_plan(cfg, trainer, precision)
-    summary.update(task=task.name, **task.summary(splits, datamodule))
+    summary.update(task=task.name, audit=audit, **task.summary(splits, datamodule))
     if trainer.is_global_zero:
         best = summary["best_checkpoint"]
         export_module = tasks.load_module(best) if best else module

@@ -30,7 +30,7 @@ from b4transfer.optim import create_optimizer, create_scheduler, param_groups
 
 __all__ = ["EXPORT_FORMATS", "MODES", "SCHEDULES", "Task", "TaskModule", "metric_name"]
 
-MODES = ("train", "validate", "test", "predict", "embed", "export", "lr_find")
+MODES = ("train", "validate", "test", "predict", "embed", "export", "lr_find", "audit")
 SCHEDULES = ("full", "linear_probe", "freeze_unfreeze", "gradual")
 EXPORT_FORMATS = ("timm", "onnx")
 
@@ -178,6 +178,13 @@ class Task:
     def summary(self, splits: Any, datamodule: L.LightningDataModule) -> dict[str, Any]:
         """Entries of the training ``summary.json`` beyond the common ones."""
         return {}
+
+    def audit(self, cfg: DictConfig, splits: Any, run_dir: Path, *, full: bool) -> dict[str, Any]:
+        """Audit the data (:mod:`b4transfer.audit`) into ``run_dir``; return the summary's counts. ``full``:
+        ``mode=audit`` (near-duplicates, label errors); else the quick check before training, which may
+        refuse (conflicting labels). A task listing ``audit`` in ``modes`` implements it; the others train
+        unaudited."""
+        raise NotImplementedError
 
     def predict(self, cfg: DictConfig, module: TaskModule, paths: list[Path], run_dir: Path) -> dict:
         """Write the predictions for ``paths`` into ``run_dir``; return the summary entries."""

@@ -15,6 +15,7 @@ from b4transfer.data.transforms import DRAFT_FACTOR
 from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import UserError
 from b4transfer.tasks.base import MODES, Task
+from b4transfer.tasks.classification.audit import audit_classification
 from b4transfer.tasks.classification.export import export_classifier_onnx, export_classifier_timm
 from b4transfer.tasks.classification.feature_cache import (
     CachedFeatureDataModule,
@@ -123,6 +124,9 @@ class ClassificationTask(Task):
         if isinstance(datamodule, CachedFeatureDataModule):
             out["feature_extraction_s"] = round(sum(datamodule.extract_seconds.values()), 2)
         return out
+
+    def audit(self, cfg: DictConfig, splits: DatasetSplits, run_dir: Path, *, full: bool) -> dict[str, Any]:
+        return audit_classification(cfg, splits, run_dir, full=full)
 
     def predict(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
         return write_predictions(cfg, module, paths, run_dir)

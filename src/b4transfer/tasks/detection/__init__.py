@@ -15,6 +15,7 @@ from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
 from b4transfer.tasks.base import Task
 from b4transfer.tasks.detection.anchors import anchor_fit, box_sides, warn_if_unfit
+from b4transfer.tasks.detection.audit import audit_detection
 from b4transfer.tasks.detection.export import export_detection_onnx, export_detector
 from b4transfer.tasks.detection.module import DEFAULT_STRIDES, DetectionModule, build_feature_backbone
 from b4transfer.tasks.detection.onnx_graph import onnx_export_refusal
@@ -50,7 +51,7 @@ class DetectionTask(Task):
     data_hint = "data=coco, data=yolo or data=demo_detection"
     monitor = "val/map"
     module_class = DetectionModule
-    modes = ("train", "validate", "test", "predict", "export", "lr_find")
+    modes = ("train", "validate", "test", "predict", "export", "lr_find", "audit")
     export_formats = ("timm", "onnx")
     tta_modes = ("hflip", "hflip_scales")  # boxes of the views mapped back and merged (NMS + box voting)
     sliced_predict = True  # predict.slice: tiles detected one by one, merged in original pixels
@@ -113,6 +114,10 @@ class DetectionTask(Task):
             "dropped_boxes": splits.dropped_boxes,
             "anchor_fit": getattr(datamodule, "anchor_fit", None),
         }
+
+    def audit(self, cfg: DictConfig, splits: DetectionSplits, run_dir: Path, *, full: bool) -> dict[str, Any]:
+        module = self.build_module(cfg, splits) if full else None  # its anchors and image size
+        return audit_detection(cfg, splits, run_dir, full=full, module=module)
 
     def predict(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
         return write_detections(cfg, module, paths, run_dir)
