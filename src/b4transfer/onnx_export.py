@@ -4,9 +4,11 @@
 
 - input ``image``: ``(N, 3, H, W)`` float32, resized / cropped / normalised as the exported data
   config says (``H, W`` = the eval size, 384 for B4); the batch dimension is dynamic;
-- output ``logits``: ``(N, K)``; softmax (or sigmoid when ``multi_label``) gives probabilities;
-- metadata (``onnx.load(path).metadata_props``): ``label_names``, ``data_config`` and
-  ``multi_label`` as JSON, and the b4transfer version.
+- outputs ``logits``: ``(N, K)``, and ``probabilities``: ``(N, K)``, softmax of ``logits / T`` with the
+  calibrated temperature ``T`` (1 when not calibrated), or sigmoid when ``multi_label``;
+- metadata (``onnx.load(path).metadata_props``): ``label_names``, ``data_config``, ``multi_label`` and
+  ``calibration`` (``{"temperature": T}`` or ``{"thresholds": [...]}``, or null) as JSON, and the
+  b4transfer version.
 
 The file is then run with onnxruntime on a seeded random batch of another batch size and compared
 with the PyTorch fp32 eager model: a largest absolute logit difference above
@@ -60,6 +62,7 @@ def export_onnx(
     opset: int = 17,
     atol: float = 1e-4,
     rtol: float = 1e-4,
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/model.onnx`` and check it with onnxruntime.
 
@@ -75,6 +78,8 @@ def export_onnx(
         opset: ONNX opset version.
         atol: Absolute tolerance of the onnxruntime check.
         rtol: Tolerance relative to the largest absolute PyTorch logit.
+        calibration: ``{"temperature": T}`` (applied in the ``probabilities`` output) or
+            ``{"thresholds": [...]}`` (multi-label decisions), stored in the metadata.
 
     Returns:
         ``{"path", "opset", "input_size", "max_abs_diff", "max_abs_logit", "tolerance"}``.
@@ -93,12 +98,14 @@ def export_onnx(
     dummy = torch.zeros(1, *input_size)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # the legacy exporter's notice
-        atomic_write(path, lambda p: _export(model, dummy, p, opset))
+        graph = WithProbabilities(model, multi_label=multi_label, calibration=calibration)
+        atomic_write(path, lambda p: _export(graph, dummy, p, opset))
     proto = onnx.load(str(path))
     metadata = {
         "label_names": json.dumps(list(class_names)),
         "data_config": json.dumps(flat),
         "multi_label": json.dumps(bool(multi_label)),
+        "calibration": json.dumps(calibration or None),
         MARKER: __version__,
     }
     for key, value in metadata.items():
@@ -115,6 +122,20 @@ def export_onnx(
     return report
 
 
+class WithProbabilities(nn.Module):
+    """``image -> (logits, probabilities)``: softmax of ``logits / T`` (or sigmoid when multi-label)."""
+
+    def __init__(self, model: nn.Module, *, multi_label: bool, calibration: dict[str, Any] | None) -> None:
+        super().__init__()
+        self.model, self.multi_label = model, multi_label
+        self.temperature = float((calibration or {}).get("temperature", 1.0))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        probs = torch.sigmoid(logits) if self.multi_label else (logits / self.temperature).softmax(-1)
+        return logits, probs
+
+
 def _export(model: nn.Module, dummy: torch.Tensor, path: Path, opset: int) -> None:
     torch.onnx.export(
         model,
@@ -123,8 +144,8 @@ def _export(model: nn.Module, dummy: torch.Tensor, path: Path, opset: int) -> No
         dynamo=False,
         opset_version=opset,
         input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        output_names=["logits", "probabilities"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
     )
 
 

@@ -23,7 +23,8 @@ from b4transfer.callbacks import ThroughputMeter
 from b4transfer.checkpointing import SIGTERM_EXIT_CODE, continue_requeued_job
 from b4transfer.config import plain
 from b4transfer.modes.audit import pre_train_audit
-from b4transfer.modes.common import build_splits, check_resumable, export_all, export_formats, scalars
+from b4transfer.modes.common import build_splits, check_resumable, export_formats, scalars
+from b4transfer.modes.finish import finish
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
 from b4transfer.speed import apply_speed_switches
 from b4transfer.trackers import log_run_files
@@ -66,11 +67,8 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     summary = _summary(cfg, trainer, splits, plan, meter, wall=time.perf_counter() - start, run_dir=run_dir)
     summary["precision_plan"] = _precision_plan(cfg, trainer, precision)
     summary.update(task=task.name, audit=audit, **task.summary(splits, datamodule))
-    if trainer.is_global_zero:
-        best = summary["best_checkpoint"]
-        export_module = tasks.load_module(best) if best else module
-        out_dir = run_dir / "export"
-        summary.update(export_all(cfg, task, export_module, out_dir, checkpoint=best, samples=splits))
+    if trainer.is_global_zero:  # calibrate the best checkpoint on validation, export it
+        summary.update(finish(cfg, task, module, datamodule, splits, run_dir, summary["best_checkpoint"]))
     write_summary(run_dir, summary)
     log_run_files(trainer, run_dir)  # summary, export, plots -> the trackers (MLflow, W&B)
     if distributed.is_rank_zero():

@@ -28,11 +28,12 @@ from b4transfer.errors import NotSupportedError
 from b4transfer.finetuning import schedule_name
 from b4transfer.optim import create_optimizer, create_scheduler, param_groups
 
-__all__ = ["EXPORT_FORMATS", "MODES", "SCHEDULES", "Task", "TaskModule", "metric_name"]
+__all__ = ["EXPORT_FORMATS", "MODES", "SCHEDULES", "STEPS", "Task", "TaskModule", "metric_name"]
 
 MODES = ("train", "validate", "test", "predict", "embed", "export", "lr_find", "audit")
 SCHEDULES = ("full", "linear_probe", "freeze_unfreeze", "gradual")
 EXPORT_FORMATS = ("timm", "onnx")
+STEPS = ("calibrate",)  # after training, on the validation split (README "Calibration")
 
 
 def metric_name(name: str) -> str:
@@ -112,6 +113,7 @@ class Task:
         schedules: The ``finetune=`` schedules it supports.
         tta_modes: The ``tta=`` values it supports (its module implements ``tta_forward``).
         sliced_predict: Whether its ``mode=predict`` honours ``predict.slice`` (tiled inference).
+        steps: The post-training steps of ``STEPS`` it implements (``calibrate``: :meth:`calibrate`).
     """
 
     name: ClassVar[str] = ""
@@ -124,6 +126,7 @@ class Task:
     schedules: ClassVar[tuple[str, ...]] = SCHEDULES
     tta_modes: ClassVar[tuple[str, ...]] = ()
     sliced_predict: ClassVar[bool] = False
+    steps: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------ what it supports
     def refuse(self, kind: str, value: Any, supported: tuple[str, ...]) -> None:
@@ -146,6 +149,12 @@ class Task:
                 f"task={self.name} does not support predict.slice={tile} (sliced inference); it supports "
                 "predict.slice=null."
             )
+        for step in STEPS:  # null: where the task implements it; true: required
+            if (cfg.get(step) or {}).get("enabled") is True and step not in self.steps:
+                raise NotSupportedError(
+                    f"task={self.name} does not support {step}.enabled=true; it supports "
+                    f"{step}.enabled=false (its steps: {', '.join(self.steps) or 'none'})."
+                )
         if cfg.get("tta") not in (None, "", "null"):
             self.refuse("tta", cfg.tta, self.tta_modes)
             if cfg.mode not in tta.MODES:
@@ -184,6 +193,15 @@ class Task:
         ``mode=audit`` (near-duplicates, label errors); else the quick check before training, which may
         refuse (conflicting labels). A task listing ``audit`` in ``modes`` implements it; the others train
         unaudited."""
+        raise NotImplementedError
+
+    def calibrate(
+        self, cfg: DictConfig, module: TaskModule, datamodule: L.LightningDataModule, run_dir: Path
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Fit the task's calibration on the validation split and set it on ``module`` (its exports and
+        predictions then use it). Returns ``(stored, report)``: what the checkpoint's hyper-parameters
+        keep (``calibration``; the module takes it back as its ``calibration`` argument) and the summary
+        entries. A task listing ``calibrate`` in ``steps`` implements it."""
         raise NotImplementedError
 
     def predict(self, cfg: DictConfig, module: TaskModule, paths: list[Path], run_dir: Path) -> dict:

@@ -16,6 +16,7 @@ from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import UserError
 from b4transfer.tasks.base import MODES, Task
 from b4transfer.tasks.classification.audit import audit_classification
+from b4transfer.tasks.classification.calibration import calibrate_classifier
 from b4transfer.tasks.classification.export import export_classifier_onnx, export_classifier_timm
 from b4transfer.tasks.classification.feature_cache import (
     CachedFeatureDataModule,
@@ -72,6 +73,7 @@ class ClassificationTask(Task):
     modes = MODES
     export_formats = ("timm", "onnx")
     tta_modes = ("hflip", "hflip_scales")  # probabilities averaged over the views
+    steps = ("calibrate",)  # temperature (single-label) or per-class thresholds (multi-label)
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)
@@ -127,6 +129,12 @@ class ClassificationTask(Task):
 
     def audit(self, cfg: DictConfig, splits: DatasetSplits, run_dir: Path, *, full: bool) -> dict[str, Any]:
         return audit_classification(cfg, splits, run_dir, full=full)
+
+    def calibrate(self, cfg: DictConfig, module, datamodule, run_dir: Path):
+        bins = int((cfg.get("calibrate") or {}).get("bins", 15))
+        on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
+        device = "cuda" if on_gpu else "cpu"
+        return calibrate_classifier(module, datamodule.val_dataloader(), run_dir, bins=bins, device=device)
 
     def predict(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
         return write_predictions(cfg, module, paths, run_dir)

@@ -20,7 +20,7 @@ def export_classifier_timm(module, out_dir: Path, *, checkpoint: str | None) -> 
         data_config=module.data_config,
         out_dir=out_dir,
         multi_label=module.head.multi_label,
-        extra={"checkpoint": checkpoint},
+        extra={"checkpoint": checkpoint, "calibration": module.hparams.get("calibration")},
     )
     return {}
 
@@ -37,5 +37,6 @@ def export_classifier_onnx(module, out_dir: Path, *, opset: int) -> dict[str, An
         out_dir=out_dir,
         multi_label=module.head.multi_label,
         opset=opset,
+        calibration=module.hparams.get("calibration"),
     )
     return {"onnx": report}

@@ -74,6 +74,9 @@ class ClassificationHead(nn.Module):
         self.label_smoothing = label_smoothing
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes)
+        # calibration fitted on validation after training (calibration.py): not weights, hyper-parameters
+        self.temperature = 1.0
+        self.thresholds: list[float] | None = None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         # (N, C) -> (N, K)
@@ -94,7 +97,13 @@ class ClassificationHead(nn.Module):
         return F.cross_entropy(logits, target, weight=weight, label_smoothing=self.label_smoothing)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits) if self.multi_label else logits.softmax(dim=-1)
+        """Sigmoid (multi-label) or softmax of ``logits / temperature`` (1 until calibrated)."""
+        return torch.sigmoid(logits) if self.multi_label else (logits / self.temperature).softmax(dim=-1)
+
+    def decisions(self, probs: torch.Tensor) -> torch.Tensor:
+        """Multi-label: which labels are on, each at its calibrated threshold (0.5 until calibrated)."""
+        thresholds = torch.tensor(self.thresholds or [0.5] * self.num_classes, dtype=probs.dtype)
+        return probs >= thresholds.to(probs.device)
 
     def build_metrics(self) -> MetricCollection:
         """Metrics updated with ``(logits, target)``; keys become ``val/<key>``."""

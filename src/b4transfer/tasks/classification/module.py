@@ -44,6 +44,8 @@ class ClassificationModule(TaskModule):
         data: overrides of the backbone's pretrained data config (``image_size``, ``eval_image_size``,
             ``crop_pct``, ...); the resolved ``{"train": ..., "eval": ...}`` is ``self.data_config``.
         multi_label: several labels per image.
+        calibration: fitted on validation after training (see ``calibration.py``):
+            ``{"temperature": T}`` (single-label) or ``{"thresholds": [...]}`` (multi-label); ``None``: none.
         backbone: an already built backbone (from :func:`build_backbone` with the same ``model``);
             lets a run check the weights before it scans the data.
     """
@@ -61,6 +63,7 @@ class ClassificationModule(TaskModule):
         scheduler: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
         multi_label: bool = False,
+        calibration: dict[str, Any] | None = None,
         backbone: torch.nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -82,6 +85,14 @@ class ClassificationModule(TaskModule):
         self.val_metrics = self.head.build_metrics()
         self.test_metrics = self.head.build_metrics()
         self.predict_output = "probs"  # or "embedding": pooled pre-logits features
+        self.set_calibration(calibration)
+
+    def set_calibration(self, calibration: dict[str, Any] | None) -> None:
+        """Apply (and remember in the hyper-parameters) a temperature or per-class thresholds."""
+        calibration = dict(calibration or {})
+        self.hparams["calibration"] = calibration or None
+        self.head.temperature = float(calibration.get("temperature", 1.0))
+        self.head.thresholds = calibration.get("thresholds")
 
     # ----------------------------------------------------------------- forward
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

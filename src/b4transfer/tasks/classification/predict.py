@@ -52,14 +52,19 @@ def write_predictions(cfg: DictConfig, module, paths: list[Path], run_dir: Path)
         header = ["path"]
         for r in range(1, k + 1):
             header += [f"label{r}", f"prob{r}"]
-        writer.writerow(header)
-        for path, ps, ids in zip(paths, top_p.tolist(), top_i.tolist()):
+        multi = module.head.multi_label  # and the labels on, each at its calibrated threshold
+        writer.writerow(header + (["labels"] if multi else []))
+        on = module.head.decisions(probs).tolist() if multi else [None] * len(paths)
+        for path, ps, ids, flags in zip(paths, top_p.tolist(), top_i.tolist(), on):
             row = [str(path)]
             for p, i in zip(ps, ids):
                 row += [module.class_names[i], f"{p:.6f}"]
+            if multi:
+                row.append(" ".join(n for n, f in zip(module.class_names, flags) if f))
             writer.writerow(row)
     log.info("Wrote %d predictions to %s", len(paths), out)
-    return {"predictions": str(out), "inference": inference}
+    calibration = module.hparams.get("calibration")
+    return {"predictions": str(out), "inference": inference, "calibration_applied": calibration}
 
 
 def write_embeddings(cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:

@@ -1,0 +1,58 @@
+"""After training (rank zero): the best checkpoint is calibrated on the validation split (a task that
+implements ``calibrate``), then exported in every ``export.format``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from b4transfer import tasks
+from b4transfer.modes.common import export_all
+from b4transfer.tasks.base import Task, TaskModule
+
+log = logging.getLogger(__name__)
+
+
+def wants(cfg: DictConfig, task: Task, step: str) -> bool:
+    """``<step>.enabled``: ``null`` runs the step where the task implements it (``check_config`` refused
+    ``true`` for a task that does not)."""
+    enabled = (cfg.get(step) or {}).get("enabled")
+    return step in task.steps if enabled is None else bool(enabled)
+
+
+def store_in_checkpoint(path: str | Path, key: str, value: Any) -> None:
+    """Set ``hyper_parameters[key]`` of a checkpoint this run wrote (atomically: temp file, then rename),
+    so that :func:`b4transfer.tasks.load_module` (predict, export, validate) rebuilds the module with it."""
+    path = Path(path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"][key] = value
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def finish(
+    cfg: DictConfig, task: Task, module: TaskModule, datamodule: L.LightningDataModule, splits: Any,
+    run_dir: Path, best: str | None,
+) -> dict[str, Any]:
+    """Calibrate and export the best checkpoint (else ``module``); the summary entries."""
+    final = tasks.load_module(best) if best else module
+    out: dict[str, Any] = {}
+    if wants(cfg, task, "calibrate"):
+        stored, report = task.calibrate(cfg, final, datamodule, run_dir)
+        if best:
+            store_in_checkpoint(best, "calibration", stored)
+        out["calibration"] = {**report, "stored_in": best}
+    out.update(export_all(cfg, task, final, run_dir / "export", checkpoint=best, samples=splits))
+    return out

@@ -1,0 +1,112 @@
+"""Calibration after training (issue 11): temperature scaling lowers the ECE of an over-confident model;
+the temperature is stored in the checkpoint, config.json and the ONNX model, and predict applies it;
+multi-label thresholds are F1-optimal per class; a task without the step refuses it up front."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from tests.conftest import TINY, compose_cfg, make_image_folder
+
+from b4transfer.data.images import load_rgb
+from b4transfer.data.transforms import build_transforms
+from b4transfer.errors import NotSupportedError
+from b4transfer.modes import run
+from b4transfer.modes.train import train
+from b4transfer.tasks import load_module
+from b4transfer.tasks.classification.calibration import ece, f1_thresholds, fit_temperature
+
+
+def test_temperature_scaling_undoes_a_known_over_confidence():
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, 4, (2000,), generator=gen)
+    honest = torch.randn(2000, 4, generator=gen) + 2.0 * torch.nn.functional.one_hot(targets, 4)
+    labels = torch.distributions.Categorical(logits=honest).sample()  # the honest model is calibrated
+    temperature = fit_temperature(5.0 * honest, labels)  # five times too confident
+    assert temperature == pytest.approx(5.0, rel=0.1)
+    after, before = (5.0 * honest / temperature).softmax(-1), (5.0 * honest).softmax(-1)
+    assert ece(after, labels) < 0.03 < ece(before, labels)
+
+
+def test_f1_thresholds_pick_each_class_s_best_cut():
+    probs = torch.tensor([[0.9, 0.30], [0.8, 0.25], [0.6, 0.20], [0.1, 0.05]])
+    targets = torch.tensor([[1, 1], [1, 1], [0, 0], [0, 0]])
+    th = f1_thresholds(probs, targets)
+    assert 0.6 < th[0] <= 0.8 and 0.2 < th[1] <= 0.25
+
+
+class OverConfident(L.Callback):
+    """Multiplies the head by 30 before the (one) validation: the checkpoint is an over-confident model."""
+
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            with torch.no_grad():
+                pl_module.head.fc.weight.mul_(30.0)
+                pl_module.head.fc.bias.mul_(30.0)
+
+
+def _random_labels(root: Path) -> Path:
+    """The conftest colour images under labels drawn at random: no model can be right most of the time."""
+    make_image_folder(root / "images", per_class=8, size=32)
+    rng = np.random.default_rng(0)
+    table = root / "labels.csv"
+    with table.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        for path in sorted((root / "images").rglob("*.png")):
+            writer.writerow([path.relative_to(root), ["a", "b", "c"][rng.integers(3)]])
+    return table
+
+
+def test_an_over_confident_model_is_calibrated_and_predict_applies_the_temperature(tmp_path):
+    """Must-show 3."""
+    ort = pytest.importorskip("onnxruntime")
+    from b4transfer.onnx_export import onnx_metadata
+
+    table = _random_labels(tmp_path)
+    base = (*TINY, "data=csv", f"data.csv={table}", "data.image_size=32", "ema.enabled=false")
+    summary = train(compose_cfg(*base, f"run_dir={tmp_path / 'run'}", "export.format=[timm,onnx]"),
+                    callbacks=[OverConfident()])
+    report = summary["calibration"]
+    assert report["temperature"] > 2 and report["ece_after"] < report["ece_before"] - 0.1
+    assert report["nll_after"] < report["nll_before"] and Path(report["reliability_diagram"]).is_file()
+    best = summary["best_checkpoint"]
+    module = load_module(best)
+    temperature = module.hparams["calibration"]["temperature"]
+    assert module.head.temperature == temperature == pytest.approx(report["temperature"], abs=1e-4)
+    export = Path(summary["export_dir"])
+    assert json.loads((export / "config.json").read_text())["calibration"] == {"temperature": temperature}
+    assert onnx_metadata(export / "model.onnx")["calibration"] == {"temperature": temperature}
+    # predict: the CSV's probabilities are softmax(logits / T), not the raw softmax
+    red = sorted((tmp_path / "images" / "red").glob("*.png"))
+    predict = ("mode=predict", f"ckpt_path={best}", f"predict.input={red[0].parent}", "predict.precision=32")
+    out = run(compose_cfg(*base, *predict, "predict.check_agreement=0", f"run_dir={tmp_path / 'predict'}"))
+    assert out["calibration_applied"] == {"temperature": temperature}
+    with open(out["predictions"]) as f:
+        got = {row["path"]: float(row["prob1"]) for row in csv.DictReader(f)}
+    _, eval_tf = build_transforms(train_cfg=module.data_config["train"], eval_cfg=module.data_config["eval"])
+    x = torch.stack([eval_tf(load_rgb(p)) for p in red])
+    with torch.no_grad():
+        logits = module.head(module.backbone(x))
+    calibrated, raw = (logits / temperature).softmax(-1).max(-1).values, logits.softmax(-1).max(-1).values
+    csv_probs = torch.tensor([got[str(p)] for p in red])
+    assert torch.allclose(csv_probs, calibrated, atol=1e-4) and not torch.allclose(csv_probs, raw, atol=1e-2)
+    # the ONNX model's probabilities output applies the same temperature
+    session = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits, onnx_probs = session.run(["logits", "probabilities"], {"image": x.numpy()})
+    expected = torch.from_numpy(onnx_logits).div(temperature).softmax(-1).numpy()
+    assert np.abs(onnx_probs - expected).max() < 1e-5
+
+
+def test_a_task_without_calibration_refuses_it_up_front(tmp_path):
+    cfg = compose_cfg(*TINY, "task=segmentation", "calibrate.enabled=true", f"run_dir={tmp_path / 'seg'}")
+    match = r"task=segmentation does not support calibrate\.enabled=true; it supports "
+    with pytest.raises(NotSupportedError, match=match + r"calibrate\.enabled=false \(its steps: none\)\."):
+        run(cfg)
+    assert not (tmp_path / "seg" / "checkpoints").exists()
