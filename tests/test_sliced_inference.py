@@ -59,15 +59,16 @@ def _blobs(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
 
 
 def _detector_with_a_minimum_size(images, targets=None):
-    """A stand-in detector that, like a real one, cannot see objects below a size: white blobs of at least
-    5 x 5 canvas pixels, in input pixels."""
+    """A stand-in detector that, like a real one, cannot see objects below a size (white blobs of at least
+    5 x 5 canvas pixels, in input pixels) and is less sure of objects cut by the frame (0.6, else 0.9)."""
     out = []
     for img in images:
+        side = img.shape[-1]
         found = [b for b in _blobs((img.mean(0) > 0.75).numpy()) if b[2] - b[0] >= 5 and b[3] - b[1] >= 5]
+        cut = [min(b) == 0 or max(b) == side for b in found]
         boxes = torch.tensor(found, dtype=torch.float32).reshape(-1, 4)
-        n = len(found)
-        labels = torch.zeros(n, dtype=torch.long)
-        out.append({"boxes": boxes, "scores": torch.full((n,), 0.9), "labels": labels})
+        scores = torch.tensor([0.6 if c else 0.9 for c in cut])
+        out.append({"boxes": boxes, "scores": scores, "labels": torch.zeros(len(found), dtype=torch.long)})
     return out
 
 
@@ -111,12 +112,12 @@ def test_tiles_cover_the_image_with_the_asked_overlap():
 
 
 def test_merging_tiles_joins_copies_and_cut_pieces_but_not_neighbours():
-    boxes = torch.tensor([[0.0, 0, 100, 60], [60, 0, 100, 60], [10, 10, 22, 22], [11, 10, 23, 22],
+    boxes = torch.tensor([[0.0, 0, 100, 60], [60, 0, 100, 60], [110, 10, 122, 22], [111, 10, 123, 22],
                           [30, 80, 42, 92]])
-    out = merge_tiles(boxes, torch.tensor([0.8, 0.9, 0.7, 0.6, 0.5]), torch.zeros(5, dtype=torch.long))
-    assert out["boxes"].tolist() == [[0, 0, 100, 60], [10, 10, 22, 22], [30, 80, 42, 92]]
-    assert out["scores"].tolist() == pytest.approx([0.9, 0.7, 0.5])
-    other = merge_tiles(boxes[:2], torch.tensor([0.8, 0.9]), torch.tensor([0, 1]))
+    out = merge_tiles(boxes, torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5]), torch.zeros(5, dtype=torch.long))
+    assert out["boxes"].tolist() == [[0, 0, 100, 60], [110, 10, 122, 22], [30, 80, 42, 92]]
+    assert out["scores"].tolist() == pytest.approx([0.9, 0.7, 0.5])  # the piece inside the whole: gone
+    other = merge_tiles(boxes[:2], torch.tensor([0.9, 0.8]), torch.tensor([0, 1]))
     assert len(other["boxes"]) == 2  # another class is not merged
 
 

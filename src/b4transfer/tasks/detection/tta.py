@@ -60,7 +60,7 @@ def merge_boxes(
         return {"boxes": boxes.reshape(0, 4), "scores": scores, "labels": labels}
     keep = batched_nms(boxes, scores, labels, iou)[:max_det]
     same = (box_iou(boxes[keep], boxes) > iou) & (labels[keep, None] == labels[None, :])
-    same[torch.arange(len(keep)), keep] = True
+    same[torch.arange(len(keep), device=keep.device), keep] = True
     weights = same.to(scores.dtype) * scores[None, :]  # (K, M)
     merged = (weights @ boxes) / weights.sum(1, keepdim=True)
     score = torch.minimum(weights.sum(1) / views, scores[keep])
