@@ -104,19 +104,24 @@ class ClassificationModule(TaskModule):
         cached-feature linear probe feeds those, see :mod:`b4transfer.tasks.classification.feature_cache`)."""
         return self.head(x if x.ndim == 2 else self.backbone(x))
 
-    def tta_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities of images ``x`` averaged over the views ``self.tta`` (head in fp32)."""
+    def tta_forward(self, x: torch.Tensor, *, calibrated: bool = True) -> torch.Tensor:
+        """Class probabilities of images ``x`` averaged over the views ``self.tta`` (head in fp32);
+        ``calibrated``: through the fitted temperature, as prediction gives them."""
 
         def probs(view: torch.Tensor) -> torch.Tensor:
             features = self.backbone(view).float()
             with torch.autocast(features.device.type, enabled=False):
-                return self.head.probabilities(self.head(features)).float()
+                logits = self.head(features).float()
+                if calibrated:
+                    return self.head.probabilities(logits)
+                return torch.sigmoid(logits) if self.head.multi_label else logits.softmax(-1)
 
         return tta.average(probs, x, self.tta)
 
     def tta_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits whose probabilities are the TTA average (loss and metrics read them as any logits)."""
-        p = self.tta_forward(x).clamp(1e-7, 1 - 1e-7)
+        """Logits whose probabilities are the TTA average of the raw (uncalibrated) probabilities, as the
+        loss and the metrics read plain logits without TTA."""
+        p = self.tta_forward(x, calibrated=False).clamp(1e-7, 1 - 1e-7)
         return torch.logit(p) if self.head.multi_label else p.log()
 
     # ---------------------------------------------------------------- training
