@@ -147,10 +147,14 @@ def test_every_export_format_completes_or_is_refused_up_front(data, trained, tas
         _refused(cell(task, data, f"train-{fmt}", f"export.format=[timm,{fmt}]"), "does not support export")
         return
     summary = run(cfg)
-    if fmt == "onnx":
+    if fmt in ("onnx", "onnx_int8"):
         import onnxruntime as ort
 
-        assert ort.InferenceSession(summary["onnx"]["path"]).get_inputs()[0].name == "image"
+        assert ort.InferenceSession(summary[fmt]["path"]).get_inputs()[0].name == "image"
+    elif fmt == "openvino":
+        import openvino as ov
+
+        assert ov.Core().read_model(summary["openvino"]["path"]).inputs[0].any_name == "image"
     else:
         _export_loads(Path(summary["export_dir"]))
 

@@ -62,10 +62,14 @@ def export_formats(cfg: DictConfig, task: Task) -> list[str]:
         )
     for fmt in formats:
         task.refuse("export.format", fmt, task.export_formats)
-    if "onnx" in formats:
+    if {"onnx", "onnx_int8", "openvino"} & set(formats):
         from b4transfer.onnx_export import require_onnx
 
         require_onnx()
+    if "openvino" in formats:
+        from b4transfer.runtimes import require_openvino
+
+        require_openvino()
     return formats
 
 

@@ -1,5 +1,6 @@
 """After training (rank zero): the best checkpoint is calibrated on the validation split (a task that
-implements ``calibrate``), then exported in every ``export.format``."""
+implements ``calibrate``), exported in every ``export.format``, and each export scored on the validation
+split through its own runtime (``parity``)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ from omegaconf import DictConfig
 
 from b4transfer import tasks
 from b4transfer.modes.common import export_all
-from b4transfer.tasks.base import Task, TaskModule
+from b4transfer.modes.parity import check_parity
+from b4transfer.tasks.base import Task, TaskModule, step_setting
 
 log = logging.getLogger(__name__)
 
 
 def wants(cfg: DictConfig, task: Task, step: str) -> bool:
-    """``<step>.enabled``: ``null`` runs the step where the task implements it (``check_config`` refused
-    ``true`` for a task that does not)."""
-    enabled = (cfg.get(step) or {}).get("enabled")
+    """``calibrate.enabled`` / ``export.parity``: ``null`` runs the step where the task implements it
+    (``check_config`` refused ``true`` for a task that does not)."""
+    enabled = step_setting(cfg, step)
     return step in task.steps if enabled is None else bool(enabled)
 
 
@@ -55,4 +57,7 @@ def finish(
             store_in_checkpoint(best, "calibration", stored)
         out["calibration"] = {**report, "stored_in": best}
     out.update(export_all(cfg, task, final, run_dir / "export", checkpoint=best, samples=splits))
+    if wants(cfg, task, "parity"):
+        export_dir = run_dir / "export"
+        out["parity"] = check_parity(cfg, task, final, export_dir, splits=splits, datamodule=datamodule)
     return out

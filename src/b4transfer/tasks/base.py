@@ -28,12 +28,21 @@ from b4transfer.errors import NotSupportedError
 from b4transfer.finetuning import schedule_name
 from b4transfer.optim import create_optimizer, create_scheduler, param_groups
 
-__all__ = ["EXPORT_FORMATS", "MODES", "SCHEDULES", "STEPS", "Task", "TaskModule", "metric_name"]
+__all__ = [
+    "EXPORT_FORMATS", "MODES", "SCHEDULES", "STEPS", "Task", "TaskModule", "metric_name", "step_setting",
+]
 
 MODES = ("train", "validate", "test", "predict", "embed", "export", "lr_find", "audit")
 SCHEDULES = ("full", "linear_probe", "freeze_unfreeze", "gradual")
-EXPORT_FORMATS = ("timm", "onnx")
-STEPS = ("calibrate",)  # after training, on the validation split (README "Calibration")
+EXPORT_FORMATS = ("timm", "onnx", "openvino", "onnx_int8")
+# Post-training steps a task may implement, and the setting that asks for each (null: where implemented)
+STEPS = {"calibrate": ("calibrate", "enabled"), "parity": ("export", "parity")}
+
+
+def step_setting(cfg: DictConfig, step: str) -> Any:
+    """The ``calibrate.enabled`` / ``export.parity`` value of ``cfg`` (``None``: where implemented)."""
+    group, key = STEPS[step]
+    return (cfg.get(group) or {}).get(key)
 
 
 def metric_name(name: str) -> str:
@@ -113,7 +122,8 @@ class Task:
         schedules: The ``finetune=`` schedules it supports.
         tta_modes: The ``tta=`` values it supports (its module implements ``tta_forward``).
         sliced_predict: Whether its ``mode=predict`` honours ``predict.slice`` (tiled inference).
-        steps: The post-training steps of ``STEPS`` it implements (``calibrate``: :meth:`calibrate`).
+        steps: The post-training steps of ``STEPS`` it implements (``calibrate``: :meth:`calibrate`;
+            ``parity``: :meth:`score_export`).
     """
 
     name: ClassVar[str] = ""
@@ -149,11 +159,11 @@ class Task:
                 f"task={self.name} does not support predict.slice={tile} (sliced inference); it supports "
                 "predict.slice=null."
             )
-        for step in STEPS:  # null: where the task implements it; true: required
-            if (cfg.get(step) or {}).get("enabled") is True and step not in self.steps:
+        for step, (group, key) in STEPS.items():  # null: where the task implements it; true: required
+            if step_setting(cfg, step) is True and step not in self.steps:
                 raise NotSupportedError(
-                    f"task={self.name} does not support {step}.enabled=true; it supports "
-                    f"{step}.enabled=false (its steps: {', '.join(self.steps) or 'none'})."
+                    f"task={self.name} does not support {group}.{key}=true; it supports "
+                    f"{group}.{key}=false (its steps: {', '.join(self.steps) or 'none'})."
                 )
         if cfg.get("tta") not in (None, "", "null"):
             self.refuse("tta", cfg.tta, self.tta_modes)
@@ -202,6 +212,14 @@ class Task:
         predictions then use it). Returns ``(stored, report)``: what the checkpoint's hyper-parameters
         keep (``calibration``; the module takes it back as its ``calibration`` argument) and the summary
         entries. A task listing ``calibrate`` in ``steps`` implements it."""
+        raise NotImplementedError
+
+    def score_export(
+        self, fmt: str, module: TaskModule, out_dir: Path, *, cfg: DictConfig, splits: Any, datamodule: Any
+    ) -> dict[str, Any]:
+        """The validation metric of export ``fmt`` in ``out_dir`` run by that artefact's own runtime and
+        preprocessing (``fmt="pytorch"``: ``module`` itself): ``{"metric", "value", "images"}``. A task
+        listing ``parity`` in ``steps`` implements it."""
         raise NotImplementedError
 
     def predict(self, cfg: DictConfig, module: TaskModule, paths: list[Path], run_dir: Path) -> dict:

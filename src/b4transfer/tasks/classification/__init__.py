@@ -25,6 +25,7 @@ from b4transfer.tasks.classification.feature_cache import (
 )
 from b4transfer.tasks.classification.losses import class_weights
 from b4transfer.tasks.classification.module import ClassificationModule, build_backbone
+from b4transfer.tasks.classification.parity import export_int8, export_openvino, score_classifier
 from b4transfer.tasks.classification.predict import write_embeddings, write_predictions
 
 __all__ = ["TASK", "ClassificationModule", "ClassificationTask"]
@@ -71,9 +72,9 @@ class ClassificationTask(Task):
     monitor = "val/acc1"
     module_class = ClassificationModule
     modes = MODES
-    export_formats = ("timm", "onnx")
+    export_formats = ("timm", "onnx", "openvino", "onnx_int8")
     tta_modes = ("hflip", "hflip_scales")  # probabilities averaged over the views
-    steps = ("calibrate",)  # temperature (single-label) or per-class thresholds (multi-label)
+    steps = ("calibrate", "parity")  # temperature or per-class thresholds; exports scored on validation
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)
@@ -148,8 +149,17 @@ class ClassificationTask(Task):
     def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint, samples=None):
         if fmt == "timm":
             return export_classifier_timm(module, out_dir, checkpoint=checkpoint)
-        opset = int((cfg.get("export") or {}).get("onnx_opset", 17))
+        settings = cfg.get("export") or {}
+        opset = int(settings.get("onnx_opset", 17))
+        if fmt == "openvino":
+            return export_openvino(module, out_dir, opset=opset)
+        if fmt == "onnx_int8":
+            images = [s.path for s in samples.train[: int(settings.get("int8_calibration_images", 64))]]
+            return export_int8(module, out_dir, opset=opset, calibration=images)
         return export_classifier_onnx(module, out_dir, opset=opset)
+
+    def score_export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, splits, datamodule=None):
+        return score_classifier(fmt, module, out_dir, splits, batch_size=int(cfg.data.batch_size))
 
 
 TASK = ClassificationTask()

@@ -19,6 +19,7 @@ from b4transfer.tasks.detection.audit import audit_detection
 from b4transfer.tasks.detection.export import export_detection_onnx, export_detector
 from b4transfer.tasks.detection.module import DEFAULT_STRIDES, DetectionModule, build_feature_backbone
 from b4transfer.tasks.detection.onnx_graph import onnx_export_refusal
+from b4transfer.tasks.detection.parity import export_openvino, score_detector
 from b4transfer.tasks.detection.predict import write_detections
 from b4transfer.tasks.detection.slicing import check_slice
 
@@ -52,7 +53,10 @@ class DetectionTask(Task):
     monitor = "val/map"
     module_class = DetectionModule
     modes = ("train", "validate", "test", "predict", "export", "lr_find", "audit")
-    export_formats = ("timm", "onnx")
+    # onnx_int8: onnxruntime's static quantisation of the detector graph crashes (segfault) or fails at a
+    # Reshape of an empty candidate set (README "Export parity"), so it is refused up front
+    export_formats = ("timm", "onnx", "openvino")
+    steps = ("parity",)  # every export scored on the validation split (mAP) through its own runtime
     tta_modes = ("hflip", "hflip_scales")  # boxes of the views mapped back and merged (NMS + box voting)
     sliced_predict = True  # predict.slice: tiles detected one by one, merged in original pixels
 
@@ -119,14 +123,23 @@ class DetectionTask(Task):
         module = self.build_module(cfg, splits) if full else None  # its anchors and image size
         return audit_detection(cfg, splits, run_dir, full=full, module=module)
 
+    def score_export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, splits, datamodule=None):
+        if datamodule is None:  # mode=export export.parity=true: the configured data's validation split
+            datamodule = self.build_datamodule(cfg, splits, module)
+            datamodule.setup("validate")
+        return score_detector(fmt, module, out_dir, datamodule.val_dataloader())
+
     def predict(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
         return write_detections(cfg, module, paths, run_dir)
 
     def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint, samples=None):
+        settings = cfg.get("export") or {}
+        opset = int(settings.get("onnx_opset", 17))
+        images = [s.path for s in samples.val] if samples is not None else None
         if fmt == "onnx":
-            opset = int((cfg.get("export") or {}).get("onnx_opset", 17))
-            images = [s.path for s in samples.val] if samples is not None else None
             return {"onnx": export_detection_onnx(module, out_dir, opset=opset, check_images=images)}
+        if fmt == "openvino":
+            return export_openvino(module, out_dir, opset=opset, check_images=images)
         export_detector(module, out_dir, extra={"checkpoint": checkpoint})
         return {}
 
