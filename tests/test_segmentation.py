@@ -217,3 +217,35 @@ def test_a_checkpoint_predicts_without_task_on_the_command_line(trained, tmp_pat
     )
     out = run(cfg)
     assert out["task"] == "segmentation" and Image.open(Path(out["masks_dir"]) / "a.png").size == (50, 30)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_train_the_same_weights_and_log_miou(tmp_path):
+    from tests.test_cli import _ok, cli
+
+    out = tmp_path / "states"
+    _ok(
+        cli(
+            *TINY,
+            *SEG,
+            "strategy=ddp",
+            "trainer.devices=2",
+            "data.batch_size=4",
+            "finetune=freeze_unfreeze",
+            "finetune.unfreeze_at_epoch=1",
+            "trainer.max_epochs=2",
+            "+callbacks.states._target_=tests.probes.SaveStates",
+            f"+callbacks.states.out_dir={out}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            cwd=tmp_path,
+        )
+    )
+    ranks = [torch.load(out / f"rank{r}_epoch1.pt", weights_only=True) for r in (0, 1)]
+    for part in ("backbone", "head"):
+        for key, value in ranks[0][part].items():
+            if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                assert torch.equal(value, ranks[1][part][key]), f"{part}.{key} differs between the ranks"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (
+        0 <= summary["metrics"]["val/miou"] <= 1 and (tmp_path / "run" / "export" / "config.json").is_file()
+    )
