@@ -8,8 +8,8 @@ module's hyper-parameters) that add what a tracked run needs:
   many runs in one store; ``tracking_uri`` points at a server);
 * W&B runs offline by default (``WANDB_MODE=offline``; ``wandb sync <run dir>/wandb/offline-run-*`` uploads);
 * the resolved config goes to every tracker as params (dotted keys, ``model.name``), and after the run
-  its files -- ``summary.json``, ``config_resolved.yaml``, the PNGs (confusion matrix) and ``export/`` --
-  as artefacts.
+  its files -- ``summary.json``, ``config_resolved.yaml``, the PNGs (confusion matrix), the other
+  top-level files and ``export/`` -- as artefacts.
 """
 
 from __future__ import annotations
@@ -129,10 +129,10 @@ class ConfigParams(L.Callback):
 
 
 def log_run_files(trainer: L.Trainer, run_dir: Path) -> None:
-    """Give every tracker the run's files: ``summary.json``, ``config_resolved.yaml``, PNGs, ``export/``."""
+    """Give every tracker the run's files: the top-level ones (``summary.json``, ``config_resolved.yaml``,
+    PNGs such as the confusion matrix, audit, log) and ``export/``."""
     trackers = _trackers(trainer) if trainer.is_global_zero else []
-    files = [f for f in [run_dir / "summary.json", run_dir / "config_resolved.yaml",
-                         *sorted(run_dir.glob("*.png"))] if f.is_file()]
+    files = [f for f in sorted(run_dir.iterdir()) if f.is_file() and not f.name.startswith("mlflow.db")]
     export = run_dir / "export"
     for tracker in trackers:
         if isinstance(tracker, MLFlowLogger):
