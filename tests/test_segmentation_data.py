@@ -153,6 +153,8 @@ def test_coco_instances_become_semantic_masks_later_wins_crowd_ignored(tmp_path)
     mask = sample.mask.render(30, 40)
     assert mask[5, 5] == 1 and mask[15, 15] == 2  # the later dog paints over the earlier cat
     assert mask[25, 5] == 255 and mask[5, 35] == 0  # the crowd region is ignored
+    pixels = splits.class_pixels  # from the annotations' areas (computed: the JSON gives none), not rendered
+    assert abs(pixels[1] - 400) < 30 and abs(pixels[2] - 200) < 30 and sum(pixels) <= 40 * 30
 
 
 def test_coco_with_task_segmentation_composes_the_semantic_reader(tmp_path):

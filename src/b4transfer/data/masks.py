@@ -208,6 +208,9 @@ def _scan_one(sample: MaskSample, palette) -> _Scan:
             "resized, which would blur class borders), or remove the pair."
         )
     sample.size = (int(image_size[0]), int(image_size[1]))
+    if hasattr(sample.mask, "pixel_counts"):  # a renderer that knows its values without rendering (COCO)
+        values, counts = sample.mask.pixel_counts(*sample.size)
+        return _Scan(sample, np.asarray(values, np.int64), np.asarray(counts, np.int64))
     values, counts = np.unique(read_mask(sample.mask, palette, size=sample.size), return_counts=True)
     return _Scan(sample, values, counts)
 

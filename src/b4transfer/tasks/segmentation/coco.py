@@ -2,7 +2,8 @@
 
 The same files and layouts as detection's COCO reader (:func:`b4transfer.data.coco.coco_files`; its
 checks of images, sizes, ids and categories apply), and each annotation's ``segmentation`` — polygons,
-or RLE (compressed or not) — is rendered with pycocotools when an image is loaded. Class 0 is
+or RLE (compressed or not) — is rendered with pycocotools when an image is loaded (the start-up scan
+reads the class pixel counts from the annotations' ``area`` instead of rendering every mask). Class 0 is
 ``background``; category ``i`` (sorted by id) is class ``i + 1``. Overlaps: a later annotation (file
 order) paints over an earlier one; crowd regions (``iscrowd: 1``) become the ignore index where no
 instance covers them. An annotation without a usable ``segmentation`` stops the run at start-up, naming
@@ -41,6 +42,17 @@ class CocoMask:
 
     annotations: list[tuple[object, int, int]]
     ignore_index: int = IGNORE_INDEX
+    areas: list[float] | None = None  # each annotation's 'area' (pixels)
+
+    def pixel_counts(self, width: int, height: int) -> tuple[list[int], list[int]]:
+        """``(values, pixels)`` from the annotations' areas, without rendering (the start-up scan of a
+        large COCO set stays cheap; overlaps count twice, so the shares are approximate)."""
+        counts: dict[int, float] = {}
+        for (_, label, iscrowd), area in zip(self.annotations, self.areas or [0.0] * len(self.annotations)):
+            key = self.ignore_index if iscrowd else label
+            counts[key] = counts.get(key, 0.0) + float(area)
+        counts[0] = max(0.0, width * height - sum(counts.values()))
+        return list(counts), [round(v) for v in counts.values()]
 
     def render(self, height: int, width: int) -> np.ndarray:
         utils = _mask_utils()
@@ -56,6 +68,13 @@ class CocoMask:
                 out[area], covered[area] = label, True
         out[crowd & ~covered] = self.ignore_index
         return out
+
+
+def _area(segm, size: tuple[int, int]) -> float:
+    """The pixel area of a ``segmentation`` whose annotation gives no ``area``."""
+    utils = _mask_utils()
+    rle = segm if _compressed(segm) else utils.frPyObjects(segm, size[1], size[0])
+    return float(utils.area(utils.merge(rle) if isinstance(rle, list) else rle))
 
 
 def _compressed(segm) -> bool:
@@ -105,13 +124,20 @@ def read_coco_masks(json_path: Path, image_dir: Path, *, categories=None, key: s
     label_of = {cid: i + 1 for i, cid in enumerate(ids)}
     size_of = {s.image_id: s.size for s in samples}
     per_image: dict[int, list] = {s.image_id: [] for s in samples}
+    areas: dict[int, list[float]] = {s.image_id: [] for s in samples}
     for i, ann in enumerate(data.get("annotations") or []):  # read_coco checked ids and categories
         aid = ann.get("id", f"#{i}")
         segm = check_segmentation(ann.get("segmentation"), size_of[ann["image_id"]], json_path, aid)
         per_image[ann["image_id"]].append(
             (segm, label_of[ann["category_id"]], int(bool(ann.get("iscrowd", 0))))
         )
-    out = [MaskSample(s.path, CocoMask(per_image[s.image_id], ignore_index), s.size) for s in samples]
+        area = ann.get("area")
+        ok = isinstance(area, numbers.Real) and not isinstance(area, bool) and area >= 0
+        areas[ann["image_id"]].append(float(area) if ok else _area(segm, size_of[ann["image_id"]]))
+    out = [
+        MaskSample(s.path, CocoMask(per_image[s.image_id], ignore_index, areas[s.image_id]), s.size)
+        for s in samples
+    ]
     return names, ids, out
 
 
