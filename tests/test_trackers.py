@@ -77,8 +77,12 @@ def test_csv_mlflow_and_tensorboard_log_together_and_a_store_collects_runs(image
 def test_wandb_runs_offline(images, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    run(_cfg(images, tmp_path / "run", "logger=[csv,wandb]"))
-    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    run(_cfg(images, tmp_path / "run", "logger=[csv,wandb]", "seeds=[0,1]"))
+    for seed in (0, 1):  # one offline run each (the first was closed): config, metrics, the files artefact
+        (found,) = (tmp_path / "run" / f"seed{seed}" / "wandb").glob("offline-run-*/run-*.wandb")
+        record = found.read_bytes()  # the run's offline log, what `wandb sync` uploads
+        for entry in (b"model.name", b"val/acc1", b"summary.json", b"export/model.safetensors"):
+            assert entry in record, entry
 
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed")

@@ -128,9 +128,10 @@ class ConfigParams(L.Callback):
             tracker.log_hyperparams(params)
 
 
-def log_run_files(trainer: L.Trainer, run_dir: Path) -> None:
-    """Give every tracker the run's files: the top-level ones (``summary.json``, ``config_resolved.yaml``,
-    PNGs such as the confusion matrix, audit, log) and ``export/``."""
+def finish_trackers(trainer: L.Trainer, run_dir: Path) -> None:
+    """After a run: give every tracker the run's files -- the top-level ones (``summary.json``,
+    ``config_resolved.yaml``, PNGs such as the confusion matrix, audit, log) and ``export/`` -- and close
+    the W&B run (Lightning leaves it open: the next run of the process, a k-fold or seed run, joins it)."""
     trackers = _trackers(trainer) if trainer.is_global_zero else []
     files = [f for f in sorted(run_dir.iterdir()) if f.is_file() and not f.name.startswith("mlflow.db")]
     export = run_dir / "export"
@@ -149,3 +150,4 @@ def log_run_files(trainer: L.Trainer, run_dir: Path) -> None:
             if export.is_dir():
                 artifact.add_dir(str(export), name="export")
             tracker.experiment.log_artifact(artifact)
+            tracker.experiment.finish()

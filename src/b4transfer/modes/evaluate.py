@@ -11,7 +11,7 @@ from b4transfer import tasks, tta
 from b4transfer.errors import UserError
 from b4transfer.modes.common import build_splits, scalars
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
-from b4transfer.trackers import log_run_files
+from b4transfer.trackers import finish_trackers
 from b4transfer.trainer import build_trainer
 
 
@@ -46,5 +46,5 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         monitor = monitor.replace("val/", "test/", 1) if cfg.mode == "test" else monitor
         summary["tta"] = tta.monitor_report(cfg.tta, without, summary["metrics"], monitor)
     write_summary(run_dir, summary)
-    log_run_files(trainer, run_dir)
+    finish_trackers(trainer, run_dir)
     return summary

@@ -27,7 +27,7 @@ from b4transfer.modes.common import build_splits, check_resumable, export_format
 from b4transfer.modes.finish import finish
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
 from b4transfer.speed import apply_speed_switches
-from b4transfer.trackers import log_run_files
+from b4transfer.trackers import finish_trackers
 from b4transfer.trainer import build_trainer, early_stopping_report
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     if trainer.is_global_zero:  # calibrate the best checkpoint on validation, export it
         summary.update(finish(cfg, task, module, datamodule, splits, run_dir, summary["best_checkpoint"]))
     write_summary(run_dir, summary)
-    log_run_files(trainer, run_dir)  # summary, export, plots -> the trackers (MLflow, W&B)
+    finish_trackers(trainer, run_dir)  # summary, export, plots -> the trackers (MLflow, W&B)
     if distributed.is_rank_zero():
         log.info("Run directory: %s", run_dir)
     return summary
