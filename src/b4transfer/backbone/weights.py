@@ -64,6 +64,19 @@ def _hub_offline() -> bool:
     return bool(hf_constants.HF_HUB_OFFLINE) or env in _TRUE
 
 
+def hub_unreachable_reason(timeout: float) -> str | None:
+    """Why the Hugging Face Hub cannot be used now (``HF_HUB_OFFLINE``, or no answer from the endpoint
+    within ``timeout`` s), or ``None`` when it answers."""
+    if _hub_offline():
+        return "HF_HUB_OFFLINE is set"
+    endpoint = (os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT).rstrip("/")
+    start = time.monotonic()
+    if _reachable(endpoint, timeout):
+        return None
+    spent = time.monotonic() - start
+    return f"{endpoint} could not be reached (gave up after {spent:.1f} s, limit {timeout:g} s)"
+
+
 def _find_cached_weights(cfg) -> Path | None:
     """Return a local copy of ``cfg``'s weights (HF cache, then torch hub cache), if there is one."""
     if cfg.hf_hub_id:

@@ -16,12 +16,13 @@ from b4transfer.modes.evaluate import evaluate
 from b4transfer.modes.export import export
 from b4transfer.modes.lr_find import lr_find
 from b4transfer.modes.predict import embed, predict
+from b4transfer.modes.push import push
 from b4transfer.modes.repeat import plan, train_runs
 from b4transfer.modes.train import train
 from b4transfer.tasks.base import MODES
 from b4transfer.trackers import check_loggers
 
-__all__ = ["MODES", "audit", "evaluate", "embed", "export", "lr_find", "predict", "run", "train"]
+__all__ = ["MODES", "audit", "evaluate", "push", "embed", "export", "lr_find", "predict", "run", "train"]
 
 _MODES = {
     "train": train,
@@ -32,13 +33,14 @@ _MODES = {
     "export": export,
     "lr_find": lr_find,
     "audit": audit,
+    "push": push,  # uploads an export folder: no task involved
 }
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run ``cfg.mode`` and return its summary (``seeds`` / ``data.kfold``: every run, and their spread)."""
     if cfg.mode not in _MODES:
-        raise UserError(f"mode={cfg.mode!r} is not a mode; choose one of {', '.join(MODES)}.")
+        raise UserError(f"mode={cfg.mode!r} is not a mode; choose one of {', '.join(_MODES)}.")
     check_loggers(cfg.get("logger"))  # a tracker whose package is missing: refused before any work
     runs = plan(cfg)
     return train_runs(cfg, runs) if runs else _MODES[cfg.mode](cfg)

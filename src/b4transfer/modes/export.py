@@ -39,5 +39,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     summary.update(export_all(cfg, task, module, run_dir / "export", checkpoint=ckpt, samples=splits))
     if parity:
         summary["parity"] = check_parity(cfg, task, module, run_dir / "export", splits=splits)
+    if step_setting(cfg, "card") is not False and "card" in task.steps:
+        summary["model_card"] = task.model_card(cfg, module, run_dir / "export", summary)
     write_summary(run_dir, summary)
     return summary

@@ -46,9 +46,11 @@ def store_in_checkpoint(path: str | Path, key: str, value: Any) -> None:
 
 def finish(
     cfg: DictConfig, task: Task, module: TaskModule, datamodule: L.LightningDataModule, splits: Any,
-    run_dir: Path, best: str | None,
+    run_dir: Path, summary: dict[str, Any],
 ) -> dict[str, Any]:
-    """Calibrate and export the best checkpoint (else ``module``); the summary entries."""
+    """Calibrate, export, score and describe (model card) the best checkpoint (else ``module``); the
+    summary entries."""
+    best = summary["best_checkpoint"]
     final = tasks.load_module(best) if best else module
     out: dict[str, Any] = {}
     if wants(cfg, task, "calibrate"):
@@ -60,4 +62,6 @@ def finish(
     if wants(cfg, task, "parity"):
         export_dir = run_dir / "export"
         out["parity"] = check_parity(cfg, task, final, export_dir, splits=splits, datamodule=datamodule)
+    if wants(cfg, task, "card"):
+        out["model_card"] = task.model_card(cfg, final, run_dir / "export", {**summary, **out})
     return out

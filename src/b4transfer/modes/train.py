@@ -68,7 +68,7 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     summary["precision_plan"] = _precision_plan(cfg, trainer, precision)
     summary.update(task=task.name, audit=audit, **task.summary(splits, datamodule))
     if trainer.is_global_zero:  # calibrate the best checkpoint on validation, export it
-        summary.update(finish(cfg, task, module, datamodule, splits, run_dir, summary["best_checkpoint"]))
+        summary.update(finish(cfg, task, module, datamodule, splits, run_dir, summary))
     write_summary(run_dir, summary)
     finish_trackers(trainer, run_dir)  # summary, export, plots -> the trackers (MLflow, W&B)
     if distributed.is_rank_zero():

@@ -36,7 +36,7 @@ MODES = ("train", "validate", "test", "predict", "embed", "export", "lr_find", "
 SCHEDULES = ("full", "linear_probe", "freeze_unfreeze", "gradual")
 EXPORT_FORMATS = ("timm", "onnx", "openvino", "onnx_int8")
 # Post-training steps a task may implement, and the setting that asks for each (null: where implemented)
-STEPS = {"calibrate": ("calibrate", "enabled"), "parity": ("export", "parity")}
+STEPS = {"calibrate": ("calibrate", "enabled"), "parity": ("export", "parity"), "card": ("export", "card")}
 
 
 def step_setting(cfg: DictConfig, step: str) -> Any:
@@ -123,7 +123,7 @@ class Task:
         tta_modes: The ``tta=`` values it supports (its module implements ``tta_forward``).
         sliced_predict: Whether its ``mode=predict`` honours ``predict.slice`` (tiled inference).
         steps: The post-training steps of ``STEPS`` it implements (``calibrate``: :meth:`calibrate`;
-            ``parity``: :meth:`score_export`).
+            ``parity``: :meth:`score_export`; ``card``: :meth:`model_card`).
     """
 
     name: ClassVar[str] = ""
@@ -220,6 +220,12 @@ class Task:
         """The validation metric of export ``fmt`` in ``out_dir`` run by that artefact's own runtime and
         preprocessing (``fmt="pytorch"``: ``module`` itself): ``{"metric", "value", "images"}``. A task
         listing ``parity`` in ``steps`` implements it."""
+        raise NotImplementedError
+
+    def model_card(self, cfg: DictConfig, module: TaskModule, out_dir: Path, summary: dict) -> dict[str, Any]:
+        """Write ``out_dir/README.md``, a model card of the export (``summary``: the run's, for its metrics,
+        parity and calibration); return the summary entries. A task listing ``card`` in ``steps``
+        implements it."""
         raise NotImplementedError
 
     def predict(self, cfg: DictConfig, module: TaskModule, paths: list[Path], run_dir: Path) -> dict:

@@ -17,6 +17,7 @@ from b4transfer.errors import UserError
 from b4transfer.tasks.base import MODES, Task
 from b4transfer.tasks.classification.audit import audit_classification
 from b4transfer.tasks.classification.calibration import calibrate_classifier
+from b4transfer.tasks.classification.card import write_card
 from b4transfer.tasks.classification.export import export_classifier_onnx, export_classifier_timm
 from b4transfer.tasks.classification.feature_cache import (
     CachedFeatureDataModule,
@@ -74,7 +75,7 @@ class ClassificationTask(Task):
     modes = MODES
     export_formats = ("timm", "onnx", "openvino", "onnx_int8")
     tta_modes = ("hflip", "hflip_scales")  # probabilities averaged over the views
-    steps = ("calibrate", "parity")  # temperature or per-class thresholds; exports scored on validation
+    steps = ("calibrate", "parity", "card")  # calibration; exports scored on validation; export/README.md
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)
@@ -157,6 +158,9 @@ class ClassificationTask(Task):
             images = [s.path for s in samples.train[: int(settings.get("int8_calibration_images", 64))]]
             return export_int8(module, out_dir, opset=opset, calibration=images)
         return export_classifier_onnx(module, out_dir, opset=opset)
+
+    def model_card(self, cfg: DictConfig, module, out_dir: Path, summary: dict) -> dict[str, Any]:
+        return write_card(cfg, module, out_dir, summary)
 
     def score_export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, splits, datamodule=None):
         return score_classifier(fmt, module, out_dir, splits, batch_size=int(cfg.data.batch_size))
