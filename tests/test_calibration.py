@@ -71,8 +71,10 @@ def test_an_over_confident_model_is_calibrated_and_predict_applies_the_temperatu
 
     table = _random_labels(tmp_path)
     base = (*TINY, "data=csv", f"data.csv={table}", "data.image_size=32", "ema.enabled=false")
-    summary = train(compose_cfg(*base, f"run_dir={tmp_path / 'run'}", "export.format=[timm,onnx]"),
-                    callbacks=[OverConfident()])
+    summary = train(
+        compose_cfg(*base, f"run_dir={tmp_path / 'run'}", "export.format=[timm,onnx]"),
+        callbacks=[OverConfident()],
+    )
     report = summary["calibration"]
     assert report["temperature"] > 2 and report["ece_after"] < report["ece_before"] - 0.1
     assert report["nll_after"] < report["nll_before"] and Path(report["reliability_diagram"]).is_file()
@@ -110,3 +112,57 @@ def test_a_task_without_calibration_refuses_it_up_front(tmp_path):
     with pytest.raises(NotSupportedError, match=match + r"calibrate\.enabled=false \(its steps: none\)\."):
         run(cfg)
     assert not (tmp_path / "seg" / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------------------------- detection
+def test_detection_thresholds_maximise_each_class_s_f1():
+    from b4transfer.tasks.detection.calibration import best_thresholds, match
+
+    target = {"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), "labels": torch.tensor([0, 1])}
+    pred = {
+        "boxes": torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10], [40, 40, 50, 50], [20, 20, 30, 30]]),
+        "scores": torch.tensor([0.9, 0.8, 0.6, 0.2]),
+        "labels": torch.tensor([0, 0, 0, 1]),
+    }
+    tp = match(pred, target)
+    assert tp.tolist() == [True, False, False, True]  # the duplicate and the stray box are false positives
+    th = best_thresholds(
+        pred["scores"], tp, pred["labels"], torch.tensor([1, 1, 0]), num_classes=3, default=0.3
+    )
+    assert th == [pytest.approx(0.9), pytest.approx(0.2), 0.3]  # class 2: no ground truth -> the default
+
+
+def test_a_detector_gets_per_class_score_thresholds_that_predict_applies(tmp_path):
+    det = (
+        *TINY,
+        "task=detection",
+        "data.source.image_size=64",
+        "data.source.train_images=8",
+        "data.source.val_images=4",
+        "data.image_size=64",
+        "head.fpn_channels=32",
+        "trainer.limit_train_batches=2",
+        "ema.enabled=false",
+        "optim.lr=0.01",
+        "head.score_thresh=0.01",
+        f"data.source.root={tmp_path / 'demo'}",
+    )
+    summary = run(compose_cfg(*det, f"run_dir={tmp_path / 'run'}"))
+    chosen = summary["calibration"]["score_thresholds"]
+    assert set(chosen) == set(summary["class_names"]) and all(0 <= t <= 1 for t in chosen.values())
+    module = load_module(summary["best_checkpoint"])
+    assert module.hparams["calibration"] == {"score_thresholds": chosen}
+    images = tmp_path / "demo" / "val"
+    out = run(
+        compose_cfg(
+            *det,
+            "mode=predict",
+            f"ckpt_path={summary['best_checkpoint']}",
+            f"predict.input={images}",
+            "predict.draw=true",
+            "predict.check_agreement=0",
+            f"run_dir={tmp_path / 'predict'}",
+        )
+    )
+    assert out["score_thresholds"] == chosen and out["calibration_applied"] == {"score_thresholds": chosen}
+    assert out["detections_kept"] <= out["detections"] and Path(out["drawn"]).is_dir()

@@ -44,6 +44,8 @@ class DetectionModule(TaskModule):
         scheduler: scheduler settings; ``None`` for a constant LR.
         data: ``image_size`` (the letterbox side), ``mean``, ``std``.
         category_ids: the data source's id of each class, for COCO results JSON.
+        calibration: ``{"score_thresholds": {class: threshold}}`` chosen on validation after training
+            (see ``calibration.py``), applied by predict; ``None``: ``predict.draw_score_thresh``.
         backbone: an already built ``features_only`` backbone (from :func:`build_feature_backbone`).
     """
 
@@ -59,6 +61,7 @@ class DetectionModule(TaskModule):
         scheduler: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
         category_ids: list[int] | None = None,
+        calibration: dict[str, Any] | None = None,
         backbone: torch.nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -92,6 +95,15 @@ class DetectionModule(TaskModule):
         self.val_metrics = self.head.build_metrics()
         self.test_metrics = self.head.build_metrics()
         self.predict_output = "detections"
+
+    def set_calibration(self, calibration: dict[str, Any] | None) -> None:
+        """Remember per-class score thresholds (in the hyper-parameters: checkpoint, predict)."""
+        self.hparams["calibration"] = dict(calibration) if calibration else None
+
+    def score_thresholds(self, default: float) -> list[float]:
+        """One score threshold per class: the calibrated ones, else ``default`` for all."""
+        chosen = (self.hparams.get("calibration") or {}).get("score_thresholds") or {}
+        return [float(chosen.get(name, default)) for name in self.class_names]
 
     @property
     def image_size(self) -> int:

@@ -271,10 +271,17 @@ _LABEL_STYLE = (
 )
 
 
-def draw(path: Path, det: dict, class_names: list[str], out: Path, min_score: float) -> None:
-    """Save ``path`` with the detections scoring ``>= min_score`` drawn on it."""
+def kept(det: dict, min_score: float | list[float]) -> torch.Tensor:
+    """Which detections score at least ``min_score`` (one number, or one per class)."""
+    if isinstance(min_score, (int, float)):
+        return det["scores"] >= min_score
+    return det["scores"] >= torch.tensor(min_score, dtype=det["scores"].dtype)[det["labels"]]
+
+
+def draw(path: Path, det: dict, class_names: list[str], out: Path, min_score: float | list[float]) -> None:
+    """Save ``path`` with the detections scoring ``>= min_score`` (per class if a list) drawn on it."""
     image = torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1)
-    keep = det["scores"] >= min_score
+    keep = kept(det, min_score)
     labels = det["labels"][keep].tolist()
     text = [f"{class_names[lb]} {s:.2f}" for lb, s in zip(labels, det["scores"][keep].tolist())]
     colours = [_PALETTE[lb % len(_PALETTE)] for lb in labels]
@@ -301,18 +308,22 @@ def write_detections(cfg: DictConfig, module, paths: list[Path], run_dir: Path) 
         json.dumps({"images": images, "annotations": [], "categories": categories}) + "\n"
     )
     drawn_dir = None
+    thresholds = module.score_thresholds(float(cfg.predict.get("draw_score_thresh", 0.3)))
     if cfg.predict.get("draw"):
         drawn_dir = run_dir / "predict_drawn"
         drawn_dir.mkdir()
         root = Path(cfg.predict.input).expanduser()
-        min_score = float(cfg.predict.get("draw_score_thresh", 0.3))
         for p, det in zip(paths, detections):
             name = (
                 p.relative_to(root).with_suffix("").as_posix().replace("/", "__") if root.is_dir() else p.stem
             )
-            draw(p, det, module.class_names, drawn_dir / f"{name}.png", min_score)
+            draw(p, det, module.class_names, drawn_dir / f"{name}.png", thresholds)
     summary = {
         "detections": len(results),
+        # at the per-class thresholds chosen on validation (else predict.draw_score_thresh): what is drawn
+        "detections_kept": sum(int(kept(d, thresholds).sum()) for d in detections),
+        "score_thresholds": dict(zip(module.class_names, thresholds)),
+        "calibration_applied": module.hparams.get("calibration"),
         "predictions": str(run_dir / "detections.json"),
         "drawn": str(drawn_dir) if drawn_dir else None,
         "inference": inference,
