@@ -58,6 +58,8 @@ def finish(
         if best:
             store_in_checkpoint(best, "calibration", stored)
         out["calibration"] = {**report, "stored_in": best}
+    if wants(cfg, task, "errors"):
+        out["error_analysis"] = task.analyse_errors(cfg, final, datamodule, splits, run_dir)
     out.update(export_all(cfg, task, final, run_dir / "export", checkpoint=best, samples=splits))
     if wants(cfg, task, "parity"):
         export_dir = run_dir / "export"

@@ -36,7 +36,12 @@ MODES = ("train", "validate", "test", "predict", "embed", "export", "lr_find", "
 SCHEDULES = ("full", "linear_probe", "freeze_unfreeze", "gradual")
 EXPORT_FORMATS = ("timm", "onnx", "openvino", "onnx_int8")
 # Post-training steps a task may implement, and the setting that asks for each (null: where implemented)
-STEPS = {"calibrate": ("calibrate", "enabled"), "parity": ("export", "parity"), "card": ("export", "card")}
+STEPS = {
+    "calibrate": ("calibrate", "enabled"),
+    "errors": ("errors", "enabled"),
+    "parity": ("export", "parity"),
+    "card": ("export", "card"),
+}
 
 
 def step_setting(cfg: DictConfig, step: str) -> Any:
@@ -123,7 +128,8 @@ class Task:
         tta_modes: The ``tta=`` values it supports (its module implements ``tta_forward``).
         sliced_predict: Whether its ``mode=predict`` honours ``predict.slice`` (tiled inference).
         steps: The post-training steps of ``STEPS`` it implements (``calibrate``: :meth:`calibrate`;
-            ``parity``: :meth:`score_export`; ``card``: :meth:`model_card`).
+            ``errors``: :meth:`analyse_errors`; ``parity``: :meth:`score_export`; ``card``:
+            :meth:`model_card`).
     """
 
     name: ClassVar[str] = ""
@@ -212,6 +218,14 @@ class Task:
         predictions then use it). Returns ``(stored, report)``: what the checkpoint's hyper-parameters
         keep (``calibration``; the module takes it back as its ``calibration`` argument) and the summary
         entries. A task listing ``calibrate`` in ``steps`` implements it."""
+        raise NotImplementedError
+
+    def analyse_errors(
+        self, cfg: DictConfig, module: TaskModule, datamodule: Any, splits: Any, run_dir: Path
+    ) -> dict[str, Any]:
+        """Error analysis on the validation split (galleries of the worst images, per-class tables or
+        charts) into ``run_dir``; the summary entries. A task listing ``errors`` in ``steps``
+        implements it."""
         raise NotImplementedError
 
     def score_export(

@@ -18,6 +18,7 @@ from b4transfer.tasks.base import MODES, Task
 from b4transfer.tasks.classification.audit import audit_classification
 from b4transfer.tasks.classification.calibration import calibrate_classifier
 from b4transfer.tasks.classification.card import write_card
+from b4transfer.tasks.classification.errors import analyse_classifier
 from b4transfer.tasks.classification.export import export_classifier_onnx, export_classifier_timm
 from b4transfer.tasks.classification.feature_cache import (
     CachedFeatureDataModule,
@@ -64,6 +65,12 @@ def class_balance(splits: DatasetSplits, datamodule) -> dict[str, Any]:
     }
 
 
+def _device(cfg: DictConfig) -> str:
+    """Where the post-training steps run: the GPU when training used one."""
+    on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
+    return "cuda" if on_gpu else "cpu"
+
+
 class ClassificationTask(Task):
     """Image classification: ``DatasetSplits`` data, ``val/acc1``, timm and ONNX exports, every mode."""
 
@@ -75,7 +82,7 @@ class ClassificationTask(Task):
     modes = MODES
     export_formats = ("timm", "onnx", "openvino", "onnx_int8")
     tta_modes = ("hflip", "hflip_scales")  # probabilities averaged over the views
-    steps = ("calibrate", "parity", "card")  # calibration; exports scored on validation; export/README.md
+    steps = ("calibrate", "errors", "parity", "card")  # on validation after training; export/README.md
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)
@@ -134,9 +141,13 @@ class ClassificationTask(Task):
 
     def calibrate(self, cfg: DictConfig, module, datamodule, run_dir: Path):
         bins = int((cfg.get("calibrate") or {}).get("bins", 15))
-        on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
-        device = "cuda" if on_gpu else "cpu"
-        return calibrate_classifier(module, datamodule.val_dataloader(), run_dir, bins=bins, device=device)
+        loader = datamodule.val_dataloader()
+        return calibrate_classifier(module, loader, run_dir, bins=bins, device=_device(cfg))
+
+    def analyse_errors(self, cfg: DictConfig, module, datamodule, splits: DatasetSplits, run_dir: Path):
+        top = int((cfg.get("errors") or {}).get("gallery", 16))
+        loader = datamodule.val_dataloader()
+        return analyse_classifier(module, loader, splits.val, run_dir, top=top, device=_device(cfg))
 
     def predict(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
         return write_predictions(cfg, module, paths, run_dir)

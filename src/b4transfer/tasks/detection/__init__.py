@@ -17,6 +17,7 @@ from b4transfer.tasks.base import Task
 from b4transfer.tasks.detection.anchors import anchor_fit, box_sides, warn_if_unfit
 from b4transfer.tasks.detection.audit import audit_detection
 from b4transfer.tasks.detection.calibration import calibrate_detector
+from b4transfer.tasks.detection.errors import analyse_detector
 from b4transfer.tasks.detection.export import export_detection_onnx, export_detector
 from b4transfer.tasks.detection.module import DEFAULT_STRIDES, DetectionModule, build_feature_backbone
 from b4transfer.tasks.detection.onnx_graph import onnx_export_refusal
@@ -57,7 +58,7 @@ class DetectionTask(Task):
     # onnx_int8: onnxruntime's static quantisation of the detector graph crashes (segfault) or fails at a
     # Reshape of an empty candidate set (README "Export parity"), so it is refused up front
     export_formats = ("timm", "onnx", "openvino")
-    steps = ("calibrate", "parity")  # per-class score thresholds; exports scored on validation (mAP)
+    steps = ("calibrate", "errors", "parity")  # score thresholds, AP chart + worst images, exports scored
     tta_modes = ("hflip", "hflip_scales")  # boxes of the views mapped back and merged (NMS + box voting)
     sliced_predict = True  # predict.slice: tiles detected one by one, merged in original pixels
 
@@ -127,6 +128,11 @@ class DetectionTask(Task):
     def calibrate(self, cfg: DictConfig, module, datamodule, run_dir: Path):
         default = float(cfg.predict.get("draw_score_thresh", 0.3))
         return calibrate_detector(module, datamodule.val_dataloader(), default=default)
+
+    def analyse_errors(self, cfg: DictConfig, module, datamodule, splits, run_dir: Path):
+        default = float(cfg.predict.get("draw_score_thresh", 0.3))
+        top = int((cfg.get("errors") or {}).get("gallery", 16))
+        return analyse_detector(module, datamodule.val_dataloader(), run_dir, default=default, top=top)
 
     def score_export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, splits, datamodule=None):
         if datamodule is None:  # mode=export export.parity=true: the configured data's validation split
