@@ -166,3 +166,42 @@ def test_a_detector_gets_per_class_score_thresholds_that_predict_applies(tmp_pat
     )
     assert out["score_thresholds"] == chosen and out["calibration_applied"] == {"score_thresholds": chosen}
     assert out["detections_kept"] <= out["detections"] and Path(out["drawn"]).is_dir()
+
+
+def test_multi_label_thresholds_are_stored_and_predict_applies_them(tmp_path):
+    make_image_folder(tmp_path / "images", per_class=6, size=32)
+    table = tmp_path / "tags.csv"
+    with table.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        for path in sorted((tmp_path / "images").rglob("*.png")):
+            writer.writerow(
+                [path.relative_to(tmp_path), f"{path.parent.name} {'odd' if int(path.stem) % 2 else 'even'}"]
+            )
+    base = (*TINY, "data=csv", f"data.csv={table}", "data.multi_label=true", "data.image_size=32")
+    summary = run(compose_cfg(*base, f"run_dir={tmp_path / 'run'}"))
+    thresholds = summary["calibration"]["thresholds"]
+    assert (
+        set(thresholds) == {"blue", "even", "green", "odd", "red"}
+        and "f1_macro_tuned" in summary["calibration"]
+    )
+    assert summary["calibration"]["f1_macro_tuned"] >= summary["calibration"]["f1_macro_at_0.5"]
+    module = load_module(summary["best_checkpoint"])
+    assert module.head.thresholds == list(thresholds.values())
+    out = run(
+        compose_cfg(
+            *base,
+            "mode=predict",
+            f"ckpt_path={summary['best_checkpoint']}",
+            "predict.top_k=5",
+            f"predict.input={tmp_path / 'images' / 'red'}",
+            "predict.precision=32",
+            "predict.check_agreement=0",
+            f"run_dir={tmp_path / 'predict'}",
+        )
+    )
+    with open(out["predictions"]) as f:
+        for row in csv.DictReader(f):
+            probs = {row[f"label{r}"]: float(row[f"prob{r}"]) for r in range(1, 6)}
+            on = {name for name, p in probs.items() if p >= thresholds[name] - 1e-6}
+            assert set(row["labels"].split()) == on, row
