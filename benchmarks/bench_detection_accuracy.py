@@ -99,11 +99,21 @@ NEUTRAL = {
     "tta": None,
     "predict.slice": None,
     "predict.slice_overlap": 0.2,
+    "export.int8_calibration_images": 64.0,  # after training
+    "export.parity": None,
+    "export.parity_tolerance": 0.01,
+    "export.card": None,
+    "export.license": "apache-2.0",
 }
+# Config sections added after the cached runs that act only before or after training (the quick audit
+# hashes files; calibration, error analysis and pushing run after the last epoch): never part of a key.
+AFTER_TRAINING = ("audit", "calibrate", "errors", "push")
+# The config keys the cached runs were keyed with (every leaf key of the composed detection config then).
+KNOWN_KEYS = ROOT / "benchmarks" / "results" / "runs" / "acc_config_keys.json"
 
 
 def _without_neutral(cfg: dict) -> dict:
-    cfg = json.loads(json.dumps(cfg))
+    cfg = {k: v for k, v in json.loads(json.dumps(cfg)).items() if k not in AFTER_TRAINING}
     for dotted, value in NEUTRAL.items():
         *parents, leaf = dotted.split(".")
         node = cfg

@@ -73,3 +73,25 @@ def test_a_later_config_key_at_its_neutral_value_keeps_the_run_key():
     assert "head.head_norm" in NEUTRAL
     assert base == config_key(cli_overrides("d", seed=0, overrides=("head.head_norm=null",), **settings))
     assert base != config_key(cli_overrides("d", seed=0, overrides=("head.head_norm=group",), **settings))
+
+
+def test_every_config_key_is_known_to_the_run_cache():
+    """A key added to conf/ changes every run key: declare it neutral (its default changes no training)
+    in ``NEUTRAL``, or accept that the cached accuracy runs are re-run."""
+    import json
+
+    from benchmarks.bench_detection_accuracy import AFTER_TRAINING, KNOWN_KEYS, NEUTRAL, ROOT, cli_overrides
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    args = cli_overrides("d", weights="w", model_name="test_efficientnet", image_size=64, epochs=1, seed=0)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose(config_name="config", overrides=args), resolve=False)
+
+    def leaves(node, prefix=""):
+        for k, v in node.items():
+            yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+
+    cfg = {k: v for k, v in cfg.items() if k not in AFTER_TRAINING}
+    new = set(leaves(cfg)) - set(json.loads(KNOWN_KEYS.read_text())) - set(NEUTRAL) - {"run_dir"}
+    assert not new, f"config keys unknown to the accuracy cache: {sorted(new)}; add neutral ones to NEUTRAL"
