@@ -67,3 +67,26 @@ def test_the_warning_names_the_fix(caplog):
     caplog.clear()
     warn_if_unfit(anchor_fit(np.full(10, 100.0), RETINA, "retinanet"))
     assert caplog.text == ""
+
+
+def test_auto_anchor_sizes_fit_small_boxes_and_keep_the_defaults_for_covered_ones():
+    from omegaconf import OmegaConf
+
+    from b4transfer.data.detection import DetectionSplits
+    from b4transfer.tasks.detection import DetectionTask
+
+    def module_for(boxes, anchor_sizes="auto"):
+        splits = DetectionSplits(["a"], [1], train=[_sample(boxes, size=(256, 256))] * 4, val=[])
+        cfg = OmegaConf.create({
+            "model": {"name": "test_efficientnet", "pretrained": False},
+            "head": {"detector": "retinanet", "fpn_channels": 32, "anchor_sizes": anchor_sizes},
+            "optim": {"lr": 1e-3}, "data": {"image_size": 128},
+        })
+        return DetectionTask().build_module(cfg, splits)
+
+    small = module_for([[0, 0, 10, 10], [20, 20, 32, 32]])  # 5-6 px sides on the 128 px canvas
+    sizes = small.head.anchor_sizes
+    assert min(min(level) for level in sizes) <= 5 / math.sqrt(0.5)  # the smallest box is covered
+    assert small.hparams["head"]["anchor_sizes"] == sizes  # the checkpoint records the fitted sizes
+    default = default_anchor_sizes([8, 16, 32, 64, 128], "retinanet")
+    assert module_for([[0, 0, 100, 100]]).head.anchor_sizes == [list(map(float, lv)) for lv in default]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from b4transfer.tasks.detection.predict import write_detections
 from b4transfer.tasks.detection.slicing import check_slice
 
 __all__ = ["TASK", "DetectionModule", "DetectionTask"]
+log = logging.getLogger(__name__)
 
 
 def refuse_class_balancing(cfg: DictConfig) -> None:
@@ -86,12 +88,27 @@ class DetectionTask(Task):
         return build_feature_backbone(plain(cfg.model), strides)
 
     def build_module(self, cfg: DictConfig, splits: DetectionSplits, backbone=None) -> DetectionModule:
+        head = plain(cfg.head)
+        if head.get("anchor_sizes") != "auto":
+            return self._module(cfg, splits, backbone, head)
+        # auto: the default anchors, or (when they miss > 10 % of the training boxes) the anchor check's
+        # suggestion; the checkpoint records the sizes chosen, so it reloads without the data
+        module = self._module(cfg, splits, backbone, {**head, "anchor_sizes": None})
+        fit = anchor_fit(box_sides(splits.train, module.image_size), module.head.anchor_sizes,
+                         module.head.detector_name)
+        if not fit or "suggested_anchor_sizes" not in fit:
+            return module
+        sizes = fit["suggested_anchor_sizes"]
+        log.info("head.anchor_sizes=auto: %s (the default anchors scaled to the training boxes)", sizes)
+        return self._module(cfg, splits, module.backbone, {**head, "anchor_sizes": sizes})
+
+    def _module(self, cfg: DictConfig, splits: DetectionSplits, backbone, head: dict) -> DetectionModule:
         return DetectionModule(
             backbone=backbone,
             class_names=list(splits.class_names),
             category_ids=list(splits.category_ids),
             model=plain(cfg.model),
-            head=plain(cfg.head),
+            head=head,
             optim=split_lr_scaling(plain(cfg.optim))[0],
             scheduler=plain(cfg.get("scheduler")),
             data={k: plain(cfg.data[k]) for k in ("image_size", "mean", "std") if cfg.data.get(k)},
