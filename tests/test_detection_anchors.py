@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from b4transfer.data.detection import DetectionSample
 from b4transfer.tasks.detection.anchors import anchor_fit, box_sides, warn_if_unfit
@@ -90,3 +91,9 @@ def test_auto_anchor_sizes_fit_small_boxes_and_keep_the_defaults_for_covered_one
     assert small.hparams["head"]["anchor_sizes"] == sizes  # the checkpoint records the fitted sizes
     default = default_anchor_sizes([8, 16, 32, 64, 128], "retinanet")
     assert module_for([[0, 0, 100, 100]]).head.anchor_sizes == [list(map(float, lv)) for lv in default]
+    # auto trains exactly what writing the fitted sizes would: same initial weights at the same seed
+    torch.manual_seed(0)
+    auto = module_for([[0, 0, 10, 10], [20, 20, 32, 32]]).state_dict()
+    torch.manual_seed(0)
+    written = module_for([[0, 0, 10, 10], [20, 20, 32, 32]], anchor_sizes=sizes).state_dict()
+    assert auto.keys() == written.keys() and all(torch.equal(auto[k], written[k]) for k in auto)

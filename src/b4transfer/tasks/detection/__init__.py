@@ -93,14 +93,14 @@ class DetectionTask(Task):
             return self._module(cfg, splits, backbone, head)
         # auto: the default anchors, or (when they miss > 10 % of the training boxes) the anchor check's
         # suggestion; the checkpoint records the sizes chosen, so it reloads without the data
-        module = self._module(cfg, splits, backbone, {**head, "anchor_sizes": None})
-        fit = anchor_fit(box_sides(splits.train, module.image_size), module.head.anchor_sizes,
-                         module.head.detector_name)
-        if not fit or "suggested_anchor_sizes" not in fit:
-            return module
-        sizes = fit["suggested_anchor_sizes"]
-        log.info("head.anchor_sizes=auto: %s (the default anchors scaled to the training boxes)", sizes)
-        return self._module(cfg, splits, module.backbone, {**head, "anchor_sizes": sizes})
+        with torch.random.fork_rng():  # the probe draws no random numbers the real build would
+            probe = self._module(cfg, splits, backbone, {**head, "anchor_sizes": None})
+        fit = anchor_fit(box_sides(splits.train, probe.image_size), probe.head.anchor_sizes,
+                         probe.head.detector_name)
+        sizes = (fit or {}).get("suggested_anchor_sizes")
+        if sizes:
+            log.info("head.anchor_sizes=auto: %s (the default anchors scaled to the training boxes)", sizes)
+        return self._module(cfg, splits, backbone, {**head, "anchor_sizes": sizes})
 
     def _module(self, cfg: DictConfig, splits: DetectionSplits, backbone, head: dict) -> DetectionModule:
         return DetectionModule(
