@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +186,7 @@ def run_audit(
     """
     from b4transfer.audit.label_issues import find_label_issues, out_of_fold_probabilities
 
+    start = time.perf_counter()
     paths = [item.path for item in items]
     groups = _groups(items, file_hashes(paths), class_names)
     if not full:
@@ -223,7 +225,7 @@ def run_audit(
             ]
             if probs is None:
                 found["label_issues_skipped"] = "a class has fewer than 2 images"
-    counts = _counts(found, len(items), sections)
+    counts = {**_counts(found, len(items), sections), "seconds": round(time.perf_counter() - start, 2)}
     _log(counts, found)
     _write(run_dir, items, found, counts, sections, settings)
     return {**counts, "report": str(run_dir / "audit.md")}
