@@ -50,6 +50,9 @@ PLAIN_RECIPE_OVERRIDES = (
     "data.augment.scale=[1.0,1.0]",
     "data.augment.color_jitter=0",
     "trainer.gradient_clip_val=10",
+    "head.anchor_sizes=null",  # torchvision's anchors by stride (the defaults fit them to the boxes)
+    "head.head_norm=null",
+    "head.box_loss=null",
 )
 
 
