@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import TINY, compose_cfg, make_image_folder
 
+from b4transfer.data.detection import DetectionSplits, make_sample
 from b4transfer.data.kfold import fold_splits
 from b4transfer.data.splits import DatasetSplits, Sample
 from b4transfer.errors import UserError
@@ -33,6 +34,15 @@ def test_folds_partition_the_pool_stratified_and_leave_test_alone():
         assert sorted(s.target for s in f.val).count(0) == 2  # class a (6 images): 2 in every fold
     again = fold_splits(_splits(), k=3, index=1, source="test")
     assert [s.path for s in again.val] == [s.path for s in folds[1].val]  # the same partition every time
+
+
+def test_detection_images_are_dealt_round_the_folds_too():
+    samples = [make_sample(Path(f"{i}.png"), [[0, 0, 4, 4]], [i % 2], image_id=i, size=(8, 8))
+               for i in range(10)]
+    splits = DetectionSplits(["a", "b"], [1, 2], train=samples[:8], val=samples[8:])
+    folds = [fold_splits(splits, k=3, index=i, source="test") for i in range(3)]
+    assert sorted(len(f.val) for f in folds) == [3, 3, 4]
+    assert sorted(s.image_id for f in folds for s in f.val) == list(range(10))
 
 
 def test_kfold_is_refused_where_the_data_cannot_be_cut():
