@@ -14,9 +14,15 @@ from b4transfer.backbone import create_backbone, resolve_data_configs
 from b4transfer.data.dataset import PathDataset
 from b4transfer.data.transforms import build_transforms, draft_size_for
 
-__all__ = ["DATA_KEYS", "pooled_embeddings"]
+__all__ = ["DATA_KEYS", "device_for", "pooled_embeddings"]
 
 DATA_KEYS = ("image_size", "eval_image_size", "crop_pct", "eval_crop_pct", "interpolation", "mean", "std")
+
+
+def device_for(trainer: Mapping[str, Any] | None) -> str:
+    """``cuda`` when a GPU is there and ``trainer.accelerator`` allows it, else ``cpu``."""
+    accelerator = (trainer or {}).get("accelerator", "auto")
+    return "cuda" if torch.cuda.is_available() and accelerator in ("gpu", "cuda", "auto") else "cpu"
 
 
 @torch.no_grad()

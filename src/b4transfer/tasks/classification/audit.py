@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from b4transfer.audit import AuditItem, AuditSettings, Section, run_audit
-from b4transfer.audit.embeddings import DATA_KEYS, pooled_embeddings
+from b4transfer.audit.embeddings import DATA_KEYS, device_for, pooled_embeddings
 from b4transfer.audit.report import table
 from b4transfer.config import num_workers, plain
 from b4transfer.data.splits import DatasetSplits, class_counts
@@ -57,6 +57,7 @@ def audit_classification(
         data={k: plain(cfg.data.get(k)) for k in DATA_KEYS},
         batch_size=int(cfg.data.batch_size),
         num_workers=num_workers(cfg),
+        device=device_for(plain(cfg.trainer)),
     )
     return run_audit(
         items,

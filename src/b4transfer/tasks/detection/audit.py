@@ -12,7 +12,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from b4transfer.audit import AuditItem, AuditSettings, Section, run_audit
-from b4transfer.audit.embeddings import pooled_embeddings
+from b4transfer.audit.embeddings import device_for, pooled_embeddings
 from b4transfer.audit.report import table
 from b4transfer.config import num_workers, plain
 from b4transfer.data.detection import DetectionSplits
@@ -106,6 +106,7 @@ def audit_detection(
             data={"image_size": module.image_size},
             batch_size=int(cfg.data.batch_size),
             num_workers=num_workers(cfg),
+            device=device_for(plain(cfg.trainer)),
         )
     return run_audit(
         items,
