@@ -79,8 +79,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "plain_recipe+constant_lr": _without(PR, "scheduler") + ("scheduler=none",),
     "plain_recipe+fcos": PR + ("head.detector=fcos",),
     "plain_recipe+faster_rcnn": PR + ("head.detector=faster_rcnn",),
-    # from the defaults (anchors fitted to the boxes)
-    "defaults+batch2": ("data.batch_size=2",),
+    # one factor at a time, from the defaults (anchors fitted to the boxes, batch 2)
+    "defaults+batch4": ("data.batch_size=4",),
+    "defaults+torchvision_anchors": ("head.anchor_sizes=null",),
     # one factor at a time, from the old defaults
     "old+clip10": _without(OLD, "trainer.gradient") + ("trainer.gradient_clip_val=10",),
     "old+bn_frozen": _without(OLD, "finetune.bn") + ("finetune.bn=frozen",),
