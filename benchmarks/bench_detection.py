@@ -49,6 +49,7 @@ def _config(p: dict, run_dir: Path):
         f"data.image_size={p['image_size']}", f"data.batch_size={p['batch_size']}", "data.num_workers=0",
         f"head.detector={p.get('detector', 'retinanet')}", f"run_dir={run_dir}", "trainer.accelerator=cpu",
         "head.score_thresh=0.0",  # random init scores below 0.05: keep its boxes (full post-processing)
+        "head.anchor_sizes=null",  # torchvision's anchors, as the plain detector (no training boxes here)
         f"trainer.max_epochs={p['epochs']}", f"+trainer.max_steps={p['total_steps']}",
     ]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

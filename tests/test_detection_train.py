@@ -191,14 +191,15 @@ def test_demo_is_the_default_detection_data_and_classification_is_unchanged():
     # ... which keeps the from-scratch recipe it was measured with, not the fine-tuning one below
     assert (det.finetune.bn, det.optim.backbone_lr_mult, det.ema.enabled, det.scheduler.name) == (
         "train", 1.0, True, "none")
+    assert (det.data.batch_size, det.head.anchor_sizes) == (8, None)
     coco = compose_cfg("task=detection", "data=coco")
     assert (coco.head.fpn_channels, coco.model.drop_path_rate) == (128, 0.1)
     # the measured detection fine-tuning recipe (README "Detection recipe"); without the clipping a
     # fine-tune barely learns, so it must reach every detection run that does not switch it off
     recipe = (coco.trainer.gradient_clip_val, coco.finetune.bn, coco.optim.backbone_lr_mult,
               coco.optim.weight_decay, coco.scheduler.name, coco.ema.enabled, coco.data.batch_size,
-              list(coco.data.augment.scale), coco.data.augment.color_jitter)
-    assert recipe == (10.0, "frozen", 0.1, 1e-4, "cosine", False, 4, [1.0, 1.0], 0.0)
+              list(coco.data.augment.scale), coco.data.augment.color_jitter, coco.head.anchor_sizes)
+    assert recipe == (10.0, "frozen", 0.1, 1e-4, "cosine", False, 2, [1.0, 1.0], 0.0, "auto")
     for data in ("coco", "yolo"):
         cfg = compose_cfg("task=detection", f"data={data}", "finetune=gradual")
         assert cfg.trainer.gradient_clip_val == 10
