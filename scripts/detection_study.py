@@ -82,6 +82,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     # one factor at a time, from the defaults (anchors fitted to the boxes, batch 2)
     "defaults+batch4": ("data.batch_size=4",),
     "defaults+torchvision_anchors": ("head.anchor_sizes=null",),
+    "defaults+jitter": JITTER,
     # one factor at a time, from the old defaults
     "old+clip10": _without(OLD, "trainer.gradient") + ("trainer.gradient_clip_val=10",),
     "old+bn_frozen": _without(OLD, "finetune.bn") + ("finetune.bn=frozen",),
