@@ -160,7 +160,8 @@ def _commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def _subprocess(cmd: list[str], threads: int | None, cwd: str) -> tuple[str, float]:
+def run_captured(cmd: list[str], threads: int | None, cwd: str) -> tuple[str, float]:
+    """``(stdout, seconds)`` of ``cmd`` with ``threads`` OpenMP threads; its stderr tail if it fails."""
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -176,7 +177,7 @@ def library_run(data_root, *, threads: int | None = None, **settings) -> dict:
     with tempfile.TemporaryDirectory(prefix="b4t-detacc-") as tmp:
         run_dir = Path(tmp) / "run"
         args = cli_overrides(data_root, **settings)
-        _, wall = _subprocess(
+        _, wall = run_captured(
             [sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={run_dir}"], threads, tmp
         )
         return {"epochs": read_epochs(run_dir / "metrics.csv"), "wall_s": round(wall, 1)}
@@ -204,7 +205,7 @@ def plain_run(
         "--recipe",
         json.dumps(recipe or {}),
     ]
-    out, _ = _subprocess(cmd, threads, str(ROOT))
+    out, _ = run_captured(cmd, threads, str(ROOT))
     return json.loads(out.rsplit("RESULT ", 1)[1])
 
 

@@ -21,14 +21,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench_detection_accuracy import RunCache, config_key, mean_sd
+from benchmarks.bench_detection_accuracy import RunCache, config_key, mean_sd, run_captured
 from benchmarks.common import Result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,14 +61,6 @@ def cli_overrides(data_root, *, decoder, weights, model_name, image_size, epochs
     ]
 
 
-def _run(cmd: list[str], cwd: str, threads: int | None) -> str:
-    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
-    if proc.returncode != 0:
-        raise RuntimeError(f"run failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
-    return proc.stdout
-
-
 def read_miou(metrics_csv: Path) -> list[dict]:
     """Rows of ``metrics.csv`` that carry ``val/miou``: ``[{"epoch", "miou"}]``."""
     with open(metrics_csv, newline="") as f:
@@ -86,7 +76,7 @@ def library_run(data_root, *, threads=None, overrides=(), **settings) -> dict:
         run_dir = Path(tmp) / "run"
         start = time.perf_counter()
         args = cli_overrides(data_root, overrides=overrides, **settings)
-        _run([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={run_dir}"], tmp, threads)
+        run_captured([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={run_dir}"], threads, tmp)
         summary = json.loads((run_dir / "summary.json").read_text())
         return {
             "epochs": read_miou(run_dir / "metrics.csv"),
@@ -114,7 +104,7 @@ def plain_run(data_root, *, decoder, weights, model_name, image_size, epochs, se
         "--seed",
         str(seed),
     ]
-    return json.loads(_run(cmd, str(ROOT), threads).rsplit("RESULT ", 1)[1])
+    return json.loads(run_captured(cmd, threads, str(ROOT))[0].rsplit("RESULT ", 1)[1])
 
 
 def plain_key(data_root, **settings) -> str:
