@@ -192,3 +192,19 @@ def test_no_detector_is_refused_and_unknown_names_are_errors():
     assert all(onnx_export_refusal(name) is None for name in DETECTORS)
     with pytest.raises(ValueError, match="Unknown detector"):
         onnx_export_refusal("yolo")
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_int8_graph_runs_with_onnxruntime_s_default_optimisations(exported, tmp_path, name):
+    """Regression: torchvision's box clipping ends in ``reshape(boxes.shape)``, which onnxruntime's
+    ReshapeFusion turned into ``(0, -1)``; a quantised graph (a pyramid level without candidates) then
+    failed at that Reshape. The export clips without a reshape, so the INT8 file runs as users run it."""
+    from b4transfer.runtimes import quantize_int8
+
+    det, path, _ = exported(name)
+    calibration = ({"image": x[None].numpy()} for x in _canvases(SIZES[name], 4, seed=1))
+    q = quantize_int8(path, tmp_path / "int8.onnx", calibration, op_types=("Conv",))
+    session = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"])  # default: ORT_ENABLE_ALL
+    for x in _canvases(SIZES[name], 3):
+        boxes, scores, labels = session.run(None, {"image": x[None].numpy()})
+        assert boxes.shape == (len(scores), 4) and len(labels) == len(scores)

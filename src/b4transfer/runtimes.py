@@ -4,14 +4,15 @@ and one way to run any of them (:func:`open_runtime`), for the export parity che
 - ``openvino``: ``model.xml`` + ``model.bin`` converted from ``model.onnx`` with ``openvino.convert_model``
   (fp32 weights), run with ``openvino.Core`` on the CPU;
 - ``onnx_int8``: ``model_int8.onnx``, ``onnxruntime.quantization.quantize_static`` (QDQ, per-channel
-  int8 weights, uint8 activations) calibrated on real images, run with onnxruntime.
+  int8 weights, uint8 activations) calibrated on real images, run with onnxruntime. A detector quantises
+  its convolutions only (body, FPN, heads): box decoding, the score threshold and NMS stay float.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +48,15 @@ def to_openvino(onnx_path: Path, out_dir: Path) -> Path:
     return out
 
 
-def quantize_int8(onnx_path: Path, out_path: Path, inputs: Iterable[dict[str, np.ndarray]]) -> Path:
+def quantize_int8(
+    onnx_path: Path,
+    out_path: Path,
+    inputs: Iterable[dict[str, np.ndarray]],
+    op_types: Sequence[str] | None = None,
+) -> Path:
     """Static INT8 quantisation of ``onnx_path`` (QDQ, per-channel weights), calibrated on ``inputs``
-    (``{input name: array}`` per batch: real images, preprocessed as the model expects)."""
+    (``{input name: array}`` per batch: real images, preprocessed as the model expects). ``op_types``:
+    only these operator types are quantised (``None``: every one onnxruntime can)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -70,6 +77,7 @@ def quantize_int8(onnx_path: Path, out_path: Path, inputs: Iterable[dict[str, np
         quantize_static(
             str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+            op_types_to_quantize=list(op_types) if op_types else None,
         )
     return Path(out_path)
 

@@ -22,7 +22,7 @@ from b4transfer.tasks.detection.errors import analyse_detector
 from b4transfer.tasks.detection.export import export_detection_onnx, export_detector
 from b4transfer.tasks.detection.module import DEFAULT_STRIDES, DetectionModule, build_feature_backbone
 from b4transfer.tasks.detection.onnx_graph import onnx_export_refusal
-from b4transfer.tasks.detection.parity import export_openvino, score_detector
+from b4transfer.tasks.detection.parity import export_int8, export_openvino, score_detector
 from b4transfer.tasks.detection.predict import write_detections
 from b4transfer.tasks.detection.slicing import check_slice
 
@@ -57,9 +57,7 @@ class DetectionTask(Task):
     monitor = "val/map"
     module_class = DetectionModule
     modes = ("train", "validate", "test", "predict", "export", "lr_find", "audit")
-    # onnx_int8: onnxruntime's static quantisation of the detector graph crashes (segfault) or fails at a
-    # Reshape of an empty candidate set (README "Export parity"), so it is refused up front
-    export_formats = ("timm", "onnx", "openvino")
+    export_formats = ("timm", "onnx", "openvino", "onnx_int8")
     steps = ("calibrate", "errors", "parity")  # score thresholds, AP chart + worst images, exports scored
     tta_modes = ("hflip", "hflip_scales")  # boxes of the views mapped back and merged (NMS + box voting)
     sliced_predict = True  # predict.slice: tiles detected one by one, merged in original pixels
@@ -168,6 +166,10 @@ class DetectionTask(Task):
             return {"onnx": export_detection_onnx(module, out_dir, opset=opset, check_images=images)}
         if fmt == "openvino":
             return export_openvino(module, out_dir, opset=opset, check_images=images)
+        if fmt == "onnx_int8":
+            count = int(settings.get("int8_calibration_images", 64))
+            calibration = [s.path for s in samples.train[:count]]
+            return export_int8(module, out_dir, opset=opset, calibration=calibration, check_images=images)
         export_detector(module, out_dir, extra={"checkpoint": checkpoint})
         return {}
 

@@ -49,16 +49,18 @@ Needs ``onnx`` and ``onnxruntime`` (``pip install "b4transfer[onnx]"``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torchvision.ops import boxes as box_ops
 
 from b4transfer import __version__
 from b4transfer.errors import UserError
@@ -210,8 +212,37 @@ def export_detector_onnx(
     return report
 
 
+def _clip_boxes(boxes: torch.Tensor, size) -> torch.Tensor:
+    """torchvision's ``clip_boxes_to_image`` without its final ``reshape(boxes.shape)``.
+
+    Traced, that reshape becomes ``Reshape(stacked, Concat(Shape(boxes)[0], Shape(boxes)[1]))``, which
+    onnxruntime's ``ReshapeFusion`` rewrites to the shape ``(0, -1)``: on an empty candidate set (a
+    pyramid level with no score above the threshold, common in a quantised graph) ``-1`` is undefined
+    and the run fails. Clamping each coordinate and stacking on the last axis gives the same boxes with
+    no reshape in the graph.
+    """
+    height, width = size
+    zero = torch.zeros((), dtype=boxes.dtype, device=boxes.device)
+    w = torch.as_tensor(width, dtype=boxes.dtype, device=boxes.device)
+    h = torch.as_tensor(height, dtype=boxes.dtype, device=boxes.device)
+    coords = [torch.min(torch.max(boxes[..., i], zero), w if i % 2 == 0 else h) for i in range(4)]
+    return torch.stack(coords, dim=-1)
+
+
+@contextlib.contextmanager
+def _reshape_free_box_clipping() -> Iterator[None]:
+    """While exporting, torchvision's detectors (which call ``box_ops.clip_boxes_to_image``) use
+    :func:`_clip_boxes`."""
+    original = box_ops.clip_boxes_to_image
+    box_ops.clip_boxes_to_image = _clip_boxes
+    try:
+        yield
+    finally:
+        box_ops.clip_boxes_to_image = original
+
+
 def _export(model: nn.Module, dummy: torch.Tensor, path: Path, opset: int) -> None:
-    with torch.no_grad():
+    with torch.no_grad(), _reshape_free_box_clipping():
         torch.onnx.export(
             model,
             (dummy,),
