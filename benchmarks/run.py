@@ -33,6 +33,7 @@ from benchmarks import (
     bench_scaling,
     bench_segmentation,
     bench_segmentation_accuracy,
+    bench_side_by_side,
     bench_train,
 )
 from benchmarks.common import Result, machine
@@ -79,6 +80,8 @@ PROFILES: dict[str, dict[str, dict]] = {
                                  rounds=12, warmup=1, steps_per_epoch=13),
         "segmentation_unet": dict(model="efficientnet_b0", decoder="unet", image_size=256, batch_size=4, k=1,
                                   rounds=12, warmup=1, steps_per_epoch=13),
+        "side_by_side": dict(model="efficientnet_b0", image_size=128, batch_size=16, epochs=2,
+                             train_batches=12, rounds=1),
     },
     "full": {
         "train_overhead": dict(model="efficientnet_b4", image_size=320, batch_size=8, k=2, rounds=8, warmup=1,
@@ -97,6 +100,8 @@ PROFILES: dict[str, dict[str, dict]] = {
                                  rounds=8, warmup=1, steps_per_epoch=9),
         "segmentation_unet": dict(model="efficientnet_b4", decoder="unet", image_size=320, batch_size=8, k=2,
                                   rounds=8, warmup=1, steps_per_epoch=9),
+        "side_by_side": dict(model="efficientnet_b0", image_size=128, batch_size=16, epochs=2,
+                             train_batches=12, rounds=2),
     },
 }
 GPU_PROFILES: dict[str, dict[str, dict]] = {
@@ -145,6 +150,7 @@ RUNNERS = {
     "segmentation_unet": lambda p: bench_segmentation.run(p),
     "segmentation_accuracy_fpn": lambda p: bench_segmentation_accuracy.run(p),
     "segmentation_accuracy_unet": lambda p: bench_segmentation_accuracy.run(p),
+    "side_by_side": lambda p: bench_side_by_side.run(p),
     "gpu_train": lambda p: bench_train.run(p, accelerator="gpu", precision="bf16-mixed", target=">= 0.97"),
     "gpu_inference": lambda p: bench_inference.run(p, device="cuda"),
     "gpu_scaling": lambda p: bench_scaling.run(p, device="cuda"),

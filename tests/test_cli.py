@@ -151,3 +151,30 @@ def test_summary_json_is_written_by_the_cli(tmp_path, image_folder):
     )
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["epochs"] == 1 and (tmp_path / "r" / ".hydra" / "config.yaml").is_file()
+
+
+def test_openmp_threads_wait_passively_unless_the_user_chose_a_policy():
+    """Two runs side by side on a small machine: spinning OpenMP threads steal the cores their partners
+    need (BENCHMARKS.md "side by side"), so the CLI sets OMP_WAIT_POLICY=PASSIVE before torch loads,
+    and leaves a user's own OMP_WAIT_POLICY / GOMP_SPINCOUNT alone."""
+    import sys
+
+    from b4transfer.cli import share_cores_politely
+
+    env: dict[str, str] = {}
+    share_cores_politely(env)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    for mine in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "300000"}):
+        env = dict(mine)
+        share_cores_politely(env)
+        assert env == mine
+    # as run: main() sets it before torch is imported (torch reads it once, when it loads)
+    code = (
+        "import os, sys; from unittest import mock; import b4transfer.cli as c; "
+        "assert 'torch' not in sys.modules; "
+        "mock.patch.object(c.hydra, 'main', lambda **k: (lambda f: (lambda: None))).start(); "
+        "c.main(); print(os.environ['OMP_WAIT_POLICY'])"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], env=clean, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "PASSIVE", out.stderr

@@ -65,7 +65,18 @@ def _main(cfg: DictConfig) -> float | None:
         raise SystemExit(2) from None
 
 
+def share_cores_politely(environ=os.environ) -> None:
+    """OpenMP threads sleep while they wait (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a policy
+    (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``). libgomp's default spins first; with a second run on
+    the same cores a spinning thread burns the core its partner needs, and two side-by-side runs on
+    2 cores each took several times as long as one alone (BENCHMARKS.md "side by side"). It must be set
+    before torch is imported, which the CLI does lazily."""
+    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+        environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
 def main() -> None:
+    share_cores_politely()
     logging.getLogger("PIL").setLevel(logging.INFO)
     hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(_main)()
 
