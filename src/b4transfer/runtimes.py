@@ -53,10 +53,12 @@ def quantize_int8(
     out_path: Path,
     inputs: Iterable[dict[str, np.ndarray]],
     op_types: Sequence[str] | None = None,
+    keep_float: Sequence[str] = (),
 ) -> Path:
     """Static INT8 quantisation of ``onnx_path`` (QDQ, per-channel weights), calibrated on ``inputs``
     (``{input name: array}`` per batch: real images, preprocessed as the model expects). ``op_types``:
-    only these operator types are quantised (``None``: every one onnxruntime can)."""
+    only these operator types are quantised (``None``: every one onnxruntime can); ``keep_float``: names
+    of nodes left in float."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -77,7 +79,7 @@ def quantize_int8(
         quantize_static(
             str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-            op_types_to_quantize=list(op_types) if op_types else None,
+            op_types_to_quantize=list(op_types) if op_types else None, nodes_to_exclude=list(keep_float),
         )
     return Path(out_path)
 
