@@ -52,6 +52,11 @@ NOTES = """\
   model is built.
 - **OpenMP threads wait passively** (`OMP_WAIT_POLICY=PASSIVE`, set by `benchmarks/__init__.py`): with
   the default spinning, 2 threads on a shared 2-core machine ran B4 inference 7x slower than 1 thread.
+- **Side by side**: `python run.py` training runs (B0 @ 128 px, 2 epochs of 12 batches, generated demo
+  data, subprocesses with the user's default threads), one alone and then two started together, under
+  libgomp's own default (spin 300 000 times, then sleep: what the CLI did before) and under the CLI's
+  policy now; the ratio is the largest pair run / the alone run. Startup (imports, data) is part of
+  every run's wall time, as a user sees it.
 - **GPU**: the GPU suite (B4 @ 320, bf16-mixed, channels_last, batch 96: library vs plain timm loop,
   target images/s ratio >= 0.97; timm publishes 293 img/s for B4 training on an RTX 3090 with AMP at
   batch 96) needs a CUDA device; without one it records "skipped" and no GPU number is claimed.
@@ -73,6 +78,9 @@ NOTES = """\
 - The EMA skips tensors that are still equal to their average and did not change in a step (frozen
   stages: no gradient; frozen BatchNorm: eval mode), in its update and in the validation swap: a cached
   epoch of a B4 probe went from 0.18 s to 0.10 s (the same as without EMA), bit-identical results.
+- The CLI (`python run.py`, `b4transfer`) sets `OMP_WAIT_POLICY=PASSIVE` unless the user set
+  `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT`: two small training runs side by side on 2 cores each took 5.4x
+  the wall time of one alone with libgomp's default spinning, 1.1x now ("side by side" above).
 - Detection `mode=predict` got the classification fast path: channels_last weights (1.4x for B4
   RetinaNet at 512 px, fp32) and bf16 autocast for the timm body only (FPN and heads stay fp32 for
   box precision), with a box-agreement check against fp32 eager.
