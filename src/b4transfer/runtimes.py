@@ -5,7 +5,7 @@ and one way to run any of them (:func:`open_runtime`), for the export parity che
   (fp32 weights), run with ``openvino.Core`` on the CPU;
 - ``onnx_int8``: ``model_int8.onnx``, ``onnxruntime.quantization.quantize_static`` (QDQ, per-channel
   int8 weights, uint8 activations) calibrated on real images, run with onnxruntime. A detector quantises
-  its convolutions only (body, FPN, heads): box decoding, the score threshold and NMS stay float.
+  its convolutions but the stem (body, FPN, heads): box decoding, the score threshold and NMS stay float.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ def export_int8(module, out_dir: Path, *, opset: int, calibration, check_images=
 
     Left in float: the stem convolution (the first: it sees the normalised image; quantising it cost a
     trained detector 0.009 of its 0.099 mAP, README "Export parity") and everything that is not a
-    convolution — box decoding, the score threshold and NMS (quantising them gains no speed, and the
-    fully quantised graph crashed onnxruntime's optimiser)."""
+    convolution — box decoding, the score threshold and NMS (the fully quantised graph crashed
+    onnxruntime's optimiser)."""
     import onnx
 
     onnx_path = ensure_onnx(module, out_dir, opset, check_images)
