@@ -201,7 +201,7 @@ def test_int8_graph_runs_with_onnxruntime_s_default_optimisations(exported, tmp_
     failed at that Reshape. The export clips without a reshape, so the INT8 file runs as users run it."""
     from b4transfer.runtimes import quantize_int8
 
-    det, path, _ = exported(name)
+    _, path, _ = exported(name)
     calibration = ({"image": x[None].numpy()} for x in _canvases(SIZES[name], 4, seed=1))
     q = quantize_int8(path, tmp_path / "int8.onnx", calibration, op_types=("Conv",))
     session = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"])  # default: ORT_ENABLE_ALL

@@ -96,13 +96,12 @@ def test_a_detector_s_exports_are_scored_through_their_own_runtimes(tmp_path):
     export = Path(summary["export_dir"])
     assert summary["onnx_int8"]["calibration_images"] == 6 and summary["onnx_int8"]["quantised"] == "Conv"
     graph = onnx.load(str(export / "model_int8.onnx")).graph
-    producers = {o: n for n in graph.node for o in n.output}
+    producer = {o: n.op_type for n in graph.node for o in n.output}  # tensor -> the op that makes it
     convs = [n for n in graph.node if n.op_type == "Conv"]
     # the stem (the first convolution, on the normalised image) stays float, the others take int8 inputs
     assert summary["onnx_int8"]["float"] == [convs[0].name]
-    kinds = {name: node.op_type for name, node in producers.items()}
-    assert all(kinds.get(i) != "DequantizeLinear" for i in convs[0].input)
-    assert len(convs) > 10 and all(producers[n.input[0]].op_type == "DequantizeLinear" for n in convs[1:])
+    assert all(producer.get(i) != "DequantizeLinear" for i in convs[0].input)
+    assert len(convs) > 10 and all(producer[n.input[0]] == "DequantizeLinear" for n in convs[1:])
     session = ort.InferenceSession(str(export / "model_int8.onnx"), providers=["CPUExecutionProvider"])
     boxes, scores, labels = session.run(None, {"image": np.zeros((1, 3, 64, 64), np.float32)})
     assert boxes.shape[1:] == (4,) and scores.shape == labels.shape == (len(boxes),)
