@@ -57,9 +57,17 @@ NOTES = """\
   libgomp's own default (spin 300 000 times, then sleep: what the CLI did before) and under the CLI's
   policy now; the ratio is the largest pair run / the alone run. Startup (imports, data) is part of
   every run's wall time, as a user sees it.
-- **GPU**: the GPU suite (B4 @ 320, bf16-mixed, channels_last, batch 96: library vs plain timm loop,
-  target images/s ratio >= 0.97; timm publishes 293 img/s for B4 training on an RTX 3090 with AMP at
-  batch 96) needs a CUDA device; without one it records "skipped" and no GPU number is claimed.
+- **GPU**: the GPU suite (B4 @ 320, bf16-mixed, channels_last: library vs plain timm loop, target
+  images/s ratio >= 0.97; timm publishes 293 img/s for B4 training on an RTX 3090 with AMP at batch 96)
+  needs a CUDA device; without one it records "skipped" and no GPU number is claimed. First measured
+  on an H200 (torch 2.11, timm 1.0.29, `scripts/gpu_checks.sh`): training 0.98 of the plain loop,
+  ~507 img/s at batch 64. `gpu_inference` missed its target (0.67 at 256 images, 0.96 at 2048): the
+  model itself runs bf16 + channels_last at ~2 975 img/s (batch 128 @ 384, `gpu_scaling`) against
+  ~1 100 img/s fp32, but the benchmark fed the library through a `DataLoader` that collated 128
+  single images per batch (~0.1 s per batch on one CPU thread, measured here) while the naive loop
+  sliced the tensor. The loader is now pre-batched on both sides; re-run
+  `--suite gpu --quick --only gpu_inference` on the next GPU. Batch-1 latency is launch-bound on
+  a GPU: autocast's casts make it slower (12 ms vs 8 ms fp32).
 
 ## What the measurements changed in the library
 

@@ -154,3 +154,34 @@ def test_features_only_backbone_is_rejected(trained, tmp_path):
 def test_load_exported_names_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config\.json does not exist; pass the directory"):
         load_exported(tmp_path)
+
+
+@pytest.mark.parametrize("half", ["both", "eval"])
+def test_timm_releases_without_data_config_get_the_same_preprocessing(trained, tmp_path, monkeypatch, half):
+    """timm 1.0.9-1.0.30's save_config_for_hf takes no data_config: export must neither crash nor
+    keep the source checkpoint's preprocessing there (seen on a GPU machine with timm 1.0.29)."""
+    import b4transfer.export as export_module
+
+    backbone, head, data_config = trained
+    data_config = data_config if half == "both" else data_config["eval"]
+
+    def export(name):
+        return json.loads((export_timm(backbone=backbone, head_fc=head, model_name=TINY, class_names=LABELS,
+                                       data_config=data_config, out_dir=tmp_path / name) / "config.json")
+                          .read_text())
+
+    current = export("current")
+    real = export_module.save_config_for_hf
+
+    def old_signature(model, config_path, model_config=None, model_args=None):
+        return real(model, config_path, model_config=model_config, model_args=model_args)
+
+    monkeypatch.setattr(export_module, "save_config_for_hf", old_signature)
+    old = export("old")
+    keys = ("input_size", "test_input_size", "crop_pct", "test_crop_pct", "mean", "std", "interpolation",
+            "crop_mode", "pool_size", "test_pool_size")
+    def data(config):
+        return {k: config["pretrained_cfg"].get(k) for k in keys}
+
+    assert data(old) == data(current)
+    assert old["label_names"] == current["label_names"] == LABELS

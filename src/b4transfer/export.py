@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import json
 import os
 import tempfile
@@ -94,11 +95,32 @@ def export_timm(
     state = _checked_state_dict(model, arch, len(class_names))
     model_config = {"label_names": list(class_names), MARKER: __version__, "multi_label": bool(multi_label),
                     **extras}
-    atomic_write(out_dir / CONFIG_NAME, lambda p: save_config_for_hf(
-        model, str(p), model_config=model_config, data_config=flat))
+    atomic_write(out_dir / CONFIG_NAME, lambda p: save_hf_config(model, p, model_config, flat))
     atomic_write(out_dir / WEIGHTS_NAME, lambda p: safetensors.torch.save_file(
         state, str(p), metadata={"format": "pt", MARKER: __version__}))
     return out_dir
+
+
+def save_hf_config(model: nn.Module, path: Path, model_config: dict, data_config: dict) -> None:
+    """timm's ``config.json`` for ``model``, its ``pretrained_cfg`` holding the export's preprocessing.
+
+    timm 1.0.31 takes ``data_config`` itself; 1.0.9-1.0.30 have no such argument and copy the source
+    checkpoint's preprocessing, so on those the same fields are set afterwards, as 1.0.31 sets them.
+    """
+    if "data_config" in inspect.signature(save_config_for_hf).parameters:
+        save_config_for_hf(model, str(path), model_config=model_config, data_config=data_config)
+        return
+    save_config_for_hf(model, Path(path), model_config=model_config)  # 1.0.9-1.0.30: a Path
+    config = json.loads(Path(path).read_text())
+    cfg = config["pretrained_cfg"]
+    cfg.update({k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()})
+    for key in ("test_input_size", "test_crop_pct"):  # the eval half, when given, else none
+        if data_config.get(key) is None:
+            cfg.pop(key, None)
+    cfg.pop("test_pool_size", None)
+    if tuple(cfg["input_size"][1:]) != tuple(model.pretrained_cfg["input_size"][1:]):
+        cfg["pool_size"] = None
+    Path(path).write_text(json.dumps(config, indent=2))
 
 
 def timm_classifier(backbone: nn.Module, head_fc: nn.Linear) -> nn.Module:
