@@ -8,6 +8,12 @@ pasted onto random crops of real photographs from Debian wallpaper packages (``l
     DIR/annotations/instances_train.json   DIR/train/*.jpg   (400 images, 512x512, JPEG q90)
     DIR/annotations/instances_val.json     DIR/val/*.jpg     (100 images)
 
+Segmentation set (``--which segmentation``): the detection set's kind of scenes (other random draws,
+cut-outs 100-400 px long), each pixel labelled by the top-most pasted cut-out (alpha >= 64) or
+background (0), as ``data=seg_folder`` reads it: ``DIR/images/{train,val}/*.jpg`` (400 / 100, 512x512),
+``DIR/masks/{train,val}/*.png`` (8-bit class indices 0-4) and ``DIR/classes.txt`` (background, animal,
+food, vehicle, tool).
+
 Classification set (``--which classification``): 6 classes (bird, bug, mammal, fruit, vehicle, tool),
 one cut-out per image on the same photo pool for every class, at varied scale/position, as class
 folders read by ``data=folder data.root=DIR``: ``DIR/train/<class>/*.jpg`` and ``DIR/val/<class>/*.jpg``.
@@ -22,8 +28,9 @@ Usage::
 
     apt-get install openclipart-png lomiri-wallpapers mate-backgrounds plasma-workspace-wallpapers
     python scripts/build_real_sets.py --out /work/data/real_det --which detection
+    python scripts/build_real_sets.py --out /work/data/real_seg --which segmentation
     python scripts/build_real_sets.py --out /work/data/real_cls --which classification
-    python scripts/build_real_sets.py --out /work/data/real --which all   # DIR/detection, DIR/classification
+    python scripts/build_real_sets.py --out /work/data/real --which all   # DIR/detection, segmentation, ...
 """
 
 from __future__ import annotations
@@ -409,7 +416,7 @@ DET_SIDE = (40, 260)
 MAX_COVERED = 0.5
 
 
-def det_image(rng, bgs, pools, names):
+def det_image(rng, bgs, pools, names, side=DET_SIDE):
     canvas, bg_info = background_crop(rng, bgs, DET_SIZE)
     n = 0 if rng.random() < DET_EMPTY else int(rng.choice([1, 2, 3, 4], p=[0.3, 0.3, 0.2, 0.2]))
     owner = np.full((DET_SIZE, DET_SIZE), -1, np.int16)  # top-most object per pixel
@@ -418,7 +425,7 @@ def det_image(rng, bgs, pools, names):
         cls = int(rng.integers(len(names)))
         pool = pools[names[cls]]
         c = pool[int(rng.integers(len(pool)))]
-        im, tinfo = transform_cutout(rng, c, round(log_uniform(rng, *DET_SIDE)), max_rot=20)
+        im, tinfo = transform_cutout(rng, c, round(log_uniform(rng, *side)), max_rot=20)
         alpha = np.asarray(im)[..., 3] >= BOX_ALPHA
         w, h = im.size
         placed = None
@@ -459,7 +466,7 @@ def det_image(rng, bgs, pools, names):
         objects.append(
             {"cls": cls, "box": box, "area": area, "visible": area, "source": c.path, **tinfo, "xy": [x, y]}
         )
-    return canvas.convert("RGB"), bg_info, objects
+    return canvas.convert("RGB"), bg_info, objects, owner
 
 
 def build_detection(out: Path, seed: int, versions: dict[str, str]) -> dict:
@@ -486,7 +493,7 @@ def build_detection(out: Path, seed: int, versions: dict[str, str]) -> dict:
         images, anns, per_image = [], [], []
         for idx in range(DET_COUNTS[split]):
             rng = np.random.default_rng([seed, si, idx])
-            img, bg_info, objects = det_image(rng, bg[split], pools, names)
+            img, bg_info, objects, _ = det_image(rng, bg[split], pools, names)
             fname = f"{split}_{idx:05d}.jpg"
             img.save(out / split / fname, quality=90)
             iid = idx + 1
@@ -537,6 +544,67 @@ def build_detection(out: Path, seed: int, versions: dict[str, str]) -> dict:
     record["stats"] = stats
     record["filtering"] = extra
     write_sources(out, record, "detection", names, splits)
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------------
+# segmentation
+
+
+SEG_COUNTS = {"train": 400, "val": 100}
+SEG_SIDE = (100, 400)  # longer side of a cut-out: larger than for detection, as in scene-parsing sets
+
+
+def build_segmentation(out: Path, seed: int, versions: dict[str, str]) -> dict:
+    """The detection scenes (other random streams), each pixel labelled by its top-most cut-out."""
+    print("segmentation: loading cut-outs ...", flush=True)
+    splits, extra = load_pool(DET_CLASSES, val_share=0.25, seed=seed)
+    names = [s.name for s in DET_CLASSES]
+    bg = {"train": load_backgrounds(BG_TRAIN), "val": load_backgrounds(BG_VAL)}
+    for sub in ("images", "masks"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "classes.txt").write_text("\n".join(["background", *names]) + "\n")
+    record = {"packages": versions, "classes": ["background", *names], "splits": {}}
+    stats = {}
+    for si, split in enumerate(("train", "val")):
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        (out / "masks" / split).mkdir(parents=True, exist_ok=True)
+        pools = {n: splits[n][si] for n in names}
+        per_image, pixels = [], np.zeros(len(names) + 1, np.int64)
+        for idx in range(SEG_COUNTS[split]):
+            rng = np.random.default_rng([seed, si, idx, 1])  # 1: not the detection set's images
+            img, bg_info, objects, owner = det_image(rng, bg[split], pools, names, side=SEG_SIDE)
+            classes = np.array([o["cls"] + 1 for o in objects] + [0], np.uint8)  # owner -1 -> background
+            mask = classes[owner]
+            stem = f"{split}_{idx:05d}"
+            img.save(out / "images" / split / f"{stem}.jpg", quality=90)
+            Image.fromarray(mask, mode="L").save(out / "masks" / split / f"{stem}.png")
+            pixels += np.bincount(mask.ravel(), minlength=len(names) + 1)
+            per_image.append(
+                {
+                    "file": stem,
+                    "background": {**bg_info, "package": owner_package(bg_info["file"])},
+                    "objects": [
+                        {k: v for k, v in o.items() if k != "visible"}
+                        | {"category": names[o["cls"]], "visible": round(o["visible"] / o["area"], 3)}
+                        for o in objects
+                    ],
+                }
+            )
+        record["splits"][split] = {"backgrounds": [p for p, _ in bg[split]], "images": per_image}
+        stats[split] = {
+            "images": len(per_image),
+            "empty_images": sum(1 for p in per_image if not p["objects"]),
+            "objects": sum(len(p["objects"]) for p in per_image),
+            "pixel_share": {
+                n: round(float(c) / float(pixels.sum()), 4) for n, c in zip(["background", *names], pixels)
+            },
+        }
+        print(f"segmentation {split}: {stats[split]}", flush=True)
+    record["stats"] = stats
+    record["filtering"] = extra
+    write_sources(out, record, "segmentation", names, splits)
     return stats
 
 
@@ -639,16 +707,19 @@ def write_sources(out: Path, record: dict, kind: str, names: list[str], splits) 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="output folder (outside git)")
-    ap.add_argument("--which", choices=["detection", "classification", "all"], default="all")
+    ap.add_argument("--which", choices=["detection", "segmentation", "classification", "all"], default="all")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     versions = check_installed()
     Image.MAX_IMAGE_PIXELS = None  # sizes are checked against MAX_SOURCE_PIXELS before decoding
     if args.which == "all":
         build_detection(args.out / "detection", args.seed, versions)
+        build_segmentation(args.out / "segmentation", args.seed, versions)
         build_classification(args.out / "classification", args.seed, versions)
     elif args.which == "detection":
         build_detection(args.out, args.seed, versions)
+    elif args.which == "segmentation":
+        build_segmentation(args.out, args.seed, versions)
     else:
         build_classification(args.out, args.seed, versions)
     return 0
