@@ -129,7 +129,9 @@ GPU_PROFILES["smoke"] = {
 # Accuracy against plain loops on real images and real ImageNet weights (paths given on the command line).
 _DET_ACCURACY = dict(model="tf_efficientnet_lite1", image_size=256, epochs=4, seeds=[0, 1, 2], workers=2)
 # Segmentation beside segmentation_models_pytorch: the same weights file as detection (--weights).
-_SEG_ACCURACY = dict(model="tf_efficientnet_lite1", image_size=256, epochs=4, seeds=[0, 1, 2])
+# (arms: library defaults and SMP; the library-with-SMP's-recipe diagnostic arm only in the smoke profile)
+_SEG_ACCURACY = dict(model="tf_efficientnet_lite1", image_size=256, epochs=4, seeds=[0, 1, 2],
+                     arms=["library"])
 ACCURACY_PROFILES: dict[str, dict[str, dict]] = {
     "full": {"detection_accuracy": _DET_ACCURACY,
              "segmentation_accuracy_fpn": dict(_SEG_ACCURACY, decoder="fpn"),
