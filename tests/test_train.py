@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 import timm
@@ -11,6 +14,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 from tests.conftest import TINY, compose_cfg
 
+from b4transfer.callbacks import seconds_since_process_start
 from b4transfer.modes import run, train
 from b4transfer.tasks import load_module
 
@@ -32,6 +36,8 @@ def test_train_writes_a_complete_run_directory(tiny_cfg, tmp_path):
     assert len(val_acc) == 2 and all(0.0 <= a <= 1.0 for a in val_acc)
     assert any(r.get("val/acc_red") for r in rows), "per-class accuracy is logged by class name"
     assert any(r.get("val/f1_macro") for r in rows)
+    elapsed = [float(r["time/elapsed_s"]) for r in rows if r.get("time/elapsed_s")]  # at each epoch end
+    assert len(elapsed) == 2 and 0 < elapsed[0] < elapsed[1] <= seconds_since_process_start()
     written = json.loads((run_dir / "summary.json").read_text())
     assert written["epochs"] == 2 and written["global_step"] == summary["global_step"] > 0
     assert written["class_names"] == ["blue", "green", "red"]
@@ -39,6 +45,20 @@ def test_train_writes_a_complete_run_directory(tiny_cfg, tmp_path):
     assert "val/acc1" in written["metrics"]
     config = json.loads((run_dir / "export" / "config.json").read_text())
     assert config["label_names"] == ["blue", "green", "red"]
+
+
+def test_seconds_since_process_start_counts_from_the_start_of_the_process():
+    code = (
+        "import time; t = time.perf_counter(); "
+        "from b4transfer.callbacks import seconds_since_process_start as f; "
+        "time.sleep(0.3); print(f(), time.perf_counter() - t)"
+    )
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    wall = time.perf_counter() - start
+    since_start, since_import_began = map(float, out.split())
+    # clock ticks are 10 ms: the process started before its imports and after this test launched it
+    assert 0.3 <= since_import_began <= since_start + 0.02 and since_start <= wall + 0.02
 
 
 def test_export_reloads_in_plain_timm_with_identical_logits(tiny_cfg, tmp_path):

@@ -1,8 +1,10 @@
-"""Small Lightning callbacks: training throughput for the run summary, the progress report (a bar that
-refreshes every ``log_every_n_steps`` steps on a terminal, one plain line per epoch in batch jobs)."""
+"""Small Lightning callbacks: training throughput for the run summary (and the wall time at each
+epoch end, ``time/elapsed_s``), the progress report (a bar that refreshes every ``log_every_n_steps``
+steps on a terminal, one plain line per epoch in batch jobs)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -90,10 +92,28 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
+_IMPORTED = time.perf_counter()
+
+
+def seconds_since_process_start() -> float:
+    """Wall seconds since this process started (imports, data scan, model creation included): from
+    ``/proc`` on Linux; elsewhere since this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:  # field 22, starttime, in clock ticks after boot
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0]) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.perf_counter() - _IMPORTED
+
+
 class ThroughputMeter(L.Callback):
     """Counts training images and the wall time spent in training epochs (validation excluded).
 
     ``images_per_s`` is global (all ranks) and includes data loading, so it is what a user waits for.
+    At the end of each training epoch (after its validation and checkpoint writes) it logs
+    ``time/elapsed_s``, the wall seconds since the process started (:func:`seconds_since_process_start`):
+    how long the run took to get that far (``benchmarks/bench_time_to_accuracy.py`` reads it).
     """
 
     def __init__(self) -> None:
@@ -121,6 +141,7 @@ class ThroughputMeter(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._pause()
+        pl_module.log("time/elapsed_s", seconds_since_process_start(), rank_zero_only=True)
 
     @property
     def images_per_s(self) -> float | None:
