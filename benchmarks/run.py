@@ -5,8 +5,9 @@ a plot next to it, then regenerates ``BENCHMARKS.md`` from all result files ther
 ``full`` (default), ``--quick`` (under 10 minutes on 2 CPU cores), ``--smoke`` (seconds, tiny
 model: checks the harness, the numbers mean nothing). ``--suite gpu`` without a CUDA device writes
 a result file saying so and exits 0. ``--suite accuracy`` trains on real images with real weights
-(``--det-data DIR --weights FILE``, see ``scripts/build_real_sets.py``): hours on 2 CPU cores, so its
-finished runs are kept in ``--cache`` (shared with ``scripts/detection_study.py``) and reused.
+(``--det-data DIR --seg-data DIR --cls-data DIR --weights FILE``, see ``scripts/build_real_sets.py``):
+hours on 2 CPU cores, so its finished runs are kept in ``--cache`` (shared with
+``scripts/detection_study.py``) and reused.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from benchmarks import (
     bench_segmentation,
     bench_segmentation_accuracy,
     bench_side_by_side,
+    bench_time_to_accuracy,
     bench_train,
 )
 from benchmarks.common import Result, machine
@@ -132,16 +134,21 @@ _DET_ACCURACY = dict(model="tf_efficientnet_lite1", image_size=256, epochs=4, se
 # (arms: library defaults and SMP; the library-with-SMP's-recipe diagnostic arm only in the smoke profile)
 _SEG_ACCURACY = dict(model="tf_efficientnet_lite1", image_size=256, epochs=4, seeds=[0, 1, 2],
                      arms=["library"])
+# Time to accuracy: the library's defaults vs a naive loop on a class-folder set of real images (--cls-data).
+_TIME_TO_ACCURACY = dict(model="tf_efficientnet_lite1", image_size=224, epochs=5, seeds=[0, 1, 2])
 ACCURACY_PROFILES: dict[str, dict[str, dict]] = {
     "full": {"detection_accuracy": _DET_ACCURACY,
              "segmentation_accuracy_fpn": dict(_SEG_ACCURACY, decoder="fpn"),
-             "segmentation_accuracy_unet": dict(_SEG_ACCURACY, decoder="unet")},
+             "segmentation_accuracy_unet": dict(_SEG_ACCURACY, decoder="unet"),
+             "time_to_accuracy": _TIME_TO_ACCURACY},
     "quick": {"detection_accuracy": _DET_ACCURACY,
-              "segmentation_accuracy_fpn": dict(_SEG_ACCURACY, decoder="fpn")},
+              "segmentation_accuracy_fpn": dict(_SEG_ACCURACY, decoder="fpn"),
+              "time_to_accuracy": dict(_TIME_TO_ACCURACY, seeds=[0])},
     "smoke": {"detection_accuracy": dict(model="tf_efficientnet_lite1", image_size=96, epochs=1, seeds=[0],
                                          workers=1),
               "segmentation_accuracy_fpn": dict(model="tf_efficientnet_lite1", decoder="fpn", image_size=96,
-                                                epochs=1, seeds=[0])},
+                                                epochs=1, seeds=[0]),
+              "time_to_accuracy": dict(model="tf_efficientnet_lite1", image_size=64, epochs=2, seeds=[0])},
 }
 RUNNERS = {
     "train_overhead": lambda p: bench_train.run(p),
@@ -156,6 +163,7 @@ RUNNERS = {
     "segmentation_accuracy_fpn": lambda p: bench_segmentation_accuracy.run(p),
     "segmentation_accuracy_unet": lambda p: bench_segmentation_accuracy.run(p),
     "side_by_side": lambda p: bench_side_by_side.run(p),
+    "time_to_accuracy": lambda p: bench_time_to_accuracy.run(p),
     "gpu_train": lambda p: bench_train.run(p, accelerator="gpu", precision="bf16-mixed", target=">= 0.97"),
     "gpu_inference": lambda p: bench_inference.run(p, device="cuda"),
     "gpu_scaling": lambda p: bench_scaling.run(p, device="cuda"),
@@ -176,6 +184,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--det-data", type=Path, default=None, help="accuracy: COCO-format real-image set")
     parser.add_argument("--seg-data", type=Path, default=None,
                         help="accuracy: seg_folder real-image set (images/ + masks/ + classes.txt)")
+    parser.add_argument("--cls-data", type=Path, default=None,
+                        help="accuracy: class-folder real-image set (train/<class>/, val/<class>/)")
     parser.add_argument("--weights", type=Path, default=None, help="accuracy: timm-layout ImageNet weights")
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "results" / "runs" / "acc.json",
                         help="accuracy: finished runs, reused when their composed config matches")
@@ -242,8 +252,8 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     else:
         table = {"gpu": GPU_PROFILES, "accuracy": ACCURACY_PROFILES}.get(args.suite, PROFILES)[profile]
         if args.suite == "accuracy":
-            paths = {"data": args.det_data, "seg_data": args.seg_data, "weights": args.weights,
-                     "cache": args.cache}
+            paths = {"data": args.det_data, "seg_data": args.seg_data, "cls_data": args.cls_data,
+                     "weights": args.weights, "cache": args.cache}
             table = {name: {**params, **paths} for name, params in table.items()}
         names = [n for n in table if not args.only or n in args.only.split(",")]
         results = []
