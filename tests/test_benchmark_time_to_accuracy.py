@@ -110,7 +110,8 @@ def test_time_to_accuracy_suite_times_both_arms_and_reuses_runs(tmp_path, monkey
     if seed["t_lib"] is None:
         assert result["ratio"] is None and result["passed"] is False
     else:
-        assert seed["t_lib"] == arms["library"]["per_epoch_elapsed_s"][seed["reached_at_epoch"] - 1]
+        reached_s = arms["library"]["per_epoch_elapsed_s"][seed["reached_at_epoch"] - 1]
+        assert seed["t_lib"] == pytest.approx(reached_s, abs=0.05)
         assert result["ratio"] == pytest.approx(seed["t_lib"] / seed["naive_s"], abs=1e-3)
     runs = json.loads(cache.read_text())
     assert sorted(k.split("-")[0] for k in runs) == ["naive", "tta"]
