@@ -174,6 +174,7 @@ def test_timm_releases_without_data_config_get_the_same_preprocessing(trained, t
     real = export_module.save_config_for_hf
 
     def old_signature(model, config_path, model_config=None, model_args=None):
+        assert hasattr(config_path, "open"), "timm 1.0.29 calls config_path.open(): a str fails there"
         return real(model, config_path, model_config=model_config, model_args=model_args)
 
     monkeypatch.setattr(export_module, "save_config_for_hf", old_signature)
