@@ -183,30 +183,30 @@ def library_run(data_root, *, threads: int | None = None, **settings) -> dict:
         return {"epochs": read_epochs(run_dir / "metrics.csv"), "wall_s": round(wall, 1)}
 
 
+def run_plain_loop(module: str, data_root, threads: int | None, **flags) -> tuple[dict, float]:
+    """``python -m module DATA --flag value ...`` (``_`` in a flag's name as ``-``) in a subprocess: the
+    ``RESULT {json}`` of its last line and its seconds. The plain loops of every accuracy benchmark."""
+    cmd = [sys.executable, "-m", module, str(data_root)]
+    for flag, value in flags.items():
+        cmd += [f"--{flag.replace('_', '-')}", str(value)]
+    out, wall = run_captured(cmd, threads, str(ROOT))
+    return json.loads(out.rsplit("RESULT ", 1)[1]), wall
+
+
+def recipe_key(prefix: str, recipe: dict, data_root, **settings) -> str:
+    """A cache key of a plain loop's run: its recipe, data and settings."""
+    spec = {"recipe": recipe, "data": str(data_root), **{k: str(v) for k, v in settings.items()}}
+    return prefix + hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def plain_run(
     data_root, *, weights, model_name, image_size, epochs, seed, recipe=None, threads: int | None = None
 ) -> dict:
     """One run of :mod:`benchmarks.plain_detection` in a subprocess."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.plain_detection",
-        str(data_root),
-        "--weights",
-        str(weights),
-        "--model",
-        model_name,
-        "--image-size",
-        str(image_size),
-        "--epochs",
-        str(epochs),
-        "--seed",
-        str(seed),
-        "--recipe",
-        json.dumps(recipe or {}),
-    ]
-    out, _ = run_captured(cmd, threads, str(ROOT))
-    return json.loads(out.rsplit("RESULT ", 1)[1])
+    return run_plain_loop(
+        "benchmarks.plain_detection", data_root, threads, weights=weights, model=model_name,
+        image_size=image_size, epochs=epochs, seed=seed, recipe=json.dumps(recipe or {}),
+    )[0]
 
 
 class RunCache:

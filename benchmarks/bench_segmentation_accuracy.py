@@ -20,14 +20,20 @@ is :mod:`benchmarks.bench_segmentation`'s (interleaved in one process).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench_detection_accuracy import RunCache, config_key, mean_sd, run_captured
+from benchmarks.bench_detection_accuracy import (
+    RunCache,
+    config_key,
+    mean_sd,
+    recipe_key,
+    run_captured,
+    run_plain_loop,
+)
 from benchmarks.common import Result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,32 +93,16 @@ def library_run(data_root, *, threads=None, overrides=(), **settings) -> dict:
 
 
 def plain_run(data_root, *, decoder, weights, model_name, image_size, epochs, seed, threads=None) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.plain_segmentation",
-        str(data_root),
-        "--arch",
-        decoder,
-        "--weights",
-        str(weights),
-        "--model",
-        model_name,
-        "--image-size",
-        str(image_size),
-        "--epochs",
-        str(epochs),
-        "--seed",
-        str(seed),
-    ]
-    return json.loads(run_captured(cmd, threads, str(ROOT))[0].rsplit("RESULT ", 1)[1])
+    return run_plain_loop(
+        "benchmarks.plain_segmentation", data_root, threads, arch=decoder, weights=weights, model=model_name,
+        image_size=image_size, epochs=epochs, seed=seed,
+    )[0]
 
 
 def plain_key(data_root, **settings) -> str:
     from benchmarks.plain_segmentation import RECIPE
 
-    spec = {"recipe": RECIPE, "data": str(data_root), **{k: str(v) for k, v in settings.items()}}
-    return "smp-" + hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return recipe_key("smp-", RECIPE, data_root, **settings)
 
 
 def summarize(runs: list[dict]) -> dict:

@@ -25,7 +25,6 @@ run's times are from when it ran: the result records each run's commit and load 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import statistics
@@ -33,7 +32,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.bench_detection_accuracy import ROOT, RunCache, config_key, mean_sd, run_captured
+from benchmarks.bench_detection_accuracy import (
+    ROOT,
+    RunCache,
+    config_key,
+    mean_sd,
+    recipe_key,
+    run_captured,
+    run_plain_loop,
+)
 from benchmarks.common import Result
 
 NAME, TARGET = "time_to_accuracy", "<= 0.6"
@@ -98,26 +105,10 @@ def library_run(data_root, *, threads: int | None = 1, **settings) -> dict:
 
 
 def naive_run(data_root, *, weights, model_name, image_size, epochs, seed, batch_size, threads=1) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.plain_classification",
-        str(data_root),
-        "--weights",
-        str(weights),
-        "--model",
-        model_name,
-        "--image-size",
-        str(image_size),
-        "--epochs",
-        str(epochs),
-        "--seed",
-        str(seed),
-        "--batch-size",
-        str(batch_size),
-    ]
-    out, wall = run_captured(cmd, threads, str(ROOT))
-    result = json.loads(out.rsplit("RESULT ", 1)[1])
+    result, wall = run_plain_loop(
+        "benchmarks.plain_classification", data_root, threads, weights=weights, model=model_name,
+        image_size=image_size, epochs=epochs, seed=seed, batch_size=batch_size,
+    )
     return result | {
         "process_wall_s": round(wall, 1),
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
@@ -127,8 +118,7 @@ def naive_run(data_root, *, weights, model_name, image_size, epochs, seed, batch
 def naive_key(data_root, **settings) -> str:
     from benchmarks.plain_classification import RECIPE
 
-    spec = {"recipe": RECIPE, "data": str(data_root), **{k: str(v) for k, v in settings.items()}}
-    return "naive-cls-" + hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return recipe_key("naive-cls-", RECIPE, data_root, **settings)
 
 
 def time_to_reach(epochs: list[dict], target: float, val_images: int | None = None) -> dict | None:
