@@ -37,18 +37,16 @@ AMP = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 CHOICES = (*AMP, "auto")
 
 
-def resolve(precision: str, device: str, channels_last: bool = False) -> tuple[str, bool]:
-    """``(Lightning precision, channels_last)`` of a choice such as ``32-true``, ``auto``, ``32-true+cl``."""
+def resolve(precision: str, device: str, channels_last: bool = False) -> tuple[str, bool, bool]:
+    """``(Lightning precision, channels_last, fp32 depthwise)`` of a choice such as ``32-true``, ``auto``,
+    ``32-true+cl``: the library's plan (:func:`b4transfer.devices.resolve_precision`), as a run uses it."""
     name, _, suffix = precision.partition("+")
     if name not in CHOICES or suffix not in ("", "cl"):
         raise ValueError(f"precision={precision!r}; choose one of {', '.join(CHOICES)}, optionally +cl.")
-    channels_last = channels_last or suffix == "cl"
-    if name == "auto":
-        from b4transfer.devices import resolve_precision
+    from b4transfer.devices import resolve_precision
 
-        plan = resolve_precision({"precision": "auto", "accelerator": device.split(":")[0]})
-        return plan.used, channels_last or plan.channels_last
-    return name, channels_last
+    plan = resolve_precision({"precision": name, "accelerator": device.split(":")[0]})
+    return plan.used, channels_last or suffix == "cl" or plan.channels_last, plan.fp32_depthwise
 
 
 def _classifier(model_name: str, device: str, batch_size: int, image_size: int):
@@ -100,13 +98,17 @@ def setup(
     fpn_channels: int = 128,
 ):
     """``(step, info)``: one training step at ``precision`` (returns its loss) and what it runs."""
-    used, channels_last = resolve(precision, device, channels_last)
+    used, channels_last, fp32_dw = resolve(precision, device, channels_last)
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if task == "detection":
         model, loss_fn = _detector(model_name, device, batch_size, image_size, fpn_channels)
     else:
         model, loss_fn = _classifier(model_name, device, batch_size, image_size)
+    if fp32_dw:  # as a run of the library: depthwise convolutions fp32 under bf16 autocast on a CPU
+        from b4transfer.speed import fp32_depthwise
+
+        fp32_depthwise(model)
     if channels_last:
         from b4transfer.speed import apply_speed_switches
 
@@ -138,6 +140,7 @@ def setup(
         "batch_size": batch_size,
         "image_size": image_size,
         "channels_last": channels_last,
+        "fp32_depthwise": fp32_dw,
     }
     return step, info
 
@@ -207,8 +210,9 @@ def compare(precisions: list[str], *, device: str, steps: int, rounds: int, warm
 def table(rows: list[dict]) -> str:
     base = next((r["images_per_s"] for r in rows if r["precision"] == "32-true"), None)
     lines = [
-        "| device | task | model | batch | size | channels_last | precision | images/s | vs 32 | peak GiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| device | task | model | batch | size | channels_last | precision | fp32 depthwise | images/s "
+        "| vs 32 | peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = r.get("ratio_vs_first") or (r["images_per_s"] / base if base else None)
@@ -218,7 +222,8 @@ def table(rows: list[dict]) -> str:
         shown = r["precision"] if r["precision"].split("+")[0] == used else f"{r['precision']} -> {used}"
         lines.append(
             f"| {r['device']} | {r.get('task', 'classification')} | {r['model']} | {r['batch_size']} | "
-            f"{r['image_size']} | {r['channels_last']} | {shown} | {r['images_per_s']:.1f} | {ratio} | "
+            f"{r['image_size']} | {r['channels_last']} | {shown} | {r.get('fp32_depthwise', False)} | "
+            f"{r['images_per_s']:.1f} | {ratio} | "
             f"{mem} |"
         )
     return "\n".join(lines)

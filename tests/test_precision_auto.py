@@ -61,6 +61,7 @@ def test_auto_trains_in_bf16_channels_last_and_the_summary_records_it(tiny_cfg, 
     assert summary["precision"] == "bf16-mixed" and summary["global_step"] == 2
     plan = summary["precision_plan"]
     assert plan["requested"] == "auto" and plan["used"] == "bf16-mixed" and plan["channels_last"]
+    assert plan["fp32_depthwise"]
     assert "native bf16" in plan["reason"]
     assert [r.getMessage() for r in caplog.records if "precision=auto" in r.getMessage()] == [
         f"precision=auto: bf16-mixed + channels_last ({plan['reason']})"
@@ -133,3 +134,46 @@ def test_the_precision_benchmark_times_auto_against_fp32(task):
     auto = resolve_precision({"precision": "auto", "accelerator": "cpu"}).used
     assert [r["used"] for r in rows] == ["32-true", auto]
     assert all(r["finite_loss"] and r["images_per_s"] > 0 for r in rows) and "auto" in table(rows)
+
+
+def test_bf16_on_a_cpu_keeps_depthwise_convolutions_fp32(native):
+    native(True)
+    assert resolve_precision({"precision": "auto", "accelerator": "cpu"}).fp32_depthwise
+    assert resolve_precision({"precision": "bf16-mixed", "accelerator": "cpu"}).fp32_depthwise
+    assert not resolve_precision({"precision": "auto", "accelerator": "gpu"}).fp32_depthwise
+    assert not resolve_precision({"precision": "32-true", "accelerator": "cpu"}).fp32_depthwise
+
+
+def test_fp32_depthwise_changes_dtypes_not_parameters():
+    import copy
+    import io
+
+    import timm
+
+    from b4transfer.speed import fp32_depthwise
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", num_classes=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    depthwise = [m for m in convs if m.groups > 1 and m.groups == m.in_channels]
+    assert depthwise and len(depthwise) < len(convs)
+    assert fp32_depthwise(model) == len(depthwise) and fp32_depthwise(model) == 0  # idempotent
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # copies and pickles keep working, and without autocast they compute what the model computes
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded, copied = torch.load(buffer, weights_only=False).eval(), copy.deepcopy(model).eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(loaded(x), model.eval()(x)) and torch.equal(copied(x), model(x))
+    model.train()
+    dtypes = {}
+    for m in convs:
+        m.register_forward_hook(lambda mod, args, out: dtypes.__setitem__(mod, out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x).float().sum().backward()
+    assert {dtypes[m] for m in depthwise} == {torch.float32}
+    assert {dtypes[m] for m in convs if m not in depthwise} == {torch.bfloat16}
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())

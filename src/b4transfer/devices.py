@@ -42,12 +42,15 @@ LR_SCALING_KEYS = ("lr_scaling", "base_batch_size")
 
 @dataclass(frozen=True)
 class PrecisionPlan:
-    """What ``trainer.precision`` resolved to: the Lightning precision used, and channels_last or not."""
+    """What ``trainer.precision`` resolved to: the Lightning precision used, channels_last or not, and
+    whether depthwise convolutions stay fp32 under bf16 autocast (:func:`b4transfer.speed.fp32_depthwise`:
+    on CPUs oneDNN's bf16 depthwise backward is 2x slower than fp32's)."""
 
     requested: str
     used: str
     channels_last: bool
     reason: str
+    fp32_depthwise: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,13 +84,17 @@ def resolve_precision(trainer_cfg: Mapping[str, Any], *, announce: bool = False)
 
 def _resolve_precision(trainer_cfg: Mapping[str, Any]) -> PrecisionPlan:
     requested = str(trainer_cfg.get("precision", "32-true"))
-    if requested.lower() != "auto":
-        return PrecisionPlan(requested, requested, False, "as configured")
     device = training_device(trainer_cfg.get("accelerator"))
+    if requested.lower() != "auto":
+        # bf16 autocast on a CPU (16-mixed turns into it there): depthwise convolutions in fp32
+        bf16_cpu = device.type == "cpu" and requested in ("bf16-mixed", "bf16", "16-mixed", "16")
+        return PrecisionPlan(requested, requested, False, "as configured", fp32_depthwise=bf16_cpu)
     what = {"cuda": "the GPU", "cpu": "the CPU"}.get(device.type, device.type)
     if inference.bf16_native(device):
         native = "bf16 support" if device.type == "cuda" else "native bf16 (AVX512-BF16 / AMX)"
-        return PrecisionPlan("auto", "bf16-mixed", True, f"{what} has {native}")
+        return PrecisionPlan(
+            "auto", "bf16-mixed", True, f"{what} has {native}", fp32_depthwise=device.type == "cpu"
+        )
     return PrecisionPlan(
         "auto", "32-true", False, f"{what} has no native bf16 (emulated bf16 would be slower than fp32)"
     )

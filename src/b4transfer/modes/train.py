@@ -50,7 +50,7 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     audit = pre_train_audit(cfg, task, splits, run_dir)  # duplicates, leakage, conflicting labels
     precision = devices.resolve_precision(plain(cfg.trainer), announce=True)  # auto: this device's fastest
     module = task.build_module(cfg, splits, backbone)
-    module = apply_speed_switches(module, cfg.model, precision.channels_last)
+    module = apply_speed_switches(module, cfg.model, precision.channels_last, precision.fp32_depthwise)
     if ckpt:
         check_resumable(ckpt, task, module)
     datamodule = task.build_datamodule(cfg, splits, module)
