@@ -22,8 +22,8 @@ def test_precision_group_sets_trainer_precision(choice):
     assert compose_cfg(f"precision={choice}").trainer.precision == choice
 
 
-def test_default_precision_is_fp32_and_cli_can_still_override_the_key():
-    assert compose_cfg().trainer.precision == "32-true"
+def test_default_precision_is_auto_and_cli_can_still_override_the_key():
+    assert compose_cfg().trainer.precision == "auto"
     assert compose_cfg("trainer.precision=bf16-mixed").trainer.precision == "bf16-mixed"
 
 
