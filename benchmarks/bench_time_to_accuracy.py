@@ -46,8 +46,9 @@ from benchmarks.common import Result
 NAME, TARGET = "time_to_accuracy", "<= 0.6"
 
 
-def cli_overrides(data_root, *, weights, model_name, image_size, epochs, seed) -> list[str]:
-    """The ``run.py`` overrides of one library run (its run directory aside): the defaults otherwise."""
+def cli_overrides(data_root, *, weights, model_name, image_size, epochs, seed, extra=()) -> list[str]:
+    """The ``run.py`` overrides of one library run (its run directory aside): the defaults otherwise, and
+    ``extra`` (a recipe study's variant) last."""
     return [
         "data=folder",
         f"data.root={data_root}",
@@ -57,6 +58,7 @@ def cli_overrides(data_root, *, weights, model_name, image_size, epochs, seed) -
         f"trainer.max_epochs={epochs}",
         f"seed={seed}",
         "trainer.enable_progress_bar=false",
+        *extra,
     ]
 
 
@@ -100,6 +102,7 @@ def library_run(data_root, *, threads: int | None = 1, **settings) -> dict:
             "process_wall_s": round(wall, 1),
             "train_images_per_s": summary.get("train_images_per_s"),
             "val_images": summary.get("val_images"),
+            "precision_plan": summary.get("precision_plan"),
             "load_average_end": [round(x, 2) for x in os.getloadavg()],
         }
 
