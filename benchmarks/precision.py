@@ -13,8 +13,9 @@
 Times full training steps (forward, loss, backward, AdamW step) on a synthetic batch after warm-up
 steps, with the autocast / GradScaler setup Lightning uses for each ``precision=`` choice. ``auto`` is
 resolved by the library (:func:`b4transfer.devices.resolve_precision`: bf16-mixed + channels_last where
-the device computes bf16 natively, else 32-true); a ``+cl`` suffix adds channels_last weights and inputs
-to any choice (``--channels-last``: to all). ``--task classification`` (default) times a plain timm
+the device computes bf16 natively, else 32-true; on CPUs with the depthwise convolutions in fp32); a
+``+cl`` suffix adds channels_last weights and inputs to any choice (``--channels-last``: to all), ``+bf16dw``
+keeps the depthwise convolutions in bf16. ``--task classification`` (default) times a plain timm
 classifier with cross-entropy; ``--task detection`` the library's detection module (RetinaNet + FPN over
 the timm body, ``--fpn-channels``) on synthetic boxes. With ``--rounds N`` the choices run interleaved,
 ``--steps`` steps each per round, and the table gives the median images/s and the median per-round ratio
@@ -39,14 +40,18 @@ CHOICES = (*AMP, "auto")
 
 def resolve(precision: str, device: str, channels_last: bool = False) -> tuple[str, bool, bool]:
     """``(Lightning precision, channels_last, fp32 depthwise)`` of a choice such as ``32-true``, ``auto``,
-    ``32-true+cl``: the library's plan (:func:`b4transfer.devices.resolve_precision`), as a run uses it."""
-    name, _, suffix = precision.partition("+")
-    if name not in CHOICES or suffix not in ("", "cl"):
-        raise ValueError(f"precision={precision!r}; choose one of {', '.join(CHOICES)}, optionally +cl.")
+    ``32-true+cl``: the library's plan (:func:`b4transfer.devices.resolve_precision`), as a run uses it.
+    ``+bf16dw`` leaves the depthwise convolutions in bf16 (what the plan avoids on CPUs)."""
+    name, *suffixes = precision.split("+")
+    if name not in CHOICES or not set(suffixes) <= {"cl", "bf16dw"}:
+        raise ValueError(
+            f"precision={precision!r}; choose one of {', '.join(CHOICES)}, optionally +cl and/or +bf16dw."
+        )
     from b4transfer.devices import resolve_precision
 
     plan = resolve_precision({"precision": name, "accelerator": device.split(":")[0]})
-    return plan.used, channels_last or suffix == "cl" or plan.channels_last, plan.fp32_depthwise
+    channels_last = channels_last or "cl" in suffixes or plan.channels_last
+    return plan.used, channels_last, plan.fp32_depthwise and "bf16dw" not in suffixes
 
 
 def _classifier(model_name: str, device: str, batch_size: int, image_size: int):

@@ -145,6 +145,12 @@ def test_bf16_on_a_cpu_keeps_depthwise_convolutions_fp32(native):
     assert resolve_precision({"precision": "bf16-mixed", "accelerator": "cpu"}).fp32_depthwise
     assert not resolve_precision({"precision": "auto", "accelerator": "gpu"}).fp32_depthwise
     assert not resolve_precision({"precision": "32-true", "accelerator": "cpu"}).fp32_depthwise
+    from benchmarks.precision import resolve  # the benchmark times the plan, or bf16 depthwise on request
+
+    assert resolve("auto", "cpu") == ("bf16-mixed", True, True)
+    assert resolve("bf16-mixed+cl+bf16dw", "cpu") == ("bf16-mixed", True, False)
+    with pytest.raises(ValueError, match="bf16dw"):
+        resolve("auto+fast", "cpu")
 
 
 def test_fp32_depthwise_changes_dtypes_not_parameters():
