@@ -298,8 +298,9 @@ def render(results_dir: Path, markdown: Path) -> None:
             lines += _details(record)
         lines += ["Machine: " + _machine(record)[0], ""]
         for rerun in record.get("reruns", []):
-            lines += [f"Re-run on its own later (`{rerun['command']}`, {rerun['started_utc']}, load average "
-                      f"{rerun['load_average'][0]} -> {rerun['load_average'][1]}): "
+            cpu = f"on `{rerun['cpu']}`, " if rerun.get("cpu") else ""
+            lines += [f"Re-run on its own later (`{rerun['command']}`, {cpu}{rerun['started_utc']}, "
+                      f"load average {rerun['load_average'][0]} -> {rerun['load_average'][1]}): "
                       f"{', '.join(rerun['benchmarks'])}.", ""]
     lines.append(NOTES)
     kept = ""

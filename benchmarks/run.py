@@ -211,6 +211,7 @@ def _merge(previous: dict, rerun: dict) -> dict:
     results = [fresh.pop(old["name"], old) for old in previous["results"]] + list(fresh.values())
     note = {k: rerun[k] for k in ("command", "started_utc", "wall_s")}
     note["load_average"] = [rerun["machine"]["load_average_start"], rerun["machine"]["load_average_end"]]
+    note["cpu"] = rerun["machine"].get("cpu")  # may differ from the machine of the first record
     note["benchmarks"] = names
     return {**previous, "results": results, "reruns": [*previous.get("reruns", []), note]}
 
