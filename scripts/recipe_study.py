@@ -102,9 +102,10 @@ def run_all(args) -> None:
 
 def report(args) -> dict:
     cache = RunCache(args.cache).runs
+    planned = jobs(args)  # composes every run's config once, not once per arm
     rows, base = [], None
     for arm in args.arms:
-        runs = [(seed, cache[key]) for a, seed, key, _ in jobs(args) if a == arm and key in cache]
+        runs = [(seed, cache[key]) for a, seed, key, _ in planned if a == arm and key in cache]
         if not runs:
             continue
         accs = [r["epochs"][-1]["acc1"] * 100 for _, r in runs]
