@@ -72,6 +72,9 @@ class SegmentationHead(nn.Module):
         self.dropout = nn.Dropout2d(float(dropout)) if dropout else nn.Identity()
         kernel = 3 if decoder == "unet" else 1
         self.classifier = nn.Conv2d(self.decoder.out_channels, num_classes, kernel, padding=kernel // 2)
+        if decoder == "unet":  # SMP's segmentation head init (the decoder's own init is in UNetDecoder)
+            nn.init.xavier_uniform_(self.classifier.weight)
+            nn.init.zeros_(self.classifier.bias)
 
     def forward(self, maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         logits = self.classifier(self.dropout(self.decoder(maps)))  # (N, K, H/s, W/s)

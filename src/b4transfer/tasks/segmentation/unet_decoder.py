@@ -4,7 +4,9 @@ from every finer backbone map (as segmentation_models_pytorch's ``Unet``).
 Each block upsamples 2x (nearest), concatenates the backbone map of that stride when there is one, and
 applies two ``conv3x3 -> BatchNorm -> ReLU``. There is one block per halving of the coarsest stride (B4 at
 strides 2 ... 32: five blocks, the last one without a skip, ending at stride 1). Channels come from
-``feature_info``; ``decoder_channels`` sets the blocks' widths.
+``feature_info``; ``decoder_channels`` sets the blocks' widths. The convolutions start from He
+(fan-in, ReLU) initialisation as SMP's decoders do: PyTorch's default draws them ~2.4x smaller, which under
+BatchNorm and Adam multiplies their effective learning rate ~6x (README "Beside segmentation_models_pytorch").
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class UNetDecoder(nn.Module):
             prev = out
         self.out_channels = channels[-1]
         self.out_stride = 1
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         x = maps[-1]
