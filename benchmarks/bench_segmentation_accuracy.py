@@ -124,11 +124,12 @@ def summarize(runs: list[dict]) -> dict:
 
 def run(p: dict) -> Result:
     """``p``: seg_data, weights, model, decoder, image_size, epochs, seeds, cache, threads."""
-    name = f"segmentation_accuracy_{p.get('decoder', 'fpn')}"
+    decoder = p.get("decoder", "fpn")
+    name = f"segmentation_accuracy_{decoder}"
     if not p.get("seg_data") or not p.get("weights"):
         return Result(
             name=name,
-            title="Segmentation accuracy parity vs SMP",
+            title=f"Segmentation accuracy ({decoder}) vs SMP",
             status="skipped",
             reason="needs --seg-data DIR (a seg_folder set of real images) and --weights FILE",
         )
@@ -137,7 +138,7 @@ def run(p: dict) -> Result:
     except ImportError:
         return Result(
             name=name,
-            title="Segmentation accuracy parity vs SMP",
+            title=f"Segmentation accuracy ({decoder}) vs SMP",
             status="skipped",
             reason='segmentation_models_pytorch is not installed (pip install "b4transfer[bench]")',
         )
