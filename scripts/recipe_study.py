@@ -2,10 +2,13 @@
 
     python scripts/recipe_study.py --data /work/data/real_cls \
         --weights ../shared/weights/tf_efficientnet_lite1_timm.safetensors \
-        [--image-size 160] [--epochs 5] [--seeds 0 1 2] [--arms defaults "no EMA"] [--report-only]
+        [--image-size 160] [--epochs 5] [--seeds 0 1 2] [--arms defaults "no EMA"] [--report-only] \
+        [--base optim.layer_decay=null]
 
 Every arm is the library's defaults (``python run.py data=folder``, nothing overridden but data, model,
-weights, image size, epochs and seed) plus one knob; the first arm is the defaults themselves. Each run is
+weights, image size, epochs and seed) plus one knob; the first arm is the defaults themselves. ``--base``
+adds overrides under every arm (an arm's own value of a key wins): ``--base optim.layer_decay=null`` is the
+defaults before this study chose layer-wise LR decay, the base of the README's one-knob table. Each run is
 a ``run.py`` subprocess with one OpenMP thread, final ``val/acc1`` after the last epoch and its wall
 seconds (process start to the last epoch's end, the library's ``time/elapsed_s``). Runs go seed by seed
 (all arms at seed 0, then seed 1, ...) so an interrupted study still has whole seeds.
@@ -35,11 +38,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 from benchmarks.bench_detection_accuracy import RunCache, config_key  # noqa: E402
 from benchmarks.bench_time_to_accuracy import cli_overrides, library_run  # noqa: E402
 
-# One knob at a time on the library's defaults (adamw 1e-3 for every group, constant LR, EMA 0.999 with
-# warm-up, label smoothing 0.1, BatchNorm training, timm's RandomResizedCrop(0.08-1) + flip + jitter 0.4,
-# precision=auto, evaluation at the model's test/train size ratio).
+# One knob at a time on the library's defaults (adamw 1e-3 for the head, layer-wise LR decay 0.75 down the
+# backbone, constant LR, EMA 0.999 with warm-up, label smoothing 0.1, BatchNorm training, timm's
+# RandomResizedCrop(0.08-1) + flip + jitter 0.4, precision=auto, evaluation at the model's test/train size
+# ratio).
 ARMS: dict[str, list[str]] = {
     "defaults": [],
+    "one backbone LR (optim.layer_decay=null: the defaults before this study)": ["optim.layer_decay=null"],
     "fp32 (precision=32-true)": ["precision=32-true"],
     "LP-FT (finetune=freeze_unfreeze: 1 epoch head only, then all, 1-epoch warm-up)": [
         "finetune=freeze_unfreeze"
@@ -75,7 +80,9 @@ def jobs(args) -> list[tuple[str, int, str, list[str]]]:
     out = []
     for seed in args.seeds:
         for arm in args.arms:
-            extra = tuple(o.format(eval_1_2=round(1.2 * args.image_size)) for o in ARMS[arm])
+            own = [o.format(eval_1_2=round(1.2 * args.image_size)) for o in ARMS[arm]]
+            mine = {o.split("=", 1)[0] for o in own}
+            extra = tuple([o for o in args.base if o.split("=", 1)[0] not in mine] + own)
             key = "tta-" + config_key(cli_overrides(args.data, seed=seed, extra=extra, **common))
             out.append((arm, seed, key, list(extra)))
     return out
@@ -126,7 +133,8 @@ def report(args) -> dict:
         row["delta"] = statistics.fmean(same) if same else None
         rows.append(row)
     lines = [
-        f"| recipe ({args.model} @ {args.image_size} px, {args.epochs} epochs) | val acc1 % (mean ± sd) "
+        f"| recipe ({args.model} @ {args.image_size} px, {args.epochs} epochs"
+        f"{', every arm + ' + ' '.join(args.base) if args.base else ''}) | val acc1 % (mean ± sd) "
         "| per seed | vs defaults (paired) | s / run | train img/s |",
         "|---|---|---|---|---|---|",
     ]
@@ -151,6 +159,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), metavar="ARM")
+    parser.add_argument(
+        "--base", nargs="*", default=[], help="overrides under every arm, e.g. optim.layer_decay=null"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "results" / "runs" / "acc.json")
     parser.add_argument("--out", type=Path, default=ROOT / "scripts" / "recipe_study.results.json")

@@ -31,6 +31,7 @@ def test_ra2_recipe_composes_to_the_model_card_recipe_and_runs_a_step(tmp_path, 
     assert cfg.scheduler.name == "step" and cfg.scheduler.decay_rate == 0.97
     assert (cfg.model.drop_rate, cfg.model.drop_path_rate) == (0.4, 0.2)
     assert cfg.ema.enabled and cfg.finetune._target_.endswith("Full")
+    assert cfg.optim.layer_decay is None  # one backbone LR, as the recipe trained
     task = tasks.from_config(cfg)
     splits = build_splits(cfg, task)
     train_tf = repr(task.build_datamodule(cfg, splits, task.build_module(cfg, splits)).train_transform)
@@ -48,6 +49,16 @@ def test_ra2_recipe_composes_to_the_model_card_recipe_and_runs_a_step(tmp_path, 
 def test_small_data_recipe_runs(tmp_path, image_folder):
     summary = train(_cfg(tmp_path, image_folder, "experiment=finetune_small"))
     assert summary["epochs"] == 1 and 0 <= summary["metrics"]["val/acc1"] <= 1
+
+
+def test_layer_wise_lr_decay_is_the_classification_default_only():
+    """Measured for classification (README "Which recipe"); detection and segmentation keep one LR."""
+    assert compose_cfg().optim.layer_decay == 0.75
+    assert compose_cfg("optim=sgd").optim.layer_decay == 0.75  # the task's recipe, whatever the optimizer
+    assert compose_cfg("optim.layer_decay=null").optim.layer_decay is None
+    assert compose_cfg("experiment=finetune_small").optim.layer_decay == 0.75
+    for task in ("detection", "segmentation"):
+        assert compose_cfg(f"task={task}").optim.layer_decay is None
 
 
 def test_lr_find_mode_saves_a_plot_and_prints_a_suggestion(tmp_path, image_folder, capsys):
