@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 
 import pytest
+import timm
 import torch
+from safetensors.torch import save_file
 from tests.conftest import TINY, compose_cfg
 
 from b4transfer import tasks
@@ -49,6 +53,30 @@ def test_ra2_recipe_composes_to_the_model_card_recipe_and_runs_a_step(tmp_path, 
 def test_small_data_recipe_runs(tmp_path, image_folder):
     summary = train(_cfg(tmp_path, image_folder, "experiment=finetune_small"))
     assert summary["epochs"] == 1 and 0 <= summary["metrics"]["val/acc1"] <= 1
+
+
+def test_layer_wise_lr_decay_applies_to_pretrained_backbones_only(tmp_path, image_folder, caplog):
+    """Pretrained weights (here a local file): one LR group per timm layer, decaying down the backbone.
+    Random weights (model.pretrained=false): one backbone LR, and a warning says why."""
+    weights = tmp_path / "pretrained.safetensors"
+    save_file(timm.create_model("test_efficientnet", pretrained=False).state_dict(), weights)
+    runs = {"pretrained": (f"model.weights={weights}",), "random": ()}
+    lrs = {}
+    for name, extra in runs.items():
+        cfg = _cfg(tmp_path / name, image_folder, "trainer.limit_train_batches=1", *extra)
+        with caplog.at_level(logging.WARNING, logger="b4transfer.tasks.base"):
+            train(cfg)
+        with open(tmp_path / name / "run" / "metrics.csv", newline="") as f:
+            row = next(r for r in csv.DictReader(f) if r.get("lr-AdamW/head"))
+        lrs[name] = {k.removeprefix("lr-AdamW/"): float(v) for k, v in row.items() if k.startswith("lr-")}
+    pretrained = lrs["pretrained"].items()
+    layers = {int(k.removeprefix("backbone.layer")): v for k, v in pretrained if k[-1].isdigit()}
+    top = max(layers) + 1  # the head is layer L
+    assert len(layers) > 2 and layers == pytest.approx({i: 1e-3 * 0.75 ** (top - i) for i in layers})
+    assert set(lrs["random"]) == {"head", "head_no_decay", "backbone", "backbone_no_decay"}
+    assert lrs["random"]["backbone"] == lrs["random"]["head"] == pytest.approx(1e-3)
+    warned = [r.getMessage() for r in caplog.records if "layer_decay" in r.getMessage()]
+    assert len(warned) == 1 and "random weights" in warned[0]
 
 
 def test_layer_wise_lr_decay_is_the_classification_default_only():

@@ -14,6 +14,7 @@ Each task's module subclasses it with its own steps and metrics.
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +28,8 @@ from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
 from b4transfer.finetuning import schedule_name
 from b4transfer.optim import create_optimizer, create_scheduler, param_groups
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "EXPORT_FORMATS", "MODES", "SCHEDULES", "STEPS", "Task", "TaskModule", "metric_name", "step_setting",
@@ -84,13 +87,25 @@ class TaskModule(L.LightningModule):
         default = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05}
         opt_cfg, _ = split_lr_scaling(self.hparams.get("optim") or default)
         name, lr = opt_cfg.pop("name", "adamw"), opt_cfg.pop("lr")
+        layer_decay = opt_cfg.pop("layer_decay", None)
+        model = self.hparams.get("model") or {}
+        if layer_decay is not None and not (model.get("pretrained") or model.get("weights")):
+            # the decay keeps pretrained lower layers near their weights; random ones must learn (the
+            # quickstart's from-scratch demo run stays at chance with it: README "Which recipe")
+            log.warning(
+                "optim.layer_decay=%s is not applied: the backbone starts from random weights "
+                "(model.pretrained=false, no model.weights), so every backbone layer trains at lr * "
+                "optim.backbone_lr_mult.",
+                layer_decay,
+            )
+            layer_decay = None
         groups = param_groups(
             backbone=self.backbone,
             head=self.head,
             lr=lr,
             weight_decay=opt_cfg.pop("weight_decay", 0.0),
             backbone_lr_mult=opt_cfg.pop("backbone_lr_mult", 1.0),
-            layer_decay=opt_cfg.pop("layer_decay", None),
+            layer_decay=layer_decay,
             # a freezing schedule that unfreezes stage by stage needs one group pair per stage
             split_stages=any(getattr(cb, "needs_stage_groups", False) for cb in self.trainer.callbacks),
         )
