@@ -8,6 +8,7 @@ import json
 
 import pytest
 import timm
+import torch
 from safetensors.torch import save_file
 
 from b4transfer.data.demo_segmentation import ensure_demo_masks
@@ -81,3 +82,27 @@ def test_segmentation_step_time_is_measured_beside_smp(decoder):
     )
     assert result.status == "ok" and result.ratio > 0 and result.target == "<= 1.05"
     assert result.extra["decoder_parameters"]["library"] > 0 and result.extra["decoder_parameters"]["smp"] > 0
+
+
+def test_the_unet_head_is_smp_unet_given_its_weights():
+    """The library's U-Net decoder + classifier hold exactly smp.Unet's layers (same order, same shapes) and,
+    loaded with smp.Unet's weights over the same encoder, give its logits: an accuracy gap between the two
+    is the recipe's, not the architecture's (README "Beside segmentation_models_pytorch")."""
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    from b4transfer.tasks.segmentation.head import build_head
+    from b4transfer.tasks.segmentation.module import build_feature_backbone
+
+    torch.manual_seed(0)
+    reference = smp.Unet(encoder_name="tu-test_efficientnet", encoder_weights=None, classes=3).eval()
+    backbone = build_feature_backbone({"name": "test_efficientnet"}, {"decoder": "unet"}).eval()
+    head = build_head(backbone, 3, {"decoder": "unet"}).eval()
+    encoder = {k.removeprefix("model."): v for k, v in reference.encoder.state_dict().items()}
+    backbone.load_state_dict(encoder)
+    theirs, ours = reference.decoder.state_dict(), head.decoder.state_dict()
+    assert [v.shape for v in theirs.values()] == [v.shape for v in ours.values()]
+    head.decoder.load_state_dict(dict(zip(ours, theirs.values())))
+    classifier = reference.segmentation_head.state_dict()  # Sequential(conv, identity, activation)
+    head.classifier.load_state_dict({k.split(".", 1)[1]: v for k, v in classifier.items()})
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(head(backbone(images), images.shape[-2:]), reference(images))
