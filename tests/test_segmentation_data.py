@@ -163,6 +163,16 @@ def test_coco_with_task_segmentation_composes_the_semantic_reader(tmp_path):
     assert compose_cfg("task=detection", "data=coco").data.source._target_.endswith("coco.coco_splits")
 
 
+@pytest.mark.parametrize("data", ["seg_folder", "voc_seg", "coco"])
+def test_segmentation_trains_with_flips_only_by_default(data, tmp_path):
+    """The measured default (README "Beside segmentation_models_pytorch"): no scale or colour jitter on
+    real data, whichever reader; the from-scratch demo keeps the jitter it was measured with."""
+    augment = compose_cfg("task=segmentation", f"data={data}", f"data.root={tmp_path}").data.augment
+    assert (augment.hflip, list(augment.scale), augment.color_jitter) == (0.5, [1.0, 1.0], 0.0)
+    demo = compose_cfg("task=segmentation").data.augment
+    assert list(demo.scale) == [0.75, 1.25] and demo.color_jitter == 0.2
+
+
 def test_demo_set_is_deterministic_and_read_through_seg_folder(tmp_path):
     a = demo_mask_splits(tmp_path / "a", image_size=48, train_images=3, val_images=2, seed=1)
     b = demo_mask_splits(tmp_path / "b", image_size=48, train_images=3, val_images=2, seed=1)
