@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import numbers
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -119,3 +121,36 @@ def predict_trainer_setup(
     on_gpu = torch.cuda.is_available() and kwargs.get("accelerator", "auto") in ("auto", "gpu", "cuda")
     device = torch.device("cuda" if on_gpu else "cpu")
     return kwargs, device, resolve_precision(settings.precision, device)
+
+
+def output_names(paths: list[Path], source, suffix: str = ".png") -> list[Path]:
+    """Where each input's output file goes, relative to an output folder: unique, and stable for a given
+    ``predict.input``.
+
+    The image's path relative to ``source`` (a folder: sub-folders kept), else its name, with its
+    extension replaced by ``suffix`` — unless two inputs would share that name (``x.jpg`` and ``x.png``):
+    those keep their own extension before ``suffix`` (``x.jpg.png``, ``x.png.png``). Names that would
+    still clash (also by letter case, for case-insensitive file systems) get ``-2``, ``-3``... in path
+    order.
+    """
+    root = Path(source).expanduser() if source not in (None, "") else None
+    rel = [
+        p.relative_to(root) if root is not None and root.is_dir() and p.is_relative_to(root) else Path(p.name)
+        for p in paths
+    ]
+    stems = [str(r.with_suffix("")).casefold() for r in rel]
+    count = Counter(stems)
+    names = [
+        r.with_suffix(suffix) if count[stem] == 1 else r.with_name(r.name + suffix)
+        for r, stem in zip(rel, stems)
+    ]
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        unique, n = name, 1
+        while str(unique).casefold() in taken:
+            n += 1
+            unique = name.with_name(f"{name.stem}-{n}{suffix}")
+        taken.add(str(unique).casefold())
+        out.append(unique)
+    return out

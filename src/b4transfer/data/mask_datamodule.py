@@ -25,8 +25,10 @@ from b4transfer.errors import UserError
 class MaskDataset(Dataset):
     """``dataset[i] -> (image (3, S, S) float 0..1, mask (S, S) int64)``."""
 
-    def __init__(self, samples: Sequence[MaskSample], transform: MaskTransform, palette=None) -> None:
-        self.samples, self.transform, self.palette = list(samples), transform, palette
+    def __init__(
+        self, samples: Sequence[MaskSample], transform: MaskTransform, palette=None, binary: bool = False
+    ) -> None:
+        self.samples, self.transform, self.palette, self.binary = list(samples), transform, palette, binary
         self.draft_size = (2 * transform.size, 2 * transform.size)
 
     def __len__(self) -> int:
@@ -35,7 +37,8 @@ class MaskDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.samples[index]
         image = load_rgb(sample.path, draft_size=self.draft_size)
-        return self.transform(image, read_mask(sample.mask, self.palette, size=sample.size))
+        mask = read_mask(sample.mask, self.palette, size=sample.size, binary=self.binary)
+        return self.transform(image, mask)
 
 
 class MaskPathDataset(Dataset):
@@ -116,7 +119,8 @@ class MaskDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> MaskDataset:
         """The dataset of ``split`` (``train``, ``val`` or ``test``) with its transform."""
         transform = self.train_transform if split == "train" else self.eval_transform
-        return MaskDataset(getattr(self.splits, split), transform, self.splits.palette)
+        splits = self.splits
+        return MaskDataset(getattr(splits, split), transform, splits.palette, splits.binary)
 
     def _loader(self, split: str, *, train: bool) -> DataLoader:
         dataset = self.dataset(split)

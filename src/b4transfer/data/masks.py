@@ -7,9 +7,12 @@ renders the mask (``render(height, width)``, COCO polygons) — and calls :func:
 
 That decodes every mask once at start-up (threads) and refuses, before any training step, a mask whose
 size differs from its image, values that are neither a class nor the ignore index, and RGB masks with no
-palette mapping, each naming the file, the value and the fix. It also counts each class's training pixels
-(for ``loss.class_weights=auto``), drops unreadable images (skipped and counted, as for classification)
-and carves a seeded validation split when the source has none.
+palette mapping, lossy (JPEG) mask files, images too large to decode, and an ignore index that is a class,
+each naming the file, the value and the fix. Binary masks of 0 and 255 with two classes are read as
+0 and 1 (logged): 255 would otherwise be the ignore index and the object never learned. It keeps each
+mask's pixel counts (so ``loss.class_weights=auto`` and the summary's shares follow the training split,
+k-fold folds included), drops unreadable images (skipped and counted, as for classification) and
+carves a seeded validation split when the source has none.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image
 
 from b4transfer.data.detection import random_val_split
 from b4transfer.data.images import ImageLoadError, upright_size
+from b4transfer.data.mask_files import check_palette, mask_size, read_mask, refuse_lossy
 from b4transfer.data.splits import (
     DEFAULT_CHECK_THREADS,
     check_on_bad_image,
@@ -37,8 +40,15 @@ from b4transfer.errors import UserError
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
-INDEX_MODES = ("L", "P", "I;16", "I;16B", "I;16L", "I", "1")
-COLOUR_MODES = ("RGB", "RGBA")
+__all__ = [  # read_mask and check_palette live in mask_files; imported from here by the readers
+    "IGNORE_INDEX",
+    "MaskSample",
+    "MaskSplits",
+    "assemble_mask_splits",
+    "check_palette",
+    "default_palette",
+    "read_mask",
+]
 
 
 class MaskRenderer(Protocol):
@@ -55,11 +65,13 @@ class MaskSample:
         path: Image file.
         mask: Mask PNG (class index per pixel), or a :class:`MaskRenderer`.
         size: ``(width, height)`` of the upright image (and of its mask); ``None`` until checked.
+        pixels: ``(values, counts)``: the pixels of each class value in the mask (set by the scan).
     """
 
     path: Path
     mask: Path | Any
     size: tuple[int, int] | None = None
+    pixels: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -74,7 +86,7 @@ class MaskSplits:
         skipped: ``(path, reason)`` for every unreadable image left out.
         ignore_index: The mask value that marks pixels to ignore (borders, crowds, padding).
         palette: RGB colour of each class (for RGB masks and written masks); ``None``: the default one.
-        class_pixels: Training pixels per class.
+        binary: The masks hold 0 and 255 for two classes: 255 is read as class 1.
     """
 
     class_names: list[str]
@@ -84,7 +96,7 @@ class MaskSplits:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     ignore_index: int = IGNORE_INDEX
     palette: list[tuple[int, int, int]] | None = None
-    class_pixels: list[int] = field(default_factory=list)
+    binary: bool = False
 
     multi_label = False
 
@@ -92,6 +104,17 @@ class MaskSplits:
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.class_names)
+
+    @property
+    def class_pixels(self) -> list[int]:
+        """Training pixels per class, summed over the current ``train`` samples (a k-fold fold's own)."""
+        pixels = np.zeros(self.num_classes, np.int64)
+        for sample in self.train:
+            if sample.pixels is not None:
+                values, counts = sample.pixels
+                keep = (values >= 0) & (values < self.num_classes)
+                np.add.at(pixels, values[keep], counts[keep])
+        return [int(c) for c in pixels]
 
 
 def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
@@ -109,95 +132,7 @@ def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
     return colours
 
 
-def check_palette(palette, where: str = "data.palette") -> list[tuple[int, int, int]] | None:
-    """``[[r, g, b], ...]`` (one per class) as tuples; ``None`` passes."""
-    if palette is None:
-        return None
-    ok = isinstance(palette, (list, tuple)) and all(
-        isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
-        for c in palette
-    )
-    if not ok or len({tuple(c) for c in palette}) != len(palette):
-        raise UserError(
-            f"{where}={palette!r} must list one distinct [r, g, b] colour (0..255) per class, in "
-            "class order. "
-            "Fix: e.g. data.palette=[[0,0,0],[128,0,0],[0,128,0]]."
-        )
-    return [tuple(int(v) for v in c) for c in palette]
-
-
-def read_mask(
-    mask: Path | Any, palette: list[tuple[int, int, int]] | None = None, *, size=None
-) -> np.ndarray:
-    """A mask as an ``(H, W)`` int64 array of class indices.
-
-    Args:
-        mask: A PNG of indices (``L``, ``P``, 16-bit) or of colours (``RGB``, mapped by ``palette``), or a
-            :class:`MaskRenderer` (rendered at ``size=(width, height)``).
-        palette: Class colours for RGB masks; a colour not in it becomes ``-1`` (found by the checks).
-        size: ``(width, height)`` for a renderer.
-
-    Raises:
-        UserError: The file is unreadable, of another mode, or RGB with no ``palette``.
-    """
-    if not isinstance(mask, (str, Path)):
-        return np.asarray(mask.render(size[1], size[0]), dtype=np.int64)
-    try:
-        with Image.open(mask) as img:
-            img.load()
-            mode = img.mode
-            if mode in COLOUR_MODES:
-                pixels = np.asarray(img.convert("RGB"))
-            elif mode in INDEX_MODES:
-                return np.asarray(img, dtype=np.int64)
-            else:
-                raise UserError(
-                    f"mask {mask}: PIL mode {mode!r} is not a mask. Fix: save masks as 8-bit PNGs of class "
-                    "indices (mode L or P), or RGB PNGs with data.palette giving each class's colour."
-                )
-    except (OSError, SyntaxError, ValueError) as err:
-        if isinstance(err, UserError):
-            raise
-        raise UserError(
-            f"mask {mask} cannot be read ({err}). Fix: re-save it as a PNG, or remove the pair."
-        ) from err
-    if palette is None:
-        colours = np.unique(pixels.reshape(-1, 3), axis=0)[:4].tolist()
-        raise UserError(
-            f"mask {mask} is an RGB image (colours such as {colours}) but no palette maps "
-            "colours to classes. "
-            "Fix: set data.palette=[[r,g,b],...] (one colour per class, in class order; or 'palette:' in "
-            "classes.yaml), or save masks as 8-bit PNGs of class indices."
-        )
-    code = pixels[..., 0].astype(np.int64) << 16 | pixels[..., 1].astype(np.int64) << 8 | pixels[..., 2]
-    keys = np.array([r << 16 | g << 8 | b for r, g, b in palette], np.int64)
-    order = np.argsort(keys)
-    pos = np.clip(np.searchsorted(keys[order], code), 0, len(keys) - 1)
-    found = keys[order][pos] == code
-    return np.where(found, order[pos], -1)
-
-
-def mask_size(mask: Path | Any) -> tuple[int, int] | None:
-    """``(width, height)`` of a mask file from its header; ``None`` for a renderer (made to size)."""
-    if not isinstance(mask, (str, Path)):
-        return None
-    try:
-        with Image.open(mask) as img:
-            return img.size
-    except (OSError, SyntaxError, ValueError) as err:
-        raise UserError(
-            f"mask {mask} cannot be read ({err}). Fix: re-save it as a PNG, or remove the pair."
-        ) from err
-
-
-@dataclass
-class _Scan:
-    sample: MaskSample
-    values: np.ndarray  # distinct values
-    counts: np.ndarray  # pixels per value
-
-
-def _scan_one(sample: MaskSample, palette) -> _Scan:
+def _scan_one(sample: MaskSample, palette) -> MaskSample:
     image_size = sample.size or upright_size(sample.path)
     size = mask_size(sample.mask)
     if size is not None and size != tuple(image_size):
@@ -210,25 +145,56 @@ def _scan_one(sample: MaskSample, palette) -> _Scan:
     sample.size = (int(image_size[0]), int(image_size[1]))
     if hasattr(sample.mask, "pixel_counts"):  # a renderer that knows its values without rendering (COCO)
         values, counts = sample.mask.pixel_counts(*sample.size)
-        return _Scan(sample, np.asarray(values, np.int64), np.asarray(counts, np.int64))
-    values, counts = np.unique(read_mask(sample.mask, palette, size=sample.size), return_counts=True)
-    return _Scan(sample, values, counts)
+        sample.pixels = (np.asarray(values, np.int64), np.asarray(counts, np.int64))
+    else:
+        sample.pixels = np.unique(read_mask(sample.mask, palette, size=sample.size), return_counts=True)
+    return sample
 
 
-def scan_masks(samples: list[MaskSample], palette=None, threads: int = DEFAULT_CHECK_THREADS) -> list[_Scan]:
-    """Decode every mask once (threads): sizes against the images, distinct values and their counts."""
+def scan_masks(samples: list[MaskSample], palette=None, threads: int = DEFAULT_CHECK_THREADS) -> None:
+    """Decode every mask once (threads): sizes against the images, each sample's ``pixels`` (distinct
+    values and their counts). JPEG masks are refused first, all of them named at once."""
+    refuse_lossy([s.mask for s in samples])
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        return list(pool.map(lambda s: _scan_one(s, palette), samples))
+        list(pool.map(lambda s: _scan_one(s, palette), samples))
 
 
-def check_values(scans: list[_Scan], num_classes: int, ignore_index: int, source) -> None:
+def _is_file(mask) -> bool:
+    return isinstance(mask, (str, Path))
+
+
+def binary_masks(samples: list[MaskSample], class_names: list[str] | None) -> bool:
+    """Whether the masks are 0/255 object masks: files holding only 0 and 255 (255 somewhere), with two
+    classes named (or none). Read with 255 as the ignore index, the object class would have no pixel."""
+    if (class_names is not None and len(class_names) != 2) or not samples:
+        return False
+    if not all(_is_file(s.mask) for s in samples):  # rendered masks (COCO): 255 is a crowd region
+        return False
+    values = set()
+    for s in samples:
+        values.update(int(v) for v in s.pixels[0])
+    return 255 in values and values <= {0, 255}
+
+
+def check_ignore_index(ignore_index: int, class_names: list[str], source) -> None:
+    """Refuse an ignore index that is a class: that class would leave the loss and the metrics."""
+    if ignore_index < len(class_names):
+        raise UserError(
+            f"{source}: data.ignore_index={ignore_index} is class {ignore_index} "
+            f"({class_names[ignore_index]!r}) of the {len(class_names)} classes {shown(list(class_names))}; "
+            "its pixels would be left out of the loss and the metrics. Fix: set data.ignore_index to a "
+            f"value no class uses (>= {len(class_names)}; 255 by default)."
+        )
+
+
+def check_values(samples: list[MaskSample], num_classes: int, ignore_index: int, source) -> None:
     """Refuse mask values that are neither a class ``0..num_classes-1`` nor ``ignore_index``."""
     bad = []
-    for scan in scans:
-        wrong = [int(v) for v in scan.values if not (0 <= v < num_classes or v == ignore_index)]
+    for sample in samples:
+        wrong = [int(v) for v in sample.pixels[0] if not (0 <= v < num_classes or v == ignore_index)]
         if wrong:
             shown_values = ["colour not in data.palette" if v == -1 else v for v in wrong[:6]]
-            bad.append(f"{scan.sample.mask}: {shown_values}")
+            bad.append(f"{sample.mask}: {shown_values}")
     if bad:
         raise UserError(
             f"{source}: {len(bad)} mask(s) hold values that are neither a class "
@@ -238,9 +204,9 @@ def check_values(scans: list[_Scan], num_classes: int, ignore_index: int, source
         )
 
 
-def class_names_for(scans: list[_Scan], ignore_index: int) -> list[str]:
+def class_names_for(samples: list[MaskSample], ignore_index: int) -> list[str]:
     """``class_<i>`` for every value up to the largest found (no names file)."""
-    values = [int(v) for s in scans for v in s.values if v != ignore_index and v >= 0]
+    values = [int(v) for s in samples for v in s.pixels[0] if v != ignore_index and v >= 0]
     return [f"class_{i}" for i in range(max(values, default=0) + 1)]
 
 
@@ -282,7 +248,7 @@ def assemble_mask_splits(
         palette: Class colours for RGB masks (and for written masks).
 
     Returns:
-        The checked splits, with the training pixels per class.
+        The checked splits (each sample's pixel counts kept for :attr:`MaskSplits.class_pixels`).
     """
     check_val_fraction(val_fraction)
     check_on_bad_image(on_bad_image)
@@ -293,17 +259,30 @@ def assemble_mask_splits(
     everything = [s for name in names for s in tagged.get(name, [])]
     good, skipped = drop_unreadable(everything, on_bad_image=on_bad_image)
     try:
-        scans = scan_masks(good, palette)
+        scan_masks(good, palette)
     except ImageLoadError as err:
         raise UserError(str(err)) from err
-    class_names = list(class_names) if class_names else class_names_for(scans, ignore_index)
+    binary = binary_masks(good, class_names)
+    if binary:
+        for s in good:
+            s.pixels = (np.where(s.pixels[0] == 255, 1, s.pixels[0]), s.pixels[1])
+    class_names = list(class_names) if class_names else class_names_for(good, ignore_index)
+    if binary:
+        log.warning(
+            "%s: the masks hold only the values 0 and 255 and there are 2 classes %s: reading them as binary "
+            "masks, 255 as class 1 (%r), not as the ignore index.",
+            source,
+            class_names,
+            class_names[1],
+        )
     check_class_names(class_names, source)
     if palette is not None and len(palette) != len(class_names):
         raise UserError(
             f"data.palette lists {len(palette)} colours for {len(class_names)} classes {class_names}. "
             "Fix: give one colour per class, in class order."
         )
-    check_values(scans, len(class_names), ignore_index, source)
+    check_ignore_index(ignore_index, class_names, source)
+    check_values(good, len(class_names), ignore_index, source)
     good_ids = {id(s) for s in good}
     parts = {name: [s for s in tagged.get(name, []) if id(s) in good_ids] for name in names}
     if not parts["train"]:
@@ -316,24 +295,12 @@ def assemble_mask_splits(
             seed,
         )
         parts["train"], parts["val"] = random_val_split(parts["train"], val_fraction=val_fraction, seed=seed)
-    train_ids = {id(s) for s in parts["train"]}
-    pixels = np.zeros(len(class_names), np.int64)
-    for scan in scans:
-        if id(scan.sample) in train_ids:
-            keep = (scan.values >= 0) & (scan.values < len(class_names))
-            np.add.at(pixels, scan.values[keep], scan.counts[keep])
-    empty = [n for n, c in zip(class_names, pixels) if c == 0]
+    splits = MaskSplits(
+        class_names, parts["train"], parts["val"], parts["test"], skipped, ignore_index, palette, binary
+    )
+    empty = [n for n, c in zip(class_names, splits.class_pixels) if c == 0]
     if empty:
         log.warning(
             "%s: class(es) %s have no training pixels; the model can never learn them.", source, empty
         )
-    return MaskSplits(
-        class_names,
-        parts["train"],
-        parts["val"],
-        parts["test"],
-        skipped,
-        ignore_index,
-        palette,
-        [int(c) for c in pixels],
-    )
+    return splits

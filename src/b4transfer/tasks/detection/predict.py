@@ -5,9 +5,11 @@ Writes into the run directory:
 * ``detections.json`` — COCO results (``image_id``, ``category_id``, ``bbox`` as ``[x, y, w, h]``,
   ``score``), boxes in original-image pixels, category ids of the training data;
 * ``images.json`` — the predicted images as a COCO ``images`` + ``categories`` file, so that
-  ``COCO("images.json").loadRes("detections.json")`` works without ground truth;
-* with ``predict.draw=true``, ``predict_drawn/<image>.png`` with boxes, labels and scores drawn
-  (those scoring at least ``predict.draw_score_thresh``).
+  ``COCO("images.json").loadRes("detections.json")`` works without ground truth (each image's ``drawn``
+  file too, with ``predict.draw=true``);
+* with ``predict.draw=true``, ``predict_drawn/<image's relative path>.png`` with boxes, labels and scores
+  drawn (those scoring at least ``predict.draw_score_thresh``); inputs that differ only by their extension
+  keep it (``x.jpg.png``, ``x.png.png``: :func:`b4transfer.inference.output_names`).
 
 Image ids are 1..N in file order, or with ``predict.coco_json=FILE`` the ids that file gives the
 images (matched by ``file_name`` relative to ``predict.input``), so the results evaluate against it.
@@ -47,7 +49,13 @@ from b4transfer.data.coco import load_json
 from b4transfer.data.detection_datamodule import DetectionPathDataset, collate_detection, fill_colour
 from b4transfer.data.images import load_rgb, upright_size
 from b4transfer.errors import UserError
-from b4transfer.inference import MIN_AGREEMENT, InferenceSettings, fast_model, predict_trainer_setup
+from b4transfer.inference import (
+    MIN_AGREEMENT,
+    InferenceSettings,
+    fast_model,
+    output_names,
+    predict_trainer_setup,
+)
 from b4transfer.tasks.detection.slicing import TileDataset, check_slice
 
 log = logging.getLogger(__name__)
@@ -299,25 +307,25 @@ def write_detections(cfg: DictConfig, module, paths: list[Path], run_dir: Path) 
     detections, inference = _run(cfg, module, paths)
     results = coco_results(detections, ids, module.category_ids)
     (run_dir / "detections.json").write_text(json.dumps(results) + "\n")
+    drawn_dir = run_dir / "predict_drawn" if cfg.predict.get("draw") else None
+    drawn = (
+        [drawn_dir / n for n in output_names(paths, cfg.predict.input)] if drawn_dir else [None] * len(paths)
+    )
     images = []
-    for p, iid in zip(paths, ids):
+    for p, iid, out in zip(paths, ids, drawn):
         width, height = upright_size(p)
         images.append({"id": iid, "file_name": str(p), "width": width, "height": height})
+        if out is not None:
+            images[-1]["drawn"] = str(out)
     categories = [{"id": c, "name": n} for c, n in zip(module.category_ids, module.class_names)]
     (run_dir / "images.json").write_text(
         json.dumps({"images": images, "annotations": [], "categories": categories}) + "\n"
     )
-    drawn_dir = None
     thresholds = module.score_thresholds(float(cfg.predict.get("draw_score_thresh", 0.3)))
-    if cfg.predict.get("draw"):
-        drawn_dir = run_dir / "predict_drawn"
-        drawn_dir.mkdir()
-        root = Path(cfg.predict.input).expanduser()
-        for p, det in zip(paths, detections):
-            name = (
-                p.relative_to(root).with_suffix("").as_posix().replace("/", "__") if root.is_dir() else p.stem
-            )
-            draw(p, det, module.class_names, drawn_dir / f"{name}.png", thresholds)
+    if drawn_dir:
+        for p, det, out in zip(paths, detections, drawn):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            draw(p, det, module.class_names, out, thresholds)
     summary = {
         "detections": len(results),
         # at the per-class thresholds chosen on validation (else predict.draw_score_thresh): what is drawn

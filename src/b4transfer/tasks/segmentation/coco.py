@@ -6,12 +6,15 @@ or RLE (compressed or not) — is rendered with pycocotools when an image is loa
 reads the class pixel counts from the annotations' ``area`` instead of rendering every mask). Class 0 is
 ``background``; category ``i`` (sorted by id) is class ``i + 1``. Overlaps: a later annotation (file
 order) paints over an earlier one; crowd regions (``iscrowd: 1``) become the ignore index where no
-instance covers them. An annotation without a usable ``segmentation`` stops the run at start-up, naming
-the file, the annotation id and the value.
+instance covers them. An annotation without a usable ``segmentation`` (polygons with a coordinate that is
+not finite or far outside the image, an RLE whose runs do not decode to the image's size) stops the run
+at start-up, naming the file, the annotation id and the value; so do more categories than
+``data.ignore_index`` leaves room for (set it to 65535 for 255 or more categories).
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,9 +84,66 @@ def _compressed(segm) -> bool:
     return isinstance(segm, dict) and isinstance(segm.get("counts"), (str, bytes))
 
 
-def check_segmentation(segm, size: tuple[int, int], path: Path, aid) -> object:
-    """A usable ``segmentation`` (polygons, or RLE of the image's size), else a one-line error."""
+def rle_counts(counts: bytes) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string (``maskApi.c``'s ``rleFrString`` in Python, which
+    cannot crash), or ``None`` when the string is not one: a character outside ``0``..``o`` or a cut-off
+    number."""
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        x = k = 0
+        more = True
+        while more:
+            if p >= len(counts) or not 48 <= counts[p] < 48 + 64:
+                return None
+            c = counts[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        runs.append(x + (runs[-2] if len(runs) > 2 else 0))
+    return runs
+
+
+def _bad_rle(segm: dict, size: tuple[int, int]) -> str | None:
+    """Why an RLE of the image's size cannot be decoded (``None``: it can)."""
+    counts = segm["counts"]
+    runs = rle_counts(counts.encode() if isinstance(counts, str) else counts) if _compressed(segm) else counts
+    if not isinstance(runs, list) or not all(
+        isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in runs
+    ):
+        return "its 'counts' are not a COCO RLE (a compressed string or a list of integers)"
+    if any(r < 0 for r in runs) or sum(runs) != size[0] * size[1]:
+        return f"its run lengths sum to {sum(runs)} (negative runs: {sum(r < 0 for r in runs)}), not h x w"
+    return None
+
+
+def _bad_polygon(segm: list, size: tuple[int, int]) -> str | None:
+    """Why polygons cannot be drawn on the image (``None``: they can): a coordinate that is not finite or
+    lies more than an image's size outside it (pycocotools would allocate for it, or crash)."""
     width, height = size
+    for poly in segm:
+        if not all(map(math.isfinite, poly)):
+            return f"a polygon holds a coordinate that is not a finite number ({_shown(poly)})"
+        xs, ys = poly[0::2], poly[1::2]
+        if min(xs) < -width or max(xs) > 2 * width or min(ys) < -height or max(ys) > 2 * height:
+            return (
+                f"a polygon reaches far outside the {width}x{height} image (x {min(xs):g}..{max(xs):g}, "
+                f"y {min(ys):g}..{max(ys):g})"
+            )
+    return None
+
+
+def _shown(value) -> str:
+    return repr(value)[:80]
+
+
+def check_segmentation(segm, size: tuple[int, int], path: Path, aid) -> object:
+    """A usable ``segmentation`` (polygons of finite coordinates near the image, or a decodable RLE of the
+    image's size), else a one-line error naming the file, the annotation id and the value."""
+    width, height = size
+    why = None
     if (
         isinstance(segm, list)
         and segm
@@ -95,8 +155,10 @@ def check_segmentation(segm, size: tuple[int, int], path: Path, aid) -> object:
             for p in segm
         )
     ):
-        return segm
-    if isinstance(segm, dict) and "counts" in segm:
+        why = _bad_polygon(segm, size)
+        if why is None:
+            return segm
+    elif isinstance(segm, dict) and "counts" in segm:
         if list(segm.get("size") or []) != [height, width]:
             raise UserError(
                 f"{path}: annotation id {aid} has an RLE of size {segm.get('size')!r} on an "
@@ -104,13 +166,17 @@ def check_segmentation(segm, size: tuple[int, int], path: Path, aid) -> object:
                 f"width [{height}, {width}]. Fix: re-encode the mask at the image's size (RLE "
                 "size is [h, w])."
             )
-        return {
-            **segm,
-            "counts": segm["counts"].encode() if isinstance(segm["counts"], str) else segm["counts"],
-        }
-    shown = repr(segm)[:80]
+        why = _bad_rle(segm, size)
+        if why is None:
+            counts = segm["counts"]
+            return {**segm, "counts": counts.encode() if isinstance(counts, str) else counts}
+    if why is not None:
+        raise UserError(
+            f"{path}: annotation id {aid} has a segmentation that cannot be drawn: {why}. Fix: correct or "
+            "re-export that annotation (pycocotools' mask.encode writes valid RLE), or delete it."
+        )
     raise UserError(
-        f"{path}: annotation id {aid} has segmentation {shown}; semantic masks need polygons "
+        f"{path}: annotation id {aid} has segmentation {_shown(segm)}; semantic masks need polygons "
         "[[x1, y1, x2, y2, "
         "x3, y3, ...], ...] or an RLE {'size': [h, w], 'counts': ...}. Fix: export instance masks, or use "
         "task=detection for boxes only."
@@ -161,6 +227,15 @@ def coco_semantic_splits(
         root, train=(train_json, train_images), val=(val_json, val_images), test=(test_json, test_images)
     )
     names, ids, train = read_coco_masks(*files["train"], key="data.train_json", ignore_index=ignore_index)
+    classes = len(names) + 1
+    if isinstance(ignore_index, int) and 0 <= ignore_index < classes:
+        raise UserError(
+            f"{files['train'][0]}: {len(names)} categories + background = {classes} classes reach "
+            f"data.ignore_index={ignore_index}: category {names[ignore_index - 1]!r} (class {ignore_index}) "
+            "would be read as 'ignore' and never learned. Fix: data.ignore_index=65535 (any value >= "
+            f"{classes}; masks are rendered as 64-bit integers, predicted masks written as 16-bit PNGs), "
+            "or keep fewer categories in the JSON."
+        )
     tagged = {"train": train}
     for split in ("val", "test"):
         if split in files:

@@ -202,5 +202,6 @@ class SegmentationModule(TaskModule):
             size = tuple(int(v) for v in meta["orig"][i])
             crop = logits[i : i + 1, :, :h, :w]  # letterbox: the content is top-left
             full = torch.nn.functional.interpolate(crop, size=size, mode="bilinear", align_corners=False)
-            out.append({"index": int(meta["index"][i]), "mask": full[0].argmax(0).to(torch.uint8).cpu()})
+            dtype = torch.uint8 if len(self.class_names) <= 256 else torch.int32  # 16-bit PNGs beyond 256
+            out.append({"index": int(meta["index"][i]), "mask": full[0].argmax(0).to(dtype).cpu()})
         return out

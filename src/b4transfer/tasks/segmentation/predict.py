@@ -3,8 +3,10 @@
 Writes into the run directory:
 
 * ``predict_masks/<image's relative path>.png`` — a palette (``P``) PNG: each pixel's value is its class
-  index (as the training masks), shown in the class colours; the same width and height as the input image;
-* ``predictions.csv`` — image, mask file and each class's share of the pixels;
+  index (as the training masks), shown in the class colours (more than 256 classes: a 16-bit grayscale
+  PNG of the indices); the same width and height as the input image. Inputs that differ only by their
+  extension keep it (``x.jpg.png``, ``x.png.png``: :func:`b4transfer.inference.output_names`);
+* ``predictions.csv`` — image, mask file (overlay file) and each class's share of the pixels;
 * with ``predict.draw=true``, ``predict_overlays/<...>.png``: the image with the mask blended over it.
 
 Logits are computed on the letterboxed (or stretched) canvas, the content is cut out and resized (bilinear)
@@ -32,31 +34,26 @@ from b4transfer.config import num_workers, plain
 from b4transfer.data.detection_datamodule import fill_colour
 from b4transfer.data.images import load_rgb
 from b4transfer.data.mask_datamodule import MaskPathDataset
-from b4transfer.inference import MIN_AGREEMENT, InferenceSettings, fast_model, predict_trainer_setup
+from b4transfer.inference import (
+    MIN_AGREEMENT,
+    InferenceSettings,
+    fast_model,
+    output_names,
+    predict_trainer_setup,
+)
 
 log = logging.getLogger(__name__)
 
 
 def mask_png(mask: np.ndarray, palette) -> Image.Image:
-    """A palette PNG of class indices (``mask`` uint8), coloured by ``palette``."""
+    """A palette PNG of class indices coloured by ``palette``; with more than 256 classes a 16-bit
+    grayscale PNG of the indices (a palette holds 256 colours)."""
+    if len(palette) > 256:
+        return Image.fromarray(mask.astype(np.uint16))
     image = Image.fromarray(mask.astype(np.uint8), mode="P")
     flat = [v for colour in palette for v in colour]
     image.putpalette(flat + [0] * (768 - len(flat)))
     return image
-
-
-def output_names(paths: list[Path], source) -> list[Path]:
-    """Each image's path relative to ``predict.input`` (a folder), else its name, as ``.png``."""
-    root = Path(source).expanduser() if source else None
-    out = []
-    for p in paths:
-        rel = (
-            p.relative_to(root)
-            if root is not None and root.is_dir() and p.is_relative_to(root)
-            else Path(p.name)
-        )
-        out.append(rel.with_suffix(".png"))
-    return out
 
 
 def predict_masks(cfg: DictConfig, module, paths: list[Path]) -> tuple[list[torch.Tensor], dict[str, Any]]:
@@ -120,10 +117,11 @@ def write_masks(cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> di
             drawn.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(blended.astype(np.uint8)).save(drawn)
         shares = np.bincount(array.ravel(), minlength=len(module.class_names)) / array.size
-        rows.append([str(path), str(out), *(f"{s:.4f}" for s in shares)])
+        rows.append([str(path), str(out), *([str(drawn)] if draw else []), *(f"{s:.4f}" for s in shares)])
     table = run_dir / "predictions.csv"
+    header = ["path", "mask", *(["overlay"] if draw else []), *(f"share_{c}" for c in module.class_names)]
     with table.open("w", newline="") as f:
-        csv.writer(f).writerows([["path", "mask", *(f"share_{c}" for c in module.class_names)], *rows])
+        csv.writer(f).writerows([header, *rows])
     log.info("Wrote %d masks to %s", len(paths), run_dir / "predict_masks")
     summary = {"predictions": str(table), "masks_dir": str(run_dir / "predict_masks"), "inference": report}
     if draw:
