@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from b4transfer.class_weights import check_class_weights
 from b4transfer.config import num_workers, plain
 from b4transfer.data.datamodule import ClassificationDataModule
 from b4transfer.data.splits import DatasetSplits, class_counts
@@ -25,7 +26,7 @@ from b4transfer.tasks.classification.feature_cache import (
     check_cacheable,
     enable_feature_cache,
 )
-from b4transfer.tasks.classification.losses import class_weights
+from b4transfer.tasks.classification.losses import WEIGHTINGS, class_weights
 from b4transfer.tasks.classification.module import ClassificationModule, build_backbone
 from b4transfer.tasks.classification.parity import export_int8, export_openvino, score_classifier
 from b4transfer.tasks.classification.predict import write_embeddings, write_predictions
@@ -86,6 +87,8 @@ class ClassificationTask(Task):
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)
+        if cfg.mode in ("train", "lr_find"):
+            check_class_weights((cfg.get("loss") or {}).get("class_weights"), WEIGHTINGS)
         if cfg.mode == "train" and cfg.data.get("cache_features"):
             check_cacheable(augment=plain(cfg.data.get("augment")), finetune=plain(cfg.get("finetune")))
             if cfg.data.get("sampler"):

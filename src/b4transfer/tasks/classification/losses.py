@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
+from b4transfer.class_weights import check_class_weights
 from b4transfer.errors import UserError
 
 __all__ = ["EFFECTIVE_BETA", "LOSSES", "WEIGHTINGS", "class_weights", "focal_loss"]
@@ -31,29 +32,23 @@ def class_weights(spec: Any, counts: Sequence[int], class_names: Sequence[str]) 
     """The per-class loss weights ``loss.class_weights=spec`` asks for, given the training ``counts``.
 
     Args:
-        spec: ``None`` (no weights), ``"auto"``, ``"effective"`` or one positive number per class.
+        spec: ``None`` (no weights), ``"auto"``, ``"effective"`` or one finite number >= 0 per class.
         counts: Training images per class.
         class_names: Class names, for the error messages.
     """
+    spec = check_class_weights(spec, WEIGHTINGS)  # null, a weighting, or finite weights >= 0
     if spec is None:
         return None
     if isinstance(spec, str):
-        if spec not in WEIGHTINGS:
-            raise UserError(
-                f"loss.class_weights={spec} is not a weighting; use auto (inverse frequency), effective "
-                f"(effective number of samples, beta {EFFECTIVE_BETA}), a list of {len(counts)} weights, "
-                "or null."
-            )
         n = torch.tensor([max(int(c), 1) for c in counts], dtype=torch.float64)  # an absent class: as if 1
         raw = 1.0 / n if spec == "auto" else (1.0 - EFFECTIVE_BETA) / (1.0 - EFFECTIVE_BETA**n)
         return [round(float(w), 6) for w in raw * len(raw) / raw.sum()]
-    weights = [float(w) for w in spec]
-    if len(weights) != len(counts) or any(w < 0 for w in weights) or not any(weights):
+    if len(spec) != len(counts):
         raise UserError(
-            f"loss.class_weights={weights} needs {len(counts)} non-negative weights, one per class in this "
+            f"loss.class_weights={spec} needs {len(counts)} non-negative weights, one per class in this "
             f"order: {', '.join(class_names)}. Or use loss.class_weights=auto."
         )
-    return weights
+    return spec
 
 
 def focal_loss(

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from b4transfer.class_weights import check_class_weights
 from b4transfer.config import num_workers, plain
 from b4transfer.data.mask_datamodule import MaskDataModule
 from b4transfer.data.masks import MaskSplits
@@ -67,6 +68,7 @@ class SegmentationTask(Task):
         refuse_other_options(cfg)
         if cfg.mode in ("train", "lr_find"):  # other modes rebuild the head from the checkpoint
             check_head(plain(cfg.get("head")))
+            check_class_weights((cfg.get("loss") or {}).get("class_weights"), ("auto",))
 
     def build_backbone(self, cfg: DictConfig) -> torch.nn.Module:
         return build_feature_backbone(plain(cfg.model), plain(cfg.get("head")))
@@ -101,11 +103,13 @@ class SegmentationTask(Task):
         )
 
     def summary(self, splits: MaskSplits, datamodule) -> dict[str, Any]:
-        total = sum(splits.class_pixels) or 1
+        pixels = splits.class_pixels  # of this run's training split (a k-fold fold's own)
+        total = sum(pixels) or 1
         return {
             "ignore_index": splits.ignore_index,
+            "binary_masks": splits.binary,  # 0/255 masks read as classes 0 and 1
             "class_pixel_share": {
-                n: round(c / total, 4) for n, c in zip(splits.class_names, splits.class_pixels)
+                n: round(c / total, 4) for n, c in zip(splits.class_names, pixels)
             },
         }
 

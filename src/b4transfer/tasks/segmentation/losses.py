@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from b4transfer.class_weights import check_class_weights
 from b4transfer.errors import UserError
 
 
 def pixel_class_weights(spec, pixels: list[int], class_names: list[str]) -> list[float] | None:
     """The resolved ``loss.class_weights`` (one float per class) or ``None``."""
+    given, spec = spec, check_class_weights(spec, ("auto",))  # null, auto, or finite weights >= 0
     if spec is None:
         return None
     if spec == "auto":
@@ -29,15 +31,12 @@ def pixel_class_weights(spec, pixels: list[int], class_names: list[str]) -> list
         raw = [total / c if c > 0 else 0.0 for c in pixels]
         mean = sum(raw) / len(present)
         return [round(w / mean, 6) for w in raw]
-    ok = isinstance(spec, (list, tuple)) and all(
-        isinstance(w, numbers.Real) and not isinstance(w, bool) and w >= 0 for w in spec
-    )
-    if not ok or len(spec) != len(class_names):
+    if len(spec) != len(class_names):
         raise UserError(
-            f"loss.class_weights={spec!r}: give null, auto (inverse pixel frequency), or {len(class_names)} "
+            f"loss.class_weights={given!r}: give null, auto (inverse pixel frequency), or {len(class_names)} "
             f"weights >= 0, one per class in the order {class_names}."
         )
-    return [float(w) for w in spec]
+    return spec
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -73,9 +72,12 @@ class SegmentationLoss(nn.Module):
         self.register_buffer("weight", weight, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore_index)
-        if torch.isnan(loss):  # every pixel ignored (e.g. a crop of padding only)
+        valid = target[target != self.ignore_index].clamp(0, logits.shape[1] - 1)
+        weight = valid.numel() if self.weight is None else self.weight[valid].sum()
+        if weight == 0:  # every pixel ignored (a crop of padding only) or weighted 0: nothing to learn
             loss = logits.sum() * 0
+        else:  # a NaN here would be a real fault (the weights are checked finite): it is left to surface
+            loss = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore_index)
         if self.dice_weight:
             loss = loss + self.dice_weight * soft_dice_loss(logits, target, self.ignore_index)
         return loss
