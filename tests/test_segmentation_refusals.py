@@ -4,6 +4,7 @@ fix, or read the way the user meant."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
@@ -12,13 +13,15 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 from PIL import Image
-from tests.conftest import compose_cfg
+from tests.conftest import TINY, compose_cfg
 from tests.test_segmentation_data import one_line_error, squares, write_pair
 
+from b4transfer import tasks
 from b4transfer.data.kfold import fold_splits
 from b4transfer.data.mask_datamodule import MaskDataModule
 from b4transfer.data.masks import read_mask
 from b4transfer.data.seg_folder import seg_folder_splits
+from b4transfer.modes import run
 from b4transfer.tasks.segmentation.coco import coco_semantic_splits, rle_counts
 from b4transfer.tasks.segmentation.predict import mask_png
 
@@ -227,3 +230,78 @@ def test_kfold_folds_count_their_own_training_pixels(tmp_path):
         assert part.class_pixels == [4 * 40 * 48 - expected, expected]
         seen.add(expected)
     assert len(seen) == 5  # each fold its own counts (they were the original split's for every fold)
+
+
+# ------------------------------------------------------------------ end to end: binary masks, a k-fold fold
+@pytest.fixture(scope="module")
+def binary_fold_run(tmp_path_factory):
+    """One k-fold fold trained on 0/255 masks with class weights from the fold's own pixels."""
+    tmp = tmp_path_factory.mktemp("binary")
+    data = tmp / "data"
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        mask = np.zeros((48, 64), np.uint8)
+        mask[8 : 8 + 6 * (i + 1), 10:40] = 255  # a red object of another size in each image
+        pixels = rng.integers(0, 60, (48, 64, 3)).astype(np.uint8)
+        pixels[mask > 0, 0] = 220
+        (data / "images").mkdir(parents=True, exist_ok=True)
+        (data / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(data / "images" / f"a{i}.png")
+        Image.fromarray(mask).save(data / "masks" / f"a{i}.png")
+    (data / "classes.txt").write_text("background\nobject\n")
+    cfg = compose_cfg(
+        *TINY,
+        "task=segmentation",
+        "data=seg_folder",
+        f"data.root={data}",
+        "data.image_size=64",
+        "head.fpn_channels=16",
+        "head.seg_channels=16",
+        "data.kfold=5",
+        "data.fold=0",
+        "loss.class_weights=auto",
+        f"run_dir={tmp / 'train'}",
+    )
+    return tmp, data, cfg.seed, run(cfg)
+
+
+def test_a_kfold_fold_of_binary_masks_trains_the_object_with_its_own_pixel_shares(binary_fold_run):
+    tmp, data, seed, summary = binary_fold_run
+    assert summary["binary_masks"] is True and summary["train_images"] == 4
+    splits = fold_splits(seg_folder_splits(data, seed=seed), k=5, index=0, source="test")
+    train_object = sum(int((read_mask(s.mask) == 255).sum()) for s in splits.train)
+    share = round(train_object / (len(splits.train) * 48 * 64), 4)
+    assert summary["class_pixel_share"] == {"background": round(1 - share, 4), "object": share}
+    weights = tasks.load_module(summary["last_checkpoint"]).hparams.loss["class_weights"]
+    assert weights[1] / weights[0] == pytest.approx((1 - share) / share, rel=1e-3)  # the fold's inverse
+    assert "val/iou_object" in summary["metrics"]  # the object class is scored (it was never a class)
+
+
+def test_predict_writes_one_mask_per_input_when_names_differ_by_extension_only(binary_fold_run, tmp_path):
+    tmp, _, _, summary = binary_fold_run
+    inputs = tmp_path / "in"
+    sizes = {"x.jpg": (50, 30), "x.png": (60, 31), "sub/x.jpg": (70, 32), "y.jpg": (40, 33)}
+    for name, (w, h) in sizes.items():
+        (inputs / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(inputs / name)
+    cfg = compose_cfg(
+        *TINY,
+        "mode=predict",
+        f"ckpt_path={summary['last_checkpoint']}",
+        f"predict.input={inputs}",
+        "predict.draw=true",
+        f"run_dir={tmp / 'predict'}",
+    )
+    out = run(cfg)
+    with open(out["predictions"]) as f:
+        rows = {Path(r["path"]).relative_to(inputs).as_posix(): r for r in csv.DictReader(f)}
+    masks = Path(out["masks_dir"])
+    assert {k: Path(r["mask"]).relative_to(masks).as_posix() for k, r in rows.items()} == {
+        "x.jpg": "x.jpg.png",
+        "x.png": "x.png.png",
+        "sub/x.jpg": "sub/x.png",
+        "y.jpg": "y.png",
+    }
+    assert len(list(masks.rglob("*.png"))) == len(list(Path(out["overlays_dir"]).rglob("*.png"))) == 4
+    for name, row in rows.items():  # each file is its own input's (the sizes tell them apart)
+        assert Image.open(row["mask"]).size == Image.open(row["overlay"]).size == sizes[name]
