@@ -176,6 +176,23 @@ def binary_masks(samples: list[MaskSample], class_names: list[str] | None) -> bo
     return 255 in values and values <= {0, 255}
 
 
+def read_as_binary(samples: list[MaskSample], class_names: list[str] | None, source) -> bool:
+    """Count 255 as class 1 in 0/255 object masks (:func:`binary_masks`), with a warning; whether it did."""
+    if not binary_masks(samples, class_names):
+        return False
+    for s in samples:
+        s.pixels = (np.where(s.pixels[0] == 255, 1, s.pixels[0]), s.pixels[1])
+    names = list(class_names or ["class_0", "class_1"])
+    log.warning(
+        "%s: the masks hold only the values 0 and 255 and there are 2 classes %s: reading them as binary "
+        "masks, 255 as class 1 (%r), not as the ignore index.",
+        source,
+        names,
+        names[1],
+    )
+    return True
+
+
 def check_ignore_index(ignore_index: int, class_names: list[str], source) -> None:
     """Refuse an ignore index that is a class: that class would leave the loss and the metrics."""
     if ignore_index < len(class_names):
@@ -262,19 +279,8 @@ def assemble_mask_splits(
         scan_masks(good, palette)
     except ImageLoadError as err:
         raise UserError(str(err)) from err
-    binary = binary_masks(good, class_names)
-    if binary:
-        for s in good:
-            s.pixels = (np.where(s.pixels[0] == 255, 1, s.pixels[0]), s.pixels[1])
+    binary = read_as_binary(good, class_names, source)
     class_names = list(class_names) if class_names else class_names_for(good, ignore_index)
-    if binary:
-        log.warning(
-            "%s: the masks hold only the values 0 and 255 and there are 2 classes %s: reading them as binary "
-            "masks, 255 as class 1 (%r), not as the ignore index.",
-            source,
-            class_names,
-            class_names[1],
-        )
     check_class_names(class_names, source)
     if palette is not None and len(palette) != len(class_names):
         raise UserError(
