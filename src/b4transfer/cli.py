@@ -47,6 +47,7 @@ def objective(cfg: DictConfig, summary: dict) -> float | None:
 def _main(cfg: DictConfig) -> float | None:
     from b4transfer.backbone import PretrainedWeightsUnavailable
     from b4transfer.modes import run
+    from b4transfer.run_cleanup import forget_refused_run
 
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).propagate = False  # they print themselves; no second copy via Hydra
@@ -63,6 +64,7 @@ def _main(cfg: DictConfig) -> float | None:
         user_error = err.__cause__ if isinstance(err, InstantiationException) else err
         if not isinstance(user_error, user_errors) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        forget_refused_run()  # a refused run leaves no run directory (only what this process wrote goes)
         print(f"\nb4transfer: error: {user_error}\n(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
 
