@@ -1,7 +1,9 @@
 """Command line: ``python run.py key=value ...`` or the ``b4transfer`` console script.
 
 A thin ``@hydra.main`` shim over :func:`b4transfer.modes.run`; the configs live in the
-repository's ``conf/`` (shipped inside the package as ``b4transfer.conf`` when installed).
+repository's ``conf/`` (shipped inside the package as ``b4transfer.conf`` when installed). Before
+Hydra starts: ``--help`` (:mod:`b4transfer.cli_help`), ``--version``, and mistyped keys or group
+choices told in one line (:mod:`b4transfer.cli_overrides`); Hydra's own ``--hydra-help`` stays.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def objective(cfg: DictConfig, summary: dict) -> float | None:
 def _main(cfg: DictConfig) -> float | None:
     from b4transfer.backbone import PretrainedWeightsUnavailable
     from b4transfer.modes import run
+    from b4transfer.run_cleanup import forget_refused_run
 
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).propagate = False  # they print themselves; no second copy via Hydra
@@ -61,6 +64,7 @@ def _main(cfg: DictConfig) -> float | None:
         user_error = err.__cause__ if isinstance(err, InstantiationException) else err
         if not isinstance(user_error, user_errors) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        forget_refused_run()  # a refused run leaves no run directory (only what this process wrote goes)
         print(f"\nb4transfer: error: {user_error}\n(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -75,8 +79,45 @@ def share_cores_politely(environ=os.environ) -> None:
         environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
+_VERSION_FLAGS = ("-V", "--version")
+
+
+def before_hydra(argv: list[str]) -> bool:
+    """Handle what b4transfer answers itself: ``--help``/``-h``, ``--version``/``-V`` (True: done), and
+    mistyped overrides (one line, exit status 2). Everything else goes on to Hydra (False)."""
+    if "--hydra-help" in argv:
+        return False
+    if any(a in _VERSION_FLAGS or (len(a) > 3 and "--version".startswith(a)) for a in argv):
+        from b4transfer.cli_help import version_text
+
+        print(version_text())
+        return True
+    if "--help" in argv or "-h" in argv:
+        from b4transfer.cli_help import help_text
+
+        print(help_text(config_dir()), end="")
+        return True
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":  # Hydra's own report, with its traceback
+        return False
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    other_configs = args.config_path or args.config_name or args.config_dir or args.experimental_rerun
+    if not args.overrides or other_configs or args.shell_completion:
+        return False
+    from b4transfer.cli_overrides import check_overrides
+
+    message = check_overrides(config_dir(), args.overrides, multirun=args.multirun)
+    if message:
+        print(f"b4transfer: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+    return False
+
+
 def main() -> None:
     share_cores_politely()
+    if before_hydra(sys.argv[1:]):
+        return
     logging.getLogger("PIL").setLevel(logging.INFO)
     hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(_main)()
 

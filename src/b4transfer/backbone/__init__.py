@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import numbers
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -25,14 +27,17 @@ from b4transfer.backbone.features import feature_channels, feature_reductions, o
 from b4transfer.backbone.weights import (
     PretrainedWeightsUnavailable,
     build_pretrained,
+    check_weights_file,
     hf_cache_dir,
     load_weights_file,
+    locate_pretrained,
 )
 from b4transfer.errors import UserError
 
 __all__ = [
     "DEFAULT_NAME",
     "PretrainedWeightsUnavailable",
+    "check_weights",
     "create_backbone",
     "feature_channels",
     "feature_reductions",
@@ -99,3 +104,15 @@ def create_backbone(
     if not pretrained:
         return build_model(name, kwargs)
     return build_pretrained(name, kwargs, float(hub_timeout))
+
+
+def check_weights(model: Mapping[str, Any]) -> None:
+    """Fail now, before any data is read or generated, when the weights that ``model`` (``cfg.model``)
+    asks for cannot be had: a ``weights`` file that is not there, or pretrained weights neither cached
+    nor downloadable (:class:`PretrainedWeightsUnavailable`, within ``hub_timeout`` s). Loads nothing.
+    """
+    if model.get("weights") is not None:
+        check_weights_file(Path(model["weights"]))
+    elif model.get("pretrained", False):
+        check_name(model["name"])
+        locate_pretrained(model["name"], float(model.get("hub_timeout") or 3.0))

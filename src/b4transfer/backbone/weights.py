@@ -113,24 +113,23 @@ def _reachable(url: str, timeout: float) -> bool:
     return bool(answered and answered[0])
 
 
-def build_pretrained(name: str, kwargs: dict, hub_timeout: float) -> nn.Module:
+def locate_pretrained(name: str, hub_timeout: float) -> Path | None:
+    """The local copy of ``name``'s pretrained weights, or ``None`` when there is none but the hub
+    answers (a download will fetch them).
+
+    Raises:
+        PretrainedWeightsUnavailable: timm has no weights for ``name``, or nothing is cached and the hub
+            cannot be used (``HF_HUB_OFFLINE``, or no answer within ``hub_timeout`` s).
+    """
     cfg = get_pretrained_cfg(name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise PretrainedWeightsUnavailable(_unavailable_message(name, None, "timm has no pretrained weights "
                                                                 f"for {name!r}"))
     if cfg.file and Path(cfg.file).is_file():
-        cached = Path(cfg.file)
-    else:
-        cached = _find_cached_weights(cfg)
+        return Path(cfg.file)
+    cached = _find_cached_weights(cfg)
     if cached is not None:
-        _logger.info("Loading pretrained %s weights from the local cache: %s", name, cached)
-        if kwargs.get("features_only") and not cfg.custom_load:
-            # timm loads feature extractors non-strictly (and warns about the head keys): check every key
-            model = build_model(name, kwargs)
-            load_weights_file(model, cached, name=name, features_only=True)
-            return model
-        overlay = {"file": str(cached), "custom_load": cfg.custom_load}
-        return build_model(name, kwargs, pretrained=True, pretrained_cfg_overlay=overlay)
+        return cached
     endpoint = (os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT).rstrip("/")
     if not cfg.hf_hub_id:
         parsed = urlparse(cfg.url)
@@ -140,10 +139,25 @@ def build_pretrained(name: str, kwargs: dict, hub_timeout: float) -> nn.Module:
     else:
         start = time.monotonic()
         if _reachable(endpoint, hub_timeout):
-            return _download(name, kwargs, cfg)
+            return None
         spent = time.monotonic() - start
         reason = f"{endpoint} could not be reached (gave up after {spent:.1f} s, limit {hub_timeout:g} s)"
     raise PretrainedWeightsUnavailable(_unavailable_message(name, cfg, f"nothing is cached and {reason}"))
+
+
+def build_pretrained(name: str, kwargs: dict, hub_timeout: float) -> nn.Module:
+    cached = locate_pretrained(name, hub_timeout)
+    cfg = get_pretrained_cfg(name)
+    if cached is not None:
+        _logger.info("Loading pretrained %s weights from the local cache: %s", name, cached)
+        if kwargs.get("features_only") and not cfg.custom_load:
+            # timm loads feature extractors non-strictly (and warns about the head keys): check every key
+            model = build_model(name, kwargs)
+            load_weights_file(model, cached, name=name, features_only=True)
+            return model
+        overlay = {"file": str(cached), "custom_load": cfg.custom_load}
+        return build_model(name, kwargs, pretrained=True, pretrained_cfg_overlay=overlay)
+    return _download(name, kwargs, cfg)
 
 
 def _download(name: str, kwargs: dict, cfg) -> nn.Module:
@@ -203,12 +217,17 @@ def load_weights_file(model: nn.Module, path: Path, *, name: str, features_only:
     _logger.info("Loaded %d tensors for %s from model.weights=%s", len(target), name, path)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def check_weights_file(path: Path) -> None:
+    """Raise :class:`UserFileNotFoundError` when ``model.weights`` names no file."""
     if not path.is_file():
         raise UserFileNotFoundError(
             f"model.weights={str(path)!r}: no such file. Point model.weights at an existing "
             f"{'/'.join(WEIGHT_SUFFIXES)} state dict, or set model.weights=null."
         )
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    check_weights_file(path)
     suffix = path.suffix.lower()
     if suffix not in WEIGHT_SUFFIXES:
         raise UserError(

@@ -10,6 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from b4transfer.backbone import check_weights
+from b4transfer.config import plain
 from b4transfer.errors import UserError
 from b4transfer.modes.audit import audit
 from b4transfer.modes.evaluate import evaluate
@@ -37,10 +39,18 @@ _MODES = {
 }
 
 
+def builds_backbone(cfg: DictConfig) -> bool:
+    """Whether ``cfg.mode`` builds the configured backbone (``model.pretrained`` / ``model.weights``)
+    rather than one from a checkpoint."""
+    return cfg.mode in ("train", "lr_find", "audit") or (cfg.mode == "embed" and not cfg.get("ckpt_path"))
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run ``cfg.mode`` and return its summary (``seeds`` / ``data.kfold``: every run, and their spread)."""
     if cfg.mode not in _MODES:
         raise UserError(f"mode={cfg.mode!r} is not a mode; choose one of {', '.join(_MODES)}.")
     check_loggers(cfg.get("logger"))  # a tracker whose package is missing: refused before any work
+    if builds_backbone(cfg):  # weights problems before any data is read or generated (the demo sets)
+        check_weights(plain(cfg.model))
     runs = plan(cfg)
     return train_runs(cfg, runs) if runs else _MODES[cfg.mode](cfg)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
-
-import torch
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING, Any
 
 from b4transfer.errors import UserError
-from b4transfer.tasks.base import Task, TaskModule
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from b4transfer.tasks.base import Task, TaskModule
 
 __all__ = ["DEFAULT", "Task", "TaskModule", "for_splits", "from_config", "get", "load_module", "names",
            "read_checkpoint", "register"]
@@ -28,6 +29,15 @@ _BUILTIN = {
     "segmentation": "b4transfer.tasks.segmentation",
 }
 _REGISTRY: dict[str, Task] = {}
+
+
+def __getattr__(name: str) -> Any:
+    """``Task`` and ``TaskModule`` on first use: listing the task names (``--help``) imports no torch."""
+    if name in ("Task", "TaskModule"):
+        from b4transfer.tasks import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register(task: Task) -> Task:
@@ -72,6 +82,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         UserError: ``path`` is missing, unreadable, or not a checkpoint written by b4transfer.
     """
+    import torch
+
     from b4transfer.errors import UserFileNotFoundError
 
     path = Path(path)
