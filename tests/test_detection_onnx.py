@@ -14,6 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 from b4transfer.backbone import create_backbone  # noqa: E402
 from b4transfer.onnx_export import onnx_metadata  # noqa: E402
 from b4transfer.tasks.detection.head import DETECTORS, build_detector  # noqa: E402
+from b4transfer.tasks.detection.onnx_check import nms_rounding_dependent  # noqa: E402
 from b4transfer.tasks.detection.onnx_export import (  # noqa: E402
     check_detector_onnx,
     export_detector_onnx,
@@ -164,6 +165,25 @@ def test_check_catches_a_model_that_differs_from_the_file(exported, tmp_path):
     good = tmp_path / "good.onnx"
     report = export_detector_onnx(det, good, image_size=SIZES["retinanet"], check_images=images)
     assert good.is_file() and report["check"]["matched_share"] == 1.0 and report["check"]["boxes"] > 0
+
+
+def test_nms_winners_by_a_near_tie_are_not_required():
+    """Which of two overlapping near-equal scores NMS keeps is rounding: such a winner (and what its
+    fate decides) is not required to be found again; a clear winner is."""
+    box = lambda x: [x, 0.0, x + 10.0, 10.0]  # noqa: E731  # IoU 0.54 at 3 px apart, 0.25 at 6
+    pool = {  # the candidates before NMS
+        "boxes": torch.tensor([box(0), box(3), box(6), box(40), box(41), box(80), box(81)]),
+        "scores": torch.tensor([0.8, 0.8 - 1e-7, 0.7, 0.9, 0.5, 0.6, 0.6 - 1e-7]),
+        "labels": torch.tensor([0, 0, 0, 0, 0, 0, 1]),
+    }
+    kept = {k: v[[0, 2, 3, 5, 6]] for k, v in pool.items()}  # what NMS at 0.5 keeps
+    flags = nms_rounding_dependent(kept, pool, nms_thresh=0.5, atol=1e-6).tolist()
+    # box(0): won a near-tie; box(6): suppressed by box(3) in a runtime where box(3) wins that tie;
+    # box(40): beats box(41) clearly; box(80) and box(81): a near-tie of different labels
+    assert flags == [True, True, False, False, False]
+    assert nms_rounding_dependent(kept, pool, nms_thresh=0.5, atol=1e-8).tolist() == [False] * 5
+    moved = {**kept, "boxes": kept["boxes"] + 0.5}  # not among the candidates: cannot be vouched for
+    assert nms_rounding_dependent(moved, pool, nms_thresh=0.5, atol=1e-8).tolist() == [True] * 5
 
 
 def test_bad_arguments_are_refused_clearly(exported, tmp_path):

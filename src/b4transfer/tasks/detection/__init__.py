@@ -20,6 +20,7 @@ from b4transfer.tasks.detection.audit import audit_detection
 from b4transfer.tasks.detection.calibration import calibrate_detector
 from b4transfer.tasks.detection.errors import analyse_detector
 from b4transfer.tasks.detection.export import export_detection_onnx, export_detector
+from b4transfer.tasks.detection.head import map_backend
 from b4transfer.tasks.detection.module import DEFAULT_STRIDES, DetectionModule, build_feature_backbone
 from b4transfer.tasks.detection.onnx_graph import onnx_export_refusal
 from b4transfer.tasks.detection.parity import export_int8, export_openvino, score_detector
@@ -64,6 +65,7 @@ class DetectionTask(Task):
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)
+        map_backend()  # every mode builds the mAP metric: without its package, refuse before any work
         formats = plain((cfg.get("export") or {}).get("format"))
         detector = (cfg.get("head") or {}).get("detector")
         if cfg.mode == "train" and "onnx" in ([formats] if isinstance(formats, str) else formats or []):

@@ -16,7 +16,7 @@ the head's state holds only the FPN and the detector heads. :func:`build_detecto
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import inspect
 import logging
 import numbers
@@ -32,7 +32,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from b4transfer.backbone import feature_reductions
-from b4transfer.errors import UserError
+from b4transfer.errors import MissingDependencyError, UserError
 from b4transfer.tasks.detection.fpn import FeaturePyramidBackbone
 from b4transfer.tasks.detection.mixed_precision import fp32_boundaries
 from b4transfer.tasks.detection.retinanet_head import retinanet_head
@@ -270,13 +270,22 @@ def _faster_rcnn(body, num_classes, c, anchors, own_body, transform, kwargs, sco
 
 
 def map_backend() -> str:
-    """``faster_coco_eval`` when installed, else ``pycocotools``; a clear error with neither."""
+    """``faster_coco_eval`` when installed, else ``pycocotools``.
+
+    Raises:
+        MissingDependencyError: Neither is installed (both come with the plain install; an install with
+            ``--no-deps`` can lack them). ``DetectionTask.check_config`` asks first, before any work.
+    """
     for backend in ("faster_coco_eval", "pycocotools"):
-        if importlib.util.find_spec(backend) is not None:
-            return backend
-    raise ModuleNotFoundError(
-        "COCO mAP needs faster-coco-eval or pycocotools. Fix: pip install 'b4transfer[detection]' "
-        "(or pip install faster-coco-eval)."
+        try:
+            importlib.import_module(backend)  # imported, not just found: a broken install counts as missing
+        except ImportError:
+            continue
+        return backend
+    raise MissingDependencyError(
+        "task=detection computes COCO mAP with the package faster-coco-eval (or pycocotools), and neither "
+        "is installed. Fix: pip install faster-coco-eval pycocotools (or reinstall b4transfer with its "
+        "dependencies: pip install -e .)."
     )
 
 
