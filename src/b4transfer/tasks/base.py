@@ -78,6 +78,16 @@ class TaskModule(L.LightningModule):
         detection: boxes mapped back and merged). A task listing ``tta_modes`` implements it."""
         raise NotImplementedError
 
+    def log_train(self, values: dict[str, Any], *, batch_size: int, prog_bar: tuple[str, ...] = ()) -> None:
+        """Log training metrics: each step's value as ``name`` (``metrics.csv``, the live bar), and the
+        epoch's batch-size-weighted mean as ``name_epoch`` (once per epoch, averaged over the ranks): what
+        the per-epoch line (:class:`~b4transfer.callbacks.EpochLines`) shows as ``name``."""
+        for name, value in values.items():
+            self.log(name, value, prog_bar=name in prog_bar, batch_size=batch_size)
+            self.log(
+                f"{name}_epoch", value, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True
+            )
+
     def remember_task(self) -> None:
         """Store the task's name in the hyper-parameters: :func:`b4transfer.tasks.load_module` reads it."""
         self.hparams["task"] = self.task_name
