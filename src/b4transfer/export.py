@@ -27,7 +27,8 @@ import dataclasses
 import inspect
 import json
 import os
-import tempfile
+import stat
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -274,12 +275,18 @@ def claim_dir(out_dir: Path) -> None:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same directory, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """Write through a temporary file in the same directory, then ``os.replace`` it into place.
+
+    The file gets the permissions of any file the user creates (``0o666`` less the umask), as
+    Lightning's own checkpoints do (``tempfile.mkstemp`` and safetensors' writer make ``0o600``).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
+    mode = stat.S_IMODE(tmp.stat().st_mode)
     try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is meant to be shared
+        write(tmp)
+        os.chmod(tmp, mode)  # the writer may have replaced the file with one of its own
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
