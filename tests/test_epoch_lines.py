@@ -20,6 +20,7 @@ from b4transfer.modes import train
 from b4transfer.trainer import build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
+CLOSING = re.compile(r"^Done in [\d.]+ s: best val/acc1 (\S+) at epoch (\d)/3 \((.+)\)\.$")
 LINE_2 = re.compile(r"^epoch (\d+)/2  train/acc1 (\S+) train/loss (\S+)  ")
 LINE = re.compile(
     r"^epoch (\d+)/3  train/acc1 \S+ train/loss \S+  val/acc1 [\d.]+ val/loss [\d.]+  "
@@ -27,11 +28,22 @@ LINE = re.compile(
 )
 
 
-def test_a_run_with_stdout_not_a_terminal_prints_one_line_per_epoch(tiny_cfg, capsys):
-    train(tiny_cfg("trainer.max_epochs=3", "trainer.enable_progress_bar=true"))
+def test_a_run_with_stdout_not_a_terminal_prints_one_line_per_epoch(tiny_cfg, capsys, caplog, tmp_path):
+    with caplog.at_level("INFO", logger="b4transfer.modes.train"):
+        summary = train(tiny_cfg("trainer.max_epochs=3", "trainer.enable_progress_bar=true"))
     lines = [m for m in map(LINE.match, capsys.readouterr().out.splitlines()) if m]
     assert [int(m.group(1)) for m in lines] == [1, 2, 3]
     assert lines[-1].group(0).endswith("ETA 00:00")
+    # the closing lines: the best metric, its epoch as printed above (= the checkpoint's name), the export
+    done, where = [r.getMessage() for r in caplog.records if r.name == "b4transfer.modes.train"][-2:]
+    best = CLOSING.match(done)
+    assert best, done
+    assert float(best.group(1)) == pytest.approx(summary["best_score"], rel=1e-3)
+    assert best.group(3) == summary["best_checkpoint"]
+    assert Path(best.group(3)).name == f"best-epoch{int(best.group(2)):03d}.ckpt"
+    printed = next(m.group(0) for m in lines if int(m.group(1)) == int(best.group(2)))
+    assert f"val/acc1 {summary['best_score']:.4g} " in printed
+    assert where == f"Export: {tmp_path / 'run' / 'export'}   Run directory: {tmp_path / 'run'}"
 
 
 def test_a_cli_run_redirected_to_a_file_shows_the_epochs(tmp_path, image_folder):
@@ -46,6 +58,9 @@ def test_a_cli_run_redirected_to_a_file_shows_the_epochs(tmp_path, image_folder)
     assert proc.returncode == 0, proc.stderr[-3000:]
     epochs = [line for line in log.read_text().splitlines() if LINE.match(line)]
     assert len(epochs) == 3, log.read_text()[-3000:]
+    done, where = log.read_text().splitlines()[-2:]
+    assert " - Done in " in done and " best val/acc1 " in done, done  # the last lines, in the job's log
+    assert where.endswith(f"Run directory: {tmp_path / 'run'}"), where
 
 
 def test_the_terminal_keeps_the_bar_and_enable_progress_bar_false_silences_both(tmp_path, monkeypatch):

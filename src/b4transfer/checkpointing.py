@@ -116,6 +116,15 @@ class BestCheckpoint(ModelCheckpoint):
             super()._save_checkpoint(trainer, filepath)
 
 
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """The epoch a checkpoint was saved in, counted from 1 as the console counts (``None`` if unreadable)."""
+    try:
+        epoch = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch")
+    except Exception:  # a summary line is not worth a failed run
+        return None
+    return int(epoch) + 1 if isinstance(epoch, int) else None
+
+
 def best_weights_only(value: Any) -> bool:
     """The checked ``checkpoint.best_weights_only`` (true or false)."""
     if not isinstance(value, bool):
