@@ -4,6 +4,7 @@ in seconds saying how to push later, and never touches the network in these test
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -184,3 +185,58 @@ def test_push_refuses_bad_settings_in_one_line(tmp_path):
                 f"run_dir={tmp_path / 'b'}",
             )
         )
+
+
+def _card_and_config(export: Path) -> tuple[str, dict, dict]:
+    card = (export / "README.md").read_text()
+    return card, yaml.safe_load(card.split("---")[1]), json.loads((export / "config.json").read_text())
+
+
+def test_a_random_init_run_s_card_and_config_say_so(trained):
+    summary, _ = trained  # model=test_efficientnet: model.pretrained=false, no model.weights
+    card, front, config = _card_and_config(Path(summary["export_dir"]))
+    assert config["weights_origin"] == {"source": "random"}
+    assert "tag" not in config["pretrained_cfg"]  # no "r160_in1k": those weights were never loaded
+    assert "`test_efficientnet` trained with b4transfer on `images` from random initialisation" in card
+    assert "fine-tuned" not in card and "base_model" not in front
+    assert "- **Initial weights:** random initialisation (no pretrained weights)" in card
+
+
+def test_a_local_weights_file_run_names_the_file_and_its_digest(tmp_path):
+    from safetensors.torch import save_file
+    from tests.conftest import make_image_folder
+
+    weights = tmp_path / "start.safetensors"
+    save_file(timm.create_model("test_efficientnet", num_classes=0).state_dict(), str(weights))
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    images = make_image_folder(tmp_path / "images", per_class=6, size=32)
+    summary = run(compose_cfg(*TINY, "data=folder", f"data.root={images}", "data.image_size=32",
+                              f"model.weights={weights}", "export.parity=false", "errors.enabled=false",
+                              f"run_dir={tmp_path / 'run'}"))
+    card, front, config = _card_and_config(Path(summary["export_dir"]))
+    assert config["weights_origin"] == {"source": "file", "file": str(weights.resolve()), "sha256": sha}
+    assert "tag" not in config["pretrained_cfg"] and "base_model" not in front
+    assert (f"`test_efficientnet` fine-tuned with b4transfer on `images` from the local weights file "
+            f"`start.safetensors`, sha256 `{sha[:12]}…`") in card
+
+
+def test_hub_weights_are_named_by_their_tag_in_the_card_and_config(tmp_path):
+    from b4transfer.backbone.origin import weights_origin
+    from b4transfer.tasks.classification import ClassificationModule
+    from b4transfer.tasks.classification.card import write_card
+    from b4transfer.tasks.classification.export import export_classifier_timm
+
+    model = {"name": "test_efficientnet", "pretrained": False}
+    module = ClassificationModule(class_names=["a", "b"], model=model, data={"image_size": 32})
+    # what a model.pretrained=true run records (its download is not possible offline); the tag is timm's
+    # default for a name without one
+    module.hparams["weights_origin"] = weights_origin({"name": "test_efficientnet", "pretrained": True})
+    export_classifier_timm(module, tmp_path / "export", checkpoint=None)
+    write_card(compose_cfg(*TINY), module, tmp_path / "export", {})
+    card, front, config = _card_and_config(tmp_path / "export")
+    assert config["weights_origin"] == {"source": "hub", "name": "test_efficientnet.r160_in1k",
+                                        "tag": "r160_in1k", "hf_hub_id": "timm/test_efficientnet.r160_in1k"}
+    assert config["pretrained_cfg"]["tag"] == "r160_in1k"
+    assert front["base_model"] == "timm/test_efficientnet.r160_in1k"
+    assert ("`test_efficientnet` fine-tuned with b4transfer on `demo_splits` from timm's pretrained "
+            "`test_efficientnet.r160_in1k` weights (`timm/test_efficientnet.r160_in1k`)") in card

@@ -16,7 +16,7 @@ MODEL = {"name": "test_efficientnet", "pretrained": False, "weights": None, "dro
 
 def _old_checkpoint(path, module, **old_hparams):
     """What the earlier ``TransferModule`` saved: every __init__ argument, defaults included."""
-    hparams = {k: v for k, v in module.hparams.items() if k != "task"}
+    hparams = {k: v for k, v in module.hparams.items() if k not in ("task", "weights_origin")}
     hparams.update(old_hparams)
     torch.save({"hyper_parameters": hparams, "state_dict": module.state_dict(), "epoch": 0}, path)
     return path
@@ -48,3 +48,23 @@ def test_an_old_detection_checkpoint_loads(tmp_path):
         k for k in module.state_dict() if not k.startswith("backbone.")
     }
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in module.state_dict().items())
+
+
+def test_where_the_weights_came_from_survives_a_checkpoint_and_older_ones_derive_it(tmp_path):
+    module = ClassificationModule(class_names=["a", "b"], model=MODEL)
+    assert module.hparams["weights_origin"] == {"source": "random"}
+    # a checkpoint from before weights_origin, of a model.pretrained=true run: derived from its model settings
+    hub = {**MODEL, "name": "test_efficientnet", "pretrained": True}
+    old = _old_checkpoint(tmp_path / "old.ckpt", module, task="classification", model=hub)
+    loaded = tasks.load_module(old)
+    assert loaded.hparams["weights_origin"] == {
+        "source": "hub", "name": "test_efficientnet.r160_in1k", "tag": "r160_in1k",
+        "hf_hub_id": "timm/test_efficientnet.r160_in1k",
+    }
+    assert loaded.hparams["model"]["pretrained"] is False  # rebuilt without a download, as before
+    # a recorded origin is kept, though the rebuilt module itself starts random
+    recorded = {"source": "file", "file": "/data/start.safetensors", "sha256": "ab" * 32}
+    module.hparams["weights_origin"] = recorded
+    new = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}
+    torch.save(new, tmp_path / "new.ckpt")
+    assert tasks.load_module(tmp_path / "new.ckpt").hparams["weights_origin"] == recorded

@@ -15,7 +15,7 @@ from b4transfer.modes import train
 from b4transfer.tasks import load_module
 from b4transfer.trainer import build_trainer
 
-SCORES = [0.2, 0.9, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]  # best at epoch 1, then a plateau
+SCORES = [0.2, 0.9, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]  # best at the 2nd epoch ("epoch 2/8"), then flat
 
 
 class ScriptedScore(L.Callback):
@@ -42,10 +42,10 @@ def test_a_plateau_stops_the_run_and_the_export_holds_the_best_epoch(tiny_cfg, t
     run_dir = tmp_path / "run"
     assert summary["epochs"] == 4, "epochs 2 and 3 did not improve on epoch 1: patience 2 ends the run"
     written = json.loads((run_dir / "summary.json").read_text())["early_stopping"]
-    assert written["stopped_epoch"] == 3 and written["best_score"] == pytest.approx(0.9)
+    assert written["stopped_epoch"] == 4 and written["best_score"] == pytest.approx(0.9)
     assert written["patience"] == 2 and written["monitor"] == "probe/score"
     assert "probe/score" in written["reason"]
-    assert summary["best_checkpoint"].endswith("best-epoch001.ckpt")
+    assert summary["best_checkpoint"].endswith("best-epoch002.ckpt")  # the 2nd epoch (0.9), as printed
     x = torch.randn(2, 3, 64, 64)
     exported = _exported_logits(run_dir, x)
     with torch.no_grad():
@@ -77,6 +77,6 @@ def test_a_run_that_learns_nothing_stops_on_val_acc1(tiny_cfg):
     """A real plateau: with a vanishing LR val/acc1 never moves, so patience 1 stops after epoch 1."""
     summary = train(tiny_cfg("trainer.max_epochs=5", "early_stopping.patience=1", "optim.lr=1e-12",
                              "ema.enabled=false"))
-    assert summary["epochs"] == 2 and summary["early_stopping"]["stopped_epoch"] == 1
+    assert summary["epochs"] == 2 and summary["early_stopping"]["stopped_epoch"] == 2
     assert summary["early_stopping"]["monitor"] == "val/acc1"
-    assert summary["best_checkpoint"].endswith("best-epoch000.ckpt")
+    assert summary["best_checkpoint"].endswith("best-epoch001.ckpt")

@@ -186,3 +186,21 @@ def test_timm_releases_without_data_config_get_the_same_preprocessing(trained, t
 
     assert data(old) == data(current)
     assert old["label_names"] == current["label_names"] == LABELS
+
+
+def test_detection_and_segmentation_configs_say_where_the_weights_came_from(tmp_path):
+    from b4transfer.tasks.detection import DetectionModule
+    from b4transfer.tasks.detection.export import export_detector, load_exported_detector
+    from b4transfer.tasks.segmentation import SegmentationModule
+    from b4transfer.tasks.segmentation.export import export_segmenter, load_exported_segmenter
+
+    model = {"name": f"{TINY}.r160_in1k", "pretrained": False}  # a tagged name, random weights
+    det = DetectionModule(class_names=["a", "b"], model=model, head={"fpn_channels": 32},
+                          data={"image_size": 64})
+    seg = SegmentationModule(class_names=["bg", "x"], model=model, data={"image_size": 64})
+    export_detector(det, tmp_path / "det")
+    export_segmenter(seg, tmp_path / "seg")
+    for name, load in (("det", load_exported_detector), ("seg", load_exported_segmenter)):
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        assert config["weights_origin"] == {"source": "random"}, name
+        assert load(tmp_path / name)[1]["weights_origin"] == {"source": "random"}  # and it still loads

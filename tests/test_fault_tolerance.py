@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -12,9 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from tests.conftest import TINY, compose_cfg
 
-from b4transfer.checkpointing import SIGTERM_EXIT_CODE, find_last_checkpoint, step_checkpoint
+from b4transfer import modes
+from b4transfer.checkpointing import (
+    SIGTERM_EXIT_CODE,
+    BestCheckpoint,
+    best_weights_only,
+    find_last_checkpoint,
+    step_checkpoint,
+)
+from b4transfer.errors import UserError
 from b4transfer.modes import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,3 +208,56 @@ def test_a_requeued_slurm_job_continues_its_own_run_in_a_subdirectory(tiny_cfg, 
     assert again["global_step"] == 2 * first["global_step"] and again["epochs"] == 2
     assert (tmp_path / "run" / "requeue-1" / "summary.json").is_file()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"] == 1, "first run untouched"
+
+
+def test_checkpoints_are_named_by_the_printed_epoch_and_follow_the_umask(tiny_cfg, tmp_path, capsys):
+    old = os.umask(0o027)
+    try:  # calibration rewrites best-*.ckpt (it stores the temperature there); the export writes 3 files
+        summary = train(tiny_cfg("trainer.max_epochs=2", "trainer.enable_progress_bar=true"))
+    finally:
+        os.umask(old)
+    best = Path(summary["best_checkpoint"])
+    saved = torch.load(best, map_location="cpu", weights_only=True)
+    assert best.name == f"best-epoch{saved['epoch'] + 1:03d}.ckpt"  # Lightning's epoch counts from 0
+    assert saved["hyper_parameters"]["calibration"]
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith(f"epoch {saved['epoch'] + 1}/2  ") for line in lines)
+    files = [*best.parent.glob("*.ckpt"), *(tmp_path / "run" / "export").iterdir()]
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert len(modes) >= 5 and set(modes.values()) == {"0o640"}, modes  # 0o666 less the umask, as last.ckpt
+
+
+def test_a_weights_only_best_checkpoint_serves_every_mode_but_resume(tiny_cfg, tmp_path, image_folder):
+    summary = train(tiny_cfg())  # checkpoint.best_weights_only=true by default
+    best, last = Path(summary["best_checkpoint"]), Path(summary["last_checkpoint"])
+    kept = torch.load(best, map_location="cpu", weights_only=True)
+    assert not {"optimizer_states", "lr_schedulers", "callbacks"} & set(kept)
+    assert best.stat().st_size < last.stat().st_size / 2
+    run = functools.partial(_mode_from, tiny_cfg, best, tmp_path)
+    assert run("validate")["metrics"]["val/acc1"] == pytest.approx(summary["metrics"]["val/acc1"])
+    assert run("test")["metrics"]
+    assert run("predict", f"predict.input={image_folder / 'red'}")["images"] == 8
+    run("export", "export.format=[timm,onnx]")
+    assert {"model.safetensors", "model.onnx"} <= {p.name for p in (tmp_path / "export" / "export").iterdir()}
+    fix = r"holds only the weights .* Fix: resume from the run's checkpoints/last.ckpt"
+    with pytest.raises(UserError, match=fix):
+        train(tiny_cfg(f"ckpt_path={best}", f"run_dir={tmp_path / 'resume'}"))
+    assert not (tmp_path / "resume" / "checkpoints").exists()
+
+
+def _mode_from(tiny_cfg, ckpt: Path, tmp_path: Path, mode: str, *overrides: str) -> dict:
+    return modes.run(tiny_cfg(f"mode={mode}", f"ckpt_path={ckpt}", f"run_dir={tmp_path / mode}", *overrides))
+
+
+def test_the_best_checkpoint_keeps_lightning_s_state_key_so_older_checkpoints_resume_alike(tmp_path):
+    args = {"monitor": "val/acc1", "mode": "max", "save_top_k": 1}
+    assert BestCheckpoint(tmp_path, **args).state_key == ModelCheckpoint(dirpath=tmp_path, **args).state_key
+    name = BestCheckpoint(tmp_path, **args).format_checkpoint_name({"epoch": torch.tensor(9)})
+    assert Path(name).name == "best-epoch010.ckpt"  # the 10th epoch, "epoch 10/N" on the console
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_best_weights_only_must_be_a_boolean(value):
+    match = rf"checkpoint.best_weights_only must be true or false, got {value!r}. Fix: "
+    with pytest.raises(UserError, match=match):
+        best_weights_only(value)

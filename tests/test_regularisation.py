@@ -44,7 +44,8 @@ def test_validation_checkpoint_and_export_use_the_ema_weights(tiny_cfg, tmp_path
 
 
 def test_ema_keeps_a_frozen_backbone_bit_identical(tiny_cfg):
-    module, trainer = _fit(tiny_cfg("finetune=linear_probe", "ema.enabled=true", "ema.decay=0.5"))
+    module, trainer = _fit(tiny_cfg("finetune=linear_probe", "ema.enabled=true", "ema.decay=0.5",
+                                    "checkpoint.best_weights_only=false"))  # the raw weights too
     ema = next(cb for cb in trainer.callbacks if isinstance(cb, EMA))
     n_backbone = len(list(module.backbone.parameters())) + len(list(module.backbone.buffers()))
     assert ema._exact and ema.skipped_tensors >= n_backbone  # the frozen backbone is skipped, not lerped
@@ -57,11 +58,15 @@ def test_ema_keeps_a_frozen_backbone_bit_identical(tiny_cfg):
 def test_exported_weights_are_the_ema_weights(tiny_cfg, tmp_path):
     from b4transfer.modes import train
 
-    summary = train(tiny_cfg("finetune=full", "ema.enabled=true", "ema.decay=0.9"))
-    ckpt = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=False)
+    summary = train(tiny_cfg("finetune=full", "ema.enabled=true", "ema.decay=0.9"))  # one epoch: best = last
+    best = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
+    last = torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=False)
+    assert "optimizer_states" not in best and "current_model_state" not in best  # best_weights_only=true
+    assert best["state_dict"].keys() == last["state_dict"].keys()
+    assert all(torch.equal(v, last["state_dict"][k]) for k, v in best["state_dict"].items())  # the EMA's
     exported = load_file(tmp_path / "run" / "export" / "model.safetensors")
-    assert torch.equal(exported["classifier.weight"], ckpt["state_dict"]["head.fc.weight"])
-    assert not torch.equal(exported["classifier.weight"], ckpt["current_model_state"]["head.fc.weight"])
+    assert torch.equal(exported["classifier.weight"], best["state_dict"]["head.fc.weight"])
+    assert not torch.equal(exported["classifier.weight"], last["current_model_state"]["head.fc.weight"])
 
 
 def test_bad_ema_settings_are_named():

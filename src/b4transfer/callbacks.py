@@ -39,6 +39,8 @@ class EpochLines(ProgressBar):
     ``epoch 3/10  train/loss 0.512 train/acc1 0.81  val/loss 0.43 val/acc1 0.85  412.3 img/s  ETA 02:15``:
     the metrics the task shows in the progress bar (``prog_bar=True``), training images/s over the
     epoch's training batches, and the time left at the mean epoch wall time (validation included) so far.
+    A training metric is the epoch's mean where the task logs one (``train/loss_epoch``, see
+    :meth:`~b4transfer.tasks.base.TaskModule.log_train`), not its last batch.
     """
 
     def __init__(self) -> None:
@@ -69,7 +71,12 @@ class EpochLines(ProgressBar):
 
     def line(self, trainer) -> str:
         """The line of the epoch that just ended."""
-        metrics = {k: v for k, v in trainer.progress_bar_metrics.items() if isinstance(v, (int, float))}
+        means = trainer.callback_metrics
+        metrics = {
+            k: float(means[f"{k}_epoch"]) if f"{k}_epoch" in means else v
+            for k, v in trainer.progress_bar_metrics.items()
+            if isinstance(v, (int, float))
+        }
         group = {k: k.split("/")[0] if k.startswith(("train/", "val/")) else "other" for k in metrics}
         groups = [[f"{k} {metrics[k]:.4g}" for k in sorted(metrics) if group[k] == g]
                   for g in ("train", "val", "other")]

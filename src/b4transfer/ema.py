@@ -23,6 +23,8 @@ do not line up module by module, every tensor is averaged as usual.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -169,6 +171,20 @@ class EMA(WeightAveraging):
         for avg_list, cur_list in groups.values():
             self._update(avg_list, cur_list, averaged_model.n_averaged)
         averaged_model.n_averaged += 1
+
+    @contextmanager
+    def averaged_weights(self, pl_module: L.LightningModule) -> Iterator[None]:
+        """The averaged weights in ``pl_module`` for the ``with`` block (the raw ones restored after it,
+        bit for bit): what a full checkpoint stores as ``state_dict``. Outside ``fit`` (no averaged copy) it
+        changes nothing."""
+        if self._average_model is None:
+            yield
+            return
+        self._swap_models(pl_module)
+        try:
+            yield
+        finally:
+            self._swap_models(pl_module)
 
     @torch.no_grad()
     def _swap_models(self, pl_module: L.LightningModule) -> None:

@@ -27,7 +27,8 @@ import dataclasses
 import inspect
 import json
 import os
-import tempfile
+import stat
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def export_timm(
     out_dir: Path,
     multi_label: bool = False,
     extra: dict | None = None,
+    weights_origin: dict | None = None,
 ) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/config.json`` loadable by plain timm.
 
@@ -77,6 +79,9 @@ def export_timm(
             overwritten; an earlier b4transfer export there is replaced.
         multi_label: Whether outputs are independent sigmoids (stored as ``multi_label``).
         extra: More JSON-serialisable top-level entries for ``config.json`` (e.g. the checkpoint path).
+        weights_origin: Where the fine-tuning started (:func:`b4transfer.backbone.origin.weights_origin`),
+            stored as ``weights_origin``; ``pretrained_cfg.tag`` names the hub tag only when it was one
+            (random init or a local file: no tag).
 
     Returns:
         ``out_dir``.
@@ -95,6 +100,10 @@ def export_timm(
     state = _checked_state_dict(model, arch, len(class_names))
     model_config = {"label_names": list(class_names), MARKER: __version__, "multi_label": bool(multi_label),
                     **extras}
+    if weights_origin is not None:
+        model_config["weights_origin"] = dict(weights_origin)
+        hub = weights_origin.get("source") == "hub"  # timm drops None values: no tag
+        model.pretrained_cfg = {**model.pretrained_cfg, "tag": weights_origin.get("tag") if hub else None}
     atomic_write(out_dir / CONFIG_NAME, lambda p: save_hf_config(model, p, model_config, flat))
     atomic_write(out_dir / WEIGHTS_NAME, lambda p: safetensors.torch.save_file(
         state, str(p), metadata={"format": "pt", MARKER: __version__}))
@@ -274,12 +283,18 @@ def claim_dir(out_dir: Path) -> None:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same directory, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """Write through a temporary file in the same directory, then ``os.replace`` it into place.
+
+    The file gets the permissions of any file the user creates (``0o666`` less the umask), as
+    Lightning's own checkpoints do (``tempfile.mkstemp`` and safetensors' writer make ``0o600``).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
+    mode = stat.S_IMODE(tmp.stat().st_mode)
     try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is meant to be shared
+        write(tmp)
+        os.chmod(tmp, mode)  # the writer may have replaced the file with one of its own
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

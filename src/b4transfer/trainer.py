@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from b4transfer import devices
 from b4transfer.callbacks import progress_bar
-from b4transfer.checkpointing import CheckpointOnSigterm, step_checkpoint
+from b4transfer.checkpointing import BestCheckpoint, CheckpointOnSigterm, best_weights_only, step_checkpoint
 from b4transfer.config import plain
 from b4transfer.ema import EMA
 from b4transfer.errors import UserError
@@ -30,13 +30,12 @@ def build_trainer(
     monitor, mode = ckpt_cfg.get("monitor") or monitor, ckpt_cfg.get("mode", "max")
     loggers = build_loggers(cfg.get("logger"))
     callbacks = [
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            filename="best-epoch{epoch:03d}",
-            auto_insert_metric_name=False,
+        BestCheckpoint(
+            run_dir / "checkpoints",
             monitor=monitor,
             mode=mode,
             save_top_k=ckpt_cfg.get("save_top_k", 1),
+            weights_only=best_weights_only(ckpt_cfg.get("best_weights_only", False)),
         ),
         # last.ckpt: the latest state every epoch (Lightning's save_last only rewrites it when the
         # monitored metric improves, so a plateau would leave it behind)
@@ -93,13 +92,14 @@ def early_stopping(cfg: DictConfig | None, *, monitor: str, mode: str) -> list:
 
 
 def early_stopping_report(trainer: L.Trainer) -> dict | None:
-    """What ``summary.json`` says about early stopping: ``None`` when it was off."""
+    """What ``summary.json`` says about early stopping: ``None`` when it was off; ``stopped_epoch`` is the
+    last epoch run, counted from 1 as the per-epoch line and the checkpoint names count."""
     es = trainer.early_stopping_callback
     if es is None:
         return None
     stopped = es.stopping_reason != EarlyStoppingReason.NOT_STOPPED
     return {
-        "stopped_epoch": es.stopped_epoch if stopped else None,
+        "stopped_epoch": es.stopped_epoch + 1 if stopped else None,  # counted from 1, as the console
         "reason": es.stopping_reason_message if stopped else None,
         "best_score": float(es.best_score) if torch.isfinite(es.best_score) else None,
         "monitor": es.monitor,

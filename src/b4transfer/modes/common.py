@@ -99,6 +99,13 @@ def check_resumable(ckpt: str, task: Task, module: TaskModule) -> None:
             f"ckpt_path={ckpt} holds a task={saved.name} model, but this run is task={task.name}. "
             f"Fix: resume with task={saved.name} (and its data), or pass a task={task.name} checkpoint."
         )
+    if "optimizer_states" not in checkpoint:
+        raise UserError(
+            f"ckpt_path={ckpt} holds only the weights (a best checkpoint kept with "
+            "checkpoint.best_weights_only=true): no optimizer or schedule state to resume. Fix: resume from "
+            "the run's checkpoints/last.ckpt (or ckpt_path=last), or start a new run from its backbone with "
+            f"model.weights={ckpt} and no ckpt_path."
+        )
     ours, theirs = module.state_dict(), checkpoint["state_dict"]
     misfit = [k for k in ours if k not in theirs or tuple(theirs[k].shape) != tuple(ours[k].shape)]
     misfit += [k for k in theirs if k not in ours]

@@ -5,8 +5,6 @@ split through its own runtime (``parity``)."""
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from b4transfer import tasks
+from b4transfer.export import atomic_write
 from b4transfer.modes.common import export_all
 from b4transfer.modes.parity import check_parity
 from b4transfer.tasks.base import Task, TaskModule, step_setting
@@ -35,13 +34,7 @@ def store_in_checkpoint(path: str | Path, key: str, value: Any) -> None:
     path = Path(path)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     ckpt["hyper_parameters"][key] = value
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))  # the umask's permissions, as Lightning's files
 
 
 def finish(

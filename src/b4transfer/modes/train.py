@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from b4transfer import devices, distributed, tasks
 from b4transfer.callbacks import ThroughputMeter
-from b4transfer.checkpointing import SIGTERM_EXIT_CODE, continue_requeued_job
+from b4transfer.checkpointing import SIGTERM_EXIT_CODE, checkpoint_epoch, continue_requeued_job
 from b4transfer.config import plain
 from b4transfer.modes.audit import pre_train_audit
 from b4transfer.modes.common import build_splits, check_resumable, export_formats, scalars
@@ -39,6 +39,7 @@ warnings.filterwarnings("ignore", message="Experiment logs directory .* exists a
 
 def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
     """Fine-tune ``cfg.task`` on ``cfg.data``; ``callbacks`` are extra Lightning callbacks."""
+    began = time.perf_counter()
     task = tasks.from_config(cfg)
     task.check_config(cfg)
     cfg, ckpt = continue_requeued_job(cfg, resolve_ckpt(cfg, required=False))
@@ -72,8 +73,35 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     write_summary(run_dir, summary)
     finish_trackers(trainer, run_dir)  # summary, export, plots -> the trackers (MLflow, W&B)
     if distributed.is_rank_zero():
-        log.info("Run directory: %s", run_dir)
+        for line in closing_lines(summary, trainer, run_dir, time.perf_counter() - began):
+            log.info(line)
     return summary
+
+
+def closing_lines(summary: dict[str, Any], trainer: L.Trainer, run_dir: Path, seconds: float) -> list[str]:
+    """What a finished run prints last: the best metric (name, value, epoch counted from 1 as the epoch
+    lines), the best checkpoint, the wall time; then the export and the run directory."""
+    monitor, best = trainer.checkpoint_callback.monitor, summary.get("best_checkpoint")
+    total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+    if best and summary.get("best_score") is not None:
+        epoch = checkpoint_epoch(best)
+        at = f" at epoch {epoch}{total}" if epoch else ""
+        first = f"best {monitor} {summary['best_score']:.4g}{at} ({best})"
+    else:
+        first = f"no best checkpoint ({monitor} was not logged)"
+    export = summary.get("export_dir")
+    return [
+        f"Done in {_duration(seconds)}: {first}.",
+        (f"Export: {export}   " if export else "") + f"Run directory: {run_dir}",
+    ]
+
+
+def _duration(seconds: float) -> str:
+    """``42.1 s``, ``3 min 07 s``, ``2 h 05 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _summary(cfg, trainer: L.Trainer, splits, plan, meter, *, wall: float, run_dir: Path) -> dict[str, Any]:

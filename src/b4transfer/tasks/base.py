@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from b4transfer import tta
+from b4transfer.backbone.origin import weights_origin
 from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
 from b4transfer.finetuning import schedule_name
@@ -78,9 +79,22 @@ class TaskModule(L.LightningModule):
         detection: boxes mapped back and merged). A task listing ``tta_modes`` implements it."""
         raise NotImplementedError
 
+    def log_train(self, values: dict[str, Any], *, batch_size: int, prog_bar: tuple[str, ...] = ()) -> None:
+        """Log training metrics: each step's value as ``name`` (``metrics.csv``, the live bar), and the
+        epoch's batch-size-weighted mean as ``name_epoch`` (once per epoch, averaged over the ranks): what
+        the per-epoch line (:class:`~b4transfer.callbacks.EpochLines`) shows as ``name``."""
+        for name, value in values.items():
+            self.log(name, value, prog_bar=name in prog_bar, batch_size=batch_size)
+            self.log(
+                f"{name}_epoch", value, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True
+            )
+
     def remember_task(self) -> None:
-        """Store the task's name in the hyper-parameters: :func:`b4transfer.tasks.load_module` reads it."""
+        """Store the task's name in the hyper-parameters (:func:`b4transfer.tasks.load_module` reads it),
+        and where the backbone's starting weights came from (``weights_origin``: the exports and the model
+        card state it)."""
         self.hparams["task"] = self.task_name
+        self.hparams["weights_origin"] = weights_origin(self.hparams.get("model") or {})
 
     def configure_optimizers(self):
         # lr_scaling/base_batch_size are applied by train() to optim.lr; the rest goes to timm
@@ -212,6 +226,8 @@ class Task:
         kwargs["model"] = {**hparams["model"], "pretrained": False, "weights": None}
         module = self.module_class(**kwargs)
         module.load_state_dict(state_dict)
+        # what the training run started from (older checkpoints: from the model settings they kept)
+        module.hparams["weights_origin"] = hparams.get("weights_origin") or weights_origin(hparams["model"])
         return module.eval()
 
     # ------------------------------------------------------------------ outputs

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+from timm.models import split_model_name_tag
 
+from b4transfer.backbone.origin import describe_origin
 from b4transfer.card import model_stats
 from b4transfer.config import plain
 from b4transfer.export import atomic_write, timm_classifier
@@ -147,8 +149,10 @@ def write_card(cfg: DictConfig, module, out_dir: Path, summary: dict[str, Any]) 
         for name, key in (("train", "train"), ("test", "eval"))
     }
     stats = {name: model_stats(model, size) for name, size in sizes.items()}
-    name, dataset = module.hparams.model["name"], _dataset(cfg)
-    base = f"base_model: timm/{name}\n" if module.hparams.model.get("pretrained") and "." in name else ""
+    dataset, origin = _dataset(cfg), module.hparams.get("weights_origin") or {}
+    arch = split_model_name_tag(module.hparams.model["name"])[0]
+    hub = origin.get("source") == "hub"
+    base = f"base_model: {origin.get('hf_hub_id') or 'timm/' + origin['name']}\n" if hub else ""
     front = (
         f"---\ntags:\n- image-classification\n- timm\n- b4transfer\nlibrary_name: timm\nlicense: "
         f"{(cfg.get('export') or {}).get('license', 'apache-2.0')}\ndatasets:\n- {dataset}\n{base}---\n"
@@ -157,12 +161,14 @@ def write_card(cfg: DictConfig, module, out_dir: Path, summary: dict[str, Any]) 
         f"# Model card for {Path(str(out_dir)).parent.name or 'this export'}",
         MARKER,
         "",
-        f"`{name}` fine-tuned with b4transfer on `{dataset}`: {len(module.class_names)} classes "
+        f"`{arch}` {'fine-tuned' if origin.get('source') != 'random' else 'trained'} with b4transfer on "
+        f"`{dataset}` from {describe_origin(origin)}: {len(module.class_names)} classes "
         f"({', '.join(module.class_names[:20])}{', ...' if len(module.class_names) > 20 else ''})"
         f"{', multi-label' if module.head.multi_label else ''}.",
         "",
         "## Model Details",
         "- **Model Type:** Image classification / feature backbone",
+        f"- **Initial weights:** {describe_origin(origin)}; `config.json` -> `weights_origin`",
         "- **Model Stats:**",
         f"  - Params (M): {stats['train']['params_m']}",
         f"  - GMACs: {stats['train']['gmacs']}",

@@ -21,6 +21,7 @@ def export_classifier_timm(module, out_dir: Path, *, checkpoint: str | None) -> 
         out_dir=out_dir,
         multi_label=module.head.multi_label,
         extra={"checkpoint": checkpoint, "calibration": module.hparams.get("calibration")},
+        weights_origin=module.hparams.get("weights_origin"),
     )
     return {}
 

@@ -129,10 +129,10 @@ class ClassificationModule(TaskModule):
         x, y = batch
         logits = self(x)
         loss = self.head.loss(logits, y)
-        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        values = {"train/loss": loss}
         if not self.head.multi_label and y.ndim == 1:
-            acc = (logits.argmax(-1) == y).float().mean()
-            self.log("train/acc1", acc, prog_bar=True, batch_size=x.shape[0])
+            values["train/acc1"] = (logits.argmax(-1) == y).float().mean()
+        self.log_train(values, batch_size=x.shape[0], prog_bar=("train/loss", "train/acc1"))
         return loss
 
     def _eval_step(self, batch, metrics, stage: str) -> None:

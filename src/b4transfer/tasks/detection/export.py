@@ -82,6 +82,7 @@ def detector_config(module: DetectionModule) -> dict:
         "class_names": list(module.class_names),
         "category_ids": list(module.category_ids),
         "label_offset": module.head.label_offset,
+        "weights_origin": hp.get("weights_origin"),  # where fine-tuning started: random, a file, a hub tag
     }
 
 

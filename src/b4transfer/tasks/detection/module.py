@@ -119,9 +119,8 @@ class DetectionModule(TaskModule):
         images, targets = batch
         losses = self.head(images, targets)
         loss = sum(losses.values())
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
-        for key, value in losses.items():
-            self.log(f"train/{key}", value, batch_size=len(images))
+        values = {"train/loss": loss, **{f"train/{key}": value for key, value in losses.items()}}
+        self.log_train(values, batch_size=len(images), prog_bar=("train/loss",))
         return loss
 
     def _eval_step(self, batch, metrics, stage: str) -> None:

@@ -54,6 +54,7 @@ def segmenter_config(module) -> dict:
         "class_names": list(module.class_names),
         "palette": [list(c) for c in module.palette],
         "ignore_index": module.ignore_index,
+        "weights_origin": module.hparams.get("weights_origin"),  # where fine-tuning started
     }
 
 

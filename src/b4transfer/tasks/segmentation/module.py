@@ -132,7 +132,7 @@ class SegmentationModule(TaskModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         loss = self.criterion(self(images), masks)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        self.log_train({"train/loss": loss}, batch_size=len(images), prog_bar=("train/loss",))
         return loss
 
     def _eval_step(self, batch, batch_idx: int, metrics, stage: str) -> None:
