@@ -42,6 +42,8 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     task = tasks.from_config(cfg)
     task.check_config(cfg)
     cfg, ckpt = continue_requeued_job(cfg, resolve_ckpt(cfg, required=False))
+    if ckpt:
+        check_resumable(ckpt, task)  # a file that is no checkpoint, or another task's: before any work
     export_formats(cfg, task)  # a bad export.format fails now, not after training
     run_dir = prepare_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)

@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from b4transfer import tta
+from b4transfer.config import check_seed
 from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
 from b4transfer.finetuning import schedule_name
@@ -171,6 +172,7 @@ class Task:
     def check_config(self, cfg: DictConfig) -> None:
         """Refuse, before any work, what this task cannot run. Override to add task-specific checks."""
         self.refuse("mode", cfg.mode, self.modes)
+        check_seed(cfg.get("seed"))
         schedule = schedule_name(cfg.get("finetune"))
         if schedule in SCHEDULES:  # a schedule class of the user's own is theirs to vouch for
             self.refuse("finetune", schedule, self.schedules)
