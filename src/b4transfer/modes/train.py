@@ -28,7 +28,7 @@ from b4transfer.modes.finish import finish
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
 from b4transfer.speed import apply_speed_switches
 from b4transfer.trackers import finish_trackers
-from b4transfer.trainer import build_trainer, early_stopping_report
+from b4transfer.trainer import build_trainer, check_monitor, early_stopping_report
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     precision = devices.resolve_precision(plain(cfg.trainer), announce=True)  # auto: this device's fastest
     module = task.build_module(cfg, splits, backbone)
     module = apply_speed_switches(module, cfg.model, precision.channels_last, precision.fp32_depthwise)
+    check_monitor(cfg, module, default=task.monitor, task=task.name)  # before training, not after epoch 1
     if ckpt:
         check_resumable(ckpt, task, module)
     datamodule = task.build_datamodule(cfg, splits, module)
