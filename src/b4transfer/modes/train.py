@@ -22,6 +22,7 @@ from b4transfer import devices, distributed, tasks
 from b4transfer.callbacks import ThroughputMeter
 from b4transfer.checkpointing import SIGTERM_EXIT_CODE, continue_requeued_job
 from b4transfer.config import plain
+from b4transfer.finetuning import check_batch_of_one
 from b4transfer.modes.audit import pre_train_audit
 from b4transfer.modes.common import build_splits, check_resumable, export_formats, scalars
 from b4transfer.modes.finish import finish
@@ -54,6 +55,7 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     module = task.build_module(cfg, splits, backbone)
     module = apply_speed_switches(module, cfg.model, precision.channels_last, precision.fp32_depthwise)
     check_monitor(cfg, module, default=task.monitor, task=task.name)  # before training, not after epoch 1
+    check_batch_of_one(cfg, module, len(splits.train))  # BatchNorm on 1 value per channel: not mid-epoch
     if ckpt:
         check_resumable(ckpt, task, module)
     datamodule = task.build_datamodule(cfg, splits, module)
