@@ -118,6 +118,11 @@ def _what_file(path: Path, err: BaseException) -> str:
             return f"it is a {size}-byte text file"
         except UnicodeDecodeError:
             pass
+    if "Unsupported global" in str(err):  # torch's weights_only unpickler met a class
+        return (
+            "it holds pickled Python objects besides tensors and plain containers, which b4transfer does "
+            "not load (unpickling them could run any code)"
+        )
     if head.startswith(b"PK"):
         return "it is a zip archive, but not one torch.save wrote"
     return (
