@@ -76,8 +76,9 @@ def check_monitor(cfg: DictConfig, module: L.LightningModule, *, default: str, t
     ``train/`` and ``val/`` metrics (``lr-...``, ``time/elapsed_s``, a callback's own) are left to
     Lightning."""
     monitor = (cfg.get("checkpoint") or {}).get("monitor") or default
-    names = module.metric_names()
-    if monitor in names or ("/" in monitor and monitor.split("/")[0] not in ("train", "val", "test")):
+    names = module.metric_names() if hasattr(module, "metric_names") else None
+    ours = "/" not in monitor or monitor.split("/")[0] in ("train", "val", "test")  # not lr-..., time/...
+    if names is None or monitor in names or not ours:
         return
     watchers = "the best checkpoint" + (
         " and early stopping" if (cfg.get("early_stopping") or {}).get("patience") is not None else ""

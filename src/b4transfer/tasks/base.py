@@ -79,10 +79,11 @@ class TaskModule(L.LightningModule):
         detection: boxes mapped back and merged). A task listing ``tta_modes`` implements it."""
         raise NotImplementedError
 
-    def metric_names(self) -> list[str]:
+    def metric_names(self) -> list[str] | None:
         """The metrics it logs in training (``train/...``) and validation (``val/...``): the names
-        ``checkpoint.monitor`` (and early stopping) may watch. Subclasses list their own."""
-        return ["train/loss", "val/loss"]
+        ``checkpoint.monitor`` (and early stopping) may watch, checked before training. ``None`` (a task
+        that does not list them): not checked, Lightning fails after the first validation instead."""
+        return None
 
     def remember_task(self) -> None:
         """Store the task's name in the hyper-parameters: :func:`b4transfer.tasks.load_module` reads it."""
