@@ -92,7 +92,7 @@ def test_resuming_a_retinanet_checkpoint_as_fcos_is_refused_before_training(root
 def test_resuming_from_a_file_that_is_not_a_checkpoint_is_refused(root):
     junk = root / "notes.ckpt"
     junk.write_text("not a checkpoint")
-    with pytest.raises(UserError, match=r"could not be read as a checkpoint"):
+    with pytest.raises(UserError, match=r"is not a checkpoint \(it is a 16-byte text file\)"):
         run(cls_cfg(root, "junk", f"ckpt_path={junk}"))
     assert not (root / "junk" / "checkpoints").exists()
 

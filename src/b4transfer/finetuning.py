@@ -312,3 +312,48 @@ class Gradual(FinetuneSchedule):
             )
         top_down = list(epochs) + [None] * (num_stages - len(epochs))
         return top_down[::-1]
+
+
+def trains_batch_norm(finetune: Any) -> bool:
+    """Whether the schedule ever lets backbone BatchNorm normalise with batch statistics (``bn=train``
+    on a stage that trains): every schedule but ``linear_probe`` and ``bn=frozen``."""
+    return schedule_name(finetune) != "linear_probe" and (finetune or {}).get("bn", "train") != "frozen"
+
+
+def check_batch_of_one(cfg: Any, module: L.LightningModule, train_images: int) -> None:
+    """Refuse, before training, a run whose training batches hold one image while the backbone's
+    BatchNorm trains and one of its layers would then see a single value per channel (a 1x1 feature
+    map): PyTorch stops such a batch mid-epoch. A last batch of one is dropped by the datamodules
+    (:func:`b4transfer.data.datamodule.lone_last_batch`); this is ``data.batch_size=1`` or a training
+    split of one image."""
+    batch = int(cfg.data.batch_size)
+    if min(batch, train_images) > 1 or not trains_batch_norm(cfg.get("finetune")):
+        return
+    import torch
+
+    size = tuple(module.data_config["train"]["input_size"])
+    seen: list[tuple[str, int]] = []
+    hooks = [
+        m.register_forward_hook(lambda m, args, out, name=name: seen.append((name, args[0][0, 0].numel())))
+        for name, m in module.backbone.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+    training = [m.training for m in module.backbone.modules()]
+    try:
+        module.backbone.eval()
+        with torch.no_grad():
+            module.backbone(torch.zeros(1, *size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, mode in zip(module.backbone.modules(), training):
+            m.training = mode
+    single = [name for name, values in seen if values == 1]
+    if single:
+        why = f"data.batch_size={batch}" if batch == 1 else f"the training split holds {train_images} image"
+        raise UserError(
+            f"{why} at {size[-2]}x{size[-1]} px: BatchNorm layer backbone.{single[0]} would normalise a 1x1 "
+            "feature map of one image (1 value per channel), which fails in training. Fix: "
+            f"data.batch_size>=2{'' if batch == 1 else ' with more training images'}, a larger "
+            f"data.image_size (e.g. {2 * size[-1]}), or finetune.bn=frozen (BatchNorm in eval mode)."
+        )

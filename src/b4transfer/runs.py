@@ -70,6 +70,12 @@ def resolve_ckpt(cfg: DictConfig, *, required: bool) -> str | None:
                 "(written by mode=train into <run dir>/checkpoints/)."
             )
         return None
+    if Path(ckpt).is_dir():
+        near = [p for p in (Path(ckpt) / "last.ckpt", Path(ckpt) / "checkpoints/last.ckpt") if p.is_file()]
+        raise UserError(
+            f"ckpt_path={ckpt!r} is a directory; pass the checkpoint file itself, e.g. "
+            f"ckpt_path={near[0] if near else Path(ckpt) / 'checkpoints' / 'last.ckpt'}."
+        )
     if not Path(ckpt).is_file():
         raise UserFileNotFoundError(
             f"ckpt_path={ckpt!r} does not exist. Pass the path of a checkpoint written by a training run, "

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +46,70 @@ def _require(module: str, option: str, extra: str) -> None:
 
 
 def check_loggers(spec: Any) -> None:
-    """Refuse, before any work, a configured tracker whose package is missing."""
-    for node in (spec or {}).values():
+    """Refuse, before any work, a configured tracker whose package is missing, and an MLflow store that
+    cannot be used (a store path that is a file, a tracking server that does not answer)."""
+    for key, node in (spec or {}).items():
         target = str((node or {}).get("_target_", ""))
         if target.startswith(__name__ + ".") and target.rsplit(".", 1)[-1] in _NEEDS:
             _require(*_NEEDS[target.rsplit(".", 1)[-1]])
+        if target == f"{__name__}.mlflow_logger":
+            check_mlflow_store(node, key=f"logger.{key}")
+
+
+def _blocking_file(path: Path) -> Path | None:
+    """``path`` or the first of its parents that exists as something other than a directory."""
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def _store_dirs(node: Any, key: str) -> list[tuple[str, str, Path, str]]:
+    """The directories an MLflow logger config writes into: ``(key, value, directory, how to fix)``."""
+    dirs = []
+    if node.get("store_dir"):
+        value = str(node.store_dir)
+        dirs.append((f"{key}.store_dir", value, Path(value), "a directory (it is created if missing)"))
+    uri, name = str(node.get("tracking_uri") or ""), f"{key}.tracking_uri"
+    if uri.startswith("sqlite:///"):  # SQLAlchemy: sqlite:///relative.db, sqlite:////absolute.db
+        dirs.append((name, uri, Path(uri[len("sqlite:///"):]).parent, "a database in a directory, e.g. "
+                     f"{name}=sqlite:///mlruns/mlflow.db"))
+    elif uri.startswith("file:"):
+        dirs.append((name, uri, Path(urllib.parse.urlparse(uri).path), "a directory"))
+    return dirs
+
+
+def check_mlflow_store(node: Any, *, key: str = "logger.mlflow") -> None:
+    """Refuse an MLflow store whose directory is a file, and a tracking server that does not answer
+    within ``SERVER_TIMEOUT_S`` (MLflow itself would retry for minutes)."""
+    for name, value, directory, fix in _store_dirs(node, key):
+        blocking = _blocking_file(directory.expanduser().resolve())
+        if blocking is not None:
+            raise UserError(
+                f"{name}={value} cannot hold the MLflow store: {blocking} is a file, not a directory. "
+                f"Fix: point {name} at {fix}, or move that file away."
+            )
+    uri = str(node.get("tracking_uri") or "")
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri, key=f"{key}.tracking_uri")
+
+
+SERVER_TIMEOUT_S = 5.0
+
+
+def _check_server(uri: str, *, key: str) -> None:
+    """Ask the tracking server's ``/health``; any HTTP answer counts as reachable."""
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return  # it answered (an auth proxy, an older server without /health): MLflow takes it from here
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise UserError(
+            f"{key}={uri} does not answer ({reason}; waited up to {SERVER_TIMEOUT_S:g} s). Fix: start the "
+            "MLflow server (mlflow server --host 127.0.0.1 --port 5000), correct the URI, or log locally "
+            "with tracking_uri=null (a SQLite store in the run directory) or logger=csv."
+        ) from None
 
 
 def build_loggers(spec: Any) -> list[Logger]:

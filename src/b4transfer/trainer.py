@@ -69,6 +69,27 @@ def build_trainer(
     return trainer
 
 
+def check_monitor(cfg: DictConfig, module: L.LightningModule, *, default: str, task: str = "") -> None:
+    """Refuse, before training, a ``checkpoint.monitor`` (what the best checkpoint and early stopping
+    watch) that the task's module does not log (``module.metric_names()``). Names outside the task's
+    ``train/`` and ``val/`` metrics (``lr-...``, ``time/elapsed_s``, a callback's own) are left to
+    Lightning."""
+    monitor = (cfg.get("checkpoint") or {}).get("monitor") or default
+    names = module.metric_names() if hasattr(module, "metric_names") else None
+    ours = "/" not in monitor or monitor.split("/")[0] in ("train", "val", "test")  # not lr-..., time/...
+    if names is None or monitor in names or not ours:
+        return
+    watchers = "the best checkpoint" + (
+        " and early stopping" if (cfg.get("early_stopping") or {}).get("patience") is not None else ""
+    )
+    shown = ", ".join(names[:16]) + (f", ... ({len(names)} in all)" if len(names) > 16 else "")
+    raise UserError(
+        f"checkpoint.monitor={monitor} is not a metric {f'task={task}' if task else 'this task'} logs, so "
+        f"{watchers} would fail after the first epoch. It logs: {shown}. Fix: checkpoint.monitor={default} "
+        "(the task's default) or another of those."
+    )
+
+
 def ema_callbacks(ema: DictConfig | None) -> list:
     """``[EMA(...)]`` when ``ema.enabled``, else ``[]``."""
     if not ema or not ema.get("enabled"):

@@ -62,6 +62,14 @@ def export_formats(cfg: DictConfig, task: Task) -> list[str]:
         )
     for fmt in formats:
         task.refuse("export.format", fmt, task.export_formats)
+    if "onnx_int8" in formats:
+        count = (cfg.get("export") or {}).get("int8_calibration_images", 64)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise UserError(
+                f"export.int8_calibration_images={count!r}: export.format=onnx_int8 calibrates the INT8 "
+                "quantisation on that many training images, so it needs at least 1. Fix: e.g. "
+                "export.int8_calibration_images=64 (the default)."
+            )
     if {"onnx", "onnx_int8", "openvino"} & set(formats):
         from b4transfer.onnx_export import require_onnx
 
@@ -89,8 +97,9 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if torch.as_tensor(v).numel() == 1}
 
 
-def check_resumable(ckpt: str, task: Task, module: TaskModule) -> None:
-    """Refuse, before training, to resume from a checkpoint of another task or of another model shape."""
+def check_resumable(ckpt: str, task: Task, module: TaskModule | None = None) -> None:
+    """Refuse, before training, to resume from a file that is not a checkpoint, a checkpoint of another
+    task or (given the ``module`` built for this run) of another model shape."""
     checkpoint = tasks.read_checkpoint(ckpt)
     hparams = checkpoint["hyper_parameters"]
     saved = tasks.get(hparams.get("task"))
@@ -106,6 +115,8 @@ def check_resumable(ckpt: str, task: Task, module: TaskModule) -> None:
             "the run's checkpoints/last.ckpt (or ckpt_path=last), or start a new run from its backbone with "
             f"model.weights={ckpt} and no ckpt_path."
         )
+    if module is None:
+        return
     ours, theirs = module.state_dict(), checkpoint["state_dict"]
     misfit = [k for k in ours if k not in theirs or tuple(theirs[k].shape) != tuple(ours[k].shape)]
     misfit += [k for k in theirs if k not in ours]

@@ -49,7 +49,11 @@ def lr_find(cfg: DictConfig) -> dict[str, Any]:
         schedule = instantiate(cfg.finetune)
         schedule.first_phase_only = True  # what trains at step 0 trains; the rest stays frozen
         callbacks.append(schedule)
-    trainer_cfg = {**plain(cfg.trainer), "enable_progress_bar": False}
+    trainer_cfg = {**plain(cfg.trainer), "enable_progress_bar": False, "num_sanity_val_steps": 0}
+    # num_training steps however small the data: as many epochs as it takes (each has a step at least),
+    # and no validation pass (the search reads the training loss)
+    epochs = max(int(trainer_cfg.get("max_epochs") or 1), int(options["num_training"]))
+    trainer_cfg.update(max_epochs=epochs, check_val_every_n_epoch=epochs + 1)
     trainer_cfg["precision"] = devices.resolve_precision(trainer_cfg).used
     trainer = L.Trainer(
         **trainer_cfg,
@@ -62,6 +66,7 @@ def lr_find(cfg: DictConfig) -> dict[str, Any]:
     suggestion = finder.suggestion() if finder is not None else None
     summary: dict[str, Any] = {"mode": "lr_find", "task": task.name, "suggested_lr": suggestion}
     summary["search"] = options
+    summary["losses_recorded"] = len(finder.results.get("loss", [])) if finder is not None else 0
     if finder is not None and trainer.is_global_zero:
         import matplotlib
 
@@ -74,10 +79,32 @@ def lr_find(cfg: DictConfig) -> dict[str, Any]:
         fig.savefig(run_dir / "lr_find.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         summary["plot"] = str(run_dir / "lr_find.png")
+    if suggestion is None and finder is not None:
+        summary["no_suggestion"] = _why_no_suggestion(finder, options)
     if trainer.is_global_zero:
         if suggestion is None:
-            print(f"LR finder: no suggestion (too few points); see {run_dir / 'lr_find.png'}")
+            print(f"LR finder: no suggestion: {summary['no_suggestion']} (plot: {run_dir / 'lr_find.png'})")
         else:
             print(f"LR finder suggests optim.lr={suggestion:.3g} (plot: {run_dir / 'lr_find.png'})")
     write_summary(run_dir, summary)
     return summary
+
+
+# Lightning's suggestion skips the first 10 and the last loss and needs 2 finite ones in between
+SKIPPED, NEEDED = 11, 13
+
+
+def _why_no_suggestion(finder, options: dict[str, Any]) -> str:
+    """Why Lightning's finder gave no suggestion, with the numbers and the fix."""
+    losses, lrs = finder.results.get("loss", []), finder.results.get("lr", [])
+    steps = int(options["num_training"])
+    if steps < NEEDED:
+        return (
+            f"lr_find.num_training={steps} records {steps} losses and a suggestion needs at least {NEEDED} "
+            f"(the first {SKIPPED - 1} and the last are skipped). Fix: lr_find.num_training=100"
+        )
+    return (
+        f"the loss diverged after {len(losses)} of lr_find.num_training={steps} steps (at lr "
+        f"{lrs[-1] if lrs else options['min_lr']:.3g}), {NEEDED} are needed. Fix: a lower lr_find.max_lr or "
+        "a higher lr_find.min_lr"
+    )

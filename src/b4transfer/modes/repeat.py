@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from b4transfer import tasks
-from b4transfer.config import plain
+from b4transfer.config import SEED_RANGE, is_seed, plain
 from b4transfer.data.kfold import check_kfold
 from b4transfer.errors import UserError
 from b4transfer.modes.train import train
@@ -36,6 +36,13 @@ def _seeds(value: Any) -> list[int] | None:
     if (not isinstance(value, list) or not value or len(set(value)) != len(value)
             or any(isinstance(s, bool) or not isinstance(s, int) for s in value)):
         raise UserError(f"seeds={value!r} must be a list of distinct whole numbers, e.g. seeds=[0,1,2].")
+    bad = [s for s in value if not is_seed(s)]
+    if bad:
+        raise UserError(
+            f"seeds={value!r}: {', '.join(map(str, bad))} {'is' if len(bad) == 1 else 'are'} not a seed; "
+            f"a seed is a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]} (2**32 - 1). "
+            "Fix: e.g. seeds=[0,1,2]."
+        )
     return value
 
 

@@ -22,13 +22,14 @@ from b4transfer import devices, distributed, tasks
 from b4transfer.callbacks import ThroughputMeter
 from b4transfer.checkpointing import SIGTERM_EXIT_CODE, checkpoint_epoch, continue_requeued_job
 from b4transfer.config import plain
+from b4transfer.finetuning import check_batch_of_one
 from b4transfer.modes.audit import pre_train_audit
 from b4transfer.modes.common import build_splits, check_resumable, export_formats, scalars
 from b4transfer.modes.finish import finish
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
 from b4transfer.speed import apply_speed_switches
 from b4transfer.trackers import finish_trackers
-from b4transfer.trainer import build_trainer, early_stopping_report
+from b4transfer.trainer import build_trainer, check_monitor, early_stopping_report
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     task = tasks.from_config(cfg)
     task.check_config(cfg)
     cfg, ckpt = continue_requeued_job(cfg, resolve_ckpt(cfg, required=False))
+    if ckpt:
+        check_resumable(ckpt, task)  # a file that is no checkpoint, or another task's: before any work
     export_formats(cfg, task)  # a bad export.format fails now, not after training
     run_dir = prepare_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -52,6 +55,8 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     precision = devices.resolve_precision(plain(cfg.trainer), announce=True)  # auto: this device's fastest
     module = task.build_module(cfg, splits, backbone)
     module = apply_speed_switches(module, cfg.model, precision.channels_last, precision.fp32_depthwise)
+    check_monitor(cfg, module, default=task.monitor, task=task.name)  # before training, not after epoch 1
+    check_batch_of_one(cfg, module, len(splits.train))  # BatchNorm on 1 value per channel: not mid-epoch
     if ckpt:
         check_resumable(ckpt, task, module)
     datamodule = task.build_datamodule(cfg, splits, module)

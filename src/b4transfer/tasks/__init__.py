@@ -8,6 +8,7 @@ The built-in tasks are imported on first use; a plug-in registers itself with :f
 
 from __future__ import annotations
 
+import codecs
 import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,22 +95,52 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
+    except Exception:
         try:  # mmap needs the zip format; an older torch.save format is read whole
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            first = str(err).splitlines()[0] if str(err) else ""
+        except Exception as err:
             raise UserError(
-                f"ckpt_path={str(path)!r} could not be read as a checkpoint ({type(err).__name__}: {first}). "
-                "Pass a .ckpt written by b4transfer."
+                f"ckpt_path={str(path)!r} is not a checkpoint ({_what_file(path, err)}). {_A_CHECKPOINT}"
             ) from err
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not hparams or "class_names" not in hparams or "state_dict" not in ckpt:
         raise UserError(
-            f"{path} is not a b4transfer checkpoint (no class_names in its hyper-parameters). "
-            "Pass a checkpoint written by `python run.py mode=train`."
+            f"ckpt_path={str(path)!r} is not a b4transfer checkpoint (a PyTorch file, but without the "
+            f"state_dict and class_names a training run stores). {_A_CHECKPOINT}"
         )
     return ckpt
+
+
+_A_CHECKPOINT = (
+    "A checkpoint is the .ckpt file `mode=train` writes into <run dir>/checkpoints/ (last.ckpt, "
+    "best-epochNNN.ckpt). Fix: pass one, e.g. ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt."
+)
+
+
+def _what_file(path: Path, err: BaseException) -> str:
+    """What ``path`` is, in a few words, for the message refusing it as a checkpoint."""
+    size = path.stat().st_size
+    if size == 0:
+        return "it is empty"
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if b"\0" not in head:
+        try:  # incremental: a character cut at the end of the first 4 kB is no reason to doubt
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+            return f"it is a {size}-byte text file"
+        except UnicodeDecodeError:
+            pass
+    if "Unsupported global" in str(err):  # torch's weights_only unpickler met a class
+        return (
+            "it holds pickled Python objects besides tensors and plain containers, which b4transfer does "
+            "not load (unpickling them could run any code)"
+        )
+    if head.startswith(b"PK"):
+        return "it is a zip archive, but not one torch.save wrote"
+    return (
+        f"torch.load(weights_only=True) cannot read its {size} bytes ({type(err).__name__}): not tensors and "
+        "plain containers saved by torch.save"
+    )
 
 
 def load_module(ckpt_path: str | Path) -> TaskModule:

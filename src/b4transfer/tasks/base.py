@@ -25,6 +25,7 @@ from torch import nn
 
 from b4transfer import tta
 from b4transfer.backbone.origin import weights_origin
+from b4transfer.config import check_seed
 from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
 from b4transfer.finetuning import schedule_name
@@ -88,6 +89,12 @@ class TaskModule(L.LightningModule):
             self.log(
                 f"{name}_epoch", value, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True
             )
+
+    def metric_names(self) -> list[str] | None:
+        """The metrics it logs in training (``train/...``) and validation (``val/...``): the names
+        ``checkpoint.monitor`` (and early stopping) may watch, checked before training. ``None`` (a task
+        that does not list them): not checked, Lightning fails after the first validation instead."""
+        return None
 
     def remember_task(self) -> None:
         """Store the task's name in the hyper-parameters (:func:`b4transfer.tasks.load_module` reads it),
@@ -185,6 +192,7 @@ class Task:
     def check_config(self, cfg: DictConfig) -> None:
         """Refuse, before any work, what this task cannot run. Override to add task-specific checks."""
         self.refuse("mode", cfg.mode, self.modes)
+        check_seed(cfg.get("seed"))
         schedule = schedule_name(cfg.get("finetune"))
         if schedule in SCHEDULES:  # a schedule class of the user's own is theirs to vouch for
             self.refuse("finetune", schedule, self.schedules)

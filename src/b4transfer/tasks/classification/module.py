@@ -135,6 +135,11 @@ class ClassificationModule(TaskModule):
         self.log_train(values, batch_size=x.shape[0], prog_bar=("train/loss", "train/acc1"))
         return loss
 
+    def metric_names(self) -> list[str]:
+        names = ["train/loss", *([] if self.head.multi_label else ["train/acc1"]), "val/loss"]
+        names += [f"val/{k}" for k in self.val_metrics if k not in ("acc_per_class", "confusion_matrix")]
+        return names + [f"val/acc_{metric_name(name)}" for name in self.class_names]  # as _log_metrics
+
     def _eval_step(self, batch, metrics, stage: str) -> None:
         x, y = batch
         logits = self.tta_logits(x) if self.tta else self(x)

@@ -8,6 +8,7 @@ torchvision detector), which owns the loss, the post-processing and the COCO mAP
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -19,6 +20,13 @@ from b4transfer.tasks.detection.head import DetectionHead, to_original
 from b4transfer.tasks.detection.tta import detect_tta
 
 DEFAULT_STRIDES = (8, 16, 32)
+# The losses each torchvision detector returns (logged as train/<key> and val/<key>)
+LOSS_KEYS = {
+    "retinanet": ("classification", "bbox_regression"),
+    "fcos": ("classification", "bbox_regression", "bbox_ctrness"),
+    "faster_rcnn": ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"),
+}
+_NOT_LOGGED = ("classes", "map_per_class", "mar_100_per_class")  # per-class entries: logged as ap_<name>
 
 
 def build_feature_backbone(model: dict[str, Any], strides=DEFAULT_STRIDES) -> torch.nn.Module:
@@ -122,6 +130,16 @@ class DetectionModule(TaskModule):
         values = {"train/loss": loss, **{f"train/{key}": value for key, value in losses.items()}}
         self.log_train(values, batch_size=len(images), prog_bar=("train/loss",))
         return loss
+
+    def metric_names(self) -> list[str]:
+        losses = LOSS_KEYS[self.head.detector_name]
+        with warnings.catch_warnings():  # an empty compute gives every key ("called before update")
+            warnings.simplefilter("ignore")
+            keys = [k for k in self.val_metrics.clone().compute() if k not in _NOT_LOGGED]
+        return [
+            "train/loss", *(f"train/{k}" for k in losses), "val/loss", *(f"val/{k}" for k in losses),
+            *(f"val/{k}" for k in keys), *(f"val/ap_{metric_name(name)}" for name in self.class_names),
+        ]
 
     def _eval_step(self, batch, metrics, stage: str) -> None:
         self._share_backbone()

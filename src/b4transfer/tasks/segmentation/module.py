@@ -24,6 +24,7 @@ from b4transfer.tasks.segmentation.losses import SegmentationLoss
 from b4transfer.tasks.segmentation.metrics import build_metrics, summarize
 
 SHOWN_IMAGES = 4  # validation images drawn in val_predictions.png
+SUMMARY_KEYS = ("miou", "pixel_acc", "dice")  # logged as <stage>/<key> every validation
 
 
 def build_feature_backbone(model: dict[str, Any], head: dict[str, Any] | None) -> torch.nn.Module:
@@ -135,6 +136,10 @@ class SegmentationModule(TaskModule):
         self.log_train({"train/loss": loss}, batch_size=len(images), prog_bar=("train/loss",))
         return loss
 
+    def metric_names(self) -> list[str]:
+        per_class = [f"val/{kind}_{metric_name(n)}" for n in self.class_names for kind in ("iou", "dice")]
+        return ["train/loss", "val/loss", *(f"val/{key}" for key in SUMMARY_KEYS), *per_class]
+
     def _eval_step(self, batch, batch_idx: int, metrics, stage: str) -> None:
         images, masks = batch
         logits = self(images)
@@ -169,7 +174,7 @@ class SegmentationModule(TaskModule):
     def _log_metrics(self, metrics, stage: str) -> None:
         values = summarize(metrics.compute())
         metrics.reset()
-        for key in ("miou", "pixel_acc", "dice"):
+        for key in SUMMARY_KEYS:
             self.log(f"{stage}/{key}", values[key], prog_bar=key == "miou", sync_dist=True)
         for name, iou, dice in zip(self.class_names, values["iou_per_class"], values["dice_per_class"]):
             if not torch.isnan(iou):  # a class absent from labels and predictions has no IoU
