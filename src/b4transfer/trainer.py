@@ -71,11 +71,11 @@ def build_trainer(
 
 def check_monitor(cfg: DictConfig, module: L.LightningModule, *, default: str, task: str = "") -> None:
     """Refuse, before training, a ``checkpoint.monitor`` (what the best checkpoint and early stopping
-    watch) that the task's module does not log (``module.metric_names()``). Names outside the task's
+    watch) that the task's module does not log (``module.logged_metric_names()``). Names outside the task's
     ``train/`` and ``val/`` metrics (``lr-...``, ``time/elapsed_s``, a callback's own) are left to
     Lightning."""
     monitor = (cfg.get("checkpoint") or {}).get("monitor") or default
-    names = module.metric_names() if hasattr(module, "metric_names") else None
+    names = module.logged_metric_names() if hasattr(module, "logged_metric_names") else None
     ours = "/" not in monitor or monitor.split("/")[0] in ("train", "val", "test")  # not lr-..., time/...
     if names is None or monitor in names or not ours:
         return

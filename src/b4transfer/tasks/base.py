@@ -96,6 +96,13 @@ class TaskModule(L.LightningModule):
         that does not list them): not checked, Lightning fails after the first validation instead."""
         return None
 
+    def logged_metric_names(self) -> list[str] | None:
+        """:meth:`metric_names` plus the epoch means :meth:`log_train` adds (``train/loss_epoch``, ...)."""
+        names = self.metric_names()
+        if names is None:
+            return None
+        return [m for n in names for m in ((n, f"{n}_epoch") if n.startswith("train/") else (n,))]
+
     def remember_task(self) -> None:
         """Store the task's name in the hyper-parameters (:func:`b4transfer.tasks.load_module` reads it),
         and where the backbone's starting weights came from (``weights_origin``: the exports and the model
