@@ -49,7 +49,7 @@ EXAMPLES = (
     ("python run.py", "fine-tune B4 on the generated demo data"),
     ("python run.py model.pretrained=false trainer.max_epochs=1", "no download: random init, one epoch"),
     ("python run.py data=folder data.root=/data/pets", "your class folders: root/<class>/*.jpg"),
-    ("python run.py task=detection data=coco data.root=/data/coco", "detection (the [detection] extra)"),
+    ("python run.py task=detection data=coco data.root=/data/coco", "object detection on COCO annotations"),
     ("python run.py mode=predict ckpt_path=last predict.input=/data/new", "predict with the newest run"),
     ("python run.py -m optim.lr=1e-3,3e-4", "a sweep (Hydra multirun), one run each"),
     ("python run.py --cfg job data=folder", "print the composed config instead of running"),
