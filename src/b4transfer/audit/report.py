@@ -101,7 +101,7 @@ def _label_issues(found: dict[str, Any], settings: Any, picture: Picture) -> lis
     )
     rows = [
         (
-            n,
+            n + 1,
             p["where"],
             p["split"],
             p["given"],
