@@ -27,6 +27,26 @@ def texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return big * (0.5 + 0.5 * stripes[..., None])
 
 
+def photo_like(rng: np.random.Generator, size: int = 160) -> Image.Image:
+    """A photo-like picture: colour noise with a steep (1/f^1.5) amplitude spectrum (smooth regions,
+    edges at every scale) and a few soft-edged blobs on it."""
+    fy, fx = np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij")
+    amplitude = np.maximum(np.hypot(fx, fy), 1.0 / size) ** -1.5
+    channels = []
+    for _ in range(3):
+        phase = np.exp(2j * np.pi * rng.random((size, size)))
+        field = np.real(np.fft.ifft2(amplitude * phase))
+        channels.append((field - field.mean()) / field.std())
+    mix = rng.normal(0, 1, (3, 3)) * 0.4 + np.eye(3)  # correlated channels, as in photos
+    pixels = 128 + 40 * np.tensordot(np.stack(channels, -1), mix, axes=([2], [1]))
+    yy, xx = np.mgrid[0:size, 0:size]
+    for _ in range(3):
+        cy, cx, r = rng.uniform(0.2, 0.8) * size, rng.uniform(0.2, 0.8) * size, rng.uniform(0.08, 0.2) * size
+        alpha = np.clip((r - np.hypot(yy - cy, xx - cx)) / 3, 0, 1)[..., None]
+        pixels = (1 - alpha) * pixels + alpha * rng.uniform(0, 255, 3)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
 COLOUR_WEIGHT = 0.55
 
 

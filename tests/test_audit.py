@@ -8,10 +8,15 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
-from tests.conftest import TINY, compose_cfg, make_image_folder
-from tests.planted import make_planted, scores
+from PIL import Image
+from tests.conftest import COLOURS, TINY, compose_cfg, make_image_folder
+from tests.planted import make_planted, photo_like, scores
 
+from b4transfer.audit import AuditSettings
+from b4transfer.audit.duplicates import near_duplicates
+from b4transfer.audit.phash import image_hashes
 from b4transfer.data.csvdata import read_csv
 from b4transfer.data.yolo import yolo_splits
 from b4transfer.errors import UserError
@@ -44,11 +49,88 @@ def test_the_audit_finds_the_planted_problems(tmp_path):
     assert result["near-duplicate"]["recall"] == 1.0 and result["near-duplicate"]["precision"] >= 0.8
     # a random-init tiny backbone: over 6 seed pairs mean recall 0.88, precision 0.87 (README); this seed:
     assert result["flipped label"]["recall"] >= 0.5 and result["flipped label"]["precision"] >= 0.6
+    planted_near = {frozenset(map(str, p)) for p in planted.near}
+    assert all("hash" in p["method"] for p in found["near_duplicates"] if _pairs([p]) <= planted_near)
     counts = summary["audit"]
     assert counts["cross_split_duplicates"] == 4 and counts["cross_split_near_duplicates"] >= 2
     report = (tmp_path / "run" / "audit.md").read_text()
     assert "Likely label errors" in report and "![exact0](audit/exact0.png)" in report
     assert (tmp_path / "run" / "audit" / "exact0.png").is_file()
+    assert "| a | b | found by | hash distance | cosine |" in report
+
+
+def test_label_issues_are_ranked_and_the_cut_off_is_stated(tmp_path):
+    """Issue 24: the flagged images are ranked by p(given) and the summary and audit.md state the cut-off
+    (how many at or below it, and the total)."""
+    planted = make_planted(tmp_path / "data", flip_share=0.1)
+    cfg = compose_cfg(
+        *AUDIT, f"data.root={planted.root}", f"run_dir={tmp_path / 'run'}", "audit.label_issue_cutoff=0.005"
+    )
+    counts = run(cfg)["audit"]
+    issues = json.loads((tmp_path / "run" / "audit.json").read_text())["label_issues"]
+    p_given = [p["p_given"] for p in issues]
+    assert p_given == sorted(p_given) and len(issues) == counts["label_issues"] >= 2
+    within = [p for p in issues if p["within_cutoff"]]
+    assert [p["p_given"] <= 0.005 for p in issues] == [p["within_cutoff"] for p in issues]
+    assert counts["label_issue_cutoff"] == "p(given) <= 0.005"
+    assert counts["label_issues_within_cutoff"] == len(within) < len(issues)
+    report = (tmp_path / "run" / "audit.md").read_text()
+    assert (
+        f"{len(issues)} flagged by cleanlab, ranked by p(given)" in report
+        and f"Listed: the {len(within)} with p(given) <= 0.005 (audit.label_issue_cutoff); "
+        f"all {len(issues)} are in audit.json."
+        in report
+    )
+    listed = report.split("Likely label errors")[1]
+    assert all(Path(p["where"]).name in listed for p in within)
+    assert not any(f"| {p['where']} |" in listed for p in issues if not p["within_cutoff"])
+
+
+def test_one_image_a_class_says_the_label_search_was_skipped_in_md_json_and_summary(tmp_path):
+    """Issue 24: audit.md said "None." where audit.json said the label-error search was skipped."""
+    for split, classes in (("train", COLOURS), ("val", ["red"])):
+        for name in classes:
+            make_image_folder(tmp_path / "data" / split, per_class=1, size=32, classes={name: COLOURS[name]})
+    counts = run(compose_cfg(*AUDIT, f"data.root={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}"))[
+        "audit"
+    ]
+    found = json.loads((tmp_path / "run" / "audit.json").read_text())
+    reason = "a class has fewer than 2 images (the out-of-fold probe holds one out per fold)"
+    assert found["label_issues_skipped"] == reason and "label_issues" not in found
+    assert counts["label_issues"] == f"skipped: {reason}"
+    report = (tmp_path / "run" / "audit.md").read_text()
+    section = report.split("## Likely label errors")[1].split("##")[0]
+    assert f"Skipped: {reason}." in section and "None." not in section
+
+
+def _photo_copy(src: Path, dst: Path, scale: float, quality: int) -> Path:
+    image = Image.open(src)
+    image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS).save(
+        dst, quality=quality
+    )
+    return dst
+
+
+def test_perceptual_hashes_pair_resized_reencoded_photos_with_their_originals_and_nothing_else(tmp_path):
+    """Issue 24: the near-duplicates the embeddings missed on real images (resized to 80 % and re-encoded
+    as JPEG q80; also 60 % at q70) are within the default distance of their originals; eight different
+    photo-like (textured) pictures are not."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(8):
+        photo_like(rng).save(tmp_path / f"photo{i}.png")
+        paths.append(tmp_path / f"photo{i}.png")
+    paths.append(_photo_copy(paths[0], tmp_path / "copy0.jpg", 0.8, 80))
+    paths.append(_photo_copy(paths[1], tmp_path / "copy1.jpg", 0.6, 70))
+    max_distance = AuditSettings().hash_distance
+    pairs = near_duplicates(
+        hashes=image_hashes(paths, size=16), max_distance=max_distance, embeddings=None, threshold=0.97
+    )
+    assert [(p["i"], p["j"], p["method"], p["cosine"]) for p in pairs] == [
+        (0, 8, "hash", None),
+        (1, 9, "hash", None),
+    ]
+    assert all(p["hash_distance"] <= max_distance // 4 for p in pairs)  # a wide margin: measured 2 and 6
 
 
 def _csv(root: Path, rows: list[tuple[str, ...]]) -> Path:
@@ -163,6 +245,14 @@ def test_bad_audit_settings_are_refused_in_one_line(tmp_path, image_folder):
             ("audit.leakage=maybe", r"audit\.leakage='maybe' is not an option; choose one of warn"),
             ("audit.near_duplicate_threshold=2", r"cosine similarity in \(0, 1\], got 2"),
             ("audit.folds=1", r"audit\.folds must be an integer >= 2"),
+            (
+                "audit.hash_distance=256",
+                r"audit\.hash_distance must be a number of bits in 0\.\.255 .* got 256",
+            ),
+            (
+                "audit.label_issue_cutoff=0",
+                r"audit\.label_issue_cutoff must be a probability in \(0, 1\], got 0",
+            ),
         )
     ):
         with pytest.raises(UserError, match=match):

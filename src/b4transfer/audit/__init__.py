@@ -6,10 +6,12 @@ which finds
 - exact duplicates: files with identical bytes (:func:`~b4transfer.audit.duplicates.file_hash`); a group
   spanning two splits is *leakage*, one whose labels differ is a *conflict* (an error before training
   unless ``data.conflicting_labels=keep``);
-- near-duplicates (``full``): pairs whose pooled backbone embeddings have a centred cosine similarity of
-  at least ``audit.near_duplicate_threshold`` (resized, re-encoded, lightly edited copies);
+- near-duplicates (``full``): pairs whose 256-bit perceptual hashes (pHash) differ in at most
+  ``audit.hash_distance`` bits (resized and re-encoded copies), or whose pooled backbone embeddings,
+  standardised per feature, have a cosine similarity of at least ``audit.near_duplicate_threshold``;
 - likely label errors (``full``, single-label tasks): out-of-fold probabilities of a k-fold linear probe
-  on the same embeddings, ranked by cleanlab's ``find_label_issues``;
+  on the same embeddings, flagged and ranked by cleanlab's ``find_label_issues`` (by self-confidence,
+  the probability of the given label); ``audit.md`` lists those at or below ``audit.label_issue_cutoff``;
 
 and writes ``audit.md`` (thumbnails under ``audit/``) and ``audit.json`` (every finding) into the run
 directory; the returned counts go into ``summary.json``. The quick version (``full=False``, before every
@@ -18,7 +20,6 @@ training run) hashes files only: cheap next to the image check every run already
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from b4transfer.audit.duplicates import exact_groups, file_hashes, near_pairs
-from b4transfer.audit.report import strip, table
+from b4transfer.audit.duplicates import exact_groups, file_hashes, near_duplicates
+from b4transfer.audit.phash import image_hashes
+from b4transfer.audit.report import write_report
 from b4transfer.data.splits import shown
 from b4transfer.errors import UserError
 
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["AuditItem", "AuditSettings", "Section", "run_audit"]
 
+HASH_SIZE = 16  # pHash of 16 x 16 DCT frequencies: 256 bits
+HASH_BITS = HASH_SIZE * HASH_SIZE
 CHOICES = {"leakage": ("warn", "error"), "conflicting_labels": ("error", "keep")}
 
 
@@ -70,7 +74,9 @@ class AuditSettings:
 
     on_train: bool = True
     near_duplicate_threshold: float = 0.97
+    hash_distance: int | None = 40
     label_issues: bool = True
+    label_issue_cutoff: float = 0.01
     folds: int = 5
     thumbnails: int = 12
     leakage: str = "warn"
@@ -99,9 +105,26 @@ class AuditSettings:
                 f"audit.near_duplicate_threshold must be a cosine similarity in (0, 1], got {threshold!r}; "
                 "e.g. audit.near_duplicate_threshold=0.95."
             )
+        _check_hash_distance(settings.hash_distance)
+        cutoff = settings.label_issue_cutoff
+        if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not 0 < cutoff <= 1:
+            raise UserError(
+                f"audit.label_issue_cutoff must be a probability in (0, 1], got {cutoff!r}; "
+                "e.g. audit.label_issue_cutoff=0.05."
+            )
         if isinstance(settings.folds, bool) or not isinstance(settings.folds, int) or settings.folds < 2:
             raise UserError(f"audit.folds must be an integer >= 2, got {settings.folds!r}.")
         return settings
+
+
+def _check_hash_distance(value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < HASH_BITS:
+        raise UserError(
+            f"audit.hash_distance must be a number of bits in 0..{HASH_BITS - 1} (of the {HASH_BITS}-bit "
+            f"perceptual hash) or null (off), got {value!r}; e.g. audit.hash_distance=40."
+        )
 
 
 def _label_text(label: Any, class_names: Sequence[str]) -> str:
@@ -184,51 +207,80 @@ def run_audit(
     Returns:
         The counts for ``summary.json`` (``audit``).
     """
-    from b4transfer.audit.label_issues import find_label_issues, out_of_fold_probabilities
-
     start = time.perf_counter()
     paths = [item.path for item in items]
     groups = _groups(items, file_hashes(paths), class_names)
     if not full:
         _refuse(groups, settings)
     found: dict[str, Any] = {"exact_duplicates": groups}
-    if full and embed is not None and len(items) > 1:
-        features = embed(paths)
+    if full and len(items) > 1:
+        features = embed(paths) if embed is not None else None
         same = {(a, b) for g in groups for a in g["indices"] for b in g["indices"] if a < b}
-        pairs = near_pairs(features, threshold=settings.near_duplicate_threshold, exclude=same)
-        found["near_duplicates"] = [
-            {
-                "a": items[i].name,
-                "b": items[j].name,
-                "indices": [i, j],
-                "cosine": round(c, 4),
-                "cross_split": items[i].split != items[j].split,
-            }
-            for i, j, c in pairs
-        ]
-        if probe and settings.label_issues:
-            labels = np.asarray([int(item.label) for item in items])
-            probs = out_of_fold_probabilities(
-                features, labels, num_classes=len(class_names), folds=settings.folds
-            )
-            issues = find_label_issues(labels, probs) if probs is not None else []
-            found["label_issues"] = [
-                {
-                    "where": items[i].name,
-                    "index": i,
-                    "split": items[i].split,
-                    "given": class_names[labels[i]],
-                    "suggested": class_names[int(probs[i].argmax())],
-                    "p_given": round(float(probs[i, labels[i]]), 4),
-                }
-                for i in issues
-            ]
-            if probs is None:
-                found["label_issues_skipped"] = "a class has fewer than 2 images"
+        found["near_duplicates"] = _near(items, features, same, settings)
+        if probe:
+            found.update(_label_issues(items, features, class_names, settings))
     counts = {**_counts(found, len(items), sections), "seconds": round(time.perf_counter() - start, 2)}
     _log(counts, found)
-    _write(run_dir, items, found, counts, sections, settings)
+    write_report(run_dir, paths, found, counts, sections, settings)
     return {**counts, "report": str(run_dir / "audit.md")}
+
+
+def _near(items: Sequence[AuditItem], features, same: set, settings: AuditSettings) -> list[dict[str, Any]]:
+    """Near-duplicate pairs (not exact copies) by perceptual hash and/or embedding."""
+    hashes = None
+    if settings.hash_distance is not None:
+        hashes = image_hashes([item.path for item in items], kind="phash", size=HASH_SIZE)
+    pairs = near_duplicates(
+        hashes=hashes,
+        max_distance=settings.hash_distance,
+        embeddings=features,
+        threshold=settings.near_duplicate_threshold,
+        exclude=same,
+    )
+    return [
+        {
+            "a": items[p["i"]].name,
+            "b": items[p["j"]].name,
+            "indices": [p["i"], p["j"]],
+            "method": p["method"],
+            "hash_distance": p["hash_distance"],
+            "cosine": p["cosine"],
+            "cross_split": items[p["i"]].split != items[p["j"]].split,
+        }
+        for p in pairs
+    ]
+
+
+def _label_issues(items: Sequence[AuditItem], features, class_names, settings: AuditSettings) -> dict:
+    """``label_issues`` (cleanlab's flagged images, ranked) or ``label_issues_skipped`` (the reason)."""
+    from b4transfer.audit.label_issues import find_label_issues, out_of_fold_probabilities
+
+    if not settings.label_issues:
+        return {"label_issues_skipped": "audit.label_issues=false"}
+    if features is None:
+        return {"label_issues_skipped": "no embeddings (the probe needs the backbone's features)"}
+    labels = np.asarray([int(item.label) for item in items])
+    probs = out_of_fold_probabilities(features, labels, num_classes=len(class_names), folds=settings.folds)
+    if probs is None:
+        return {
+            "label_issues_skipped": "a class has fewer than 2 images (the out-of-fold probe holds one out "
+            "per fold)"
+        }
+    issues = []
+    for i in find_label_issues(labels, probs):
+        p_given = float(probs[i, labels[i]])
+        issues.append(
+            {
+                "where": items[i].name,
+                "index": i,
+                "split": items[i].split,
+                "given": class_names[labels[i]],
+                "suggested": class_names[int(probs[i].argmax())],
+                "p_given": round(p_given, 4),
+                "within_cutoff": p_given <= settings.label_issue_cutoff,
+            }
+        )
+    return {"label_issues": issues, "label_issue_cutoff": f"p(given) <= {settings.label_issue_cutoff}"}
 
 
 def _counts(found: dict[str, Any], n: int, sections: Sequence[Section]) -> dict[str, Any]:
@@ -247,6 +299,10 @@ def _counts(found: dict[str, Any], n: int, sections: Sequence[Section]) -> dict[
         )
     if "label_issues" in found:
         counts["label_issues"] = len(found["label_issues"])
+        counts["label_issue_cutoff"] = found["label_issue_cutoff"]
+        counts["label_issues_within_cutoff"] = sum(p["within_cutoff"] for p in found["label_issues"])
+    if "label_issues_skipped" in found:
+        counts["label_issues"] = f"skipped: {found['label_issues_skipped']}"
     for section in sections:
         counts.update(section.summary)
     return counts
@@ -262,93 +318,3 @@ def _log(counts: dict[str, Any], found: dict[str, Any]) -> None:
             " = ".join(f"{m['where']} ({m['split']})" for m in leaks[0]["members"]),
         )
     log.info("Audit: %s", {k: v for k, v in counts.items() if not isinstance(v, (dict, list))})
-
-
-def _write(run_dir: Path, items, found, counts, sections: Sequence[Section], settings: AuditSettings) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    thumbs = run_dir / "audit"
-    budget = [settings.thumbnails]
-
-    def picture(indices: Sequence[int], name: str) -> str:
-        if budget[0] <= 0:
-            return ""
-        budget[0] -= 1
-        written = strip([items[i].path for i in indices], thumbs / f"{name}.png")
-        return f"![{name}](audit/{written})" if written else ""
-
-    md = [
-        "# Dataset audit",
-        "",
-        table(["finding", "count"], [(k, v) for k, v in counts.items() if not isinstance(v, (dict, list))]),
-        "",
-    ]
-    groups = found["exact_duplicates"]
-    md += ["## Exact duplicates (identical files)", ""]
-    md += [
-        table(
-            ["#", "files (split, label)", "leakage", "conflict", "images"],
-            [
-                (
-                    n,
-                    "<br>".join(f"{m['where']} ({m['split']}, {m['label']})" for m in g["members"]),
-                    "yes" if g["cross_split"] else "",
-                    "yes" if g["conflicting_labels"] else "",
-                    picture(g["indices"], f"exact{n}"),
-                )
-                for n, g in enumerate(groups)
-            ],
-        )
-        if groups
-        else "None.",
-        "",
-    ]
-    if "near_duplicates" in found:
-        near = found["near_duplicates"]
-        md += [f"## Near-duplicates (cosine >= {settings.near_duplicate_threshold})", ""]
-        md += [
-            table(
-                ["#", "a", "b", "cosine", "leakage", "images"],
-                [
-                    (
-                        n,
-                        p["a"],
-                        p["b"],
-                        p["cosine"],
-                        "yes" if p["cross_split"] else "",
-                        picture(p["indices"], f"near{n}"),
-                    )
-                    for n, p in enumerate(near)
-                ],
-            )
-            if near
-            else "None.",
-            "",
-        ]
-    if "label_issues" in found:
-        issues = found["label_issues"]
-        md += ["## Likely label errors (cleanlab, out-of-fold linear probe)", ""]
-        md += [
-            table(
-                ["rank", "image", "split", "given", "suggested", "p(given)", "image"],
-                [
-                    (
-                        n,
-                        p["where"],
-                        p["split"],
-                        p["given"],
-                        p["suggested"],
-                        p["p_given"],
-                        picture([p["index"]], f"label{n}"),
-                    )
-                    for n, p in enumerate(issues)
-                ],
-            )
-            if issues
-            else "None.",
-            "",
-        ]
-    for section in sections:
-        md += [f"## {section.title}", "", section.markdown, ""]
-    (run_dir / "audit.md").write_text("\n".join(md))
-    details = {"counts": counts, **found, "sections": {s.title: s.summary for s in sections}}
-    (run_dir / "audit.json").write_text(json.dumps(details, indent=2, default=str) + "\n")

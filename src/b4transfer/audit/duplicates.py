@@ -1,5 +1,5 @@
-"""Exact duplicates (same bytes: a file hash) and near-duplicates (cosine similarity of pooled backbone
-embeddings), within a split and across splits (leakage)."""
+"""Exact duplicates (same bytes: a file hash) and near-duplicates (perceptual-hash distance, cosine
+similarity of pooled backbone embeddings), within a split and across splits (leakage)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["exact_groups", "file_hash", "file_hashes", "near_pairs"]
+__all__ = [
+    "NORMALISATIONS",
+    "exact_groups",
+    "file_hash",
+    "file_hashes",
+    "hash_pairs",
+    "near_duplicates",
+    "near_pairs",
+    "normalised",
+]
 
 _CHUNK = 1 << 20
 
@@ -41,32 +50,8 @@ def exact_groups(hashes: Sequence[str]) -> list[list[int]]:
     return [g for g in by_hash.values() if len(g) > 1]
 
 
-def near_pairs(
-    embeddings: np.ndarray,
-    *,
-    threshold: float,
-    exclude: set[tuple[int, int]] | None = None,
-    block: int = 1024,
-) -> list[tuple[int, int, float]]:
-    """Pairs ``(i, j, cosine)``, ``i < j``, of standardised embeddings with a cosine >= ``threshold``.
-
-    Each feature is standardised over the set first (mean 0, variance 1): pooled features of any two
-    images share a large common component (all positive after the activation) and a few high-variance
-    features, which would make every pair look alike. Measured on the planted set of the tests (five
-    random initialisations): copies >= 0.98, distinct images <= 0.96 (centring alone: up to 0.985).
-
-    Args:
-        embeddings: ``(N, C)`` pooled backbone features.
-        threshold: Cosine similarity from which two images count as near-duplicates.
-        exclude: Pairs already known (e.g. exact duplicates), left out.
-        block: Rows compared at once (memory: ``block * N`` floats).
-    """
-    x = np.asarray(embeddings, dtype=np.float32)
-    if len(x) < 2:
-        return []
-    x = (x - x.mean(0, keepdims=True)) / (x.std(0, keepdims=True) + 1e-6)
-    x /= np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
-    exclude = exclude or set()
+def _similar(x: np.ndarray, threshold: float, exclude: set, block: int) -> list[tuple[int, int, float]]:
+    """Pairs ``(i, j, x_i . x_j)``, ``i < j``, with a dot product >= ``threshold``, not in ``exclude``."""
     pairs = []
     for start in range(0, len(x), block):
         sims = x[start : start + block] @ x.T  # (B, N)
@@ -75,4 +60,109 @@ def near_pairs(
             i = start + r
             if i < j and (i, j) not in exclude:
                 pairs.append((i, j, float(sims[r, j])))
-    return sorted(pairs, key=lambda p: -p[2])
+    return pairs
+
+
+NORMALISATIONS = ("none", "centre", "standardise")
+
+
+def normalised(embeddings: np.ndarray, normalisation: str = "none") -> np.ndarray:
+    """Unit-length rows of ``embeddings``: as they are (``none``), each feature centred over the set
+    (``centre``) or centred and scaled to variance 1 (``standardise``) first."""
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"unknown normalisation {normalisation!r}; one of {NORMALISATIONS}")
+    x = np.asarray(embeddings, dtype=np.float32)
+    if normalisation != "none" and len(x):
+        x = x - x.mean(0, keepdims=True)
+        if normalisation == "standardise":
+            x = x / (x.std(0, keepdims=True) + 1e-6)
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+
+
+def near_pairs(
+    embeddings: np.ndarray,
+    *,
+    threshold: float,
+    exclude: set[tuple[int, int]] | None = None,
+    normalisation: str = "standardise",
+    block: int = 1024,
+) -> list[tuple[int, int, float]]:
+    """Pairs ``(i, j, cosine)``, ``i < j``, of embeddings with a cosine similarity >= ``threshold``,
+    most similar first.
+
+    Args:
+        embeddings: ``(N, C)`` pooled backbone features.
+        threshold: Cosine similarity from which two images count as near-duplicates.
+        exclude: Pairs already known (e.g. exact duplicates), left out.
+        normalisation: See :func:`normalised`. ``standardise`` (the default): pooled features of any two
+            images share a large common component and a few high-variance features; measured
+            (``scripts/audit_near_duplicates_study.py``), raw or centred cosines put different images
+            above the copies on the generated set, standardised ones did not (README "Dataset audit").
+        block: Rows compared at once (memory: ``block * N`` floats).
+    """
+    x = normalised(embeddings, normalisation)
+    if len(x) < 2:
+        return []
+    return sorted(_similar(x, threshold, exclude or set(), block), key=lambda p: -p[2])
+
+
+def hash_pairs(
+    hashes: np.ndarray,
+    *,
+    max_distance: int,
+    exclude: set[tuple[int, int]] | None = None,
+    block: int = 1024,
+) -> list[tuple[int, int, int]]:
+    """Pairs ``(i, j, hamming distance)``, ``i < j``, of bit hashes differing in at most
+    ``max_distance`` bits, closest first.
+
+    Args:
+        hashes: ``(N, B)`` bools (:func:`b4transfer.audit.phash.image_hashes`).
+        max_distance: Bits two near-duplicates may differ in.
+        exclude: Pairs already known, left out.
+        block: Rows compared at once.
+    """
+    if len(hashes) < 2:
+        return []
+    signs = np.where(np.asarray(hashes, dtype=bool), 1.0, -1.0).astype(np.float32)
+    bits = signs.shape[1]  # dot = bits - 2 * distance
+    found = _similar(signs, bits - 2 * max_distance - 0.5, exclude or set(), block)
+    return sorted(((i, j, round((bits - d) / 2)) for i, j, d in found), key=lambda p: p[2])
+
+
+def near_duplicates(
+    *,
+    hashes: np.ndarray | None,
+    max_distance: int | None,
+    embeddings: np.ndarray | None,
+    threshold: float,
+    exclude: set[tuple[int, int]] | None = None,
+) -> list[dict]:
+    """Pairs found by either finder: perceptual hashes within ``max_distance`` bits (resized and
+    re-encoded copies) or standardised embeddings with a cosine >= ``threshold`` (what the backbone
+    sees as one picture). Each pair carries both scores and the finder(s) that found it; pairs both
+    found come first, then by hash distance, then by cosine.
+
+    Returns:
+        ``[{"i", "j", "method": "hash" | "embedding" | "hash+embedding", "hash_distance", "cosine"}]``
+        (a score is ``None`` when its input is absent).
+    """
+    by: dict[tuple[int, int], set[str]] = {}
+    if hashes is not None and max_distance is not None:
+        for i, j, _ in hash_pairs(hashes, max_distance=max_distance, exclude=exclude):
+            by.setdefault((i, j), set()).add("hash")
+    if embeddings is not None:
+        for i, j, _ in near_pairs(embeddings, threshold=threshold, exclude=exclude):
+            by.setdefault((i, j), set()).add("embedding")
+    x = normalised(embeddings, "standardise") if embeddings is not None and len(by) else None
+    signs = np.where(hashes, 1, -1).astype(np.int32) if hashes is not None and len(by) else None
+    out = []
+    for (i, j), methods in by.items():
+        distance = int((len(signs[i]) - signs[i] @ signs[j]) // 2) if signs is not None else None
+        cosine = round(float(x[i] @ x[j]), 4) if x is not None else None
+        method = "+".join(m for m in ("hash", "embedding") if m in methods)
+        out.append({"i": i, "j": j, "method": method, "hash_distance": distance, "cosine": cosine})
+    return sorted(
+        out,
+        key=lambda p: (-len(by[p["i"], p["j"]]), p["hash_distance"] or 0, -(p["cosine"] or 0)),
+    )
