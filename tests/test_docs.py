@@ -158,6 +158,15 @@ def test_config_reference_lists_every_key_in_conf_with_its_default():
             assert f"| `{group.replace('optional ', '')}` | `{choice}` |" in groups
 
 
+def test_every_page_closes_its_code_fences():
+    """An unclosed fence swallows the rest of a page without any warning from mkdocs."""
+    pages = list(DOCS.rglob("*.md"))
+    assert len(pages) > 40
+    fences = {p: len(re.findall(r"^\s*```", p.read_text(), flags=re.M)) for p in pages}
+    odd = [str(p.relative_to(DOCS)) for p, n in fences.items() if n % 2]
+    assert not odd, odd
+
+
 def test_task_pages_have_the_same_headings():
     for task in ("classification", "detection", "segmentation"):
         text = re.sub(r"```.*?```", "", (DOCS / "tasks" / f"{task}.md").read_text(), flags=re.S)
