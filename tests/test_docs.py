@@ -191,7 +191,7 @@ def test_mkdocs_build_strict(tmp_path):
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"), "-d", site],
-        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,  # any working directory
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (site / "index.html").is_file() and (site / "tasks" / "detection.html").is_file()
