@@ -11,7 +11,7 @@ mAP@50 / mAP, per seed, mAP@50 per epoch, seconds per run) is printed and writte
     python scripts/detection_study.py --data /data/real/real_det \
         --weights tf_efficientnet_lite1_timm.safetensors --seeds 0 1 2 --variants defaults plain ...
 
-The variants run by default are the ones the README's detection table reports.
+The variants run by default are the ones the detection table of docs/studies/detection-recipe.md reports.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@
 Every arm is the library's defaults (``python run.py data=folder``, nothing overridden but data, model,
 weights, image size, epochs and seed) plus one knob; the first arm is the defaults themselves. ``--base``
 adds overrides under every arm (an arm's own value of a key wins): ``--base optim.layer_decay=null`` is the
-defaults before this study chose layer-wise LR decay, the base of the README's one-knob table. Each run is
+defaults before this study chose layer-wise LR decay, the base of the one-knob table in
+docs/studies/classification-recipe.md. Each run is
 a ``run.py`` subprocess with one OpenMP thread, final ``val/acc1`` after the last epoch and its wall
 seconds (process start to the last epoch's end, the library's ``time/elapsed_s``). Runs go seed by seed
 (all arms at seed 0, then seed 1, ...) so an interrupted study still has whole seeds.

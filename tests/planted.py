@@ -1,4 +1,5 @@
-"""A generated image set with planted problems, for the audit's recall / precision (tests and README).
+"""A generated image set with planted problems, for the audit's recall / precision (tests and
+docs/studies/audit.md).
 
 Three colour classes; every image is the class colour blended with its own random texture (so no two
 images look alike, yet the colour gives the class away). Planted: exact copies of train images in val

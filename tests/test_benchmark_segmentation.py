@@ -87,7 +87,7 @@ def test_segmentation_step_time_is_measured_beside_smp(decoder):
 def test_the_unet_head_is_smp_unet_given_its_weights():
     """The library's U-Net decoder + classifier hold exactly smp.Unet's layers (same order, same shapes) and,
     loaded with smp.Unet's weights over the same encoder, give its logits: an accuracy gap between the two
-    is the recipe's, not the architecture's (README "Beside segmentation_models_pytorch")."""
+    is the recipe's, not the architecture's (docs/studies/segmentation-vs-smp.md)."""
     smp = pytest.importorskip("segmentation_models_pytorch")
     from b4transfer.tasks.segmentation.head import build_head
     from b4transfer.tasks.segmentation.module import build_feature_backbone

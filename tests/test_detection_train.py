@@ -194,7 +194,7 @@ def test_demo_is_the_default_detection_data_and_classification_is_unchanged():
     assert (det.data.batch_size, det.head.anchor_sizes) == (8, None)
     coco = compose_cfg("task=detection", "data=coco")
     assert (coco.head.fpn_channels, coco.model.drop_path_rate) == (128, 0.1)
-    # the measured detection fine-tuning recipe (README "Detection recipe"); without the clipping a
+    # the measured detection fine-tuning recipe (docs/studies/detection-recipe.md); without the clipping a
     # fine-tune barely learns, so it must reach every detection run that does not switch it off
     recipe = (coco.trainer.gradient_clip_val, coco.finetune.bn, coco.optim.backbone_lr_mult,
               coco.optim.weight_decay, coco.scheduler.name, coco.ema.enabled, coco.data.batch_size,

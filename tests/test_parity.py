@@ -26,7 +26,7 @@ EXACT = ("timm", "onnx", "openvino")  # fp32 runtimes: the same metric as PyTorc
 def _check_table(summary: dict, metric: str) -> dict:
     parity = summary["parity"]
     table = parity["formats"]
-    print(metric, {k: (v.get("value"), v.get("diff")) for k, v in table.items()})  # the README's table
+    print(metric, {k: (v.get("value"), v.get("diff")) for k, v in table.items()})  # docs/modes/export.md
     assert parity["metric"] == metric and parity["split"] == "val" and parity["tolerance"] == 0.01
     assert set(table) == {"pytorch", *EXACT, "onnx_int8"}
     for fmt in EXACT:

@@ -80,7 +80,8 @@ def test_layer_wise_lr_decay_applies_to_pretrained_backbones_only(tmp_path, imag
 
 
 def test_layer_wise_lr_decay_is_the_classification_default_only():
-    """Measured for classification (README "Which recipe"); detection and segmentation keep one LR."""
+    """Measured for classification (docs/studies/classification-recipe.md); detection and segmentation
+    keep one LR."""
     assert compose_cfg().optim.layer_decay == 0.75
     assert compose_cfg("optim=sgd").optim.layer_decay == 0.75  # the task's recipe, whatever the optimizer
     assert compose_cfg("optim.layer_decay=null").optim.layer_decay is None

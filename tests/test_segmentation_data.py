@@ -165,7 +165,7 @@ def test_coco_with_task_segmentation_composes_the_semantic_reader(tmp_path):
 
 @pytest.mark.parametrize("data", ["seg_folder", "voc_seg", "coco"])
 def test_segmentation_trains_with_flips_only_by_default(data, tmp_path):
-    """The measured default (README "Beside segmentation_models_pytorch"): no scale or colour jitter on
+    """The measured default (docs/studies/segmentation-vs-smp.md): no scale or colour jitter on
     real data, whichever reader; the from-scratch demo keeps the jitter it was measured with."""
     augment = compose_cfg("task=segmentation", f"data={data}", f"data.root={tmp_path}").data.augment
     assert (augment.hflip, list(augment.scale), augment.color_jitter) == (0.5, [1.0, 1.0], 0.0)

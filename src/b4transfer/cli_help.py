@@ -55,16 +55,13 @@ EXAMPLES = (
     ("python run.py --cfg job data=folder", "print the composed config instead of running"),
 )
 
+# Pages of the documentation site (docs/, built with mkdocs) that --help points to; tests check they exist.
 DOCS = (
-    "Quickstart",
-    "Your own data",
-    "Modes",
-    "Fine-tuning schedules",
-    "Training controls",
-    "Object detection",
-    "Semantic segmentation",
-    "Offline weights",
-    "Precision, devices and clusters",
+    ("docs/get-started.md", "install, offline weights, the run directory"),
+    ("docs/tasks/classification.md", "data, keys, metrics, outputs (also detection.md, segmentation.md)"),
+    ("docs/modes/index.md", "what each mode= does"),
+    ("docs/guides/fine-tuning.md", "schedules, learning rates, precision, clusters, ... (docs/guides/)"),
+    ("docs/reference/config.md", "every key with its default and meaning"),
 )
 
 _KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w-]*):(?P<rest>.*)$")
@@ -183,8 +180,8 @@ def help_text(conf: str | Path) -> str:
         "Examples:",
         *_table(list(EXAMPLES)),
         "",
-        "Docs: README.md, sections " + ", ".join(f'"{d}"' for d in DOCS[:5]) + ",",
-        "      " + ", ".join(f'"{d}"' for d in DOCS[5:]) + ".",
+        "Docs (the source tree's docs/; mkdocs serve shows them as a site):",
+        *_table(list(DOCS)),
         f"Every key with its comment: the YAML files in {conf}",
         "Also: --cfg job|hydra|all [--resolve], --info, -m/--multirun, --version; --hydra-help (Hydra's).",
     ]

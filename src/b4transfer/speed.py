@@ -54,7 +54,7 @@ def fp32_depthwise(module: nn.Module) -> int:
 
     On CPUs oneDNN's bf16 depthwise-convolution backward takes twice as long as fp32's, and it is most of
     an EfficientNet step: with the depthwise convolutions in fp32 (the rest bf16), a training step of
-    ``tf_efficientnet_lite1`` at 224 px takes 0.74x the time of all-bf16 (README "Precision"). Only the
+    ``tf_efficientnet_lite1`` at 224 px takes 0.74x the time of all-bf16 (docs/studies/precision.md). Only the
     class changes (a subclass, same parameters): state dicts, EMA copies and exports are as before.
     """
     count = 0

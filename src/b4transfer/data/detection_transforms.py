@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import functional as F
 from b4transfer.data.detection import DetectionSample
 from b4transfer.errors import UserError
 
-# As conf/data/_detection_common.yaml: no scale or colour jitter (measured, README "Detection recipe").
+# As conf/data/_detection_common.yaml: no scale or colour jitter (measured: docs/studies/detection-recipe.md).
 DEFAULT_AUGMENT: dict[str, Any] = {"hflip": 0.5, "scale": (1.0, 1.0), "color_jitter": 0.0}
 
 

@@ -119,7 +119,7 @@ class TaskModule(L.LightningModule):
         model = self.hparams.get("model") or {}
         if layer_decay is not None and not (model.get("pretrained") or model.get("weights")):
             # the decay keeps pretrained lower layers near their weights; random ones must learn (the
-            # quickstart's from-scratch demo run stays at chance with it: README "Which recipe")
+            # quickstart's from-scratch demo run stays at chance with it: docs/studies/demo-runs.md)
             log.warning(
                 "optim.layer_decay=%s is not applied: the backbone starts from random weights "
                 "(model.pretrained=false, no model.weights), so every backbone layer trains at lr * "

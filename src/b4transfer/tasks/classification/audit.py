@@ -29,7 +29,9 @@ def class_section(splits: DatasetSplits) -> Section:
     ratio = round(max(present) / min(present), 2) if present else None
     rows = [(n, *(counts[s][i] for s in SPLITS), weights[i]) for i, n in enumerate(names)]
     body = table(["class", *SPLITS, "suggested weight (auto)"], rows)
-    hint = ' Consider loss.class_weights=auto (README "Class imbalance").' if ratio and ratio >= 3 else ""
+    hint = ""
+    if ratio and ratio >= 3:
+        hint = " Consider loss.class_weights=auto (docs/guides/class-imbalance.md)."
     body += f"\n\nImbalance (largest / smallest train class): {ratio}.{hint}"
     summary = {
         "class_counts": dict(zip(names, counts["train"])),

@@ -37,7 +37,7 @@ def export_int8(module, out_dir: Path, *, opset: int, calibration, check_images=
     letterboxed to the model's canvas one by one, as the graph takes them.
 
     Left in float: the stem convolution (the first: it sees the normalised image; quantising it cost a
-    trained detector 0.009 of its 0.099 mAP, README "Export parity") and everything that is not a
+    trained detector 0.009 of its 0.099 mAP, docs/studies/export-parity.md) and everything that is not a
     convolution — box decoding, the score threshold and NMS (the fully quantised graph crashed
     onnxruntime's optimiser)."""
     import onnx

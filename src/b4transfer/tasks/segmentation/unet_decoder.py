@@ -6,7 +6,7 @@ applies two ``conv3x3 -> BatchNorm -> ReLU``. There is one block per halving of 
 strides 2 ... 32: five blocks, the last one without a skip, ending at stride 1). Channels come from
 ``feature_info``; ``decoder_channels`` sets the blocks' widths. The convolutions start from He
 (fan-in, ReLU) initialisation as SMP's decoders do: PyTorch's default draws them ~2.4x smaller, which under
-BatchNorm and Adam multiplies their effective learning rate ~6x (README "Beside segmentation_models_pytorch").
+BatchNorm and Adam multiplies their effective learning rate ~6x (docs/studies/segmentation-vs-smp.md).
 """
 
 from __future__ import annotations
