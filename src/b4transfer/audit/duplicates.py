@@ -97,7 +97,7 @@ def near_pairs(
         normalisation: See :func:`normalised`. ``standardise`` (the default): pooled features of any two
             images share a large common component and a few high-variance features; measured
             (``scripts/audit_near_duplicates_study.py``), raw or centred cosines put different images
-            above the copies on the generated set, standardised ones did not (README "Dataset audit").
+            above the copies on the generated set, standardised ones did not (docs/guides/audit.md).
         block: Rows compared at once (memory: ``block * N`` floats).
     """
     x = normalised(embeddings, normalisation)
