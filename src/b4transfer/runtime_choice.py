@@ -270,7 +270,8 @@ class _Trial:
         fast, seconds = _measure(self.module, self.batches, device, context, timed=timed)
         entry = self.report["candidates"][runtime]
         entry["agreement"] = self.adapter.compare(self.cfg, self.module, self.reference, fast)
-        entry["agrees"] = entry["agreement"]["agreement"] >= MIN_AGREEMENT
+        share = entry["agreement"]["agreement"]
+        entry["agrees"] = share is not None and share >= MIN_AGREEMENT
         if seconds:
             entry["images_per_s"] = round(self.report["sample_images"] / seconds, 3)
 
@@ -312,10 +313,11 @@ def _pick(report: dict, runners: dict, adapter: RuntimeAdapter) -> Choice:
     for runtime, entry in candidates.items():
         if runtime != best and not entry.get("agrees"):
             share = entry["agreement"]["agreement"]
-            fallbacks[runtime] = f"disagrees with fp32 PyTorch: {share:.4f} < {MIN_AGREEMENT} on {n} images"
+            fallbacks[runtime] = (f"disagrees with fp32 PyTorch: {share:.4f} < {MIN_AGREEMENT} on {n} images"
+                                  if share is not None else f"unchecked: no confident outputs in {n} images")
     speeds = ", ".join(f"{r} {candidates[r]['images_per_s']:.1f}" for r in agreeing)
     why = (f"the fastest agreeing with fp32 PyTorch on {n} images (images/s: {speeds})" if agreeing
-           else f"no runtime agrees with fp32 PyTorch on {n} images")
+           else f"no runtime was shown to agree with fp32 PyTorch on {n} images")
     return _decide(report, best, runners.get(best), adapter, why=why)
 
 
@@ -325,11 +327,11 @@ def _decide(report: dict, used: str, run, adapter, *, why: str) -> Choice:
     log.info("predict.runtime=%s: %s runs, %s%s", report["requested"], used, why,
              f" (passed over: {passed})" if passed else "")
     choice = Choice(used, report, run, adapter)
-    agreement = choice.agreement
-    if agreement is not None and agreement["agreement"] < MIN_AGREEMENT:
+    share = (choice.agreement or {}).get("agreement")
+    if share is not None and share < MIN_AGREEMENT:
         log.warning("predict.runtime=%s agrees with fp32 PyTorch on only %.1f%% of the sample (%s). HINT: "
-                    "predict.runtime=auto uses only runtimes that agree.", used, 100 * agreement["agreement"],
-                    agreement)
+                    "predict.runtime=auto uses only runtimes that agree.", used, 100 * share,
+                    choice.agreement)
     return choice
 
 
