@@ -17,7 +17,7 @@ from b4transfer.data.images import IMG_EXTENSIONS
 from b4transfer.data.splits import Sample, drop_unreadable, shown
 from b4transfer.errors import UserError, UserFileNotFoundError
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
-from b4transfer.runtime_choice import choose
+from b4transfer.runtime_choice import choose, requested
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
     run_dir = prepare_run_dir(cfg)
     summary = {"mode": "embed", "task": task.name, "checkpoint": ckpt, "images": len(paths),
                "skipped_images": skipped}
+    if requested(cfg) != "torch":  # auto: embeddings come from PyTorch (one line says so)
+        summary["runtime"] = choose_runtime(cfg, task, module, paths, ckpt, run_dir).report
     summary.update(task.embed(cfg, module, paths, run_dir))
     write_summary(run_dir, summary)
     return summary
