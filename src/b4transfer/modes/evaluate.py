@@ -62,6 +62,8 @@ def _runtime(cfg: DictConfig, task, module, splits, ckpt: str, run_dir) -> Choic
     """``predict.runtime`` for the evaluated split: the choice ``mode=predict`` makes, sampled on the
     split's first ``predict.check_agreement`` images (INT8 calibrated on the training split's), so the
     metrics are those of what prediction would ship."""
+    if requested(cfg) == "torch":
+        return choose(cfg, task, module, paths=[])
     samples = splits.val if cfg.mode == "validate" else splits.test
-    return choose(cfg, task, module, paths=[s.path for s in samples],
-                  calibration=[s.path for s in splits.train], ckpt=ckpt, run_dir=run_dir)
+    return choose(cfg, task, module, paths=[getattr(s, "path", s) for s in samples],
+                  calibration=[getattr(s, "path", s) for s in splits.train], ckpt=ckpt, run_dir=run_dir)
