@@ -9,6 +9,7 @@ import csv
 import json
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def test_auto_runs_the_fastest_agreeing_runtime_and_reuses_the_exports(trained, 
     assert np.mean(labels) >= 0.99 and max(abs(got[p][1] - ref[p][1]) for p in ref) < 0.05
     # the exports sit beside the checkpoint, keyed by its hash and the image size, and are reused
     cache = trained[2].rsplit("/", 1)[0] + "/runtimes/last"
-    marker = json.loads(open(f"{report['cache']}/{MARKER_NAME}").read())
+    marker = json.loads((Path(report["cache"]) / MARKER_NAME).read_text())
     assert report["cache"].startswith(cache) and report["cache"].endswith("-32px")
     assert set(marker["built"]) == {"onnx", "openvino", "onnx_int8"} and marker["image_size"] == 32
     again = run(_cfg(trained, "again", "predict.runtime=auto", "predict.check_agreement=8"))
