@@ -56,6 +56,7 @@ def _choice_lines(caplog) -> list[str]:
 def test_auto_runs_the_fastest_agreeing_runtime_and_reuses_the_exports(trained, caplog):
     exact = run(_cfg(trained, "fp32", "predict.precision=32", "predict.channels_last=false"))
     assert exact["runtime"] == {"requested": "torch", "used": "torch", "reason": "predict.runtime=torch"}
+    assert not (Path(trained[2]).parent / "runtimes").exists()  # torch (the default) builds nothing
     with caplog.at_level(logging.INFO):
         auto = run(_cfg(trained, "auto", "predict.runtime=auto", "predict.check_agreement=8"))
     report = auto["runtime"]
@@ -161,6 +162,8 @@ def test_runtimes_that_cannot_run_are_refused_up_front(monkeypatch):
                        r"pip install \"b4transfer\[openvino\]\""):
         runtime_choice.check_runtime(cfg("predict.runtime=openvino"), cls)
     assert runtime_choice.check_runtime(cfg("predict.runtime=auto"), seg) == "auto"  # auto never refuses
+    gpu = runtime_choice.cannot_run("onnxruntime", cls, cfg("predict.runtime=auto"), device="cuda")
+    assert gpu == "the exported runtimes run on the CPU and this run has a GPU"  # auto keeps torch there
 
 
 def test_embed_with_auto_falls_back_to_torch_in_one_line(trained, caplog):
@@ -226,3 +229,28 @@ def test_the_uint8_prediction_input_equals_the_float_transform_exactly():
     assert small.dtype == torch.uint8 and small.shape == (3, 48, 48)
     normalised = normalize_uint8(small[None], cfg["mean"], cfg["std"])[0]
     assert torch.equal(normalised, create_transform(**cfg)(image))
+
+
+def test_a_segmenter_predicts_and_validates_through_onnxruntime(tmp_path):
+    seg = ("task=segmentation", "data.source.image_size=64", "data.source.train_images=6",
+           "data.source.val_images=4", "data.image_size=64", "head.fpn_channels=16", "head.seg_channels=16",
+           f"data.source.root={tmp_path / 'demo'}", "predict.check_agreement=4")
+
+    def cfg(name, *overrides):
+        return compose_cfg(*TINY, *seg, f"run_dir={tmp_path / name}", *overrides)
+
+    ckpt = train(cfg("train", "checkpoint.monitor=null"))["last_checkpoint"]
+    images = tmp_path / "demo" / "images" / "val"
+    masks = {}
+    for runtime in ("torch", "onnxruntime"):
+        summary = run(cfg(runtime, "mode=predict", f"ckpt_path={ckpt}", f"predict.input={images}",
+                          f"predict.runtime={runtime}", "predict.precision=32"))
+        assert summary["runtime"]["used"] == summary["inference"]["runtime"] == runtime
+        found = Path(summary["masks_dir"]).rglob("*.png")
+        masks[runtime] = {q.name: np.asarray(Image.open(q)) for q in found}
+    assert masks["torch"].keys() == masks["onnxruntime"].keys() and len(masks["torch"]) == 4
+    same = np.mean([np.mean(masks["torch"][k] == masks["onnxruntime"][k]) for k in masks["torch"]])
+    assert same >= 0.999
+    scores = {r: run(cfg(f"val_{r}", "mode=validate", f"ckpt_path={ckpt}", f"predict.runtime={r}"))["metrics"]
+              for r in ("torch", "onnxruntime")}
+    assert scores["onnxruntime"]["val/miou"] == pytest.approx(scores["torch"]["val/miou"], abs=1e-3)

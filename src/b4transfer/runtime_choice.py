@@ -196,7 +196,8 @@ def choose(
     settings = InferenceSettings.from_config(plain(cfg.predict))
     _, device, precision = predict_trainer_setup(settings, plain(cfg.trainer))
     names = list(AUTO_ORDER) if name == "auto" else [name]
-    fallbacks = {n: r for n in names if (r := cannot_run(n, task, cfg, device=device.type))}
+    where = device.type if name == "auto" else "cpu"  # a named runtime runs on the CPU even beside a GPU
+    fallbacks = {n: r for n in names if (r := cannot_run(n, task, cfg, device=where))}
     report: dict[str, Any] = {"requested": name, "candidates": {}, "fallbacks": fallbacks}
     if len(fallbacks) == len(names):  # auto only: an explicit runtime that cannot run was refused
         return _decide(report, "torch", None, None, why=f"no exported runtime can run: {_first(fallbacks)}")
