@@ -22,6 +22,15 @@ def demo_batch(n: int, size: int, *, mean, std, seed: int = 0) -> tuple[torch.Te
     return x.contiguous(), labels
 
 
+def demo_uint8(n: int, size: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images of :func:`demo_batch` as a ``uint8`` ``(n, 3, size, size)`` tensor (what the prediction
+    loader gives) + labels; ``normalize_uint8`` of it is :func:`demo_batch`'s tensor."""
+    rng = np.random.default_rng(seed)
+    labels = torch.arange(n) % len(DEMO_CLASSES)
+    arrays = [np.asarray(render_demo_image(int(c), rng, size), dtype=np.uint8) for c in labels]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), labels
+
+
 def photo_jpegs(folder: Path, n: int, *, size: tuple[int, int] = (1632, 1224), seed: int = 0) -> list[Path]:
     """``n`` photo-like JPEGs (demo shapes upscaled, plus sensor-like noise), quality 90.
 

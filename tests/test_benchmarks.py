@@ -12,8 +12,8 @@ from tests.conftest import compose_cfg
 
 from b4transfer.trainer import build_trainer
 
-ALL = ["train_overhead", "inference", "input_pipeline", "cached_probe", "scaling", "detection",
-       "segmentation_fpn"]
+ALL = ["train_overhead", "inference", "predict_pipeline", "input_pipeline", "cached_probe", "scaling",
+       "detection", "segmentation_fpn"]
 
 
 @pytest.fixture
@@ -39,6 +39,10 @@ def test_smoke_suite_writes_results_markdown_and_plot(isolated):
         assert r["library"]["median"] > 0 and r["baseline"]["median"] > 0 and r["ratio"] > 0
         assert r["passed"] in (True, False) and r["target"]
     assert results["inference"]["extra"]["agreement_images"] == 8
+    assert results["inference"]["settings"]["runtime"] == results["inference"]["extra"]["runtime_used"]
+    pipeline = results["predict_pipeline"]
+    assert pipeline["status"] == "ok" and pipeline["extra"]["bound"] in ("input pipeline", "model")
+    assert pipeline["extra"]["pipeline_images_per_s"] > 0 and pipeline["extra"]["model_images_per_s"] > 0
     assert results["cached_probe"]["extra"]["feature_extraction_s"] > 0
     rows = results["scaling"]["extra"]["rows"]
     assert {r["kind"] for r in rows} == {"inference", "train"} and all(r["rss_peak_mib"] > 0 for r in rows)
@@ -59,7 +63,7 @@ def test_gpu_suite_without_cuda_says_so_and_succeeds(isolated, capsys):
     assert main(["--suite", "gpu", "--quick", "--out-dir", str(out), "--markdown", str(md)]) == 0
     assert "no CUDA device" in capsys.readouterr().out
     record = json.loads((out / "gpu-quick.json").read_text())
-    assert [r["status"] for r in record["results"]] == ["skipped"] * 3
+    assert [r["status"] for r in record["results"]] == ["skipped"] * 4
     assert "GPU numbers were not measured" in md.read_text()
 
 

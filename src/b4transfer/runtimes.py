@@ -84,13 +84,17 @@ def quantize_int8(
     return Path(out_path)
 
 
-def open_runtime(fmt: str, out_dir: Path) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+def open_runtime(
+    fmt: str, out_dir: Path, threads: int | None = None
+) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
     """``inputs -> outputs`` (in the file's output order) of the exported ``fmt`` file in ``out_dir``,
-    run by its own runtime on the CPU (onnxruntime for ``onnx`` / ``onnx_int8``, OpenVINO)."""
+    run by its own runtime on the CPU (onnxruntime for ``onnx`` / ``onnx_int8``, OpenVINO).
+    ``threads``: intra-op threads (``None``: the runtime's default, every core)."""
     path = Path(out_dir) / RUNTIME_FILES[fmt]
     if fmt == "openvino":
         ov = require_openvino()
-        compiled = ov.Core().compile_model(str(path), "CPU")
+        config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
 
         def run_ov(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
             result = compiled(inputs)
@@ -99,5 +103,8 @@ def open_runtime(fmt: str, out_dir: Path) -> Callable[[dict[str, np.ndarray]], l
         return run_ov
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda inputs: session.run(None, inputs)

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from timm.data import create_transform
 
 from b4transfer.errors import UserError
@@ -84,6 +85,28 @@ def build_transforms(
         train_tf = create_transform(**_data_cfg(train_cfg, "train_cfg"), is_training=True, **aug)
     eval_tf = create_transform(**_data_cfg(eval_cfg, "eval_cfg"), is_training=False)
     return train_tf, eval_tf
+
+
+def uint8_eval_transform(eval_cfg: Mapping[str, Any]) -> Callable:
+    """The evaluation transform up to the tensor: PIL image -> resized, cropped ``uint8`` ``(3, H, W)``.
+
+    timm's own ``use_prefetcher`` form of the eval transform (the same resize and crop), without the
+    float conversion and normalisation, which :func:`normalize_uint8` does on the batch where the model
+    runs: 4x fewer bytes through the DataLoader's workers and the host-to-GPU copy, and
+    ``normalize_uint8(t(img))`` equals the float transform's output exactly (the same operations).
+    """
+    return create_transform(**_data_cfg(eval_cfg, "eval_cfg"), is_training=False, use_prefetcher=True)
+
+
+def normalize_uint8(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """``uint8`` images ``(..., 3, H, W)`` -> normalised float32, as ``ToTensor`` + ``Normalize`` compute it
+    (``x / 255``, then ``(x - mean) / std``); float images pass through unchanged."""
+    if x.dtype != torch.uint8:
+        return x
+    shape = (-1, 1, 1)
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(shape)
+    std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(shape)
+    return x.float().div_(255).sub_(mean).div_(std)
 
 
 def draft_size_for(cfg: Mapping[str, Any], factor: float | None = DRAFT_FACTOR) -> tuple[int, int] | None:

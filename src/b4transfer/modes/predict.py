@@ -17,6 +17,7 @@ from b4transfer.data.images import IMG_EXTENSIONS
 from b4transfer.data.splits import Sample, drop_unreadable, shown
 from b4transfer.errors import UserError, UserFileNotFoundError
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
+from b4transfer.runtime_choice import choose, requested
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,17 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     module.tta = tta.views(cfg.get("tta"))
     if module.tta:
         summary["tta"] = {"name": cfg.tta, "views": [str(v) for v in module.tta]}
+    module.runtime_choice = choose_runtime(cfg, task, module, paths, ckpt, run_dir)
+    summary["runtime"] = module.runtime_choice.report
     summary.update(task.predict(cfg, module, paths, run_dir))
     write_summary(run_dir, summary)
     return summary
+
+
+def choose_runtime(cfg: DictConfig, task, module, paths: list[Path], ckpt: str, run_dir: Path):
+    """``predict.runtime`` for this job (:func:`b4transfer.runtime_choice.choose`): the sample and the INT8
+    calibration images are the first input images."""
+    return choose(cfg, task, module, paths=paths, calibration=paths, ckpt=ckpt, run_dir=run_dir)
 
 
 def embed(cfg: DictConfig) -> dict[str, Any]:
@@ -87,6 +96,8 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
     run_dir = prepare_run_dir(cfg)
     summary = {"mode": "embed", "task": task.name, "checkpoint": ckpt, "images": len(paths),
                "skipped_images": skipped}
+    if requested(cfg) != "torch":  # auto: embeddings come from PyTorch (one line says so)
+        summary["runtime"] = choose_runtime(cfg, task, module, paths, ckpt, run_dir).report
     summary.update(task.embed(cfg, module, paths, run_dir))
     write_summary(run_dir, summary)
     return summary

@@ -30,6 +30,7 @@ from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
 from b4transfer.finetuning import schedule_name
 from b4transfer.optim import create_optimizer, create_scheduler, param_groups
+from b4transfer.runtime_choice import check_runtime
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,8 @@ class Task:
         steps: The post-training steps of ``STEPS`` it implements (``calibrate``: :meth:`calibrate`;
             ``errors``: :meth:`analyse_errors`; ``parity``: :meth:`score_export`; ``card``:
             :meth:`model_card`).
+        runtime_adapter: How its exports run in place of its module (``predict.runtime``, a
+            :class:`~b4transfer.runtime_choice.RuntimeAdapter`); ``None``: prediction runs in PyTorch.
     """
 
     name: ClassVar[str] = ""
@@ -186,6 +189,7 @@ class Task:
     tta_modes: ClassVar[tuple[str, ...]] = ()
     sliced_predict: ClassVar[bool] = False
     steps: ClassVar[tuple[str, ...]] = ()
+    runtime_adapter: ClassVar[Any] = None
 
     # ------------------------------------------------------------------ what it supports
     def refuse(self, kind: str, value: Any, supported: tuple[str, ...]) -> None:
@@ -215,6 +219,7 @@ class Task:
                     f"task={self.name} does not support {group}.{key}=true; it supports "
                     f"{group}.{key}=false (its steps: {', '.join(self.steps) or 'none'})."
                 )
+        check_runtime(cfg, self)  # predict.runtime: an explicit runtime that cannot run is refused
         if cfg.get("tta") not in (None, "", "null"):
             self.refuse("tta", cfg.tta, self.tta_modes)
             if cfg.mode not in tta.MODES:

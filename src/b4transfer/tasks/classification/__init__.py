@@ -30,6 +30,7 @@ from b4transfer.tasks.classification.losses import WEIGHTINGS, class_weights
 from b4transfer.tasks.classification.module import ClassificationModule, build_backbone
 from b4transfer.tasks.classification.parity import export_int8, export_openvino, score_classifier
 from b4transfer.tasks.classification.predict import write_embeddings, write_predictions
+from b4transfer.tasks.classification.runtime import ADAPTER as RUNTIME_ADAPTER
 
 __all__ = ["TASK", "ClassificationModule", "ClassificationTask"]
 
@@ -84,6 +85,7 @@ class ClassificationTask(Task):
     export_formats = ("timm", "onnx", "openvino", "onnx_int8")
     tta_modes = ("hflip", "hflip_scales")  # probabilities averaged over the views
     steps = ("calibrate", "errors", "parity", "card")  # on validation after training; export/README.md
+    runtime_adapter = RUNTIME_ADAPTER  # predict.runtime: onnxruntime, openvino, onnx_int8
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)

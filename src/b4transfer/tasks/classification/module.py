@@ -15,6 +15,7 @@ import torch
 
 from b4transfer import tta
 from b4transfer.backbone import create_backbone, resolve_data_configs
+from b4transfer.data.transforms import normalize_uint8
 from b4transfer.tasks.base import TaskModule, metric_name
 from b4transfer.tasks.classification.head import ClassificationHead
 
@@ -188,8 +189,14 @@ class ClassificationModule(TaskModule):
         plt.close(fig)
 
     # -------------------------------------------------------------- prediction
+    def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``uint8`` images (the prediction loader's, see ``uint8_eval_transform``) normalised where they
+        are, e.g. on the GPU after a 4x smaller copy; float images pass through."""
+        return normalize_uint8(x, self.data_config["eval"]["mean"], self.data_config["eval"]["std"])
+
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         x, index = batch
+        x = self.normalize_input(x)
         if self.tta and self.predict_output == "probs":
             return {"index": index, "probs": self.tta_forward(x)}
         features = self.backbone(x).float()

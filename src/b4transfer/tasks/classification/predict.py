@@ -24,19 +24,26 @@ from torch.utils.data import DataLoader, Dataset
 
 from b4transfer.config import num_workers, plain
 from b4transfer.data.dataset import PathDataset
-from b4transfer.data.transforms import DRAFT_FACTOR, build_transforms, draft_size_for
+from b4transfer.data.transforms import DRAFT_FACTOR, draft_size_for, uint8_eval_transform
 from b4transfer.inference import MIN_AGREEMENT, InferenceSettings, fast_model, predict_trainer_setup
+from b4transfer.runtime_choice import run_predict
 
 log = logging.getLogger(__name__)
 
 
+def predict_dataset(cfg: DictConfig, module, paths: list[Path]) -> PathDataset:
+    """``paths`` as prediction reads them: draft-decoded, resized and cropped, ``uint8`` tensors (the module
+    normalises them where it runs, :meth:`ClassificationModule.normalize_input`)."""
+    draft = draft_size_for(module.data_config["eval"], plain(cfg.data.get("draft_factor", DRAFT_FACTOR)))
+    return PathDataset(paths, transform=uint8_eval_transform(module.data_config["eval"]), draft_size=draft)
+
+
 def _run_predict(cfg: DictConfig, module, paths: list[Path], run_dir: Path, output: str):
     settings = InferenceSettings.from_config(plain(cfg.predict))
-    _, eval_tf = build_transforms(train_cfg=module.data_config["train"], eval_cfg=module.data_config["eval"])
-    draft = draft_size_for(module.data_config["eval"], plain(cfg.data.get("draft_factor", DRAFT_FACTOR)))
-    dataset = PathDataset(paths, transform=eval_tf, draft_size=draft)
     batch_size = int(cfg.predict.get("batch_size") or cfg.data.batch_size)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers(cfg))
+    _, device, _ = predict_trainer_setup(settings, plain(cfg.trainer))
+    loader = DataLoader(predict_dataset(cfg, module, paths), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers(cfg), pin_memory=device.type == "cuda")
     trainer_kwargs = {**plain(cfg.trainer), "default_root_dir": str(run_dir)}
     return run_inference(module, loader, settings=settings, output=output, trainer_kwargs=trainer_kwargs)
 
@@ -100,20 +107,31 @@ def run_inference(
         ``(values, report)``: ``(N, K)`` probabilities or ``(N, C)`` embeddings in index order, and
         the settings used plus the agreement with fp32 eager (when checked).
     """
+    module.predict_output = output
+    choice = getattr(module, "runtime_choice", None)
+    if choice is not None and choice.exported:  # predict.runtime: the export, run by its own runtime
+        outputs = run_predict(choice, module, loader)
+        report = {"runtime": choice.name, "device": "cpu", "check_agreement": settings.check_agreement}
+        if choice.agreement is not None:
+            report["agreement_vs_fp32"] = choice.agreement
+        return _in_order(outputs, output), report
     kwargs, device, precision = predict_trainer_setup(settings, trainer_kwargs)
     kwargs["precision"] = "bf16-mixed" if precision == "bf16" else "32-true"
-    module.predict_output = output
     trainer = L.Trainer(**kwargs)
     with fast_model(module, channels_last=settings.channels_last, compile=settings.compile):
         outputs = trainer.predict(module, dataloaders=loader)
-    index = torch.cat([o["index"] for o in outputs])
-    values = torch.cat([o[output] for o in outputs])[index.argsort()]
-    report = {**asdict(settings), "precision": precision, "device": device.type}
+    values = _in_order(outputs, output)
+    report = {**asdict(settings), "runtime": "torch", "precision": precision, "device": device.type}
     if settings.check_agreement and (precision != "32" or settings.compile):
         report["agreement_vs_fp32"] = agreement(
             module, loader.dataset, values, n=settings.check_agreement, output=output, device=device
         )
     return values, report
+
+
+def _in_order(outputs: list[dict], output: str) -> torch.Tensor:
+    index = torch.cat([o["index"] for o in outputs])
+    return torch.cat([o[output].float().cpu() for o in outputs])[index.argsort()]
 
 
 @torch.no_grad()
@@ -128,7 +146,7 @@ def agreement(
 ) -> dict[str, Any]:
     """Re-run the first ``n`` images in fp32 eager and compare with ``fast_values[:n]``."""
     n = min(n, len(dataset))
-    x = torch.stack([dataset[i][0] for i in range(n)])
+    x = module.normalize_input(torch.stack([dataset[i][0] for i in range(n)]))
     module.to(device).eval()
     features = torch.cat([module.backbone(chunk.to(device)) for chunk in x.split(16)]).float().cpu()
     fast = fast_values[:n].float()

@@ -25,6 +25,7 @@ from b4transfer.tasks.detection.module import DEFAULT_STRIDES, DetectionModule, 
 from b4transfer.tasks.detection.onnx_graph import onnx_export_refusal
 from b4transfer.tasks.detection.parity import export_int8, export_openvino, score_detector
 from b4transfer.tasks.detection.predict import write_detections
+from b4transfer.tasks.detection.runtime import ADAPTER as RUNTIME_ADAPTER
 from b4transfer.tasks.detection.slicing import check_slice
 
 __all__ = ["TASK", "DetectionModule", "DetectionTask"]
@@ -62,6 +63,7 @@ class DetectionTask(Task):
     steps = ("calibrate", "errors", "parity")  # score thresholds, AP chart + worst images, exports scored
     tta_modes = ("hflip", "hflip_scales")  # boxes of the views mapped back and merged (NMS + box voting)
     sliced_predict = True  # predict.slice: tiles detected one by one, merged in original pixels
+    runtime_adapter = RUNTIME_ADAPTER  # predict.runtime: onnxruntime, openvino, onnx_int8
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)

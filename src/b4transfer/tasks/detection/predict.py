@@ -56,6 +56,7 @@ from b4transfer.inference import (
     output_names,
     predict_trainer_setup,
 )
+from b4transfer.runtime_choice import run_predict
 from b4transfer.tasks.detection.slicing import TileDataset, check_slice
 
 log = logging.getLogger(__name__)
@@ -156,13 +157,21 @@ def run_detection_inference(
         ``(detections, report)``: one ``{"index", "boxes", "scores", "labels"}`` per image (boxes in
         original-image pixels), and the settings used plus the agreement with fp32 eager when checked.
     """
+    choice = getattr(module, "runtime_choice", None)
+    if choice is not None and choice.exported:  # predict.runtime: the export, run by its own runtime
+        outputs = sorted((d for batch in run_predict(choice, module, loader) for d in batch),
+                         key=lambda d: d["index"])
+        report = {"runtime": choice.name, "device": "cpu", "check_agreement": settings.check_agreement}
+        if choice.agreement is not None:
+            report["agreement_vs_fp32"] = choice.agreement
+        return outputs, report
     kwargs, device, precision = predict_trainer_setup(settings, trainer_kwargs)  # bf16: the body only
     trainer = L.Trainer(**kwargs)
     bf16 = bf16_detector(module, device.type) if precision == "bf16" else contextlib.nullcontext()
     with fast_model(module, channels_last=settings.channels_last, compile=settings.compile), bf16:
         outputs = [d for batch in trainer.predict(module, dataloaders=loader) for d in batch]
     outputs.sort(key=lambda d: d["index"])
-    report = {**asdict(settings), "precision": precision, "device": device.type}
+    report = {**asdict(settings), "runtime": "torch", "precision": precision, "device": device.type}
     if settings.check_agreement and (precision != "32" or settings.compile):
         report["agreement_vs_fp32"] = detection_agreement(
             module, loader.dataset, outputs, n=settings.check_agreement, device=device, min_score=min_score

@@ -27,6 +27,7 @@ from b4transfer.tasks.segmentation.head import check_head
 from b4transfer.tasks.segmentation.losses import pixel_class_weights
 from b4transfer.tasks.segmentation.module import SegmentationModule, build_feature_backbone
 from b4transfer.tasks.segmentation.predict import write_masks
+from b4transfer.tasks.segmentation.runtime import ADAPTER as RUNTIME_ADAPTER
 
 __all__ = ["TASK", "SegmentationModule", "SegmentationTask"]
 
@@ -62,6 +63,7 @@ class SegmentationTask(Task):
     modes = ("train", "validate", "test", "predict", "export", "lr_find")
     export_formats = ("timm", "onnx")
     tta_modes = ("hflip", "hflip_scales")
+    runtime_adapter = RUNTIME_ADAPTER  # predict.runtime: onnxruntime (its only exported runtime)
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)

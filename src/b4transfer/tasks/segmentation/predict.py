@@ -41,6 +41,7 @@ from b4transfer.inference import (
     output_names,
     predict_trainer_setup,
 )
+from b4transfer.runtime_choice import run_predict
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +64,29 @@ def predict_masks(cfg: DictConfig, module, paths: list[Path]) -> tuple[list[torc
     dataset = MaskPathDataset(paths, module.image_size, fill, module.resize)
     batch = int(cfg.predict.get("batch_size") or cfg.data.batch_size)
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=num_workers(cfg))
+    choice = getattr(module, "runtime_choice", None)
+    if choice is not None and choice.exported:  # predict.runtime: the export, run by its own runtime
+        outputs = run_predict(choice, module, loader)
+        report = {"runtime": choice.name, "device": "cpu", "check_agreement": settings.check_agreement}
+        if choice.agreement is not None:
+            report["agreement_vs_fp32"] = choice.agreement
+        return _in_order(outputs, len(paths)), report
     kwargs, device, precision = predict_trainer_setup(settings, plain(cfg.trainer))
     kwargs["precision"] = "bf16-mixed" if precision == "bf16" else "32-true"
     with fast_model(module, channels_last=settings.channels_last, compile=settings.compile):
         outputs = L.Trainer(**kwargs).predict(module, dataloaders=loader)
-    by_index = {o["index"]: o["mask"] for batch_out in outputs for o in batch_out}
-    masks = [by_index[i] for i in range(len(paths))]
-    report = {**asdict(settings), "precision": precision, "device": device.type}
+    masks = _in_order(outputs, len(paths))
+    report = {**asdict(settings), "runtime": "torch", "precision": precision, "device": device.type}
     if settings.check_agreement and (precision != "32" or settings.compile):
         report["agreement_vs_fp32"] = pixel_agreement(
             module, dataset, masks, settings.check_agreement, device
         )
     return masks, report
+
+
+def _in_order(outputs: list[list[dict]], n: int) -> list[torch.Tensor]:
+    by_index = {o["index"]: o["mask"] for batch_out in outputs for o in batch_out}
+    return [by_index[i] for i in range(n)]
 
 
 @torch.no_grad()
