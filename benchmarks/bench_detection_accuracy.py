@@ -107,6 +107,8 @@ NEUTRAL = {
     "export.parity_tolerance": 0.01,
     "export.card": None,
     "export.license": "apache-2.0",
+    "checkpoint.best_weights_only": True,  # what the best file keeps, not how it was trained
+    "predict.runtime": "torch",  # prediction / evaluation only
 }
 # Config sections added after the cached runs that act only before or after training (the quick audit
 # hashes files; calibration, error analysis and pushing run after the last epoch): never part of a key.

@@ -55,10 +55,7 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     precision = devices.resolve_precision(plain(cfg.trainer), announce=True)  # auto: this device's fastest
     module = task.build_module(cfg, splits, backbone)
     module = apply_speed_switches(module, cfg.model, precision.channels_last, precision.fp32_depthwise)
-    check_monitor(cfg, module, default=task.monitor, task=task.name)  # before training, not after epoch 1
-    check_batch_of_one(cfg, module, len(splits.train))  # BatchNorm on 1 value per channel: not mid-epoch
-    if ckpt:
-        check_resumable(ckpt, task, module)
+    _check_before_fit(cfg, task, module, len(splits.train), ckpt)
     datamodule = task.build_datamodule(cfg, splits, module)
     meter = ThroughputMeter()
     trainer = build_trainer(cfg, run_dir, extra_callbacks=[meter, *callbacks], monitor=task.monitor)
@@ -81,6 +78,14 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
         for line in closing_lines(summary, trainer, run_dir, time.perf_counter() - began):
             log.info(line)
     return summary
+
+
+def _check_before_fit(cfg: DictConfig, task, module, train_images: int, ckpt: str | None) -> None:
+    """What the built module can tell before training rather than after epoch 1 or mid-epoch."""
+    check_monitor(cfg, module, default=task.monitor, task=task.name)
+    check_batch_of_one(cfg, module, train_images)  # BatchNorm on 1 value per channel
+    if ckpt:
+        check_resumable(ckpt, task, module)  # the checkpoint's shapes fit this run's model
 
 
 def closing_lines(summary: dict[str, Any], trainer: L.Trainer, run_dir: Path, seconds: float) -> list[str]:
