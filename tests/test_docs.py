@@ -20,7 +20,7 @@ DOCS = ROOT / "docs"
 SCANNED = ("src", "conf", "benchmarks", "scripts", "tests", "run.py", "mkdocs.yml", "pyproject.toml",
            "README.md", "docs/_README_short.md")
 POINTER = re.compile(r"(?<![/\w.-])docs/(?P<path>[\w./-]*?)(?:#(?P<anchor>[\w-]+))?(?=[^\w./#-]|\.?$|\.\s)")
-README_SECTION = re.compile(r"README(?:'s)?\s+\"[^\"]+\"|README\s+section")
+README_SECTION = re.compile(r"README(?:'s)?\s+\\?\"[^\"\\]+\\?\"|README\s+section")
 TASK_HEADINGS = ["Data layouts", "Keys", "Metrics", "Predict outputs", "Exports"]
 
 
@@ -85,6 +85,7 @@ def test_the_pointer_check_can_fail():
     ]
     assert not (DOCS / hits[0][0]).exists() and "no-such-heading" not in anchors(DOCS / hits[1][0])
     assert README_SECTION.search('(README "Which recipe")') and not README_SECTION.search("export/README.md")
+    assert README_SECTION.search('f"(README \\"Speed\\": "')  # inside an f-string, quotes escaped
 
 
 def load_generator():

@@ -117,8 +117,8 @@ def requested(cfg: DictConfig) -> str:
     value = (cfg.get("predict") or {}).get("runtime") or "torch"
     if value not in CHOICES:
         raise UserError(
-            f"predict.runtime={value!r} is not a runtime; use one of {', '.join(CHOICES)} (README \"Speed\": "
-            "auto picks the fastest that agrees with PyTorch)."
+            f"predict.runtime={value!r} is not a runtime; use one of {', '.join(CHOICES)} "
+            "(docs/modes/predict-embed.md: auto picks the fastest that agrees with PyTorch)."
         )
     return value
 
