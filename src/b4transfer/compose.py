@@ -133,11 +133,15 @@ def _refuse_sweeps(overrides: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException as err:
-        raise UserError(_one_line(err)) from None
-    for text, override in zip(overrides, parsed):
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            override = parser.parse_override(text)
+        except HydraException as err:  # as the command line says it, in one line
+            raise UserError(
+                f"Error parsing override {text!r}: {_one_line(err)} (quote a value holding brackets, commas, "
+                "'=' or spaces: key='a value')"
+            ) from None
         if override.is_sweep_override():
             raise UserError(
                 f"{text}: a sweep (several values) runs one job per value with the command line's -m; "

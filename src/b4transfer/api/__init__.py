@@ -13,7 +13,7 @@ Example::
     model.validate(data="folder", overrides=["data.root=/data/pets"])
     model.export(format="onnx")
 
-    body = b4.backbone(run.export_dir)              # the fine-tuned timm features_only model
+    body = b4.load_backbone(run.export_dir)         # the fine-tuned timm features_only model
     detector_body = b4.torchvision_backbone(run.export_dir, fpn=True)   # out_channels, OrderedDict
 
 Every function composes the config exactly as ``python run.py`` (Hydra's compose API inside

@@ -172,7 +172,7 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     raise UserError(
         f"{path} holds no checkpoint b4transfer can load: not a run directory (checkpoints/), nor an export "
         "whose config.json names a checkpoint that still exists. Fix: pass the checkpoint itself "
-        "(<run dir>/checkpoints/best-*.ckpt or last.ckpt); for the backbone alone use b4.backbone(path)."
+        "(<run dir>/checkpoints/best-*.ckpt or last.ckpt); for the backbone alone use b4.load_backbone(path)."
     )
 
 
