@@ -91,6 +91,15 @@ def _path(value: Any) -> Path | None:
     return Path(value) if value else None
 
 
+def _forget(run_dir: str) -> None:
+    """A refused run leaves no run directory: what it created goes, while it holds only what the run
+    wrote (:mod:`b4transfer.run_cleanup`)."""
+    from b4transfer.run_cleanup import forget
+
+    if Path(run_dir).is_dir():
+        forget(run_dir, {"config_resolved.yaml"})
+
+
 def _overrides(mode: str, task: str | None, data: str | None, overrides: Overrides, extra: dict) -> list[str]:
     """The command line of a call: ``mode=``, ``task=``, ``data=`` and the keyword arguments first, so
     that ``overrides`` (the user's own, as typed) can still change anything."""
@@ -118,7 +127,7 @@ def run(mode: str, *, task: str | None = None, data: str | None = None, override
         UserError: Anything the CLI refuses in one line, with the same message.
     """
     from b4transfer.modes import run as run_mode
-    from b4transfer.run_cleanup import forget, remember
+    from b4transfer.run_cleanup import remember
 
     cfg = compose_config(_overrides(mode, task, data, overrides, keys), run_dir=run_dir)
     remember(cfg.run_dir)
@@ -128,7 +137,7 @@ def run(mode: str, *, task: str | None = None, data: str | None = None, override
         found = user_error_of(err)
         if found is None:
             raise
-        forget(cfg.run_dir, {"config_resolved.yaml"})  # a refused run leaves no run directory
+        _forget(cfg.run_dir)
         raise found from None
     return Run(config=cfg, summary=summary, run_dir=Path(cfg.run_dir))
 
@@ -227,7 +236,7 @@ def build(task: str | None = None, data: str | None = None, overrides: Overrides
     from b4transfer.backbone import check_weights
     from b4transfer.config import plain
     from b4transfer.modes.train import setup
-    from b4transfer.run_cleanup import forget, remember
+    from b4transfer.run_cleanup import remember
     from b4transfer.trackers import check_loggers
 
     cfg = compose_config(_overrides("train", task, data, overrides, keys), run_dir=run_dir)
@@ -240,5 +249,5 @@ def build(task: str | None = None, data: str | None = None, overrides: Overrides
         found = user_error_of(err)
         if found is None:
             raise
-        forget(cfg.run_dir, {"config_resolved.yaml"})
+        _forget(cfg.run_dir)
         raise found from None
