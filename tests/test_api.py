@@ -5,6 +5,7 @@ run twice in one process (must-shows 1 and 2)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -210,3 +211,54 @@ def test_the_quickstart_runs_twice_in_one_process_and_leaves_the_working_directo
         return {k: v for k, v in out["train"].metrics.items() if not k.startswith("time/")}
 
     assert first["labels"] == second["labels"] and scores(first) == pytest.approx(scores(second), abs=1e-5)
+
+
+# ------------------------------------------------- detection and segmentation results, as mode=predict
+def _odd_sized_images(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (w, h) in enumerate([(50, 70), (97, 40)]):
+        pixels = np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+        paths.append(folder / f"{i}.png")
+    return paths
+
+
+def test_detections_in_memory_are_the_boxes_mode_predict_writes(tmp_path):
+    demo = ["data.source.image_size=64", "data.source.train_images=8", "data.source.val_images=4",
+            f"data.source.root={tmp_path / 'demo'}"]
+    overrides = [*TINY, *demo, "head.fpn_channels=32", "head.score_thresh=0.0", "export.parity=false"]
+    run = b4.train(task="detection", overrides=overrides, run_dir=tmp_path / "run")
+    paths = _odd_sized_images(tmp_path / "new")
+    model = b4.load(run.run_dir)
+    found = model.predict(paths)
+    assert model.task == "detection" and [type(d).__name__ for d in found] == ["Detections"] * 2
+    written = b4.predict(run.best_checkpoint, input=tmp_path / "new", run_dir=tmp_path / "predict",
+                         overrides=["predict.precision=32", "data.num_workers=0"])
+    rows = json.loads((written.run_dir / "detections.json").read_text())
+    for index, det in enumerate(found):
+        mine = [r for r in rows if r["image_id"] == index + 1]  # mode=predict numbers the images from 1
+        assert len(det) == len(mine) > 0 and det.labels == [model.class_names[i] for i in det.label_ids]
+        x1, y1, x2, y2 = det.boxes[0].tolist()
+        assert mine[0]["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=0.02)
+        assert float(det.boxes[:, 2].max()) <= (50, 97)[index] + 1e-3  # in the original image's pixels
+        confident = det.confident()
+        assert all(s >= det.score_thresholds[n] for s, n in zip(confident.scores, confident.labels))
+
+
+def test_segmentation_masks_in_memory_are_the_masks_mode_predict_writes(tmp_path):
+    seg = ["data.source.image_size=64", "data.source.train_images=8", "data.source.val_images=4",
+           "data.image_size=64", "head.fpn_channels=16", "head.seg_channels=16"]
+    run = b4.train(task="segmentation", overrides=[*TINY, *seg, f"data.source.root={tmp_path / 'demo'}",
+                                                   "export.parity=false"], run_dir=tmp_path / "run")
+    paths = _odd_sized_images(tmp_path / "new")
+    found = b4.load(run.best_checkpoint).predict([Image.open(p) for p in paths])
+    fp32_eager = ["predict.precision=32", "predict.channels_last=false", "data.num_workers=0"]
+    written = b4.predict(run.best_checkpoint, input=tmp_path / "new", run_dir=tmp_path / "predict",
+                         overrides=fp32_eager)
+    for path, result in zip(paths, found):
+        mask = np.asarray(Image.open(Path(written.summary["masks_dir"]) / path.name))
+        assert result.mask.shape == mask.shape == Image.open(path).size[::-1]
+        assert np.array_equal(result.mask, mask)
+        assert sum(result.shares().values()) == pytest.approx(1)
+        assert result.colourized().size == Image.open(path).size
