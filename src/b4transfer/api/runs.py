@@ -91,6 +91,19 @@ def _path(value: Any) -> Path | None:
     return Path(value) if value else None
 
 
+def show_library_logs() -> None:
+    """The library's progress lines (data counts, ``Done in ...``, the export) on stderr at INFO, as the CLI
+    shows them, unless the application configured logging itself (as Lightning does for its own logger)."""
+    import logging
+
+    logger = logging.getLogger("b4transfer")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def _forget(run_dir: str) -> None:
     """A refused run leaves no run directory: what it created goes, while it holds only what the run
     wrote (:mod:`b4transfer.run_cleanup`)."""
@@ -130,6 +143,7 @@ def run(mode: str, *, task: str | None = None, data: str | None = None, override
     from b4transfer.run_cleanup import remember
 
     cfg = compose_config(_overrides(mode, task, data, overrides, keys), run_dir=run_dir)
+    show_library_logs()
     remember(cfg.run_dir)
     try:
         summary = run_mode(cfg)
