@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,9 @@ def test_overrides_as_a_dict_are_written_in_hydra_syntax(tmp_path):
     assert cfg.trainer.max_epochs == 2 and cfg.ckpt_path is None and cfg.model.pretrained is False
     assert list(cfg.data.mean) == [0.5, 0.25, 0.125] and list(cfg.export.format) == ["timm", "onnx"]
     assert cfg.push.commit_message == "true" and cfg.run_dir == str(tmp_path / "run")
+    # hydra.run.dir, as on the command line, is where the run writes (relative: to the working directory)
+    assert compose_config(["hydra.run.dir=runs/a"]).run_dir == os.path.abspath("runs/a")
+    assert compose_config(["run_dir=elsewhere"]).run_dir == "elsewhere"
     assert _no_hydra_state()
 
 
@@ -175,6 +179,23 @@ def test_predict_gives_typed_results_for_files_pil_images_and_arrays(trained):
     assert row[1] == by_path.label and float(row[2]) == pytest.approx(by_path.score, abs=1e-5)
     flipped = model.predict(path, tta="hflip")[0]
     assert flipped.label in model.class_names and model.module.tta is None
+
+
+def test_an_export_without_its_checkpoint_still_loads_and_predicts_the_same(trained, tmp_path):
+    run, images = trained
+    shipped = tmp_path / "downloaded"  # an export copied elsewhere: the checkpoint it names is not here
+    shutil.copytree(run.export_dir, shipped)
+    config = json.loads((shipped / "config.json").read_text())
+    (shipped / "config.json").write_text(json.dumps({**config, "checkpoint": "/elsewhere/best.ckpt"}))
+    alone, original = b4.load(shipped), b4.load(run.best_checkpoint)
+    assert alone.checkpoint is None and alone.class_names == original.class_names
+    assert alone.module.data_config == original.module.data_config
+    paths = [images / "red" / "001.png", images / "blue" / "002.png"]
+    for mine, theirs in zip(alone.predict(paths), original.predict(paths)):
+        assert mine.label == theirs.label and mine.probs == pytest.approx(theirs.probs, abs=1e-6)
+    with pytest.raises(UserError, match=r"mode=validate runs on a checkpoint, and this model was rebuilt "
+                                        r"from an export without one. Fix: b4.load\("):
+        alone.validate(data="folder")
 
 
 def test_predict_refuses_what_it_cannot_read_naming_it(trained, tmp_path):

@@ -3,7 +3,9 @@
 ``model.backbone()`` and ``model.torchvision_backbone()``.
 
 ``path`` is a checkpoint (``.ckpt``), a run directory (its best checkpoint, else ``last.ckpt``) or an
-export folder (the checkpoint it was exported from, which its ``config.json`` records).
+export folder (the checkpoint it was exported from, which its ``config.json`` records; without it, a task
+that can rebuild its module from the export alone does: a classification export predicts and gives its
+backbone, while validating and exporting again need the checkpoint).
 """
 
 from __future__ import annotations
@@ -30,15 +32,23 @@ class Model:
 
     Attributes:
         module: The task's LightningModule (eval mode), for users who go lower.
-        checkpoint: The checkpoint it was loaded from.
+        checkpoint: The checkpoint it was loaded from (``None``: rebuilt from an export alone).
     """
 
-    def __init__(self, module, *, checkpoint: Path) -> None:
+    def __init__(self, module, *, checkpoint: Path | None) -> None:
         from b4transfer import tasks
 
         self.module = module
-        self.checkpoint = Path(checkpoint)
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self._task = tasks.get(module.task_name)
+
+    def _checkpoint(self, mode: str) -> Path:
+        if self.checkpoint is None:
+            raise UserError(
+                f"mode={mode} runs on a checkpoint, and this model was rebuilt from an export without one. "
+                "Fix: b4.load(<run dir>/checkpoints/best-*.ckpt) (the export's config.json names it)."
+            )
+        return self.checkpoint
 
     def __repr__(self) -> str:
         return f"Model(task={self.task!r}, classes={len(self.class_names)}, checkpoint='{self.checkpoint}')"
@@ -94,14 +104,15 @@ class Model:
         (``["data.root=/data/pets"]``); the metrics are ``run.metrics``."""
         from b4transfer.api.runs import validate
 
-        return validate(self.checkpoint, data, overrides, task=self.task, run_dir=run_dir, **keys)
+        ckpt = self._checkpoint("validate")
+        return validate(ckpt, data, overrides, task=self.task, run_dir=run_dir, **keys)
 
     def test(self, data: str | None = None, overrides: Overrides = None, *,
              run_dir: str | os.PathLike | None = None, **keys: Any) -> Run:
         """``mode=test`` of this checkpoint (the test split; the validation split where there is none)."""
         from b4transfer.api.runs import test
 
-        return test(self.checkpoint, data, overrides, task=self.task, run_dir=run_dir, **keys)
+        return test(self._checkpoint("test"), data, overrides, task=self.task, run_dir=run_dir, **keys)
 
     def export(self, format: str | list[str] = "onnx", overrides: Overrides = None, *,
                run_dir: str | os.PathLike | None = None, **keys: Any) -> Run:
@@ -109,7 +120,7 @@ class Model:
         (``timm``, ``onnx``, ``openvino``, ``onnx_int8``, or a list) and ``backbone/``."""
         from b4transfer.api.runs import export
 
-        return export(self.checkpoint, format, overrides, task=self.task, run_dir=run_dir, **keys)
+        return export(self._checkpoint("export"), format, overrides, task=self.task, run_dir=run_dir, **keys)
 
     def backbone(self, *, out_indices: tuple[int, ...] | None = None):
         """The fine-tuned backbone as timm's ``features_only`` model (eval mode, CPU): a list of feature
@@ -145,8 +156,28 @@ def load(path: str | os.PathLike) -> Model:
     """
     from b4transfer import tasks
 
-    checkpoint = find_checkpoint(path)
+    try:
+        checkpoint = find_checkpoint(path)
+    except UserError:
+        module = _from_export(Path(path))
+        if module is None:
+            raise
+        return Model(module, checkpoint=None)
     return Model(tasks.load_module(checkpoint), checkpoint=checkpoint)
+
+
+def _from_export(folder: Path):
+    """The module a task rebuilds from its export in ``folder`` alone (its ``load_export``), if any."""
+    from b4transfer import tasks
+
+    if not folder.is_dir():
+        return None
+    for name in tasks.names():
+        rebuild = getattr(tasks.get(name), "load_export", None)
+        module = rebuild(folder) if rebuild is not None else None
+        if module is not None:
+            return module
+    return None
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
