@@ -222,7 +222,8 @@ def test_checkpoints_are_named_by_the_printed_epoch_and_follow_the_umask(tiny_cf
     assert saved["hyper_parameters"]["calibration"]
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith(f"epoch {saved['epoch'] + 1}/2  ") for line in lines)
-    files = [*best.parent.glob("*.ckpt"), *(tmp_path / "run" / "export").iterdir()]
+    exported = [p for p in (tmp_path / "run" / "export").rglob("*") if p.is_file()]  # backbone/ too
+    files = [*best.parent.glob("*.ckpt"), *exported]
     modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
     assert len(modes) >= 5 and set(modes.values()) == {"0o640"}, modes  # 0o666 less the umask, as last.ckpt
 

@@ -1,6 +1,8 @@
 """Command line: ``python run.py key=value ...`` or the ``b4transfer`` console script.
 
-A thin ``@hydra.main`` shim over :func:`b4transfer.modes.run`; the configs live in the
+A thin ``@hydra.main`` shim over :func:`b4transfer.modes.run`, sharing with the Python API
+(:mod:`b4transfer.api`) the config directory and composition checks (:mod:`b4transfer.compose`) and
+what counts as a user's error (:func:`b4transfer.api.runs.user_error_of`); the configs live in the
 repository's ``conf/`` (shipped inside the package as ``b4transfer.conf`` when installed). Before
 Hydra starts: ``--help`` (:mod:`b4transfer.cli_help`), ``--version``, and mistyped keys or group
 choices told in one line (:mod:`b4transfer.cli_overrides`); Hydra's own ``--hydra-help`` stays.
@@ -11,20 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from b4transfer.compose import config_dir
 from b4transfer.errors import UserError
 
-
-def config_dir() -> str:
-    """``conf/`` of a source checkout, else the copy installed as the ``b4transfer.conf`` package."""
-    checkout = Path(__file__).resolve().parents[2] / "conf"
-    if (checkout / "config.yaml").is_file():
-        return str(checkout)
-    return str(Path(__file__).resolve().parent / "conf")  # installed wheel: b4transfer/conf/
+__all__ = ["before_hydra", "config_dir", "main", "objective", "share_cores_politely"]
 
 
 def objective(cfg: DictConfig, summary: dict) -> float | None:
@@ -45,24 +41,20 @@ def objective(cfg: DictConfig, summary: dict) -> float | None:
 
 
 def _main(cfg: DictConfig) -> float | None:
-    from b4transfer.backbone import PretrainedWeightsUnavailable
+    from b4transfer.api.runs import user_error_of
     from b4transfer.modes import run
     from b4transfer.run_cleanup import forget_refused_run
 
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).propagate = False  # they print themselves; no second copy via Hydra
-    from hydra.errors import InstantiationException
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    # the library's own user errors and the known ones of its dependencies: one message, exit 2;
-    # anything else is a bug and keeps its traceback
-    user_errors = (UserError, PretrainedWeightsUnavailable, MisconfigurationException)
+    # the library's own user errors and the known ones of its dependencies (as the Python API tells
+    # them, b4transfer.api.runs.user_error_of): one message, exit 2; anything else is a bug and keeps
+    # its traceback
     try:
         return objective(cfg, run(cfg))
-    except (*user_errors, InstantiationException) as err:
-        # Hydra's instantiate (data sources, schedules, ...) wraps the error it called into
-        user_error = err.__cause__ if isinstance(err, InstantiationException) else err
-        if not isinstance(user_error, user_errors) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as err:
+        user_error = user_error_of(err)
+        if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         forget_refused_run()  # a refused run leaves no run directory (only what this process wrote goes)
         print(f"\nb4transfer: error: {user_error}\n(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)

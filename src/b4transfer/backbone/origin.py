@@ -20,6 +20,10 @@ def weights_origin(model: dict[str, Any]) -> dict[str, Any]:
     ``pretrained``, as in :func:`~b4transfer.backbone.create_backbone`)."""
     if model.get("weights"):
         path = Path(str(model["weights"])).expanduser().resolve()
+        if path.is_dir():  # an export or run directory: the file it gave (b4transfer.backbone.weights)
+            from b4transfer.backbone.weights import weights_file
+
+            path = weights_file(path)
         return {"source": "file", "file": str(path), "sha256": _sha256(path)}
     if model.get("pretrained"):
         name = str(model.get("name", ""))

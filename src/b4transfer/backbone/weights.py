@@ -195,19 +195,29 @@ def _unavailable_message(name: str, cfg, reason: str) -> str:
 
 
 def load_weights_file(model: nn.Module, path: Path, *, name: str, features_only: bool) -> None:
-    """Load a local state dict into ``model``, checking every key and shape against ``name``."""
+    """Load a local state dict into ``model``, checking every key and shape against ``name``.
+
+    ``path`` may also be a b4transfer export or run directory (:func:`weights_file`): a classification
+    fine-tune's export as ``model.weights`` of a detection or segmentation run (two-stage transfer). A
+    ``features_only`` model takes a file of the pooled trunk (the keys it lacks, such as ``conv_head``,
+    are left out) or of the feature stages alone (``export/backbone/model.safetensors``).
+    """
+    path = weights_file(path)
     state = _read_state_dict(path)
-    if features_only:  # check against the full trunk, then load the subset the extractor keeps
-        with torch.device("meta"):
-            reference = timm.create_model(name, num_classes=0)
-    else:
-        reference = model
-    expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
-    classifiers = reference.pretrained_cfg.get("classifier") or ()
+    with torch.device("meta"):
+        trunk = timm.create_model(name, num_classes=0)
+        stages = timm.create_model(name, features_only=True) if features_only else trunk
+    trunk_keys = set(trunk.state_dict())
+    classifiers = trunk.pretrained_cfg.get("classifier") or ()
     classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
-    head_keys = {f"{c}.{p}" for c in classifiers for p in ("weight", "bias")} - set(expected)
-    state = _strip_prefix(state, set(expected) | head_keys)
+    head_keys = {f"{c}.{p}" for c in classifiers for p in ("weight", "bias")} - trunk_keys
+    state = _strip_prefix(state, trunk_keys | head_keys)
     state = {k: v for k, v in state.items() if k not in head_keys}
+    # a feature extractor also takes a file of its stages alone (an export's backbone/); a file holding
+    # any of the trunk's later layers (conv_head, bn2) must hold the whole trunk
+    stages_only = features_only and not (trunk_keys - set(stages.state_dict())) & set(state)
+    reference = stages if stages_only else trunk
+    expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     _check_fit(state, expected, path, name)
     target = model.state_dict()
     missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
@@ -217,8 +227,43 @@ def load_weights_file(model: nn.Module, path: Path, *, name: str, features_only:
     _logger.info("Loaded %d tensors for %s from model.weights=%s", len(target), name, path)
 
 
+def weights_file(path: Path) -> Path:
+    """``path`` itself, or for a directory the weights file it holds: an export's timm
+    ``model.safetensors`` (one with a timm ``config.json``: the classifier export or a backbone folder),
+    else its ``backbone/model.safetensors`` (every task's export), also below ``export/`` (a run
+    directory)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for folder in (path, path / "export"):
+        for candidate in (folder, folder / "backbone"):
+            if _timm_layout(candidate):
+                return candidate / "model.safetensors"
+    raise UserFileNotFoundError(
+        f"model.weights={str(path)!r} is a directory without weights: no model.safetensors with a timm "
+        "config.json in it, nor in its backbone/ or export/ folders. Fix: point model.weights at a "
+        "b4transfer export (<run dir>/export), a run directory, or a weights file."
+    )
+
+
+def _timm_layout(folder: Path) -> bool:
+    """``folder`` holds ``model.safetensors`` and a timm ``config.json`` (``architecture`` and
+    ``num_classes``; the detection and segmentation exports' own configs have no ``num_classes``)."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (folder / "model.safetensors").is_file() and "architecture" in config and "num_classes" in config
+
+
 def check_weights_file(path: Path) -> None:
-    """Raise :class:`UserFileNotFoundError` when ``model.weights`` names no file."""
+    """Raise :class:`UserFileNotFoundError` when ``model.weights`` names no file (nor a directory holding
+    one, :func:`weights_file`)."""
+    if Path(path).is_dir():
+        weights_file(path)
+        return
     if not path.is_file():
         raise UserFileNotFoundError(
             f"model.weights={str(path)!r}: no such file. Point model.weights at an existing "

@@ -1,4 +1,5 @@
-"""What several modes share: the checked data splits, the export formats, metric values."""
+"""What several modes share: the checked data splits, the export formats (and the backbone every export
+carries), metric values."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from b4transfer import tasks
+from b4transfer.backbone.downstream import BACKBONE_DIR, export_backbone
 from b4transfer.config import plain
 from b4transfer.data.kfold import check_kfold, fold_splits
 from b4transfer.errors import UserError
@@ -89,7 +91,23 @@ def export_all(
     out: dict[str, Any] = {"export_dir": str(out_dir)}
     for fmt in export_formats(cfg, task):
         out.update(task.export(fmt, module, out_dir, cfg=cfg, checkpoint=checkpoint, samples=samples))
+    if (cfg.get("export") or {}).get("backbone", True) is not False:
+        out["backbone_dir"] = str(export_module_backbone(module, out_dir / BACKBONE_DIR))
     return out
+
+
+def export_module_backbone(module: TaskModule, out_dir: Path) -> Path:
+    """``module``'s fine-tuned backbone in timm's hub layout (``export/backbone/``: ``config.json`` +
+    ``model.safetensors``), for ``timm.create_model("local-dir:...", pretrained=True, features_only=True)``
+    (:mod:`b4transfer.backbone.downstream`)."""
+    return export_backbone(
+        module.backbone,
+        out_dir,
+        model_name=module.hparams.model["name"],
+        data_config=module.data_config,
+        task=module.task_name,
+        weights_origin=module.hparams.get("weights_origin"),
+    )
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """``mode=train``: fine-tune, keep best + last checkpoints, export the best weights, write ``summary.json``.
 
-``train(cfg) -> summary`` needs no Hydra: tests call it with a composed config. Everything it does is
+``train(cfg) -> summary`` needs no Hydra: tests call it with a composed config; :func:`setup` builds
+the module, datamodule and trainer without fitting (the Python API's ``build``). Everything it does is
 asked of the task (``cfg.task``, see :mod:`b4transfer.tasks`).
 """
 
@@ -11,6 +12,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,42 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
 
-def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
-    """Fine-tune ``cfg.task`` on ``cfg.data``; ``callbacks`` are extra Lightning callbacks."""
-    began = time.perf_counter()
+@dataclass
+class TrainingParts:
+    """What a training run is made of, built and checked, before ``trainer.fit``: the Lightning objects
+    for users who drive them themselves (:func:`b4transfer.api.build`), and what :func:`train` reports.
+
+    Attributes:
+        cfg: The run's config (``run_dir`` moved for a requeued SLURM job).
+        task: The :class:`~b4transfer.tasks.base.Task` of ``cfg.task``.
+        run_dir: The run directory (created; it holds ``config_resolved.yaml``).
+        ckpt: The checkpoint the run resumes from, or ``None``.
+        splits: The checked data splits.
+        module: The task's LightningModule.
+        datamodule: The task's LightningDataModule.
+        trainer: The Lightning Trainer (checkpoints, schedule, EMA, loggers, ...).
+        precision: The resolved precision plan.
+        plan: The batch plan (global batch, scaled learning rate).
+        meter: The throughput callback on ``trainer``.
+        audit: The quick data audit's counts.
+    """
+
+    cfg: DictConfig
+    task: Any
+    run_dir: Path
+    ckpt: str | None
+    splits: Any
+    module: L.LightningModule
+    datamodule: L.LightningDataModule
+    trainer: L.Trainer
+    precision: devices.PrecisionPlan
+    plan: dict[str, Any]
+    meter: ThroughputMeter
+    audit: Any
+
+
+def setup(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> TrainingParts:
+    """Check ``cfg``, create the run directory and build everything :func:`train` fits."""
     task = tasks.from_config(cfg)
     task.check_config(cfg)
     cfg, ckpt = continue_requeued_job(cfg, resolve_ckpt(cfg, required=False))
@@ -61,17 +96,27 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
     trainer = build_trainer(cfg, run_dir, extra_callbacks=[meter, *callbacks], monitor=task.monitor)
     plan = devices.batch_plan(trainer, per_device=int(cfg.data.batch_size), optim=plain(cfg.optim))
     module.hparams.optim["lr"] = plan["lr"]
+    return TrainingParts(cfg, task, run_dir, ckpt, splits, module, datamodule, trainer, precision, plan,
+                         meter, audit)
+
+
+def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
+    """Fine-tune ``cfg.task`` on ``cfg.data``; ``callbacks`` are extra Lightning callbacks."""
+    began = time.perf_counter()
+    run = setup(cfg, callbacks=callbacks)
+    cfg, trainer, run_dir, splits = run.cfg, run.trainer, run.run_dir, run.splits
     start = time.perf_counter()
     try:
         with distributed.hydra_ddp_launch():
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+            trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=run.ckpt)
     except SIGTERMException:
         _stopped_by_sigterm(trainer, run_dir, time.perf_counter() - start)
-    summary = _summary(cfg, trainer, splits, plan, meter, wall=time.perf_counter() - start, run_dir=run_dir)
-    summary["precision_plan"] = _precision_plan(cfg, trainer, precision)
-    summary.update(task=task.name, audit=audit, **task.summary(splits, datamodule))
+    summary = _summary(cfg, trainer, splits, run.plan, run.meter, wall=time.perf_counter() - start,
+                       run_dir=run_dir)
+    summary["precision_plan"] = _precision_plan(cfg, trainer, run.precision)
+    summary.update(task=run.task.name, audit=run.audit, **run.task.summary(splits, run.datamodule))
     if trainer.is_global_zero:  # calibrate the best checkpoint on validation, export it
-        summary.update(finish(cfg, task, module, datamodule, splits, run_dir, summary))
+        summary.update(finish(cfg, run.task, run.module, run.datamodule, splits, run_dir, summary))
     write_summary(run_dir, summary)
     finish_trackers(trainer, run_dir)  # summary, export, plots -> the trackers (MLflow, W&B)
     if distributed.is_rank_zero():

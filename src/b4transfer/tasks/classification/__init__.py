@@ -26,10 +26,12 @@ from b4transfer.tasks.classification.feature_cache import (
     check_cacheable,
     enable_feature_cache,
 )
+from b4transfer.tasks.classification.from_export import load_classifier_export
 from b4transfer.tasks.classification.losses import WEIGHTINGS, class_weights
 from b4transfer.tasks.classification.module import ClassificationModule, build_backbone
 from b4transfer.tasks.classification.parity import export_int8, export_openvino, score_classifier
 from b4transfer.tasks.classification.predict import write_embeddings, write_predictions
+from b4transfer.tasks.classification.results import classify_images
 from b4transfer.tasks.classification.runtime import ADAPTER as RUNTIME_ADAPTER
 
 __all__ = ["TASK", "ClassificationModule", "ClassificationTask"]
@@ -174,6 +176,14 @@ class ClassificationTask(Task):
             images = [s.path for s in samples.train[: int(settings.get("int8_calibration_images", 64))]]
             return export_int8(module, out_dir, opset=opset, calibration=images)
         return export_classifier_onnx(module, out_dir, opset=opset)
+
+    def load_export(self, folder: Path):
+        """The module of a timm export in ``folder`` without its checkpoint (``None``: not one)."""
+        return load_classifier_export(folder)
+
+    def predict_images(self, module, images: list, *, batch_size: int = 8) -> list:
+        """The Python API's in-memory predictions for RGB PIL ``images`` (:mod:`.results`)."""
+        return classify_images(module, images, batch_size=batch_size)
 
     def model_card(self, cfg: DictConfig, module, out_dir: Path, summary: dict) -> dict[str, Any]:
         return write_card(cfg, module, out_dir, summary)

@@ -25,6 +25,7 @@ from b4transfer.tasks.detection.module import DEFAULT_STRIDES, DetectionModule, 
 from b4transfer.tasks.detection.onnx_graph import onnx_export_refusal
 from b4transfer.tasks.detection.parity import export_int8, export_openvino, score_detector
 from b4transfer.tasks.detection.predict import write_detections
+from b4transfer.tasks.detection.results import detect_images
 from b4transfer.tasks.detection.runtime import ADAPTER as RUNTIME_ADAPTER
 from b4transfer.tasks.detection.slicing import check_slice
 
@@ -161,6 +162,10 @@ class DetectionTask(Task):
 
     def predict(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
         return write_detections(cfg, module, paths, run_dir)
+
+    def predict_images(self, module, images: list, *, batch_size: int = 8) -> list:
+        """The Python API's in-memory predictions for RGB PIL ``images`` (:mod:`.results`)."""
+        return detect_images(module, images, batch_size=batch_size)
 
     def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint, samples=None):
         settings = cfg.get("export") or {}

@@ -27,6 +27,7 @@ from b4transfer.tasks.segmentation.head import check_head
 from b4transfer.tasks.segmentation.losses import pixel_class_weights
 from b4transfer.tasks.segmentation.module import SegmentationModule, build_feature_backbone
 from b4transfer.tasks.segmentation.predict import write_masks
+from b4transfer.tasks.segmentation.results import segment_images
 from b4transfer.tasks.segmentation.runtime import ADAPTER as RUNTIME_ADAPTER
 
 __all__ = ["TASK", "SegmentationModule", "SegmentationTask"]
@@ -117,6 +118,10 @@ class SegmentationTask(Task):
 
     def predict(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
         return write_masks(cfg, module, paths, run_dir)
+
+    def predict_images(self, module, images: list, *, batch_size: int = 8) -> list:
+        """The Python API's in-memory predictions for RGB PIL ``images`` (:mod:`.results`)."""
+        return segment_images(module, images, batch_size=batch_size)
 
     def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint, samples=None):
         if fmt == "onnx":
