@@ -1,6 +1,6 @@
 """The documentation site (issue 26, must-shows 4 and 5): every docs path named in code or configs exists,
 no pointer names a README section, the generated config reference is current and lists every key in
-``conf/`` with its default, the task pages share their headings, the planned short README keeps the
+``conf/`` with its default, the task pages share their headings, the README is short and keeps the
 quickstart, and ``mkdocs build --strict`` passes (when mkdocs is installed)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SCANNED = ("src", "conf", "benchmarks", "scripts", "tests", "run.py", "mkdocs.yml", "pyproject.toml",
-           "README.md", "docs/_README_short.md")
+           "README.md")
 POINTER = re.compile(r"(?<![/\w.-])docs/(?P<path>[\w./-]*?)(?:#(?P<anchor>[\w-]+))?(?=[^\w./#-]|\.?$|\.\s)")
 README_SECTION = re.compile(r"README(?:'s)?\s+\\?\"[^\"\\]+\\?\"|README\s+section")
 TASK_HEADINGS = ["Data layouts", "Keys", "Metrics", "Predict outputs", "Exports"]
@@ -71,7 +71,7 @@ def test_every_docs_path_named_in_code_and_configs_exists():
 
 def test_no_pointer_names_a_readme_section():
     """The README is short now; sections live on docs pages, which the test above checks."""
-    stale = [f"{f.relative_to(ROOT)}:{n}: {m[0]}" for f in scanned_files() if f.name != "README.md"
+    stale = [f"{f.relative_to(ROOT)}:{n}: {m[0]}" for f in scanned_files()
              for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1)
              for m in README_SECTION.finditer(line)]
     assert not stale, 'point at a docs page (docs/<page>.md) instead of README "...": ' + "; ".join(stale)
@@ -174,14 +174,13 @@ def test_task_pages_have_the_same_headings():
         assert re.findall(r"^## (.+)$", text, flags=re.M) == TASK_HEADINGS, task
 
 
-def test_short_readme_keeps_the_quickstart_and_fits_in_200_lines():
+def test_the_readme_is_short_keeps_two_quickstart_commands_and_points_at_the_docs():
     readme = (ROOT / "README.md").read_text()
     quickstart = readme.split("## Quickstart", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     commands = [line for line in quickstart.splitlines() if line.strip()]
-    short = (DOCS / "_README_short.md").read_text()
-    assert len(commands) == 2 and all(line in short.splitlines() for line in commands), commands
-    assert len(short.splitlines()) <= 200
-    assert "_README_short.md" in (ROOT / "mkdocs.yml").read_text()  # kept out of the site
+    assert len(commands) == 2 and "python run.py" in commands[0] and "pytest" in commands[1], commands
+    assert len(readme.splitlines()) <= 200
+    assert "docs/index.md" in readme
 
 
 def test_mkdocs_build_strict(tmp_path):
@@ -196,7 +195,6 @@ def test_mkdocs_build_strict(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (site / "index.html").is_file() and (site / "tasks" / "detection.html").is_file()
-    assert not (site / "_README_short.html").exists()
     assert "near_duplicate_threshold" in (site / "reference" / "config.html").read_text()
     api = (site / "reference" / "python-api.html").read_text()
     assert "b4transfer.tasks.register" in api and "UserError" in api  # rendered from the docstrings
