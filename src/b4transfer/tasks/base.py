@@ -142,6 +142,7 @@ class Task:
         schedules: The ``finetune=`` schedules it supports.
         tta_modes: The ``tta=`` values it supports (its module implements ``tta_forward``).
         sliced_predict: Whether its ``mode=predict`` honours ``predict.slice`` (tiled inference).
+        explains: Whether its ``mode=predict`` honours ``predict.explain`` (class activation maps).
         steps: The post-training steps of ``STEPS`` it implements (``calibrate``: :meth:`calibrate`;
             ``errors``: :meth:`analyse_errors`; ``parity``: :meth:`score_export`; ``card``:
             :meth:`model_card`).
@@ -157,6 +158,7 @@ class Task:
     schedules: ClassVar[tuple[str, ...]] = SCHEDULES
     tta_modes: ClassVar[tuple[str, ...]] = ()
     sliced_predict: ClassVar[bool] = False
+    explains: ClassVar[bool] = False
     steps: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------ what it supports
@@ -179,6 +181,11 @@ class Task:
             raise NotSupportedError(
                 f"task={self.name} does not support predict.slice={tile} (sliced inference); it supports "
                 "predict.slice=null."
+            )
+        if cfg.mode == "predict" and (cfg.get("predict") or {}).get("explain") and not self.explains:
+            raise NotSupportedError(
+                f"task={self.name} does not support predict.explain=true (no class activation maps for its "
+                "outputs); it supports predict.explain=false."
             )
         for step, (group, key) in STEPS.items():  # null: where the task implements it; true: required
             if step_setting(cfg, step) is True and step not in self.steps:
