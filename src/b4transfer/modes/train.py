@@ -37,9 +37,12 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
 
-def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
-    """Fine-tune ``cfg.task`` on ``cfg.data``; ``callbacks`` are extra Lightning callbacks."""
-    task = tasks.from_config(cfg)
+def train(
+    cfg: DictConfig, *, callbacks: Sequence[L.Callback] = (), task: tasks.Task | None = None
+) -> dict[str, Any]:
+    """Fine-tune ``cfg.task`` on ``cfg.data``; ``callbacks`` are extra Lightning callbacks; ``task``: the
+    task to ask instead of ``cfg.task``'s (``mode=distill`` passes one that distils)."""
+    task = task or tasks.from_config(cfg)
     task.check_config(cfg)
     cfg, ckpt = continue_requeued_job(cfg, resolve_ckpt(cfg, required=False))
     export_formats(cfg, task)  # a bad export.format fails now, not after training
@@ -79,7 +82,7 @@ def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str,
 def _summary(cfg, trainer: L.Trainer, splits, plan, meter, *, wall: float, run_dir: Path) -> dict[str, Any]:
     best_score = trainer.checkpoint_callback.best_model_score
     return {
-        "mode": "train",
+        "mode": cfg.mode,  # train, or distill
         "model": cfg.model.name,
         "num_classes": splits.num_classes,
         "class_names": splits.class_names,

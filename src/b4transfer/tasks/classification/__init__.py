@@ -19,6 +19,7 @@ from b4transfer.tasks.base import MODES, Task
 from b4transfer.tasks.classification.audit import audit_classification
 from b4transfer.tasks.classification.calibration import calibrate_classifier
 from b4transfer.tasks.classification.card import write_card
+from b4transfer.tasks.classification.distill import ClassificationDistillation
 from b4transfer.tasks.classification.errors import analyse_classifier
 from b4transfer.tasks.classification.explain import check_explainable, explain_predictions, explain_settings
 from b4transfer.tasks.classification.export import export_classifier_onnx, export_classifier_timm
@@ -158,6 +159,9 @@ class ClassificationTask(Task):
         return analyse_classifier(
             module, loader, splits.val, run_dir, top=top, device=_device(cfg), explain=explain
         )
+
+    def distillation(self, teacher, settings) -> ClassificationDistillation:
+        return ClassificationDistillation(teacher, settings)
 
     def predict(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
         explain = explain_settings(cfg.get("predict"))

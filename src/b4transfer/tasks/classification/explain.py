@@ -28,8 +28,14 @@ log = logging.getLogger(__name__)
 DEFAULT_STRIDE = 16  # the measured default (b4transfer.explain.cam); conf/config.yaml predict.explain_stride
 
 __all__ = [
-    "check_explainable", "class_maps", "eval_transform", "explain_predictions", "explain_settings",
-    "feature_module", "map_views", "write_overlays",
+    "check_explainable",
+    "class_maps",
+    "eval_transform",
+    "explain_predictions",
+    "explain_settings",
+    "feature_module",
+    "map_views",
+    "write_overlays",
 ]
 
 

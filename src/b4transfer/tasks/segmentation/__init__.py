@@ -60,6 +60,10 @@ class SegmentationTask(Task):
     monitor = "val/miou"
     module_class = SegmentationModule
     modes = ("train", "validate", "test", "predict", "export", "lr_find")
+    why_not = {  # issue 28
+        "mode=distill": "per-pixel distillation is not implemented yet",
+        "predict.explain=true": "its masks show where each class is; per-class maps are not implemented",
+    }
     export_formats = ("timm", "onnx")
     tta_modes = ("hflip", "hflip_scales")
 
