@@ -102,7 +102,7 @@ def distill(cfg: DictConfig) -> dict[str, Any]:
     _check(cfg, task)
     settings = DistillSettings.from_config(plain(cfg.get("distill")))
     spec = describe_teacher(settings.teacher)
-    if spec.task != task.name:
+    if tasks.get(spec.task) is not task:
         raise UserError(
             f"distill.teacher={str(spec.path)!r} is a task={spec.task} model, but this run is "
             f"task={task.name}. Fix: pass a task={task.name} teacher, or run task={spec.task} with its data."

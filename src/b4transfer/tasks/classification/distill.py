@@ -247,7 +247,6 @@ class ClassificationDistillation:
         """``module`` (the configured model, built for ``splits``) as a student of the teacher; refuses a
         teacher with other classes than the data."""
         self.order = class_order(self.spec, splits.class_names)
-        self.teacher = self.teacher or load_teacher(self.spec)
         accepted = inspect.signature(ClassificationModule.__init__).parameters
         kwargs = {k: v for k, v in module.hparams.items() if k in accepted and k != "backbone"}
         settings = {
@@ -255,7 +254,12 @@ class ClassificationDistillation:
             "temperature": self.settings.temperature,
             "teacher": str(self.spec.path),
         }
-        student = DistilledClassifier(distill=settings, backbone=module.backbone, **kwargs)
+        # the seeded random stream stays as a plain training run's: the student starts from ``module``'s
+        # weights (the same as mode=train with this seed), whatever the teacher and its loading draw
+        with torch.random.fork_rng(devices=[]):
+            self.teacher = self.teacher or load_teacher(self.spec)
+            student = DistilledClassifier(distill=settings, backbone=module.backbone, **kwargs)
+        student.load_state_dict(module.state_dict())
         student.set_teacher(TeacherView(self.teacher, student.data_config["train"], self.order))
         return student
 
@@ -267,15 +271,16 @@ class ClassificationDistillation:
         kept, skipped = drop_unreadable([Sample(p, 0) for p in listed], on_bad_image="skip")
         paths = [s.path for s in kept]
         on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
-        probs = teacher_probabilities(
-            self.teacher,
-            paths,
-            self.order,
-            multi_label=splits.multi_label,
-            batch_size=int(cfg.data.batch_size),
-            workers=num_workers(cfg),
-            device="cuda" if on_gpu else "cpu",
-        )
+        with torch.random.fork_rng(devices=[]):  # the loader's seed draw must not shift training
+            probs = teacher_probabilities(
+                self.teacher,
+                paths,
+                self.order,
+                multi_label=splits.multi_label,
+                batch_size=int(cfg.data.batch_size),
+                workers=num_workers(cfg),
+                device="cuda" if on_gpu else "cpu",
+            )
         threshold = self.settings.pseudo_threshold
         extra = pseudo_samples(probs, paths, threshold, multi_label=splits.multi_label)
         counts = Counter(c for s in extra for c in (s.target if splits.multi_label else (s.target,)))
