@@ -6,11 +6,9 @@
 * ``layercam`` (Jiang et al. 2021): map = ReLU(sum_c ReLU(G) * A), a weight per position.
 
 Each map is scaled to 0..1 (its maximum is 1; a map with no positive evidence stays 0). The default
-(``layercam`` on the stride-16 map) was chosen on the sanity set of ``tests/test_explain.py`` (a model
-trained on images where a red square in the top-left quadrant decides the class; 3 seeds): at stride 16
-the map's peak fell on the square for 97-100 % of the images with ``layercam`` and ``gradcam`` (``layercam``
-kept more of the map's mass in the quadrant), 56-100 % with ``gradcampp``; on the last (stride-32) map
-only 25-75 % with any method. See README "Explanations".
+(``layercam`` on the stride-16 map; ``gradcam`` tied with it) was chosen with ``scripts/cam_study.py``: a
+model trained on images where a red square in the top-left quadrant decides the class; see README
+"Explanations" for the numbers.
 """
 
 from __future__ import annotations
