@@ -293,3 +293,50 @@ def test_with_alpha_zero_the_student_trains_exactly_as_mode_train_does(teacher, 
     student = run(_student(teacher, tmp_path, "distill.alpha=0"))
     for key in ("train/loss", "val/loss", "val/acc1"):
         assert student["metrics"][key] == pytest.approx(plain["metrics"][key], rel=1e-5), key
+
+
+def test_a_segmentation_student_learns_from_the_teacher_per_pixel(tmp_path):
+    from tests.test_segmentation import SEG
+
+    base = (*TINY, *SEG, f"data.source.root={tmp_path / 'demo'}")
+    teacher = run(compose_cfg(*base, f"run_dir={tmp_path / 'teacher'}"))
+    student = run(
+        compose_cfg(
+            *base,
+            "mode=distill",
+            f"distill.teacher={tmp_path / 'teacher'}",
+            "distill.student=test_resnet",
+            f"run_dir={tmp_path / 'student'}",
+        )
+    )
+    assert (
+        student["mode"] == "distill"
+        and student["model"] == "test_resnet"
+        and student["task"] == "segmentation"
+    )
+    assert student["distillation"]["teacher"] == teacher["best_checkpoint"]
+    assert student["metrics"]["train/soft_loss"] > 0 and "val/miou" in student["metrics"]
+    assert tasks.load_module(student["best_checkpoint"]).hparams.model["name"] == "test_resnet"
+    with pytest.raises(
+        NotSupportedError, match=r"task=segmentation does not support distill.unlabeled=.*; it"
+    ):
+        run(
+            compose_cfg(
+                *base,
+                "mode=distill",
+                f"distill.teacher={tmp_path / 'teacher'}",
+                f"distill.unlabeled={tmp_path / 'demo'}",
+                f"run_dir={tmp_path / 'refused'}",
+            )
+        )
+    with pytest.raises(UserError, match=r"is a task=segmentation model, but this run is task=classification"):
+        run(
+            compose_cfg(
+                *TINY,
+                "data=folder",
+                f"data.root={make_image_folder(tmp_path / 'cls')}",
+                "mode=distill",
+                f"distill.teacher={tmp_path / 'teacher'}",
+                f"run_dir={tmp_path / 'cls-run'}",
+            )
+        )

@@ -12,7 +12,6 @@ images (``distill.unlabeled``) are labelled by the teacher beforehand; those abo
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import time
 from collections import Counter
@@ -29,9 +28,10 @@ from b4transfer.config import num_workers
 from b4transfer.data.dataset import PathDataset
 from b4transfer.data.splits import DatasetSplits, Sample, drop_unreadable
 from b4transfer.data.transforms import build_transforms
+from b4transfer.distill.base import Distillation, SharedTeacher
 from b4transfer.distill.loss import hinton_loss
 from b4transfer.distill.settings import DistillSettings, list_unlabeled
-from b4transfer.distill.teacher import Teacher, TeacherSpec, class_order, load_teacher
+from b4transfer.distill.teacher import Teacher, TeacherSpec
 from b4transfer.tasks.classification.feature_cache import extract_features
 from b4transfer.tasks.classification.module import ClassificationModule
 
@@ -66,17 +66,6 @@ class TeacherView(nn.Module):
         return logits[:, self.order] if self.order is not None else logits
 
 
-class _Shared:
-    """Holds the teacher outside the student: no submodule (so not in its state dict, optimizer or
-    export), and the same object in a deep copy (the EMA's averaged copy holds no second teacher)."""
-
-    def __init__(self, value: nn.Module | None = None) -> None:
-        self.value = value
-
-    def __deepcopy__(self, memo):
-        return self
-
-
 class DistilledClassifier(ClassificationModule):
     """A :class:`ClassificationModule` trained with the Hinton loss; its checkpoint loads as the plain module.
 
@@ -88,10 +77,7 @@ class DistilledClassifier(ClassificationModule):
     def __init__(self, *, distill: dict[str, Any], **kwargs) -> None:
         super().__init__(**kwargs)
         self.alpha, self.temperature = float(distill["alpha"]), float(distill["temperature"])
-        self.teacher = _Shared()
-
-    def set_teacher(self, view: TeacherView | None) -> None:
-        self.teacher = _Shared(view)
+        self.teacher = SharedTeacher()  # set by the distillation
 
     def on_fit_start(self) -> None:
         if self.teacher.value is not None:
@@ -229,39 +215,17 @@ def pseudo_samples(probs: torch.Tensor, paths: list[Path], threshold: float, *, 
     ]
 
 
-class ClassificationDistillation:
-    """What ``mode=distill`` asks the classification task for (see :mod:`b4transfer.modes.distill`).
+class ClassificationDistillation(Distillation):
+    """What ``mode=distill`` asks the classification task for (see :mod:`b4transfer.modes.distill`)."""
 
-    Args:
-        spec: The teacher, as :func:`b4transfer.distill.teacher.describe_teacher` read it.
-        settings: The checked ``distill.*`` settings.
-    """
+    student_class = DistilledClassifier
 
     def __init__(self, spec: TeacherSpec, settings: DistillSettings) -> None:
-        self.spec, self.settings = spec, settings
-        self.teacher: Teacher | None = None
-        self.order: list[int] | None = None
+        super().__init__(spec, settings)
         self.pseudo: dict[str, Any] | None = None
 
-    def student(self, cfg, splits: DatasetSplits, module: ClassificationModule) -> DistilledClassifier:
-        """``module`` (the configured model, built for ``splits``) as a student of the teacher; refuses a
-        teacher with other classes than the data."""
-        self.order = class_order(self.spec, splits.class_names)
-        accepted = inspect.signature(ClassificationModule.__init__).parameters
-        kwargs = {k: v for k, v in module.hparams.items() if k in accepted and k != "backbone"}
-        settings = {
-            "alpha": self.settings.alpha,
-            "temperature": self.settings.temperature,
-            "teacher": str(self.spec.path),
-        }
-        # the seeded random stream stays as a plain training run's: the student starts from ``module``'s
-        # weights (the same as mode=train with this seed), whatever the teacher and its loading draw
-        with torch.random.fork_rng(devices=[]):
-            self.teacher = self.teacher or load_teacher(self.spec)
-            student = DistilledClassifier(distill=settings, backbone=module.backbone, **kwargs)
-        student.load_state_dict(module.state_dict())
-        student.set_teacher(TeacherView(self.teacher, student.data_config["train"], self.order))
-        return student
+    def view(self, teacher: Teacher, student: DistilledClassifier) -> TeacherView:
+        return TeacherView(teacher, student.data_config["train"], self.order)
 
     def training_splits(self, cfg, splits: DatasetSplits) -> DatasetSplits:
         """``splits`` with the unlabelled images the teacher is sure of added to ``train``."""
@@ -308,16 +272,8 @@ class ClassificationDistillation:
         return images
 
     def report(self, datamodule) -> dict[str, Any]:
-        """The summary's ``distillation`` entry."""
         cached = isinstance(datamodule, TeacherLogitsDataModule)
-        return {
-            "teacher": str(self.spec.path),
-            "teacher_model": self.spec.model_name,
-            "teacher_kind": self.spec.kind,
-            "alpha": self.settings.alpha,
-            "temperature": self.settings.temperature,
-            "teacher_logits": "cached" if cached else ("on the fly" if self.settings.alpha > 0 else "unused"),
-            "teacher_cache_s": round(datamodule.extract_seconds, 2) if cached else None,
-            "class_order_remapped": self.order is not None,
-            "pseudo_labels": self.pseudo,
-        }
+        report = {**super().report(datamodule), "pseudo_labels": self.pseudo}
+        if cached:
+            report.update(teacher_logits="cached", teacher_cache_s=round(datamodule.extract_seconds, 2))
+        return report
