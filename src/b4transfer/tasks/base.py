@@ -169,8 +169,8 @@ class Task:
         if value not in supported:
             reason = self.why_not.get(f"{kind}={value}")
             raise NotSupportedError(
-                f"task={self.name} does not support {kind}={value}{f' ({reason})' if reason else ''}; it "
-                f"supports {', '.join(supported) or 'none'}."
+                f"task={self.name} does not support {kind}={value}; it supports "
+                f"{', '.join(supported) or 'none'}{f' ({reason})' if reason else ''}."
             )
 
     def check_config(self, cfg: DictConfig) -> None:
@@ -188,8 +188,8 @@ class Task:
         if cfg.mode == "predict" and (cfg.get("predict") or {}).get("explain") and not self.explains:
             reason = self.why_not.get("predict.explain=true", "no class activation maps for its outputs")
             raise NotSupportedError(
-                f"task={self.name} does not support predict.explain=true ({reason}); it supports "
-                "predict.explain=false."
+                f"task={self.name} does not support predict.explain=true; it supports predict.explain=false "
+                f"({reason})."
             )
         for step, (group, key) in STEPS.items():  # null: where the task implements it; true: required
             if step_setting(cfg, step) is True and step not in self.steps:
