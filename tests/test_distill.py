@@ -340,3 +340,11 @@ def test_a_segmentation_student_learns_from_the_teacher_per_pixel(tmp_path):
                 f"run_dir={tmp_path / 'cls-run'}",
             )
         )
+
+
+def test_seeds_repeat_a_distillation_and_report_the_spread(teacher, tmp_path):
+    summary = run(_student(teacher, tmp_path, "seeds=[0,1]"))
+    assert summary["mode"] == "distill" and [r["seed"] for r in summary["runs"]] == [0, 1]
+    assert summary["spread"]["n"] == 2 and summary["spread"]["monitor"] == "val/acc1"
+    for r in summary["runs"]:
+        assert json.loads((Path(r["run_dir"]) / "summary.json").read_text())["mode"] == "distill"
