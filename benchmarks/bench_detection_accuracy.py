@@ -109,6 +109,15 @@ NEUTRAL = {
     "export.license": "apache-2.0",
     "checkpoint.best_weights_only": True,  # what the best file keeps, not how it was trained
     "predict.runtime": "torch",  # prediction / evaluation only
+    "predict.explain": False,  # issue 28: after training (mode=predict)
+    "predict.explain_method": "layercam",
+    "predict.explain_stride": 16,
+    "distill.teacher": None,  # issue 28: mode=distill only (a mode=distill run names its teacher)
+    "distill.student": None,
+    "distill.alpha": 0.5,
+    "distill.temperature": 4.0,
+    "distill.unlabeled": None,
+    "distill.pseudo_threshold": 0.9,
 }
 # Config sections added after the cached runs that act only before or after training (the quick audit
 # hashes files; calibration, error analysis and pushing run after the last epoch): never part of a key.

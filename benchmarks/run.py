@@ -29,6 +29,7 @@ from benchmarks import (
     bench_cache,
     bench_detection,
     bench_detection_accuracy,
+    bench_distill,
     bench_inference,
     bench_pipeline,
     bench_predict_pipeline,
@@ -154,19 +155,27 @@ _SEG_ACCURACY = dict(model="tf_efficientnet_lite1", image_size=256, epochs=4, se
                      arms=["library"])
 # Time to accuracy: the library's defaults vs a naive loop on a class-folder set of real images (--cls-data).
 _TIME_TO_ACCURACY = dict(model="tf_efficientnet_lite1", image_size=224, epochs=5, seeds=[0, 1, 2])
+# Distillation (lite1 teacher -> lite0 student, --weights and --student-weights) and pseudo-labels on a
+# quarter of the labels (--cls-data); the first (alpha, T) is the headline arm, more add arms.
+_DISTILL = dict(teacher_model="tf_efficientnet_lite1", student_model="tf_efficientnet_lite0", image_size=224,
+                epochs=5, seeds=[0, 1, 2], distill_settings=[[0.5, 4.0]])
 ACCURACY_PROFILES: dict[str, dict[str, dict]] = {
     "full": {"detection_accuracy": _DET_ACCURACY,
              "segmentation_accuracy_fpn": dict(_SEG_ACCURACY, decoder="fpn"),
              "segmentation_accuracy_unet": dict(_SEG_ACCURACY, decoder="unet"),
-             "time_to_accuracy": _TIME_TO_ACCURACY},
+             "time_to_accuracy": _TIME_TO_ACCURACY,
+             "distillation": _DISTILL, "pseudo_labels": _DISTILL},
     "quick": {"detection_accuracy": _DET_ACCURACY,
               "segmentation_accuracy_fpn": dict(_SEG_ACCURACY, decoder="fpn"),
-              "time_to_accuracy": dict(_TIME_TO_ACCURACY, seeds=[0])},
+              "time_to_accuracy": dict(_TIME_TO_ACCURACY, seeds=[0]),
+              "distillation": dict(_DISTILL, seeds=[0]), "pseudo_labels": dict(_DISTILL, seeds=[0])},
     "smoke": {"detection_accuracy": dict(model="tf_efficientnet_lite1", image_size=96, epochs=1, seeds=[0],
                                          workers=1),
               "segmentation_accuracy_fpn": dict(model="tf_efficientnet_lite1", decoder="fpn", image_size=96,
                                                 epochs=1, seeds=[0]),
-              "time_to_accuracy": dict(model="tf_efficientnet_lite1", image_size=64, epochs=2, seeds=[0])},
+              "time_to_accuracy": dict(model="tf_efficientnet_lite1", image_size=64, epochs=2, seeds=[0]),
+              "distillation": dict(_DISTILL, image_size=64, epochs=1, seeds=[0], speed_rounds=3),
+              "pseudo_labels": dict(_DISTILL, image_size=64, epochs=1, seeds=[0])},
 }
 RUNNERS = {
     "train_overhead": lambda p: bench_train.run(p),
@@ -184,6 +193,8 @@ RUNNERS = {
     "segmentation_accuracy_unet": lambda p: bench_segmentation_accuracy.run(p),
     "side_by_side": lambda p: bench_side_by_side.run(p),
     "time_to_accuracy": lambda p: bench_time_to_accuracy.run(p),
+    "distillation": lambda p: bench_distill.run(p),
+    "pseudo_labels": lambda p: bench_distill.run_pseudo(p),
     "gpu_train": lambda p: bench_train.run(p, accelerator="gpu", precision="bf16-mixed", target=">= 0.97"),
     "gpu_inference": lambda p: bench_inference.run(p, device="cuda"),
     "gpu_scaling": lambda p: bench_scaling.run(p, device="cuda"),
@@ -207,6 +218,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cls-data", type=Path, default=None,
                         help="accuracy: class-folder real-image set (train/<class>/, val/<class>/)")
     parser.add_argument("--weights", type=Path, default=None, help="accuracy: timm-layout ImageNet weights")
+    parser.add_argument("--student-weights", type=Path, default=None,
+                        help="accuracy (distillation, pseudo_labels): the student's timm-layout weights")
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "results" / "runs" / "acc.json",
                         help="accuracy: finished runs, reused when their composed config matches")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -274,7 +287,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
         table = {"gpu": GPU_PROFILES, "accuracy": ACCURACY_PROFILES}.get(args.suite, PROFILES)[profile]
         if args.suite == "accuracy":
             paths = {"data": args.det_data, "seg_data": args.seg_data, "cls_data": args.cls_data,
-                     "weights": args.weights, "cache": args.cache}
+                     "weights": args.weights, "student_weights": args.student_weights, "cache": args.cache}
             table = {name: {**params, **paths} for name, params in table.items()}
         names = [n for n in table if not args.only or n in args.only.split(",")]
         results = []

@@ -113,7 +113,7 @@ def test_every_mode_completes_or_is_refused_up_front(data, trained, task, mode):
         data,
         mode,
         f"mode={mode}",
-        f"ckpt_path={ckpt}",
+        f"distill.teacher={ckpt}" if mode == "distill" else f"ckpt_path={ckpt}",  # distill: a teacher
         f"predict.input={images}",
         "lr_find.num_training=3",
         "predict.check_agreement=0",
@@ -134,6 +134,8 @@ def test_every_mode_completes_or_is_refused_up_front(data, trained, task, mode):
         _export_loads(Path(summary["export_dir"]))
     elif mode == "lr_find":
         assert "suggested_lr" in summary
+    elif mode == "distill":
+        assert summary["distillation"]["teacher"] == ckpt and Path(summary["best_checkpoint"]).is_file()
 
 
 @pytest.mark.parametrize("task", TASKS)

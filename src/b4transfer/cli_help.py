@@ -23,6 +23,7 @@ MODE_HELP = {
     "lr_find": "learning-rate range test: lr_find.png and the suggested optim.lr",
     "audit": "data audit: duplicates, leakage, near-duplicates, likely label errors (audit.md)",
     "push": "upload an export folder to the Hugging Face Hub (push.repo_id=, push.dir=)",
+    "distill": "train a small student (distill.student=) on a teacher's soft targets (distill.teacher=)",
 }
 
 # The most used keys, with the file under conf/ whose comment describes them.

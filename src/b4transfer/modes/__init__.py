@@ -14,6 +14,7 @@ from b4transfer.backbone import check_weights
 from b4transfer.config import plain
 from b4transfer.errors import UserError
 from b4transfer.modes.audit import audit
+from b4transfer.modes.distill import distill
 from b4transfer.modes.evaluate import evaluate
 from b4transfer.modes.export import export
 from b4transfer.modes.lr_find import lr_find
@@ -24,7 +25,9 @@ from b4transfer.modes.train import train
 from b4transfer.tasks.base import MODES
 from b4transfer.trackers import check_loggers
 
-__all__ = ["MODES", "audit", "evaluate", "push", "embed", "export", "lr_find", "predict", "run", "train"]
+__all__ = [
+    "MODES", "audit", "distill", "evaluate", "push", "embed", "export", "lr_find", "predict", "run", "train",
+]
 
 _MODES = {
     "train": train,
@@ -36,6 +39,7 @@ _MODES = {
     "lr_find": lr_find,
     "audit": audit,
     "push": push,  # uploads an export folder: no task involved
+    "distill": distill,  # a training run of a student with a teacher's soft targets
 }
 
 

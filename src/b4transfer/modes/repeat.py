@@ -22,6 +22,7 @@ from b4transfer import tasks
 from b4transfer.config import SEED_RANGE, is_seed, plain
 from b4transfer.data.kfold import check_kfold
 from b4transfer.errors import UserError
+from b4transfer.modes.distill import distill
 from b4transfer.modes.train import train
 from b4transfer.runs import prepare_run_dir, write_summary
 
@@ -65,7 +66,7 @@ def plan(cfg: DictConfig) -> list[tuple[int | None, int | None]] | None:
     if seeds is None and folds is None:
         return None
     asked = " ".join(([f"seeds={seeds}"] if seeds else []) + ([f"data.kfold={kfold}"] if folds else []))
-    if cfg.mode != "train":
+    if cfg.mode not in ("train", "distill"):
         pick = "seed=S" + (" data.fold=i" if folds else "") if seeds else "data.fold=i"
         raise UserError(
             f"{asked} trains several runs (mode=train); for mode={cfg.mode} pass one run's checkpoint "
@@ -110,7 +111,8 @@ def train_runs(cfg: DictConfig, runs: list[tuple[int | None, int | None]]) -> di
         parts = ([f"fold{fold}"] if fold is not None else []) + ([f"seed{seed}"] if seed is not None else [])
         name = "-".join(parts)
         log.info("Run %d/%d: %s -> %s", n, len(runs), name, run_dir / name)
-        summary = train(_child(cfg, seed, fold, run_dir / name))
+        child = _child(cfg, seed, fold, run_dir / name)
+        summary = distill(child) if cfg.mode == "distill" else train(child)
         results.append({
             "seed": seed if seed is not None else cfg.seed, "fold": fold, "run_dir": str(run_dir / name),
             "best_score": summary["best_score"], "final": summary["metrics"].get(monitor),
@@ -124,7 +126,7 @@ def train_runs(cfg: DictConfig, runs: list[tuple[int | None, int | None]]) -> di
         stats["text"] = f"{monitor} {stats['mean']:.4f} ± {stats['sd']:.4f} over {len(scores)} runs"
         log.info("Best %s", stats["text"])
     summary = {
-        "mode": "train", "task": task.name, "kfold": plain(cfg.data.get("kfold")),
+        "mode": cfg.mode, "task": task.name, "kfold": plain(cfg.data.get("kfold")),
         "seeds": sorted({r["seed"] for r in results}), "runs": results, "spread": stats,
         "best_score": stats["mean"], "wall_time_s": round(sum(r["wall_time_s"] for r in results), 2),
     }

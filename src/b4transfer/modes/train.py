@@ -74,9 +74,12 @@ class TrainingParts:
     audit: Any
 
 
-def setup(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> TrainingParts:
-    """Check ``cfg``, create the run directory and build everything :func:`train` fits."""
-    task = tasks.from_config(cfg)
+def setup(
+    cfg: DictConfig, *, callbacks: Sequence[L.Callback] = (), task: tasks.Task | None = None
+) -> TrainingParts:
+    """Check ``cfg``, create the run directory and build everything :func:`train` fits; ``task``: the task
+    to ask instead of ``cfg.task``'s (``mode=distill`` passes one that distils)."""
+    task = task or tasks.from_config(cfg)
     task.check_config(cfg)
     cfg, ckpt = continue_requeued_job(cfg, resolve_ckpt(cfg, required=False))
     if ckpt:
@@ -100,10 +103,13 @@ def setup(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> TrainingP
                          meter, audit)
 
 
-def train(cfg: DictConfig, *, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
-    """Fine-tune ``cfg.task`` on ``cfg.data``; ``callbacks`` are extra Lightning callbacks."""
+def train(
+    cfg: DictConfig, *, callbacks: Sequence[L.Callback] = (), task: tasks.Task | None = None
+) -> dict[str, Any]:
+    """Fine-tune ``cfg.task`` on ``cfg.data``; ``callbacks`` are extra Lightning callbacks; ``task``: as
+    :func:`setup`'s."""
     began = time.perf_counter()
-    run = setup(cfg, callbacks=callbacks)
+    run = setup(cfg, callbacks=callbacks, task=task)
     cfg, trainer, run_dir, splits = run.cfg, run.trainer, run.run_dir, run.splits
     start = time.perf_counter()
     try:
@@ -162,7 +168,7 @@ def _duration(seconds: float) -> str:
 def _summary(cfg, trainer: L.Trainer, splits, plan, meter, *, wall: float, run_dir: Path) -> dict[str, Any]:
     best_score = trainer.checkpoint_callback.best_model_score
     return {
-        "mode": "train",
+        "mode": cfg.mode,  # train, or distill
         "model": cfg.model.name,
         "num_classes": splits.num_classes,
         "class_names": splits.class_names,

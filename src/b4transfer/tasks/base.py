@@ -38,7 +38,7 @@ __all__ = [
     "EXPORT_FORMATS", "MODES", "SCHEDULES", "STEPS", "Task", "TaskModule", "metric_name", "step_setting",
 ]
 
-MODES = ("train", "validate", "test", "predict", "embed", "export", "lr_find", "audit")
+MODES = ("train", "validate", "test", "predict", "embed", "export", "lr_find", "audit", "distill")
 SCHEDULES = ("full", "linear_probe", "freeze_unfreeze", "gradual")
 EXPORT_FORMATS = ("timm", "onnx", "openvino", "onnx_int8")
 # Post-training steps a task may implement, and the setting that asks for each (null: where implemented)
@@ -171,6 +171,8 @@ class Task:
         schedules: The ``finetune=`` schedules it supports.
         tta_modes: The ``tta=`` values it supports (its module implements ``tta_forward``).
         sliced_predict: Whether its ``mode=predict`` honours ``predict.slice`` (tiled inference).
+        explains: Whether its ``mode=predict`` honours ``predict.explain`` (class activation maps).
+        why_not: Why it refuses a setting, by ``"key=value"`` (e.g. ``"mode=distill"``), for the message.
         steps: The post-training steps of ``STEPS`` it implements (``calibrate``: :meth:`calibrate`;
             ``errors``: :meth:`analyse_errors`; ``parity``: :meth:`score_export`; ``card``:
             :meth:`model_card`).
@@ -188,16 +190,19 @@ class Task:
     schedules: ClassVar[tuple[str, ...]] = SCHEDULES
     tta_modes: ClassVar[tuple[str, ...]] = ()
     sliced_predict: ClassVar[bool] = False
+    explains: ClassVar[bool] = False
     steps: ClassVar[tuple[str, ...]] = ()
     runtime_adapter: ClassVar[Any] = None
+    why_not: ClassVar[dict[str, str]] = {}
 
     # ------------------------------------------------------------------ what it supports
     def refuse(self, kind: str, value: Any, supported: tuple[str, ...]) -> None:
         """Raise the one "task X does not support ..." error unless ``value`` is in ``supported``."""
         if value not in supported:
+            reason = self.why_not.get(f"{kind}={value}")
             raise NotSupportedError(
                 f"task={self.name} does not support {kind}={value}; it supports "
-                f"{', '.join(supported) or 'none'}."
+                f"{', '.join(supported) or 'none'}{f' ({reason})' if reason else ''}."
             )
 
     def check_config(self, cfg: DictConfig) -> None:
@@ -212,6 +217,12 @@ class Task:
             raise NotSupportedError(
                 f"task={self.name} does not support predict.slice={tile} (sliced inference); it supports "
                 "predict.slice=null."
+            )
+        if cfg.mode == "predict" and (cfg.get("predict") or {}).get("explain") and not self.explains:
+            reason = self.why_not.get("predict.explain=true", "no class activation maps for its outputs")
+            raise NotSupportedError(
+                f"task={self.name} does not support predict.explain=true; it supports predict.explain=false "
+                f"({reason})."
             )
         for step, (group, key) in STEPS.items():  # null: where the task implements it; true: required
             if step_setting(cfg, step) is True and step not in self.steps:
@@ -299,6 +310,15 @@ class Task:
 
     def embed(self, cfg: DictConfig, module: TaskModule | None, paths: list[Path], run_dir: Path) -> dict:
         """``mode=embed``: write per-image features; ``module`` is ``None`` for the bare backbone."""
+        raise NotImplementedError
+
+    def distillation(self, teacher: Any, settings: Any) -> Any:
+        """``mode=distill``: what the run asks the task for (see :mod:`b4transfer.modes.distill`), an object
+        with ``student(cfg, splits, module)`` (the module as a student of ``teacher``, a
+        :class:`~b4transfer.distill.teacher.TeacherSpec`; refuses other classes),
+        ``training_splits(cfg, splits)`` (plus pseudo-labels), ``datamodule(datamodule, student)`` and
+        ``report(datamodule)`` (the summary's ``distillation``). A task listing ``distill`` in ``modes``
+        implements it."""
         raise NotImplementedError
 
     def export(

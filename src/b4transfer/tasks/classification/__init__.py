@@ -19,7 +19,9 @@ from b4transfer.tasks.base import MODES, Task
 from b4transfer.tasks.classification.audit import audit_classification
 from b4transfer.tasks.classification.calibration import calibrate_classifier
 from b4transfer.tasks.classification.card import write_card
+from b4transfer.tasks.classification.distill import ClassificationDistillation
 from b4transfer.tasks.classification.errors import analyse_classifier
+from b4transfer.tasks.classification.explain import check_explainable, explain_predictions, explain_settings
 from b4transfer.tasks.classification.export import export_classifier_onnx, export_classifier_timm
 from b4transfer.tasks.classification.feature_cache import (
     CachedFeatureDataModule,
@@ -86,11 +88,14 @@ class ClassificationTask(Task):
     modes = MODES
     export_formats = ("timm", "onnx", "openvino", "onnx_int8")
     tta_modes = ("hflip", "hflip_scales")  # probabilities averaged over the views
+    explains = True  # predict.explain=true: class activation maps (explain.py)
     steps = ("calibrate", "errors", "parity", "card")  # on validation after training; export/README.md
     runtime_adapter = RUNTIME_ADAPTER  # predict.runtime: onnxruntime, openvino, onnx_int8
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)
+        if cfg.mode == "predict":
+            explain_settings(cfg.get("predict"))
         if cfg.mode in ("train", "lr_find"):
             check_class_weights((cfg.get("loss") or {}).get("class_weights"), WEIGHTINGS)
         if cfg.mode == "train" and cfg.data.get("cache_features"):
@@ -154,10 +159,22 @@ class ClassificationTask(Task):
     def analyse_errors(self, cfg: DictConfig, module, datamodule, splits: DatasetSplits, run_dir: Path):
         top = int((cfg.get("errors") or {}).get("gallery", 16))
         loader = datamodule.val_dataloader()
-        return analyse_classifier(module, loader, splits.val, run_dir, top=top, device=_device(cfg))
+        explain = explain_settings({**(plain(cfg.get("predict")) or {}), "explain": True})  # maps on
+        return analyse_classifier(
+            module, loader, splits.val, run_dir, top=top, device=_device(cfg), explain=explain
+        )
+
+    def distillation(self, teacher, settings) -> ClassificationDistillation:
+        return ClassificationDistillation(teacher, settings)
 
     def predict(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
-        return write_predictions(cfg, module, paths, run_dir)
+        explain = explain_settings(cfg.get("predict"))
+        if explain:  # a backbone without such a map is refused before predicting
+            check_explainable(module, explain["stride"])
+        out = write_predictions(cfg, module, paths, run_dir)
+        if explain:
+            out["explain"] = explain_predictions(cfg, module, paths, run_dir, device=_device(cfg))
+        return out
 
     def embed(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
         if module is None:  # the configured backbone itself (model.pretrained / model.weights)

@@ -137,6 +137,25 @@ def _recipe(cfg: DictConfig, summary: dict[str, Any]) -> str:
     return _table(["setting", "value"], rows)
 
 
+def _distillation(summary: dict[str, Any]) -> list[str]:
+    """The card's "Distillation" section of a ``mode=distill`` run (none otherwise)."""
+    report = summary.get("distillation")
+    if not report:
+        return []
+    rows = [
+        ("teacher", f"`{report['teacher_model']}` from `{report['teacher']}`"),
+        ("loss", f"{report['alpha']} x T^2 x KL(teacher, student) at T = {report['temperature']} "
+                 f"+ {round(1 - report['alpha'], 4)} x the hard-label loss"),
+        ("teacher logits", report["teacher_logits"]),
+    ]
+    pseudo = report.get("pseudo_labels")
+    if pseudo:
+        rows.append(("pseudo-labels", f"{pseudo['used']} of {pseudo['images']} unlabelled images at teacher "
+                                      f"probability >= {pseudo['threshold']}"))
+    return ["", "## Distillation", "", "This model is a student distilled from a teacher (mode=distill).", "",
+            _table(["setting", "value"], rows)]
+
+
 def write_card(cfg: DictConfig, module, out_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """Write ``out_dir/README.md`` (never over a README.md b4transfer did not write)."""
     path = Path(out_dir) / "README.md"
@@ -196,6 +215,7 @@ def write_card(cfg: DictConfig, module, out_dir: Path, summary: dict[str, Any]) 
         "## Recipe",
         "",
         _recipe(cfg, summary),
+        *_distillation(summary),
         "",
         USAGE,
     ]

@@ -1,6 +1,8 @@
 """Error analysis of a trained classifier on the validation split: ``errors.png``, a gallery of the
-highest-loss images (true vs predicted label, the predicted probability), and per-class precision /
-recall (``per_class.csv`` and the summary), from the calibrated probabilities."""
+highest-loss images (true vs predicted label, the predicted probability; with ``explain`` settings each
+drawn as the model saw it with the class activation map of its predicted class, see
+:mod:`~b4transfer.tasks.classification.explain`), and per-class precision / recall (``per_class.csv`` and
+the summary), from the calibrated probabilities."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ import csv
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from b4transfer.data.images import load_rgb
 from b4transfer.tasks.classification.calibration import validation_logits
+from b4transfer.tasks.classification.explain import map_views
 
 __all__ = ["analyse_classifier", "per_class_table"]
 
@@ -28,7 +32,9 @@ def per_class_table(pred: torch.Tensor, target: torch.Tensor, class_names: list[
     }
 
 
-def gallery(rows: list[tuple[Path, str, str, float, bool]], out: Path, *, cols: int = 4) -> None:
+def gallery(rows: list[tuple[Path | np.ndarray, str, str, float, bool]], out: Path, *, cols: int = 4) -> None:
+    """Draw ``rows`` (an image file or its pixels, true label, predicted label, probability, right) to
+    ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,18 +45,20 @@ def gallery(rows: list[tuple[Path, str, str, float, bool]], out: Path, *, cols: 
     for ax in axes.flat:
         ax.axis("off")
     for ax, (path, true, pred, prob, right) in zip(axes.flat, rows):
-        ax.imshow(load_rgb(path))
+        ax.imshow(path if isinstance(path, np.ndarray) else load_rgb(path))
         ax.set_title(f"true {true}\npred {pred} ({prob:.2f})", fontsize=8, color="green" if right else "red")
-    fig.suptitle("highest-loss validation images")
+    maps = any(isinstance(row[0], np.ndarray) for row in rows)
+    fig.suptitle("highest-loss validation images" + (" (map: the predicted class)" if maps else ""))
     fig.tight_layout()
     fig.savefig(out, dpi=80)
     plt.close(fig)
 
 
 def analyse_classifier(
-    module, loader, samples, run_dir: Path, *, top: int = 16, device="cpu"
+    module, loader, samples, run_dir: Path, *, top: int = 16, device="cpu", explain: dict | None = None
 ) -> dict[str, Any]:
-    """Write ``errors.png`` and ``per_class.csv`` into ``run_dir``; the summary entries."""
+    """Write ``errors.png`` and ``per_class.csv`` into ``run_dir``; the summary entries. ``explain``:
+    ``{"method", "stride"}`` of the maps drawn on the gallery's images (``None``: the images alone)."""
     logits, targets = validation_logits(module, loader, device)
     module.cpu()
     names, k = module.class_names, len(module.class_names)
@@ -83,7 +91,10 @@ def analyse_classifier(
         ]
     order = losses.argsort(descending=True)[:top].tolist()
     out = run_dir / "errors.png"
-    gallery([(samples[i].path, *shown[i]) for i in order], out)
+    images = [samples[i].path for i in order]
+    if explain:
+        images = map_views(module, images, probs[order].argmax(-1), device=device, **explain)
+    gallery([(image, *shown[i]) for image, i in zip(images, order)], out)
     table = per_class_table(decisions, hot, names)
     with (run_dir / "per_class.csv").open("w", newline="") as f:
         writer = csv.writer(f)
@@ -99,4 +110,5 @@ def analyse_classifier(
         }
         for i in order[:5]
     ]
-    return {"gallery": str(out), "per_class": table, "highest_loss": worst}
+    drawn = explain if any(isinstance(image, np.ndarray) for image in images) else None
+    return {"gallery": str(out), "gallery_maps": drawn, "per_class": table, "highest_loss": worst}

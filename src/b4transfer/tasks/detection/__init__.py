@@ -60,6 +60,11 @@ class DetectionTask(Task):
     monitor = "val/map"
     module_class = DetectionModule
     modes = ("train", "validate", "test", "predict", "export", "lr_find", "audit")
+    why_not = {  # issue 28
+        "mode=distill": "a detector's outputs are boxes matched to anchors, not one class distribution per "
+        "image or pixel for the soft-target loss; no detection distillation is measured here",
+        "predict.explain=true": "per-box maps are not implemented",
+    }
     export_formats = ("timm", "onnx", "openvino", "onnx_int8")
     steps = ("calibrate", "errors", "parity")  # score thresholds, AP chart + worst images, exports scored
     tta_modes = ("hflip", "hflip_scales")  # boxes of the views mapped back and merged (NMS + box voting)

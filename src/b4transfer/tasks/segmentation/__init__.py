@@ -22,6 +22,7 @@ from b4transfer.data.masks import MaskSplits
 from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
 from b4transfer.tasks.base import Task
+from b4transfer.tasks.segmentation.distill import SegmentationDistillation
 from b4transfer.tasks.segmentation.export import export_segmenter, export_segmenter_onnx
 from b4transfer.tasks.segmentation.head import check_head
 from b4transfer.tasks.segmentation.losses import pixel_class_weights
@@ -61,7 +62,10 @@ class SegmentationTask(Task):
     data_hint = "data=seg_folder, data=voc_seg, data=coco or data=demo_segmentation"
     monitor = "val/miou"
     module_class = SegmentationModule
-    modes = ("train", "validate", "test", "predict", "export", "lr_find")
+    modes = ("train", "validate", "test", "predict", "export", "lr_find", "distill")
+    why_not = {  # issue 28
+        "predict.explain=true": "its masks show where each class is; per-class maps are not implemented",
+    }
     export_formats = ("timm", "onnx")
     tta_modes = ("hflip", "hflip_scales")
     runtime_adapter = RUNTIME_ADAPTER  # predict.runtime: onnxruntime (its only exported runtime)
@@ -115,6 +119,9 @@ class SegmentationTask(Task):
                 n: round(c / total, 4) for n, c in zip(splits.class_names, pixels)
             },
         }
+
+    def distillation(self, teacher, settings) -> SegmentationDistillation:
+        return SegmentationDistillation(teacher, settings)
 
     def predict(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
         return write_masks(cfg, module, paths, run_dir)
