@@ -1,5 +1,5 @@
 """Which class activation map, on which backbone stage: the measurement behind ``predict.explain_method`` and
-``predict.explain_stride`` (README "Explanations").
+``predict.explain_stride`` (docs/guides/distillation.md#explanations).
 
 Per seed, ``test_efficientnet`` (random init) is trained for a few epochs on generated 128 px images: grey
 noise, a blue square anywhere (a distractor in both classes) and, for class 1 only, a red square in the
