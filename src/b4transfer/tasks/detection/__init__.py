@@ -14,14 +14,14 @@ from b4transfer.data.detection import DetectionSplits
 from b4transfer.data.detection_datamodule import DetectionDataModule
 from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
-from b4transfer.tasks.base import Task
+from b4transfer.tasks.base import Task, build_backbone
 from b4transfer.tasks.detection.anchors import anchor_fit, box_sides, warn_if_unfit
 from b4transfer.tasks.detection.audit import audit_detection
 from b4transfer.tasks.detection.calibration import calibrate_detector
 from b4transfer.tasks.detection.errors import analyse_detector
 from b4transfer.tasks.detection.export import export_detection_onnx, export_detector
 from b4transfer.tasks.detection.head import map_backend
-from b4transfer.tasks.detection.module import DEFAULT_STRIDES, DetectionModule, build_feature_backbone
+from b4transfer.tasks.detection.module import DEFAULT_STRIDES, DetectionModule
 from b4transfer.tasks.detection.onnx_graph import onnx_export_refusal
 from b4transfer.tasks.detection.parity import export_int8, export_openvino, score_detector
 from b4transfer.tasks.detection.predict import write_detections
@@ -85,7 +85,7 @@ class DetectionTask(Task):
 
     def build_backbone(self, cfg: DictConfig) -> torch.nn.Module:
         strides = plain(cfg.head.get("feature_strides")) or DEFAULT_STRIDES
-        return build_feature_backbone(plain(cfg.model), strides)
+        return build_backbone(plain(cfg.model), strides)
 
     def build_module(self, cfg: DictConfig, splits: DetectionSplits, backbone=None) -> DetectionModule:
         head = plain(cfg.head)
