@@ -1,7 +1,10 @@
-"""Small helpers that read the composed config: plain containers, loader workers."""
+"""Small helpers that read the composed config: plain containers, loader workers, and the shipped
+defaults (:func:`conf_default`: what a Python caller gets when it passes no value)."""
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -19,3 +22,19 @@ def num_workers(cfg: DictConfig) -> int:
     if cfg.data.get("num_workers") is not None:
         return int(cfg.data.num_workers)
     return devices.default_num_workers(cfg.trainer.get("devices"))
+
+
+@functools.cache
+def _conf_file(name: str) -> DictConfig:
+    from b4transfer.cli import config_dir
+
+    return OmegaConf.load(Path(config_dir()) / name)
+
+
+def conf_default(key: str, file: str = "config.yaml") -> Any:
+    """The default of the dotted ``key`` as ``conf/<file>`` writes it (e.g. ``export.onnx_opset``), so
+    that a library function's default is the command line's, written once, in the YAML."""
+    value = OmegaConf.select(_conf_file(file), key, throw_on_missing=True)
+    if value is None:
+        raise KeyError(f"conf/{file} has no default for {key}")
+    return plain(value)

@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from b4transfer import tta
+from b4transfer.artifacts import check_opset
 from b4transfer.backbone import create_backbone, out_indices_for_strides
 from b4transfer.backbone.origin import weights_origin
 from b4transfer.devices import split_lr_scaling
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "EXPORT_FORMATS", "MODES", "SCHEDULES", "STEPS", "Task", "TaskModule", "build_backbone", "metric_name",
-    "step_setting",
+    "onnx_opset", "step_setting",
 ]
 
 MODES = ("train", "validate", "test", "predict", "embed", "export", "lr_find", "audit")
@@ -57,6 +58,12 @@ def step_setting(cfg: DictConfig, step: str) -> Any:
     """The ``calibrate.enabled`` / ``export.parity`` value of ``cfg`` (``None``: where implemented)."""
     group, key = STEPS[step]
     return (cfg.get(group) or {}).get(key)
+
+
+def onnx_opset(cfg: DictConfig) -> int:
+    """``export.onnx_opset``, checked: an integer opset the exporters support, else one line naming the
+    key and the fix (:meth:`Task.check_config` asks it of every run, before any data is read)."""
+    return check_opset((cfg.get("export") or {}).get("onnx_opset"))
 
 
 def metric_name(name: str) -> str:
@@ -295,6 +302,7 @@ class Task:
     def check_config(self, cfg: DictConfig) -> None:
         """Refuse, before any work, what this task cannot run. Override to add task-specific checks."""
         self.refuse("mode", cfg.mode, self.modes)
+        onnx_opset(cfg)
         schedule = schedule_name(cfg.get("finetune"))
         if schedule in SCHEDULES:  # a schedule class of the user's own is theirs to vouch for
             self.refuse("finetune", schedule, self.schedules)

@@ -15,7 +15,7 @@ from b4transfer.data.splits import DatasetSplits, class_counts
 from b4transfer.data.transforms import DRAFT_FACTOR
 from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import UserError
-from b4transfer.tasks.base import MODES, Task
+from b4transfer.tasks.base import MODES, Task, onnx_opset
 from b4transfer.tasks.classification.audit import audit_classification
 from b4transfer.tasks.classification.calibration import calibrate_classifier
 from b4transfer.tasks.classification.card import write_card
@@ -164,12 +164,11 @@ class ClassificationTask(Task):
     def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint, samples=None):
         if fmt == "timm":
             return export_classifier_timm(module, out_dir, checkpoint=checkpoint)
-        settings = cfg.get("export") or {}
-        opset = int(settings.get("onnx_opset", 17))
+        opset = onnx_opset(cfg)
         if fmt == "openvino":
             return export_openvino(module, out_dir, opset=opset)
         if fmt == "onnx_int8":
-            images = [s.path for s in samples.train[: int(settings.get("int8_calibration_images", 64))]]
+            images = [s.path for s in samples.train[: int(cfg.export.int8_calibration_images)]]
             return export_int8(module, out_dir, opset=opset, calibration=images)
         return export_classifier_onnx(module, out_dir, opset=opset)
 

@@ -14,7 +14,7 @@ from b4transfer.data.detection import DetectionSplits
 from b4transfer.data.detection_datamodule import DetectionDataModule
 from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
-from b4transfer.tasks.base import Task, build_backbone
+from b4transfer.tasks.base import Task, build_backbone, onnx_opset
 from b4transfer.tasks.detection.anchors import anchor_fit, box_sides, warn_if_unfit
 from b4transfer.tasks.detection.audit import audit_detection
 from b4transfer.tasks.detection.calibration import calibrate_detector
@@ -161,15 +161,14 @@ class DetectionTask(Task):
         return write_detections(cfg, module, paths, run_dir)
 
     def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint, samples=None):
-        settings = cfg.get("export") or {}
-        opset = int(settings.get("onnx_opset", 17))
+        opset = onnx_opset(cfg)
         images = [s.path for s in samples.val] if samples is not None else None
         if fmt == "onnx":
             return {"onnx": export_detection_onnx(module, out_dir, opset=opset, check_images=images)}
         if fmt == "openvino":
             return export_openvino(module, out_dir, opset=opset, check_images=images)
         if fmt == "onnx_int8":
-            count = int(settings.get("int8_calibration_images", 64))
+            count = int(cfg.export.int8_calibration_images)
             calibration = [s.path for s in samples.train[:count]]
             return export_int8(module, out_dir, opset=opset, calibration=calibration, check_images=images)
         export_detector(module, out_dir, extra={"checkpoint": checkpoint})

@@ -21,7 +21,7 @@ from b4transfer.data.mask_datamodule import MaskDataModule
 from b4transfer.data.masks import MaskSplits
 from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
-from b4transfer.tasks.base import Task
+from b4transfer.tasks.base import Task, onnx_opset
 from b4transfer.tasks.segmentation.export import export_segmenter, export_segmenter_onnx
 from b4transfer.tasks.segmentation.head import check_head
 from b4transfer.tasks.segmentation.losses import pixel_class_weights
@@ -118,7 +118,7 @@ class SegmentationTask(Task):
 
     def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint, samples=None):
         if fmt == "onnx":
-            opset = int((cfg.get("export") or {}).get("onnx_opset", 17))
+            opset = onnx_opset(cfg)
             images = [s.path for s in samples.val] if samples is not None else None
             return {"onnx": export_segmenter_onnx(module, out_dir, opset=opset, check_images=images)}
         export_segmenter(module, out_dir, extra={"checkpoint": checkpoint})
