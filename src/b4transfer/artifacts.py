@@ -28,7 +28,7 @@ from b4transfer.errors import MissingDependencyError, UserError, UserFileExistsE
 __all__ = [
     "CHECK_IMAGES", "CONFIG_NAME", "MARKER", "ONNX_NAME", "WEIGHTS_NAME", "atomic_write", "check_inputs",
     "check_opset", "claim_dir", "claim_onnx_file", "export_files", "onnx_metadata", "onnx_session",
-    "read_export", "require_onnx", "write_export", "write_onnx",
+    "read_export", "require_onnx", "trace_graph", "write_export", "write_onnx",
 ]
 
 WEIGHTS_NAME = "model.safetensors"
@@ -184,6 +184,30 @@ def claim_onnx_file(path: Path, onnx) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
+def trace_graph(
+    model: torch.nn.Module,
+    dummy: torch.Tensor,
+    path: Path,
+    opset: int,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]],
+) -> None:
+    """``model`` traced on ``dummy`` into ``path`` by PyTorch's TorchScript-based exporter
+    (``dynamo=False``: no ``onnxscript`` needed), as every task's ``write_graph`` does."""
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=list(input_names),
+        output_names=list(output_names),
+        dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
+    )
+
+
 def write_onnx(
     path: str | Path,
     write_graph: Callable[[Path, int], None],
@@ -196,7 +220,7 @@ def write_onnx(
 
     Args:
         path: The ``.onnx`` file; one there that b4transfer did not write is never overwritten.
-        write_graph: ``(file, opset)`` -> writes the graph (``torch.onnx.export``) to ``file``.
+        write_graph: ``(file, opset)`` -> writes the graph to ``file`` (:func:`trace_graph`).
         opset: ONNX opset, checked by :func:`check_opset` before anything is written (``None``: the
             configured default).
         metadata: Metadata entries, each value stored JSON-encoded (decode with :func:`onnx_metadata`);

@@ -33,6 +33,7 @@ from b4transfer.artifacts import (  # noqa: F401 - require_onnx, claim_onnx_file
     onnx_metadata,
     onnx_session,
     require_onnx,
+    trace_graph,
     write_onnx,
 )
 from b4transfer.errors import UserError
@@ -92,7 +93,11 @@ def export_onnx(
     }
     check = write_onnx(
         path,
-        lambda p, opset: _export(graph, torch.zeros(1, *input_size), p, opset),
+        lambda p, opset: trace_graph(
+            graph, torch.zeros(1, *input_size), p, opset, input_names=["image"],
+            output_names=["logits", "probabilities"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
+        ),
         opset=opset,
         metadata=metadata,
         check=lambda p: verify_onnx(p, model, input_size, atol=atol, rtol=rtol),
@@ -114,19 +119,6 @@ class WithProbabilities(nn.Module):
         logits = self.model(x)
         probs = torch.sigmoid(logits) if self.multi_label else (logits / self.temperature).softmax(-1)
         return logits, probs
-
-
-def _export(model: nn.Module, dummy: torch.Tensor, path: Path, opset: int) -> None:
-    torch.onnx.export(
-        model,
-        (dummy,),
-        str(path),
-        dynamo=False,
-        opset_version=opset,
-        input_names=["image"],
-        output_names=["logits", "probabilities"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
-    )
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from b4transfer.backbone.builder import DEFAULT_NAME, build_model, check_name, check_out_indices, check_rate
-from b4transfer.backbone.data_config import resolve_data_configs
+from b4transfer.backbone.data_config import canvas_data_config, resolve_data_configs
 from b4transfer.backbone.features import feature_channels, feature_reductions, out_indices_for_strides
 from b4transfer.backbone.weights import (
     PretrainedWeightsUnavailable,
@@ -36,6 +36,7 @@ from b4transfer.errors import UserError
 
 __all__ = [
     "DEFAULT_NAME",
+    "canvas_data_config",
     "PretrainedWeightsUnavailable",
     "check_weights",
     "create_backbone",

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from b4transfer.backbone import resolve_data_configs
+from b4transfer.backbone import canvas_data_config
 from b4transfer.errors import UserError
 from b4transfer.tasks.base import TaskModule, build_backbone, metric_name
 from b4transfer.tasks.detection.head import DetectionHead, to_original
@@ -59,14 +59,8 @@ class DetectionModule(TaskModule):
         settings = dict(head or {})
         strides = list(settings.pop("feature_strides", None) or DEFAULT_STRIDES)
         self.backbone = backbone if backbone is not None else build_backbone(model, strides)
-        data = dict(data or {})
-        size = data.get("image_size")
-        train_cfg, eval_cfg = resolve_data_configs(
-            self.backbone, image_size=size, eval_image_size=size, mean=data.get("mean"), std=data.get("std")
-        )
-        if size is None:  # one letterbox size for train and eval: the model's test size
-            train_cfg["input_size"] = eval_cfg["input_size"]
-        self.data_config = {"train": train_cfg, "eval": eval_cfg}
+        self.data_config = canvas_data_config(self.backbone, data)  # one letterbox size, train and eval
+        eval_cfg = self.data_config["eval"]
         self.class_names = list(class_names)
         ids = list(range(len(class_names))) if category_ids is None else [int(i) for i in category_ids]
         if len(ids) != len(self.class_names):
@@ -75,7 +69,7 @@ class DetectionModule(TaskModule):
         self.head = DetectionHead(
             self.backbone,
             len(class_names),
-            image_size=int(eval_cfg["input_size"][-1]),
+            image_size=self.image_size,
             image_mean=eval_cfg["mean"],
             image_std=eval_cfg["std"],
             feature_strides=strides,

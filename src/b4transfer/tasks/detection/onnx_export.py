@@ -61,7 +61,7 @@ import torch
 from torch import nn
 from torchvision.ops import boxes as box_ops
 
-from b4transfer.artifacts import MARKER, check_opset, write_onnx
+from b4transfer.artifacts import MARKER, check_opset, trace_graph, write_onnx
 from b4transfer.errors import UserError
 from b4transfer.tasks.detection.onnx_check import check_detector_onnx
 from b4transfer.tasks.detection.onnx_graph import (
@@ -225,14 +225,8 @@ def _export(source: nn.Module, path: Path, opset: int) -> None:
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\.")  # tracing notes
             warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-            torch.onnx.export(
-                wrapper,
-                (dummy,),
-                str(path),
-                dynamo=False,
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
+            trace_graph(
+                wrapper, dummy, path, opset, input_names=[INPUT_NAME], output_names=OUTPUT_NAMES,
                 dynamic_axes={k: {0: "detections"} for k in OUTPUT_NAMES},
             )
     finally:

@@ -27,6 +27,7 @@ from b4transfer.artifacts import (
     check_opset,
     onnx_session,
     read_export,
+    trace_graph,
     write_export,
     write_onnx,
 )
@@ -113,14 +114,8 @@ def export_segmenter_onnx(
     )
 
     def write_graph(p: Path, opset: int) -> None:
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, 3, size, size),),
-            str(p),
-            dynamo=False,
-            opset_version=opset,
-            input_names=["image"],
-            output_names=["logits"],
+        trace_graph(
+            model, torch.zeros(1, 3, size, size), p, opset, input_names=["image"], output_names=["logits"],
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
         )
 

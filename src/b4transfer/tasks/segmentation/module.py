@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from b4transfer import tta
-from b4transfer.backbone import resolve_data_configs
+from b4transfer.backbone import canvas_data_config
 from b4transfer.data.masks import IGNORE_INDEX, default_palette
 from b4transfer.tasks.base import TaskModule, build_backbone, metric_name
 from b4transfer.tasks.segmentation.head import Segmenter, build_head, check_head
@@ -77,15 +77,9 @@ class SegmentationModule(TaskModule):
         self.backbone = backbone if backbone is not None else build_feature_backbone(model, head)
         self.class_names = list(class_names)
         self.head = build_head(self.backbone, len(class_names), dict(head or {}))
-        data = dict(data or {})
-        size = data.get("image_size")
-        train_cfg, eval_cfg = resolve_data_configs(
-            self.backbone, image_size=size, eval_image_size=size, mean=data.get("mean"), std=data.get("std")
-        )
-        if size is None:  # one canvas size for train and eval: the model's test size
-            train_cfg["input_size"] = eval_cfg["input_size"]
-        self.data_config = {"train": train_cfg, "eval": eval_cfg}
-        self.resize = data.get("resize") or "letterbox"
+        self.data_config = canvas_data_config(self.backbone, data)  # one canvas size, train and eval
+        eval_cfg = self.data_config["eval"]
+        self.resize = (data or {}).get("resize") or "letterbox"
         self.ignore_index = int(ignore_index)
         self.palette = [tuple(c) for c in (palette or default_palette(len(class_names)))]
         loss = dict(loss or {})
