@@ -11,7 +11,9 @@ Run it before and after a change to the configs, then diff the two folders: only
 Each command's ``key=value`` overrides are composed with Hydra's compose API (no run starts, no data is
 read); flags (``-m``, ``--cfg job``) are dropped, ``hydra.*`` overrides kept. A command that does not
 compose writes its error instead (``# error: ...``), so a refusal that appears or goes away shows too.
-Interpolations (``run_dir: ${hydra:runtime.output_dir}``, ...) are written unresolved.
+Interpolations (``run_dir: ${hydra:runtime.output_dir}``, ...) are written unresolved, keys sorted.
+``--conf`` points at another ``conf/`` (e.g. ``git archive <rev> conf | tar -x -C /tmp/old``) for the
+"before" side.
 """
 
 from __future__ import annotations
@@ -75,7 +77,10 @@ def dump(command: str, conf: str) -> str:
     except Exception as err:  # noqa: BLE001 - recorded in the dump: a refusal is a result too
         first = str(err).splitlines()[0] if str(err) else ""
         return f"# {command}\n# error: {type(err).__name__}: {first}\n"
-    return f"# {command}\n" + OmegaConf.to_yaml(cfg, resolve=False)
+    import yaml
+
+    tree = OmegaConf.to_container(cfg, resolve=False)  # sorted below: where a key is written is no change
+    return f"# {command}\n" + yaml.safe_dump(tree, sort_keys=True, default_flow_style=False, width=200)
 
 
 def file_name(command: str) -> str:

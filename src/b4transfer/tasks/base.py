@@ -307,7 +307,7 @@ class Task:
         if schedule in SCHEDULES:  # a schedule class of the user's own is theirs to vouch for
             self.refuse("finetune", schedule, self.schedules)
         tile = (cfg.get("predict") or {}).get("slice")
-        if cfg.mode == "predict" and tile is not None and not self.sliced_predict:
+        if tile is not None and not self.sliced_predict:  # in any mode: a misplaced key, not ignored
             raise NotSupportedError(
                 f"task={self.name} does not support predict.slice={tile} (sliced inference); it supports "
                 "predict.slice=null."

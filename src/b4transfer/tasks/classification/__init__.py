@@ -148,7 +148,7 @@ class ClassificationTask(Task):
         return calibrate_classifier(module, loader, run_dir, bins=bins, device=_device(cfg))
 
     def analyse_errors(self, cfg: DictConfig, module, datamodule, splits: DatasetSplits, run_dir: Path):
-        top = int((cfg.get("errors") or {}).get("gallery", 16))
+        top = int(cfg.errors.gallery)
         loader = datamodule.val_dataloader()
         return analyse_classifier(module, loader, splits.val, run_dir, top=top, device=_device(cfg))
 

@@ -19,7 +19,7 @@ from b4transfer.tasks.detection.anchors import anchor_fit, box_sides, warn_if_un
 from b4transfer.tasks.detection.audit import audit_detection
 from b4transfer.tasks.detection.calibration import calibrate_detector
 from b4transfer.tasks.detection.errors import analyse_detector
-from b4transfer.tasks.detection.export import export_detection_onnx, export_detector
+from b4transfer.tasks.detection.export import export_detection_onnx, export_detector, with_fpn_width
 from b4transfer.tasks.detection.head import map_backend
 from b4transfer.tasks.detection.module import DEFAULT_STRIDES, DetectionModule
 from b4transfer.tasks.detection.onnx_graph import onnx_export_refusal
@@ -81,7 +81,11 @@ class DetectionTask(Task):
         refuse_class_balancing(cfg)
         if cfg.mode == "predict":
             predict = cfg.get("predict") or {}
-            check_slice(predict.get("slice"), predict.get("slice_overlap", 0.2))
+            check_slice(predict.get("slice"), predict.slice_overlap)
+
+    def load_module(self, hparams: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> DetectionModule:
+        head = with_fpn_width(hparams.get("head"), state_dict)
+        return super().load_module({**hparams, "head": head}, state_dict)
 
     def build_backbone(self, cfg: DictConfig) -> torch.nn.Module:
         strides = plain(cfg.head.get("feature_strides")) or DEFAULT_STRIDES
@@ -143,12 +147,12 @@ class DetectionTask(Task):
         return audit_detection(cfg, splits, run_dir, full=full, module=module)
 
     def calibrate(self, cfg: DictConfig, module, datamodule, run_dir: Path):
-        default = float(cfg.predict.get("draw_score_thresh", 0.3))
+        default = float(cfg.predict.draw_score_thresh)
         return calibrate_detector(module, datamodule.val_dataloader(), default=default)
 
     def analyse_errors(self, cfg: DictConfig, module, datamodule, splits, run_dir: Path):
-        default = float(cfg.predict.get("draw_score_thresh", 0.3))
-        top = int((cfg.get("errors") or {}).get("gallery", 16))
+        default = float(cfg.predict.draw_score_thresh)
+        top = int(cfg.errors.gallery)
         return analyse_detector(module, datamodule.val_dataloader(), run_dir, default=default, top=top)
 
     def score_export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, splits, datamodule=None):

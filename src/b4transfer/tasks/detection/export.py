@@ -16,8 +16,11 @@ Labels: Faster R-CNN's class 0 is background, so ``label - config["label_offset"
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
 from b4transfer.artifacts import ONNX_NAME, check_inputs, read_export, write_export
@@ -28,7 +31,7 @@ from b4transfer.tasks.detection.head import build_detector
 from b4transfer.tasks.detection.module import DetectionModule
 from b4transfer.tasks.detection.onnx_export import export_detector_onnx
 
-__all__ = ["export_detector", "load_exported_detector"]
+__all__ = ["export_detector", "load_exported_detector", "with_fpn_width"]
 
 
 def export_detector(module, out_dir: str | Path, *, extra: dict | None = None) -> Path:
@@ -101,12 +104,23 @@ def _not_detection(config: dict, path: Path) -> str | None:
     return None
 
 
+def with_fpn_width(head: dict[str, Any] | None, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """``head`` settings, with ``fpn_channels`` read from the weights ``state`` when they do not say it: a
+    checkpoint or export of a module built in Python without it has the default of its day (256 before
+    :func:`build_detector`'s default followed ``conf/task/detection.yaml``)."""
+    head = dict(head or {})
+    key = next((k for k in state if k.endswith("fpn.inner_blocks.0.0.weight")), None)
+    if "fpn_channels" not in head and key is not None:
+        head["fpn_channels"] = int(state[key].shape[0])
+    return head
+
+
 def rebuild_detector(config: dict, state: dict) -> nn.Module:
     """The torchvision detector described by an export ``config``, filled strictly from ``state``."""
     body = create_backbone(
         config["architecture"], pretrained=False, features_only=True, out_indices=tuple(config["out_indices"])
     )
-    settings = {k: v for k, v in config["head"].items() if k != "feature_strides"}
+    settings = {k: v for k, v in with_fpn_width(config["head"], state).items() if k != "feature_strides"}
     detector = build_detector(
         body,
         len(config["class_names"]),

@@ -16,6 +16,7 @@ from b4transfer.backbone import canvas_data_config
 from b4transfer.errors import UserError
 from b4transfer.tasks.base import TaskModule, build_backbone, metric_name
 from b4transfer.tasks.detection.head import DetectionHead, to_original
+from b4transfer.tasks.detection.onnx_graph import detector_settings
 from b4transfer.tasks.detection.tta import detect_tta
 
 DEFAULT_STRIDES = (8, 16, 32)
@@ -131,10 +132,10 @@ class DetectionModule(TaskModule):
         """Detections (canvas pixels) merged over the views ``self.tta``: NMS + box voting at the head's
         ``nms_thresh``, see :mod:`b4transfer.tasks.detection.tta`."""
         self._share_backbone()
-        head = self.hparams.get("head") or {}
+        settings = detector_settings(self.head.detector)  # the head's own (its defaults: build_detector's)
         return detect_tta(
             self.head, images, self.tta, detector=self.head.detector,
-            iou=float(head.get("nms_thresh", 0.5)), max_det=int(head.get("detections_per_img", 100)),
+            iou=settings["nms_thresh"], max_det=settings["detections_per_img"],
         )
 
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
