@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from b4transfer.errors import UserError
 
 __all__ = [
     "DEFAULT_NAME",
+    "build_backbone",
     "canvas_data_config",
     "PretrainedWeightsUnavailable",
     "check_weights",
@@ -117,3 +118,19 @@ def check_weights(model: Mapping[str, Any]) -> None:
     elif model.get("pretrained", False):
         check_name(model["name"])
         locate_pretrained(model["name"], float(model.get("hub_timeout") or 3.0))
+
+
+def build_backbone(model: dict[str, Any], strides: Sequence[int] | None = None) -> nn.Module:
+    """The timm backbone a ``model`` config describes (``name``, ``pretrained``, ``weights``,
+    ``drop_path_rate``): pooled features (``strides=None``, classification) or, ``features_only``, the
+    feature maps at ``strides`` (dense tasks: detection, segmentation)."""
+    maps = {} if strides is None else {
+        "features_only": True, "out_indices": out_indices_for_strides(model["name"], list(strides))
+    }
+    return create_backbone(
+        model["name"],
+        pretrained=model.get("pretrained", False),
+        weights=model.get("weights"),
+        drop_path_rate=model.get("drop_path_rate", 0.0),
+        **maps,
+    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,7 +28,7 @@ from torch import nn
 
 from b4transfer import tta
 from b4transfer.artifacts import check_opset
-from b4transfer.backbone import create_backbone, out_indices_for_strides
+from b4transfer.backbone import build_backbone  # the one backbone builder every task's module uses
 from b4transfer.backbone.origin import weights_origin
 from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
@@ -69,22 +69,6 @@ def onnx_opset(cfg: DictConfig) -> int:
 def metric_name(name: str) -> str:
     """A class name made safe for a metric key (``val/acc_<name>``)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
-
-
-def build_backbone(model: dict[str, Any], strides: Sequence[int] | None = None) -> nn.Module:
-    """The timm backbone a ``model`` config describes (``name``, ``pretrained``, ``weights``,
-    ``drop_path_rate``): pooled features (``strides=None``, classification) or, ``features_only``, the
-    feature maps at ``strides`` (dense tasks: detection, segmentation)."""
-    maps = {} if strides is None else {
-        "features_only": True, "out_indices": out_indices_for_strides(model["name"], list(strides))
-    }
-    return create_backbone(
-        model["name"],
-        pretrained=model.get("pretrained", False),
-        weights=model.get("weights"),
-        drop_path_rate=model.get("drop_path_rate", 0.0),
-        **maps,
-    )
 
 
 class TaskModule(L.LightningModule):
@@ -298,6 +282,16 @@ class Task:
                 f"task={self.name} does not support {kind}={value}; it supports "
                 f"{', '.join(supported) or 'none'}."
             )
+
+    def refuse_options(self, asked: dict[str, Any], supported: str) -> None:
+        """Raise the one "task X does not support key=value; it supports ``supported``" error for the
+        first of ``asked`` (options of other tasks, e.g. ``data.sampler``) that is set (not ``None``)."""
+        for key, value in asked.items():
+            if value is not None:
+                shown = str(value).lower() if isinstance(value, bool) else value  # as typed: true
+                raise NotSupportedError(
+                    f"task={self.name} does not support {key}={shown}; it supports {supported}"
+                )
 
     def check_config(self, cfg: DictConfig) -> None:
         """Refuse, before any work, what this task cannot run. Override to add task-specific checks."""

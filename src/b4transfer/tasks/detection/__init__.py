@@ -31,21 +31,16 @@ __all__ = ["TASK", "DetectionModule", "DetectionTask"]
 log = logging.getLogger(__name__)
 
 
-def refuse_class_balancing(cfg: DictConfig) -> None:
-    """Classification's class-imbalance options (loss.*, data.sampler) are refused in one line."""
+def classification_options(cfg: DictConfig) -> dict[str, Any]:
+    """The options of classification a detection run refuses (``loss.*`` only comes with ``+loss.``)."""
     loss = cfg.get("loss") or {}
-    asked = {
+    return {
+        "data.cache_features": cfg.data.get("cache_features") or None,
+        "data.multi_label": cfg.data.get("multi_label") or None,
         "loss.name": loss.get("name") if loss.get("name") not in (None, "ce") else None,
         "loss.class_weights": plain(loss.get("class_weights")),
         "data.sampler": cfg.data.get("sampler"),
     }
-    for key, value in asked.items():
-        if value is not None:
-            raise NotSupportedError(
-                f"task=detection does not support {key}={value}; it supports loss.name=ce, "
-                "loss.class_weights=null and data.sampler=null (the detector's own loss: retinanet's is "
-                "already a focal loss)."
-            )
 
 
 class DetectionTask(Task):
@@ -72,13 +67,12 @@ class DetectionTask(Task):
             reason = onnx_export_refusal(detector or "retinanet")
             if reason:
                 raise NotSupportedError(f"head.detector={detector} cannot be exported to ONNX: {reason}")
-        for key in ("cache_features", "multi_label"):  # classification options
-            if cfg.data.get(key):
-                raise NotSupportedError(
-                    f"task=detection does not support data.{key}=true; it supports data.{key}=false "
-                    "(the option is classification's)."
-                )
-        refuse_class_balancing(cfg)
+        self.refuse_options(
+            classification_options(cfg),
+            "data.cache_features=false, data.multi_label=false, loss.name=ce, loss.class_weights=null and "
+            "data.sampler=null (classification's options; the detector's own loss: retinanet's is already a "
+            "focal loss).",
+        )
         if cfg.mode == "predict":
             predict = cfg.get("predict") or {}
             check_slice(predict.get("slice"), predict.slice_overlap)

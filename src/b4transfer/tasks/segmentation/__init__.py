@@ -20,7 +20,6 @@ from b4transfer.config import num_workers, plain
 from b4transfer.data.mask_datamodule import MaskDataModule
 from b4transfer.data.masks import MaskSplits
 from b4transfer.devices import split_lr_scaling
-from b4transfer.errors import NotSupportedError
 from b4transfer.tasks.base import Task, onnx_opset
 from b4transfer.tasks.segmentation.export import export_segmenter, export_segmenter_onnx
 from b4transfer.tasks.segmentation.head import check_head
@@ -31,24 +30,17 @@ from b4transfer.tasks.segmentation.predict import write_masks
 __all__ = ["TASK", "SegmentationModule", "SegmentationTask"]
 
 
-def refuse_other_options(cfg: DictConfig) -> None:
-    """Options of other tasks (focal loss, the balanced sampler, feature caching, multi-label) in one line."""
+def other_options(cfg: DictConfig) -> dict[str, Any]:
+    """Options of other tasks a segmentation run refuses (focal loss, effective-number weights, the
+    balanced sampler, feature caching, multi-label)."""
     loss = cfg.get("loss") or {}
-    asked = {
+    return {
         "loss.name": loss.get("name") if loss.get("name") not in (None, "ce") else None,
         "loss.class_weights": "effective" if loss.get("class_weights") == "effective" else None,
         "data.sampler": cfg.data.get("sampler"),
         "data.cache_features": cfg.data.get("cache_features") or None,
         "data.multi_label": cfg.data.get("multi_label") or None,
     }
-    for key, value in asked.items():
-        if value is not None:
-            raise NotSupportedError(
-                f"task=segmentation does not support {key}={value}; it supports loss.name=ce (+ "
-                "loss.dice_weight), "
-                "loss.class_weights=null|auto|[...], data.sampler=null, data.cache_features=false and "
-                "data.multi_label=false."
-            )
 
 
 class SegmentationTask(Task):
@@ -65,7 +57,11 @@ class SegmentationTask(Task):
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)
-        refuse_other_options(cfg)
+        self.refuse_options(
+            other_options(cfg),
+            "loss.name=ce (+ loss.dice_weight), loss.class_weights=null|auto|[...], data.sampler=null, "
+            "data.cache_features=false and data.multi_label=false.",
+        )
         if cfg.mode in ("train", "lr_find"):  # other modes rebuild the head from the checkpoint
             check_head(plain(cfg.get("head")))
             check_class_weights((cfg.get("loss") or {}).get("class_weights"), ("auto",))
