@@ -11,20 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from b4transfer.config import config_dir  # noqa: F401 - b4transfer.cli.config_dir, as before
 from b4transfer.errors import UserError
-
-
-def config_dir() -> str:
-    """``conf/`` of a source checkout, else the copy installed as the ``b4transfer.conf`` package."""
-    checkout = Path(__file__).resolve().parents[2] / "conf"
-    if (checkout / "config.yaml").is_file():
-        return str(checkout)
-    return str(Path(__file__).resolve().parent / "conf")  # installed wheel: b4transfer/conf/
 
 
 def objective(cfg: DictConfig, summary: dict) -> float | None:

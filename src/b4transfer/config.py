@@ -9,8 +9,6 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from b4transfer import devices
-
 
 def plain(node: Any) -> Any:
     """``node`` as plain Python containers (resolved), or unchanged if it is not a config node."""
@@ -19,15 +17,23 @@ def plain(node: Any) -> Any:
 
 def num_workers(cfg: DictConfig) -> int:
     """``data.num_workers``, or the default share of this process's CPUs."""
+    from b4transfer import devices  # torch: not for the CLI's start (b4transfer.cli imports config_dir)
+
     if cfg.data.get("num_workers") is not None:
         return int(cfg.data.num_workers)
     return devices.default_num_workers(cfg.trainer.get("devices"))
 
 
+def config_dir() -> str:
+    """``conf/`` of a source checkout, else the copy installed as the ``b4transfer.conf`` package."""
+    checkout = Path(__file__).resolve().parents[2] / "conf"
+    if (checkout / "config.yaml").is_file():
+        return str(checkout)
+    return str(Path(__file__).resolve().parent / "conf")  # installed wheel: b4transfer/conf/
+
+
 @functools.cache
 def _conf_file(name: str) -> DictConfig:
-    from b4transfer.cli import config_dir
-
     return OmegaConf.load(Path(config_dir()) / name)
 
 

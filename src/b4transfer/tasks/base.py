@@ -85,7 +85,8 @@ class TaskModule(L.LightningModule):
     - :meth:`tta_forward`, if its task lists ``tta_modes``: the same kind of outputs, merged over the
       views ``self.tta``.
     - :meth:`eval_losses`, :meth:`update_metrics` and :meth:`log_metrics`: its loss, metric update and
-      metric logging; ``training_step`` and ``predict_step`` (which calls :meth:`infer`).
+      metric logging; ``training_step`` and ``predict_step`` (which calls :meth:`infer`, or, for
+      classification's calibrated probabilities, averages over the same views).
 
     What this class does with them, once for every task: ``validation_step`` / ``test_step``
     (:meth:`eval_step`: the outputs of :meth:`infer`, losses logged as ``val/<name>``, metrics
