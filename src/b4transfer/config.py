@@ -32,6 +32,20 @@ def config_dir() -> str:
     return str(Path(__file__).resolve().parent / "conf")  # installed wheel: b4transfer/conf/
 
 
+def loader_settings(cfg: DictConfig) -> dict[str, Any]:
+    """What every task's datamodule takes from ``cfg``: ``batch_size``, ``num_workers``, ``augment`` and
+    ``pin_memory`` (on a CUDA accelerator)."""
+    import torch
+
+    on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
+    return {
+        "batch_size": int(cfg.data.batch_size),
+        "num_workers": num_workers(cfg),
+        "augment": plain(cfg.data.get("augment")),
+        "pin_memory": on_gpu,
+    }
+
+
 @functools.cache
 def _conf_file(name: str) -> DictConfig:
     return OmegaConf.load(Path(config_dir()) / name)

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from b4transfer.class_weights import check_class_weights
-from b4transfer.config import num_workers, plain
+from b4transfer.config import loader_settings, plain
 from b4transfer.data.datamodule import ClassificationDataModule
 from b4transfer.data.splits import DatasetSplits, class_counts
 from b4transfer.data.transforms import DRAFT_FACTOR
@@ -114,15 +114,11 @@ class ClassificationTask(Task):
         )
 
     def build_datamodule(self, cfg: DictConfig, splits: DatasetSplits, module: ClassificationModule):
-        on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
         images = ClassificationDataModule(
             splits,
             train_cfg=module.data_config["train"],
             eval_cfg=module.data_config["eval"],
-            batch_size=int(cfg.data.batch_size),
-            num_workers=num_workers(cfg),
-            augment=plain(cfg.data.get("augment")),
-            pin_memory=on_gpu,
+            **loader_settings(cfg),
             draft_factor=plain(cfg.data.get("draft_factor", DRAFT_FACTOR)),
             mixup=plain(cfg.data.get("mixup")),
             sampler=cfg.data.get("sampler"),

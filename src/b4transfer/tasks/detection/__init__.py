@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from b4transfer.config import num_workers, plain
+from b4transfer.config import loader_settings, plain
 from b4transfer.data.detection import DetectionSplits
 from b4transfer.data.detection_datamodule import DetectionDataModule
 from b4transfer.devices import split_lr_scaling
@@ -113,16 +113,8 @@ class DetectionTask(Task):
         )
 
     def build_datamodule(self, cfg: DictConfig, splits: DetectionSplits, module: DetectionModule):
-        on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
-        datamodule = DetectionDataModule(
-            splits,
-            image_size=module.image_size,
-            mean=module.data_config["eval"]["mean"],
-            batch_size=int(cfg.data.batch_size),
-            num_workers=num_workers(cfg),
-            augment=plain(cfg.data.get("augment")),
-            pin_memory=on_gpu,
-        )
+        size, mean = module.image_size, module.data_config["eval"]["mean"]
+        datamodule = DetectionDataModule(splits, image_size=size, mean=mean, **loader_settings(cfg))
         sides = box_sides(splits.train, module.image_size)
         datamodule.anchor_fit = anchor_fit(sides, module.head.anchor_sizes, module.head.detector_name)
         warn_if_unfit(datamodule.anchor_fit)

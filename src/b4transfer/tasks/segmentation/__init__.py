@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from b4transfer.class_weights import check_class_weights
-from b4transfer.config import num_workers, plain
+from b4transfer.config import loader_settings, plain
 from b4transfer.data.mask_datamodule import MaskDataModule
 from b4transfer.data.masks import MaskSplits
 from b4transfer.devices import split_lr_scaling
@@ -86,16 +86,9 @@ class SegmentationTask(Task):
         )
 
     def build_datamodule(self, cfg: DictConfig, splits: MaskSplits, module: SegmentationModule):
-        on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
+        mean = module.data_config["eval"]["mean"]
         return MaskDataModule(
-            splits,
-            image_size=module.image_size,
-            mean=module.data_config["eval"]["mean"],
-            batch_size=int(cfg.data.batch_size),
-            num_workers=num_workers(cfg),
-            augment=plain(cfg.data.get("augment")),
-            resize=module.resize,
-            pin_memory=on_gpu,
+            splits, image_size=module.image_size, mean=mean, resize=module.resize, **loader_settings(cfg)
         )
 
     def summary(self, splits: MaskSplits, datamodule) -> dict[str, Any]:
