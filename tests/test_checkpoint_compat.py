@@ -4,6 +4,8 @@ same state-dict keys."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -68,3 +70,22 @@ def test_where_the_weights_came_from_survives_a_checkpoint_and_older_ones_derive
     new = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}
     torch.save(new, tmp_path / "new.ckpt")
     assert tasks.load_module(tmp_path / "new.ckpt").hparams["weights_origin"] == recorded
+
+
+def test_a_detector_saved_without_its_fpn_width_loads_at_the_width_its_weights_have(tmp_path):
+    """A module built in Python with ``head={}`` recorded no ``fpn_channels``; it had the default of its day
+    (256, before the default followed conf/task/detection.yaml's 128): checkpoint and export load as built."""
+    from b4transfer.tasks.detection.export import export_detector, load_exported_detector
+
+    wide = {"fpn_channels": 256}
+    module = DetectionModule(class_names=["a"], model=MODEL, head=wide, data={"image_size": 64})
+    path = _old_checkpoint(tmp_path / "old.ckpt", module, task="detection", head={})
+    loaded = tasks.load_module(path)
+    assert loaded.head.detector.backbone.out_channels == 256
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in module.state_dict().items())
+    export_dir = export_detector(module, tmp_path / "export")
+    config = json.loads((export_dir / "config.json").read_text())
+    config["head"].pop("fpn_channels")
+    (export_dir / "config.json").write_text(json.dumps(config))
+    detector, _ = load_exported_detector(export_dir)
+    assert detector.backbone.out_channels == 256

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from b4transfer.backbone import create_backbone
+from b4transfer.tasks.base import build_backbone
 from b4transfer.tasks.detection import DetectionModule
 from b4transfer.tasks.detection import head as detection_head
 from b4transfer.tasks.detection.head import DetectionHead, build_detector
-from b4transfer.tasks.detection.module import build_feature_backbone
+from b4transfer.tasks.detection.module import DEFAULT_STRIDES
 
 TINY = {"name": "test_efficientnet", "pretrained": False}
 
@@ -86,7 +87,7 @@ def test_eval_output_is_boxes_scores_labels_in_the_input_images_pixels(detector)
 
 @pytest.mark.parametrize("name", ["efficientnet_b4", "test_efficientnet"])
 def test_fpn_input_channels_equal_feature_info_channels(name):
-    body = build_feature_backbone({"name": name, "pretrained": False})
+    body = build_backbone({"name": name, "pretrained": False}, DEFAULT_STRIDES)
     head = DetectionHead(body, 2, image_size=64, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
     fpn_in = [block[0].in_channels for block in head.fpn.inner_blocks]
     assert fpn_in == body.feature_info.channels()
@@ -183,7 +184,7 @@ def test_feature_strides_not_offered_by_the_backbone():
     with pytest.raises(
         ValueError, match=r"head.feature_strides=\[8, 16, 64\]: test_efficientnet gives feature maps"
     ):
-        build_feature_backbone(TINY, [8, 16, 64])
+        build_backbone(TINY, [8, 16, 64])
 
 
 def test_anchor_sizes_follow_the_strides():
@@ -198,7 +199,7 @@ def test_anchor_sizes_follow_the_strides():
 def test_the_head_follows_a_replaced_backbone():
     module = _module("retinanet").eval()
     images = [torch.rand(3, 64, 64)]
-    copy = build_feature_backbone(TINY).eval()
+    copy = build_backbone(TINY, DEFAULT_STRIDES).eval()
     module.backbone = copy  # e.g. a callback swapping in a converted copy
     module.predict_step(
         (images, [{"index": 0, "scale": torch.ones(4), "orig_size": torch.tensor([64, 64])}]), 0

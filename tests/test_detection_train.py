@@ -16,10 +16,11 @@ from b4transfer.data.coco import coco_splits
 from b4transfer.data.detection_datamodule import DetectionDataModule
 from b4transfer.modes import run, train
 from b4transfer.tasks import load_module
+from b4transfer.tasks.base import build_backbone
 from b4transfer.tasks.detection import DetectionModule
 from b4transfer.tasks.detection.export import load_exported_detector
 from b4transfer.tasks.detection.head import DetectionHead
-from b4transfer.tasks.detection.module import build_feature_backbone
+from b4transfer.tasks.detection.module import DEFAULT_STRIDES
 from b4transfer.tasks.detection.predict import coco_results, image_ids
 
 DEMO = ("data.source.image_size=64", "data.source.train_images=16", "data.source.val_images=8")
@@ -142,7 +143,7 @@ def _gt_as_predictions(tmp_path):
         n = len(target["labels"])
         preds.append({"boxes": target["boxes"], "scores": torch.ones(n), "labels": target["labels"]})
         targets.append(target)
-    body = build_feature_backbone({"name": "test_efficientnet", "pretrained": False})
+    body = build_backbone({"name": "test_efficientnet", "pretrained": False}, DEFAULT_STRIDES)
     head = DetectionHead(body, 2, image_size=64, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
     return (splits, head, *head.metric_inputs(preds, targets), targets)
 

@@ -177,8 +177,8 @@ def test_unet_decoder_dice_loss_and_bf16_train(tmp_path):
 
 
 def test_other_tasks_options_are_refused_in_one_line(tmp_path):
-    for extra, key in (
-        ("loss.name=focal", "loss.name=focal"),
+    for extra, key in (  # loss.name is classification's (refused at composition: test_settings.py)
+        ("+loss.name=focal", "loss.name=focal"),
         ("+data.sampler=balanced", "data.sampler"),
         ("loss.class_weights=effective", "loss.class_weights=effective"),
     ):

@@ -209,6 +209,39 @@ def test_cache_features_and_multi_label(data, task, tmp_path):
     assert json.loads(Path(summary["export_dir"], "config.json").read_text())["multi_label"] is True
 
 
+def _tta_cells() -> list[tuple[str, str]]:
+    """Every (task, tta mode) the registered tasks list (asked of each task, not written here)."""
+    return [(task, mode) for task in TASKS for mode in tasks.get(task).tta_modes]
+
+
+# A barely trained detector scores every box near its prior, under head.score_thresh: no detection, every
+# metric 0 with or without TTA. Kept by a lower threshold, its boxes (and so the metrics) show the views.
+KEEP_LOW_SCORES = {"detection": ("head.score_thresh=0.001",)}
+
+
+@pytest.fixture(scope="module")
+def tta_checkpoints(data, trained) -> dict[str, str]:
+    """A checkpoint per task whose validation outputs are not empty (the shared run's where it is so)."""
+    return {
+        task: run(cell(task, data, "tta-train", *KEEP_LOW_SCORES[task]))["last_checkpoint"]
+        if task in KEEP_LOW_SCORES else trained[task]["last_checkpoint"]
+        for task in TASKS
+    }
+
+
+@pytest.mark.parametrize("task,mode", _tta_cells())
+def test_validate_with_each_listed_tta_mode_changes_the_validation_outputs(data, tta_checkpoints, task, mode):
+    """``mode=validate tta=<mode>`` evaluates the views' merged outputs: some validation metric differs
+    from the same checkpoint's without TTA (the evaluation runs both and reports each)."""
+    ckpt = tta_checkpoints[task]
+    cfg = cell(task, data, f"tta-{mode}", "mode=validate", f"ckpt_path={ckpt}", f"tta={mode}")
+    summary = run(cfg)
+    with_tta, without = summary["metrics"], summary["tta"]["metrics_without_tta"]
+    assert with_tta.keys() == without.keys() and with_tta
+    changed = {k: (without[k], with_tta[k]) for k in with_tta if with_tta[k] != pytest.approx(without[k])}
+    assert changed, f"task={task} tta={mode}: every validation metric is the same as without TTA: {with_tta}"
+
+
 def test_an_unknown_task_names_the_known_ones():
     with pytest.raises(UserError, match=r"task='keypoints' is not a task; choose one of .*segmentation"):
         tasks.get("keypoints")

@@ -22,6 +22,7 @@ from PIL import Image
 from tests.conftest import TINY, compose_cfg
 from torch import nn
 from torch.utils.data import DataLoader
+from torchmetrics import MeanAbsoluteError, MetricCollection
 
 from b4transfer import tasks
 from b4transfer.backbone import create_backbone, resolve_data_configs
@@ -90,6 +91,7 @@ class RegressionModule(TaskModule):
         self.class_names = list(class_names)
         train_cfg, eval_cfg = resolve_data_configs(self.backbone, image_size=32, eval_image_size=32)
         self.data_config = {"train": train_cfg, "eval": eval_cfg}
+        self.init_metrics(lambda: MetricCollection({"mae": MeanAbsoluteError()}))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -100,9 +102,9 @@ class RegressionModule(TaskModule):
         self.log("train/loss", loss, batch_size=len(x))
         return loss
 
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val/loss", nn.functional.mse_loss(self(x), y), batch_size=len(x))
+    # the validation step, epoch-end metrics (default update and logging: val/mae) are TaskModule's
+    def eval_losses(self, outputs, inputs, targets):
+        return {"loss": nn.functional.mse_loss(outputs, targets)}
 
 
 # ----------------------------------------------------------------------------------------------- task
@@ -198,7 +200,7 @@ def test_a_task_defined_in_a_test_runs_every_mode_it_supports(value_csv, tmp_pat
     assert tasks.load_module(ckpt).task_name == NAME
 
     validated = run(cfg("validate", "mode=validate", f"ckpt_path={ckpt}"))
-    assert validated["metrics"]["val/loss"] >= 0
+    assert validated["metrics"]["val/loss"] >= 0 and validated["metrics"]["val/mae"] >= 0
     predicted = run(cfg("predict", "mode=predict", f"ckpt_path={ckpt}", f"predict.input={value_csv.parent}"))
     with open(predicted["predictions"], newline="") as f:
         assert len(list(csv.DictReader(f))) == 12

@@ -52,13 +52,13 @@ def test_classification_tta_averages_the_probabilities_of_the_views():
         flipped = module.head.probabilities(module(x.flip(-1)))
     assert torch.allclose(out, (plain + flipped) / 2, atol=1e-6)
     assert torch.allclose(out.sum(-1), torch.ones(2), atol=1e-5)
-    assert torch.allclose(module.tta_logits(x).softmax(-1), out, atol=1e-5)  # the loss reads these
+    assert torch.allclose(module.tta_forward(x).softmax(-1), out, atol=1e-5)  # the loss reads these
     module.set_calibration({"temperature": 2.0})  # prediction: calibrated; loss and metrics: raw, as without
     with torch.no_grad():
         calibrated = module.predict_step((x, torch.arange(2)), 0)["probs"]
         expected = ((module(x) / 2).softmax(-1) + (module(x.flip(-1)) / 2).softmax(-1)) / 2
     assert torch.allclose(calibrated, expected, atol=1e-6)
-    assert torch.allclose(module.tta_logits(x).softmax(-1), out, atol=1e-5)
+    assert torch.allclose(module.tta_forward(x).softmax(-1), out, atol=1e-5)
 
 
 def test_merging_views_votes_boxes_and_scores():

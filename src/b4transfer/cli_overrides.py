@@ -4,8 +4,9 @@ Hydra reports an unknown key as ``Key 'rot' is not in struct`` (exit 1) and an u
 with a list that includes the shared ``_common`` pieces. :func:`check_overrides` composes the config
 as Hydra will and turns those two errors into one line each: the unknown key with the closest valid
 keys (``difflib`` over the composed config's dotted keys) and the ``+key=value`` fix, or the unknown
-choice with the group's choices, closest first. Any other problem (a parse error, a plug-in missing)
-is left to Hydra's own report.
+choice with the group's choices, closest first. A key another task owns (``loss.name`` with
+``task=detection``: it lives in ``conf/task/classification.yaml``) is named as that task's, with the fix.
+Any other problem (a parse error, a plug-in missing) is left to Hydra's own report.
 """
 
 from __future__ import annotations
@@ -45,8 +46,12 @@ def check_overrides(conf: str, overrides: list[str], *, multirun: bool = False) 
         for key, values in group_sweeps:
             options = loader.get_group_options(key)
             problems += [_unknown_choice(key, v, options) for v in values if options and v not in options]
-    keys = list(_dotted_keys(cfg))
-    lines = [p if isinstance(p, str) else _unknown_key(typed[p[0]], p[1], keys) for p in problems]
+        keys = list(_dotted_keys(cfg))
+        lines = [
+            p if isinstance(p, str) else _misplaced_key(typed[p[0]], p[1], cfg, loader)
+            or _unknown_key(typed[p[0]], p[1], keys)
+            for p in problems
+        ]
     return "; ".join(dict.fromkeys(lines)) or None
 
 
@@ -127,6 +132,31 @@ def _typed_key(err, overrides: list[str]) -> tuple[str, str] | None:
         if name == unknown or name.startswith(f"{unknown}."):
             return text, name
     return None
+
+
+def _misplaced_key(override: str, key: str, cfg: Any, loader) -> str | None:
+    """The one line for a key that ``cfg``'s task does not have but another task's config does."""
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    task = cfg.get("task")
+    owners = []
+    for other in visible_choices(loader.get_group_options("task")):
+        if other == task:
+            continue
+        try:
+            composed = compose(config_name="config", overrides=[f"task={other}"])
+        except Exception:  # noqa: BLE001 - a task whose config does not compose alone owns nothing here
+            continue
+        if OmegaConf.select(composed, key, default="_absent_") != "_absent_":
+            owners.append(other)
+    if not owners:
+        return None
+    tasks = " and ".join(f"task={o}" for o in owners)
+    return (
+        f"{override}: {key} is a setting of {tasks}, not of task={task} (conf/task/{owners[0]}.yaml). "
+        f"Fix: drop {key}, or choose {tasks}"
+    )
 
 
 def _unknown_choice(group: str, choice: str, options: list[str]) -> str:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
+from b4transfer.config import config_dir
 from b4transfer.errors import UserError, UserTypeError
 
 __all__ = ["RUN_DIR_DEFAULT", "compose_config", "config_dir", "format_override", "to_overrides"]
@@ -26,14 +26,6 @@ __all__ = ["RUN_DIR_DEFAULT", "compose_config", "config_dir", "format_override",
 # conf/config.yaml's run_dir: the Hydra job's output directory (hydra.run.dir)
 RUN_DIR_DEFAULT = "${hydra:runtime.output_dir}"
 _PLAIN = re.compile(r"^[A-Za-z0-9_./\\:@~+-]+$")  # a value Hydra's override grammar takes unquoted
-
-
-def config_dir() -> str:
-    """``conf/`` of a source checkout, else the copy installed as the ``b4transfer.conf`` package."""
-    checkout = Path(__file__).resolve().parents[2] / "conf"
-    if (checkout / "config.yaml").is_file():
-        return str(checkout)
-    return str(Path(__file__).resolve().parent / "conf")  # installed wheel: b4transfer/conf/
 
 
 def format_override(key: str, value: Any) -> str:

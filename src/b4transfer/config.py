@@ -1,12 +1,14 @@
-"""Small helpers that read the composed config: plain containers, loader workers, seeds."""
+"""Small helpers that read the composed config: plain containers, loader workers, seeds, and the
+shipped defaults (:func:`conf_default`: what a Python caller gets when it passes no value)."""
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from b4transfer import devices
 from b4transfer.errors import UserError
 
 # The seeds Lightning's seed_everything takes (numpy's: an unsigned 32-bit integer)
@@ -20,6 +22,8 @@ def plain(node: Any) -> Any:
 
 def num_workers(cfg: DictConfig) -> int:
     """``data.num_workers``, or the default share of this process's CPUs."""
+    from b4transfer import devices  # torch: not for the CLI's start (b4transfer.cli imports config_dir)
+
     if cfg.data.get("num_workers") is not None:
         return int(cfg.data.num_workers)
     return devices.default_num_workers(cfg.trainer.get("devices"))
@@ -38,3 +42,39 @@ def check_seed(value: Any) -> None:
             f"seed={value!r} is not a seed: a seed is a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]} "
             "(2**32 - 1). Fix: e.g. seed=42."
         )
+
+
+def config_dir() -> str:
+    """``conf/`` of a source checkout, else the copy installed as the ``b4transfer.conf`` package."""
+    checkout = Path(__file__).resolve().parents[2] / "conf"
+    if (checkout / "config.yaml").is_file():
+        return str(checkout)
+    return str(Path(__file__).resolve().parent / "conf")  # installed wheel: b4transfer/conf/
+
+
+def loader_settings(cfg: DictConfig) -> dict[str, Any]:
+    """What every task's datamodule takes from ``cfg``: ``batch_size``, ``num_workers``, ``augment`` and
+    ``pin_memory`` (on a CUDA accelerator)."""
+    import torch
+
+    on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
+    return {
+        "batch_size": int(cfg.data.batch_size),
+        "num_workers": num_workers(cfg),
+        "augment": plain(cfg.data.get("augment")),
+        "pin_memory": on_gpu,
+    }
+
+
+@functools.cache
+def _conf_file(name: str) -> DictConfig:
+    return OmegaConf.load(Path(config_dir()) / name)
+
+
+def conf_default(key: str, file: str = "config.yaml") -> Any:
+    """The default of the dotted ``key`` as ``conf/<file>`` writes it (e.g. ``export.onnx_opset``), so
+    that a library function's default is the command line's, written once, in the YAML."""
+    value = OmegaConf.select(_conf_file(file), key, throw_on_missing=True)
+    if value is None:
+        raise KeyError(f"conf/{file} has no default for {key}")
+    return plain(value)

@@ -26,13 +26,8 @@ import copy
 import dataclasses
 import inspect
 import json
-import os
-import stat
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 
-import safetensors.torch
 import timm
 import torch
 from timm.models import split_model_name_tag
@@ -41,13 +36,18 @@ from timm.models._pretrained import PretrainedCfg
 from torch import nn
 
 from b4transfer import __version__
-from b4transfer.errors import UserError, UserFileExistsError, UserFileNotFoundError, UserTypeError
+from b4transfer.artifacts import (  # noqa: F401 - atomic_write, claim_dir: also imported from here
+    CONFIG_NAME,
+    MARKER,
+    WEIGHTS_NAME,
+    atomic_write,
+    claim_dir,
+    export_files,
+    write_export,
+)
+from b4transfer.errors import UserError, UserTypeError
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "export_timm", "load_exported", "timm_classifier"]
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-MARKER = "b4transfer_version"  # present in every config.json we write: the directory is ours
 _DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 _RESERVED = {"architecture", "num_classes", "num_features", "global_pool", "label_names",
              "label_descriptions", "model_args", "pretrained_cfg", MARKER, "multi_label"}
@@ -94,8 +94,6 @@ def export_timm(
     arch = _check_model(backbone, head_fc, model_name, class_names)
     flat = flat_data_config(data_config)
     extras = check_extra(extra)
-    out_dir = Path(out_dir)
-    claim_dir(out_dir)
     model = timm_classifier(backbone, head_fc)
     state = _checked_state_dict(model, arch, len(class_names))
     model_config = {"label_names": list(class_names), MARKER: __version__, "multi_label": bool(multi_label),
@@ -104,10 +102,7 @@ def export_timm(
         model_config["weights_origin"] = dict(weights_origin)
         hub = weights_origin.get("source") == "hub"  # timm drops None values: no tag
         model.pretrained_cfg = {**model.pretrained_cfg, "tag": weights_origin.get("tag") if hub else None}
-    atomic_write(out_dir / CONFIG_NAME, lambda p: save_hf_config(model, p, model_config, flat))
-    atomic_write(out_dir / WEIGHTS_NAME, lambda p: safetensors.torch.save_file(
-        state, str(p), metadata={"format": "pt", MARKER: __version__}))
-    return out_dir
+    return write_export(out_dir, state, write_config=lambda p: save_hf_config(model, p, model_config, flat))
 
 
 def save_hf_config(model: nn.Module, path: Path, model_config: dict, data_config: dict) -> None:
@@ -150,12 +145,7 @@ def load_exported(out_dir: Path | str) -> nn.Module:
     Returns:
         The timm classifier; ``model.pretrained_cfg`` holds the exported data config and label names.
     """
-    out_dir = Path(out_dir)
-    config_path, weights = out_dir / CONFIG_NAME, out_dir / WEIGHTS_NAME
-    for path in (config_path, weights):
-        if not path.is_file():
-            raise UserFileNotFoundError(f"{path} does not exist; pass the directory export_timm wrote "
-                                    f"(it holds {WEIGHTS_NAME} and {CONFIG_NAME}).")
+    config_path, weights = export_files(out_dir, "export_timm")
     try:
         config = json.loads(config_path.read_text())
         num_classes, arch = int(config["num_classes"]), config["architecture"]
@@ -262,40 +252,3 @@ def _checked_state_dict(model: nn.Module, arch: str, num_classes: int) -> dict[s
             "(no torch.compile / DDP wrapper) with standard BatchNorm layers."
         )
     return state
-
-
-def claim_dir(out_dir: Path) -> None:
-    """Refuse to overwrite export files b4transfer did not write; create ``out_dir``."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserFileExistsError(f"export out_dir {out_dir} is a file; choose a directory path.")
-    config = out_dir / CONFIG_NAME
-    try:
-        ours = MARKER in json.loads(config.read_text())
-    except (OSError, ValueError, TypeError):
-        ours = False
-    clash = [p.name for p in (out_dir / WEIGHTS_NAME, config) if p.exists()]
-    if clash and not ours:
-        raise UserFileExistsError(
-            f"export out_dir {out_dir} already holds {', '.join(clash)} not written by b4transfer; refusing "
-            "to overwrite it. Choose another out_dir or move those files away."
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same directory, then ``os.replace`` it into place.
-
-    The file gets the permissions of any file the user creates (``0o666`` less the umask), as
-    Lightning's own checkpoints do (``tempfile.mkstemp`` and safetensors' writer make ``0o600``).
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
-    mode = stat.S_IMODE(tmp.stat().st_mode)
-    try:
-        write(tmp)
-        os.chmod(tmp, mode)  # the writer may have replaced the file with one of its own
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -19,36 +19,29 @@ with the PyTorch fp32 eager model: a largest absolute logit difference above
 
 from __future__ import annotations
 
-import json
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from b4transfer import __version__
-from b4transfer.errors import MissingDependencyError, UserError, UserFileExistsError
-from b4transfer.export import MARKER, atomic_write, flat_data_config, timm_classifier
+from b4transfer.artifacts import (  # noqa: F401 - require_onnx, claim_onnx_file: also imported from here
+    ONNX_NAME,
+    check_opset,
+    claim_onnx_file,
+    onnx_metadata,
+    onnx_session,
+    require_onnx,
+    trace_graph,
+    write_onnx,
+)
+from b4transfer.errors import UserError
+from b4transfer.export import flat_data_config, timm_classifier
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ONNX_NAME", "export_onnx", "onnx_metadata", "verify_onnx"]
-
-ONNX_NAME = "model.onnx"
-
-
-def require_onnx():
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"export.format=onnx needs the onnx and onnxruntime packages ({e}). Fix: "
-            'pip install "b4transfer[onnx]" (or pip install onnx onnxruntime).'
-        ) from e
-    return onnx, onnxruntime
 
 
 def export_onnx(
@@ -59,7 +52,7 @@ def export_onnx(
     data_config: dict,
     out_dir: Path,
     multi_label: bool = False,
-    opset: int = 17,
+    opset: int | None = None,
     atol: float = 1e-4,
     rtol: float = 1e-4,
     calibration: dict[str, Any] | None = None,
@@ -75,7 +68,7 @@ def export_onnx(
         out_dir: Export directory, created if needed; a ``model.onnx`` there that b4transfer did not
             write is never overwritten.
         multi_label: Independent sigmoid outputs (stored in the metadata).
-        opset: ONNX opset version.
+        opset: ONNX opset version (``None``: ``export.onnx_opset``'s default).
         atol: Absolute tolerance of the onnxruntime check.
         rtol: Tolerance relative to the largest absolute PyTorch logit.
         calibration: ``{"temperature": T}`` (applied in the ``probabilities`` output) or
@@ -84,39 +77,31 @@ def export_onnx(
     Returns:
         ``{"path", "opset", "input_size", "max_abs_diff", "max_abs_logit", "tolerance"}``.
     """
-    onnx, _ = require_onnx()
-    if not isinstance(opset, int) or isinstance(opset, bool) or not 11 <= opset <= 21:
-        raise UserError(f"export.onnx_opset must be an integer opset in 11..21, got {opset!r}.")
+    opset = check_opset(opset)
     if len(class_names) != head_fc.out_features:
         raise UserError(f"{len(class_names)} class_names for a head with {head_fc.out_features} outputs.")
     flat = flat_data_config(data_config)
     input_size = tuple(flat.get("test_input_size") or flat["input_size"])
-    out_dir = Path(out_dir)
-    path = out_dir / ONNX_NAME
-    claim_onnx_file(path, onnx)
+    path = Path(out_dir) / ONNX_NAME
     model = timm_classifier(backbone, head_fc)
-    dummy = torch.zeros(1, *input_size)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)  # the legacy exporter's notice
-        graph = WithProbabilities(model, multi_label=multi_label, calibration=calibration)
-        atomic_write(path, lambda p: _export(graph, dummy, p, opset))
-    proto = onnx.load(str(path))
+    graph = WithProbabilities(model, multi_label=multi_label, calibration=calibration)
     metadata = {
-        "label_names": json.dumps(list(class_names)),
-        "data_config": json.dumps(flat),
-        "multi_label": json.dumps(bool(multi_label)),
-        "calibration": json.dumps(calibration or None),
-        MARKER: __version__,
+        "label_names": list(class_names),
+        "data_config": flat,
+        "multi_label": bool(multi_label),
+        "calibration": calibration or None,
     }
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    atomic_write(path, lambda p: onnx.save(proto, str(p)))
-    try:
-        check = verify_onnx(path, model, input_size, atol=atol, rtol=rtol)
-    except Exception:
-        path.unlink(missing_ok=True)
-        raise
+    check = write_onnx(
+        path,
+        lambda p, opset: trace_graph(
+            graph, torch.zeros(1, *input_size), p, opset, input_names=["image"],
+            output_names=["logits", "probabilities"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
+        ),
+        opset=opset,
+        metadata=metadata,
+        check=lambda p: verify_onnx(p, model, input_size, atol=atol, rtol=rtol),
+    )
     report = {"path": str(path), "opset": opset, "input_size": list(input_size), **check}
     log.info("ONNX export %s: onnxruntime vs PyTorch max |diff| %.2e", path, check["max_abs_diff"])
     return report
@@ -136,19 +121,6 @@ class WithProbabilities(nn.Module):
         return logits, probs
 
 
-def _export(model: nn.Module, dummy: torch.Tensor, path: Path, opset: int) -> None:
-    torch.onnx.export(
-        model,
-        (dummy,),
-        str(path),
-        dynamo=False,
-        opset_version=opset,
-        input_names=["image"],
-        output_names=["logits", "probabilities"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
-    )
-
-
 @torch.no_grad()
 def verify_onnx(
     path: Path,
@@ -165,9 +137,8 @@ def verify_onnx(
     Raises:
         RuntimeError: The largest absolute logit difference exceeds ``atol + rtol * max|logits|``.
     """
-    _, ort = require_onnx()
     x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(seed))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     got = torch.from_numpy(session.run(["logits"], {"image": x.numpy()})[0])
     ref = model.eval()(x)
     diff, scale = float((got - ref).abs().max()), float(ref.abs().max())
@@ -178,27 +149,3 @@ def verify_onnx(
             "is wrong; report it with your torch/onnx/onnxruntime versions, or use export.format=timm."
         )
     return {"max_abs_diff": diff, "max_abs_logit": scale, "tolerance": tolerance}
-
-
-def onnx_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata :func:`export_onnx` stored, JSON values decoded."""
-    onnx, _ = require_onnx()
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return {k: v if k == MARKER else json.loads(v) for k, v in props.items()}
-
-
-def claim_onnx_file(path: Path, onnx) -> None:
-    if path.parent.exists() and not path.parent.is_dir():
-        raise UserFileExistsError(f"export out_dir {path.parent} is a file; choose a directory path.")
-    if path.exists():
-        try:
-            props = onnx.load(str(path), load_external_data=False).metadata_props
-            ours = any(p.key == MARKER for p in props)
-        except Exception:
-            ours = False
-        if not ours:
-            raise UserFileExistsError(
-                f"{path} exists and was not written by b4transfer; refusing to overwrite it. Choose another "
-                "out_dir or move the file away."
-            )
-    path.parent.mkdir(parents=True, exist_ok=True)

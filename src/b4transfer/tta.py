@@ -1,8 +1,9 @@
 """Test-time augmentation (``tta=``): the views every task shares, and the maps between image and view.
 
 ``tta=hflip`` runs each image as is and mirrored; ``tta=hflip_scales`` adds both at 0.83x and 1.17x the
-evaluation size (6 views). What a task does with the views is the task's (its module's ``tta_forward``):
-classification averages probabilities (:func:`average`), segmentation averages logits mapped back to
+evaluation size (6 views). What a task does with the views is the task's (its module's ``tta_forward``,
+which :meth:`~b4transfer.tasks.base.TaskModule.infer` runs for every task's evaluation while ``module.tta``
+is set): classification averages probabilities (:func:`average`), segmentation averages logits mapped back to
 the input size (:func:`average_dense`), detection maps each view's boxes back and merges them
 (``b4transfer.tasks.detection.tta``). The modes set ``module.tta`` to the views for ``mode=validate``,
 ``test`` and ``predict``; ``mode=validate|test`` report the metrics with and without.
@@ -67,8 +68,13 @@ def undo_dense(view: View, maps: torch.Tensor, size: Sequence[int]) -> torch.Ten
     return maps
 
 
-def average(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, views: Sequence[View]):
-    """The mean of ``fn`` (e.g. class probabilities) over the views of ``images``."""
+def average(
+    fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, views: Sequence[View] | None
+):
+    """The mean of ``fn`` (e.g. class probabilities) over the views of ``images`` (no views, TTA off:
+    ``fn(images)``)."""
+    if not views:
+        return fn(images)
     return torch.stack([fn(apply(v, images)) for v in views]).mean(0)
 
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from b4transfer.backbone.builder import DEFAULT_NAME, build_model, check_name, check_out_indices, check_rate
-from b4transfer.backbone.data_config import resolve_data_configs
+from b4transfer.backbone.data_config import canvas_data_config, resolve_data_configs
 from b4transfer.backbone.features import feature_channels, feature_reductions, out_indices_for_strides
 from b4transfer.backbone.weights import (
     PretrainedWeightsUnavailable,
@@ -36,6 +36,8 @@ from b4transfer.errors import UserError
 
 __all__ = [
     "DEFAULT_NAME",
+    "build_backbone",
+    "canvas_data_config",
     "PretrainedWeightsUnavailable",
     "check_weights",
     "create_backbone",
@@ -116,3 +118,19 @@ def check_weights(model: Mapping[str, Any]) -> None:
     elif model.get("pretrained", False):
         check_name(model["name"])
         locate_pretrained(model["name"], float(model.get("hub_timeout") or 3.0))
+
+
+def build_backbone(model: dict[str, Any], strides: Sequence[int] | None = None) -> nn.Module:
+    """The timm backbone a ``model`` config describes (``name``, ``pretrained``, ``weights``,
+    ``drop_path_rate``): pooled features (``strides=None``, classification) or, ``features_only``, the
+    feature maps at ``strides`` (dense tasks: detection, segmentation)."""
+    maps = {} if strides is None else {
+        "features_only": True, "out_indices": out_indices_for_strides(model["name"], list(strides))
+    }
+    return create_backbone(
+        model["name"],
+        pretrained=model.get("pretrained", False),
+        weights=model.get("weights"),
+        drop_path_rate=model.get("drop_path_rate", 0.0),
+        **maps,
+    )

@@ -87,3 +87,17 @@ def _channels(key: str, value, chans: int, positive: bool) -> tuple[float, ...]:
         need = "positive " if positive else ""
         raise UserError(f"{key} must be {chans} {need}numbers, one per input channel, got {value!r}.")
     return tuple(float(v) for v in values)
+
+
+def canvas_data_config(backbone: nn.Module, data: dict | None) -> dict[str, dict]:
+    """``{"train": ..., "eval": ...}`` timm data configs of a dense task (detection, segmentation): one
+    square canvas side for train and eval (``data.image_size``, else the model's test size), and
+    ``data.mean`` / ``data.std`` if set."""
+    data = dict(data or {})
+    size = data.get("image_size")
+    train_cfg, eval_cfg = resolve_data_configs(
+        backbone, image_size=size, eval_image_size=size, mean=data.get("mean"), std=data.get("std")
+    )
+    if size is None:
+        train_cfg["input_size"] = eval_cfg["input_size"]
+    return {"train": train_cfg, "eval": eval_cfg}

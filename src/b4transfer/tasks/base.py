@@ -6,15 +6,18 @@ LightningModule and datamodule, writes its predictions and its exports. The mode
 (:mod:`b4transfer.modes`) only talk to a task through this contract, so a new task is one package
 (and ``conf/task/<name>.yaml``), registered with :func:`b4transfer.tasks.register`.
 
-:class:`TaskModule` is the shared LightningModule: ``self.backbone`` (what freezing schedules, stages
-and the backbone optimizer groups act on), ``self.head``, optimizer groups, timm scheduler stepping.
-Each task's module subclasses it with its own steps and metrics.
+:class:`TaskModule` is the shared LightningModule. It owns what every task does the same way: the
+backbone / head optimizer groups and timm scheduler stepping, the validation and test steps, the
+epoch-end metric hooks, and the test-time augmentation decision (:meth:`TaskModule.infer`). A task's
+module supplies only what differs: how it builds ``backbone`` and ``head``, its forward pass, its loss,
+its metric update and its metric logging (see the class docstring for the list).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +27,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from b4transfer import tta
+from b4transfer.artifacts import check_opset
+from b4transfer.backbone import build_backbone  # the one backbone builder every task's module uses
 from b4transfer.backbone.origin import weights_origin
 from b4transfer.config import check_seed
 from b4transfer.devices import split_lr_scaling
@@ -35,7 +40,8 @@ from b4transfer.runtime_choice import check_runtime
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "EXPORT_FORMATS", "MODES", "SCHEDULES", "STEPS", "Task", "TaskModule", "metric_name", "step_setting",
+    "EXPORT_FORMATS", "MODES", "SCHEDULES", "STEPS", "Task", "TaskModule", "build_backbone", "metric_name",
+    "onnx_opset", "step_setting",
 ]
 
 MODES = ("train", "validate", "test", "predict", "embed", "export", "lr_find", "audit", "distill")
@@ -56,30 +62,126 @@ def step_setting(cfg: DictConfig, step: str) -> Any:
     return (cfg.get(group) or {}).get(key)
 
 
+def onnx_opset(cfg: DictConfig) -> int:
+    """``export.onnx_opset``, checked: an integer opset the exporters support, else one line naming the
+    key and the fix (:meth:`Task.check_config` asks it of every run, before any data is read)."""
+    return check_opset((cfg.get("export") or {}).get("onnx_opset"))
+
+
 def metric_name(name: str) -> str:
     """A class name made safe for a metric key (``val/acc_<name>``)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
 
 class TaskModule(L.LightningModule):
-    """A timm backbone plus a task head: the optimizer groups and scheduler stepping every task shares.
+    """A timm backbone plus a task head: what every task's LightningModule shares.
 
-    Subclasses build ``self.backbone``, ``self.head``, ``self.class_names`` and ``self.data_config``
-    (``{"train": ..., "eval": ...}`` timm data configs) in ``__init__``, call ``save_hyperparameters``
-    with everything needed to rebuild them, and implement the Lightning steps. ``hparams.optim`` and
-    ``hparams.scheduler`` configure :meth:`configure_optimizers`.
+    What a task's module writes (a subclass):
+
+    - ``__init__``: ``save_hyperparameters`` with everything needed to rebuild it (a checkpoint holds no
+      config), :meth:`remember_task`, then ``self.backbone`` (:func:`build_backbone`), ``self.head``,
+      ``self.class_names``, ``self.data_config`` (``{"train": ..., "eval": ...}`` timm data configs) and,
+      if it has metrics, :meth:`init_metrics`.
+    - ``forward(inputs)``: its outputs for a batch's inputs, as the validation step reads them
+      (classification and segmentation: logits; detection: boxes).
+    - :meth:`tta_forward`, if its task lists ``tta_modes``: the same kind of outputs, merged over the
+      views ``self.tta``.
+    - :meth:`eval_losses`, :meth:`update_metrics` and :meth:`log_metrics`: its loss, metric update and
+      metric logging; ``training_step`` and ``predict_step`` (which calls :meth:`infer`, or, for
+      classification's calibrated probabilities, averages over the same views).
+
+    What this class does with them, once for every task: ``validation_step`` / ``test_step``
+    (:meth:`eval_step`: the outputs of :meth:`infer`, losses logged as ``val/<name>``, metrics
+    updated), the epoch-end hooks (metrics computed, logged and reset), and whether TTA applies
+    (:meth:`infer`: ``tta_forward`` while ``self.tta`` is set, else ``forward``), so a task cannot
+    evaluate without the views it was asked for.
+
+    What a head must provide: it is an ``nn.Module`` holding every trainable parameter that is not the
+    backbone's (the optimizer's ``head`` groups, trained at ``optim.lr`` and by every fine-tuning
+    schedule from the first epoch; :mod:`b4transfer.finetuning` only freezes ``self.backbone``), and it
+    must not own the backbone's parameters a second time. What it computes is the task's own business.
+    ``hparams.optim`` and ``hparams.scheduler`` configure :meth:`configure_optimizers`.
     """
 
     task_name: ClassVar[str] = ""
     # Test-time augmentation: the views (b4transfer.tta) set by mode=validate|test|predict with tta=...;
-    # a task that supports tta= uses tta_forward in its eval / predict steps while this is set.
+    # infer() (the eval steps, predict) runs tta_forward while this is set.
     tta: tuple[tta.View, ...] | None = None
 
-    def tta_forward(self, images: Any) -> Any:
-        """The task's predictions for ``images`` merged over the views ``self.tta`` (classification:
-        averaged probabilities; segmentation: averaged logits, see :func:`b4transfer.tta.average_dense`;
-        detection: boxes mapped back and merged). A task listing ``tta_modes`` implements it."""
+    @property
+    def image_size(self) -> int:
+        """Side of the evaluation input (dense tasks: the square canvas every image is letterboxed to)."""
+        return int(self.data_config["eval"]["input_size"][-1])
+
+    # ------------------------------------------------------------------ what a task supplies
+    def tta_forward(self, inputs: Any) -> Any:
+        """The task's outputs for ``inputs`` (what ``forward`` gives) merged over the views ``self.tta``
+        (classification: log of the averaged probabilities; segmentation: averaged logits, see
+        :func:`b4transfer.tta.average_dense`; detection: boxes mapped back and merged). A task listing
+        ``tta_modes`` implements it."""
         raise NotImplementedError
+
+    def eval_losses(self, outputs: Any, inputs: Any, targets: Any) -> dict[str, torch.Tensor]:
+        """The validation / test losses of a batch: ``{"loss": total, <part>: value, ...}``, logged as
+        ``val/loss``, ``val/<part>`` (``outputs``: what :meth:`infer` gave for ``inputs``)."""
+        raise NotImplementedError
+
+    def update_metrics(self, metrics: Any, outputs: Any, targets: Any) -> None:
+        """Add a batch's outputs to the stage's metrics (:meth:`init_metrics`); by default
+        ``metrics.update(outputs, targets)``."""
+        metrics.update(outputs, targets)
+
+    def log_metrics(self, values: dict[str, Any], stage: str) -> None:
+        """Log the epoch's computed metrics of ``stage`` (``val`` or ``test``); by default each scalar as
+        ``<stage>/<name>``."""
+        for key, value in values.items():
+            if torch.as_tensor(value).numel() == 1:
+                self.log(f"{stage}/{key}", torch.as_tensor(value).float(), sync_dist=True)
+
+    # ------------------------------------------------------------------ what the base does with them
+    def init_metrics(self, build: Callable[[], Any]) -> None:
+        """One metric collection per evaluation stage (``self.val_metrics``, ``self.test_metrics``)."""
+        self.val_metrics = build()
+        self.test_metrics = build()
+
+    def infer(self, inputs: Any) -> Any:
+        """The outputs the evaluation and prediction read: merged over the views while ``self.tta`` is
+        set (:meth:`tta_forward`), else ``forward``. The one place that decides whether TTA applies."""
+        return self.tta_forward(inputs) if self.tta else self(inputs)
+
+    def eval_step(self, batch: Any, stage: str) -> Any:
+        """A validation / test batch ``(inputs, targets)``: outputs, losses logged, metrics updated.
+        Returns the outputs (Lightning hands them to ``on_validation_batch_end``)."""
+        inputs, targets = batch
+        outputs = self.infer(inputs)
+        n = len(inputs)
+        for key, value in self.eval_losses(outputs, inputs, targets).items():
+            self.log(f"{stage}/{key}", value, prog_bar=key == "loss", batch_size=n, sync_dist=True)
+        metrics = getattr(self, f"{stage}_metrics", None)
+        if metrics is not None:
+            self.update_metrics(metrics, outputs, targets)
+        return outputs
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        return self.eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> Any:
+        return self.eval_step(batch, "test")
+
+    def epoch_metrics(self, stage: str) -> None:
+        """Compute, log (:meth:`log_metrics`) and reset the metrics of ``stage``, if the task has any."""
+        metrics = getattr(self, f"{stage}_metrics", None)
+        if metrics is None:
+            return
+        values = metrics.compute()
+        metrics.reset()
+        self.log_metrics(values, stage)
+
+    def on_validation_epoch_end(self) -> None:
+        self.epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.epoch_metrics("test")
 
     def log_train(self, values: dict[str, Any], *, batch_size: int, prog_bar: tuple[str, ...] = ()) -> None:
         """Log training metrics: each step's value as ``name`` (``metrics.csv``, the live bar), and the
@@ -205,15 +307,26 @@ class Task:
                 f"{', '.join(supported) or 'none'}{f' ({reason})' if reason else ''}."
             )
 
+    def refuse_options(self, asked: dict[str, Any], supported: str) -> None:
+        """Raise the one "task X does not support key=value; it supports ``supported``" error for the
+        first of ``asked`` (options of other tasks, e.g. ``data.sampler``) that is set (not ``None``)."""
+        for key, value in asked.items():
+            if value is not None:
+                shown = str(value).lower() if isinstance(value, bool) else value  # as typed: true
+                raise NotSupportedError(
+                    f"task={self.name} does not support {key}={shown}; it supports {supported}"
+                )
+
     def check_config(self, cfg: DictConfig) -> None:
         """Refuse, before any work, what this task cannot run. Override to add task-specific checks."""
         self.refuse("mode", cfg.mode, self.modes)
         check_seed(cfg.get("seed"))
+        onnx_opset(cfg)
         schedule = schedule_name(cfg.get("finetune"))
         if schedule in SCHEDULES:  # a schedule class of the user's own is theirs to vouch for
             self.refuse("finetune", schedule, self.schedules)
         tile = (cfg.get("predict") or {}).get("slice")
-        if cfg.mode == "predict" and tile is not None and not self.sliced_predict:
+        if tile is not None and not self.sliced_predict:  # in any mode: a misplaced key, not ignored
             raise NotSupportedError(
                 f"task={self.name} does not support predict.slice={tile} (sliced inference); it supports "
                 "predict.slice=null."

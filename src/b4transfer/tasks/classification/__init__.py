@@ -9,13 +9,13 @@ import torch
 from omegaconf import DictConfig
 
 from b4transfer.class_weights import check_class_weights
-from b4transfer.config import num_workers, plain
+from b4transfer.config import loader_settings, plain
 from b4transfer.data.datamodule import ClassificationDataModule
 from b4transfer.data.splits import DatasetSplits, class_counts
 from b4transfer.data.transforms import DRAFT_FACTOR
 from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import UserError
-from b4transfer.tasks.base import MODES, Task
+from b4transfer.tasks.base import MODES, Task, onnx_opset
 from b4transfer.tasks.classification.audit import audit_classification
 from b4transfer.tasks.classification.calibration import calibrate_classifier
 from b4transfer.tasks.classification.card import write_card
@@ -123,15 +123,11 @@ class ClassificationTask(Task):
         )
 
     def build_datamodule(self, cfg: DictConfig, splits: DatasetSplits, module: ClassificationModule):
-        on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
         images = ClassificationDataModule(
             splits,
             train_cfg=module.data_config["train"],
             eval_cfg=module.data_config["eval"],
-            batch_size=int(cfg.data.batch_size),
-            num_workers=num_workers(cfg),
-            augment=plain(cfg.data.get("augment")),
-            pin_memory=on_gpu,
+            **loader_settings(cfg),
             draft_factor=plain(cfg.data.get("draft_factor", DRAFT_FACTOR)),
             mixup=plain(cfg.data.get("mixup")),
             sampler=cfg.data.get("sampler"),
@@ -157,7 +153,7 @@ class ClassificationTask(Task):
         return calibrate_classifier(module, loader, run_dir, bins=bins, device=_device(cfg))
 
     def analyse_errors(self, cfg: DictConfig, module, datamodule, splits: DatasetSplits, run_dir: Path):
-        top = int((cfg.get("errors") or {}).get("gallery", 16))
+        top = int(cfg.errors.gallery)
         loader = datamodule.val_dataloader()
         explain = explain_settings({**(plain(cfg.get("predict")) or {}), "explain": True})  # maps on
         return analyse_classifier(
@@ -185,12 +181,11 @@ class ClassificationTask(Task):
     def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint, samples=None):
         if fmt == "timm":
             return export_classifier_timm(module, out_dir, checkpoint=checkpoint)
-        settings = cfg.get("export") or {}
-        opset = int(settings.get("onnx_opset", 17))
+        opset = onnx_opset(cfg)
         if fmt == "openvino":
             return export_openvino(module, out_dir, opset=opset)
         if fmt == "onnx_int8":
-            images = [s.path for s in samples.train[: int(settings.get("int8_calibration_images", 64))]]
+            images = [s.path for s in samples.train[: int(cfg.export.int8_calibration_images)]]
             return export_int8(module, out_dir, opset=opset, calibration=images)
         return export_classifier_onnx(module, out_dir, opset=opset)
 

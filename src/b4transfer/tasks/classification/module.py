@@ -14,20 +14,12 @@ from typing import Any
 import torch
 
 from b4transfer import tta
-from b4transfer.backbone import create_backbone, resolve_data_configs
+from b4transfer.backbone import resolve_data_configs
 from b4transfer.data.transforms import normalize_uint8
-from b4transfer.tasks.base import TaskModule, metric_name
+from b4transfer.tasks.base import TaskModule, build_backbone, metric_name
 from b4transfer.tasks.classification.head import ClassificationHead
 
-
-def build_backbone(model: dict[str, Any]) -> torch.nn.Module:
-    """The classification backbone described by a ``model`` config (pooled features out)."""
-    return create_backbone(
-        model["name"],
-        pretrained=model.get("pretrained", False),
-        weights=model.get("weights"),
-        drop_path_rate=model.get("drop_path_rate", 0.0),
-    )
+__all__ = ["ClassificationModule", "build_backbone"]
 
 
 class ClassificationModule(TaskModule):
@@ -83,8 +75,7 @@ class ClassificationModule(TaskModule):
         self.class_names = list(class_names)
         train_cfg, eval_cfg = resolve_data_configs(self.backbone, **(data or {}))
         self.data_config = {"train": train_cfg, "eval": eval_cfg}
-        self.val_metrics = self.head.build_metrics()
-        self.test_metrics = self.head.build_metrics()
+        self.init_metrics(self.head.build_metrics)
         self.predict_output = "probs"  # or "embedding": pooled pre-logits features
         self.set_calibration(calibration)
 
@@ -105,9 +96,9 @@ class ClassificationModule(TaskModule):
         cached-feature linear probe feeds those, see :mod:`b4transfer.tasks.classification.feature_cache`)."""
         return self.head(x if x.ndim == 2 else self.backbone(x))
 
-    def tta_forward(self, x: torch.Tensor, *, calibrated: bool = True) -> torch.Tensor:
-        """Class probabilities of images ``x`` averaged over the views ``self.tta`` (head in fp32);
-        ``calibrated``: through the fitted temperature, as prediction gives them."""
+    def probabilities(self, x: torch.Tensor, *, calibrated: bool = True) -> torch.Tensor:
+        """Class probabilities of images ``x`` (head in fp32), averaged over the views ``self.tta`` when
+        set; ``calibrated``: through the fitted temperature, as prediction gives them."""
 
         def probs(view: torch.Tensor) -> torch.Tensor:
             features = self.backbone(view).float()
@@ -119,10 +110,10 @@ class ClassificationModule(TaskModule):
 
         return tta.average(probs, x, self.tta)
 
-    def tta_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits whose probabilities are the TTA average of the raw (uncalibrated) probabilities, as the
-        loss and the metrics read plain logits without TTA."""
-        p = self.tta_forward(x, calibrated=False).clamp(1e-7, 1 - 1e-7)
+    def tta_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits whose probabilities are the average of the views' raw (uncalibrated) probabilities: the
+        loss and the metrics read them as they read plain logits without TTA."""
+        p = self.probabilities(x, calibrated=False).clamp(1e-7, 1 - 1e-7)
         return torch.logit(p) if self.head.multi_label else p.log()
 
     # ---------------------------------------------------------------- training
@@ -141,28 +132,14 @@ class ClassificationModule(TaskModule):
         names += [f"val/{k}" for k in self.val_metrics if k not in ("acc_per_class", "confusion_matrix")]
         return names + [f"val/acc_{metric_name(name)}" for name in self.class_names]  # as _log_metrics
 
-    def _eval_step(self, batch, metrics, stage: str) -> None:
-        x, y = batch
-        logits = self.tta_logits(x) if self.tta else self(x)
-        loss = self.head.loss(logits, y)
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
-        metrics.update(logits, y.long() if self.head.multi_label else y)
+    # -------------------------------------------------------------- evaluation (steps: TaskModule)
+    def eval_losses(self, outputs: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
+        return {"loss": self.head.loss(outputs, targets)}
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
+    def update_metrics(self, metrics, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        metrics.update(outputs, targets.long() if self.head.multi_label else targets)
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics(self.val_metrics, "val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_metrics, "test")
-
-    def _log_metrics(self, metrics, stage: str) -> None:
-        values = metrics.compute()
-        metrics.reset()
+    def log_metrics(self, values: dict[str, Any], stage: str) -> None:
         for key, value in values.items():
             if key == "confusion_matrix":
                 if not self.trainer.sanity_checking:
@@ -197,10 +174,6 @@ class ClassificationModule(TaskModule):
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         x, index = batch
         x = self.normalize_input(x)
-        if self.tta and self.predict_output == "probs":
-            return {"index": index, "probs": self.tta_forward(x)}
-        features = self.backbone(x).float()
         if self.predict_output == "embedding":
-            return {"index": index, "embedding": features}
-        with torch.autocast(features.device.type, enabled=False):  # the cheap head in fp32 under bf16
-            return {"index": index, "probs": self.head.probabilities(self.head(features)).float()}
+            return {"index": index, "embedding": self.backbone(x).float()}
+        return {"index": index, "probs": self.probabilities(x)}  # the cheap head in fp32 under bf16

@@ -157,7 +157,7 @@ def agreement(
     else:
         head = module.head.to(device)
         if module.tta:  # the same views as the fast run
-            ref = torch.cat([module.tta_forward(chunk.to(device)).cpu() for chunk in x.split(16)])
+            ref = torch.cat([module.probabilities(chunk.to(device)).cpu() for chunk in x.split(16)])
         else:
             ref = head.probabilities(head(features.to(device))).float().cpu()
         if head.multi_label:  # every label's yes/no decision at 0.5

@@ -9,19 +9,19 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from b4transfer.config import num_workers, plain
+from b4transfer.config import loader_settings, plain
 from b4transfer.data.detection import DetectionSplits
 from b4transfer.data.detection_datamodule import DetectionDataModule
 from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
-from b4transfer.tasks.base import Task
+from b4transfer.tasks.base import Task, build_backbone, onnx_opset
 from b4transfer.tasks.detection.anchors import anchor_fit, box_sides, warn_if_unfit
 from b4transfer.tasks.detection.audit import audit_detection
 from b4transfer.tasks.detection.calibration import calibrate_detector
 from b4transfer.tasks.detection.errors import analyse_detector
-from b4transfer.tasks.detection.export import export_detection_onnx, export_detector
+from b4transfer.tasks.detection.export import export_detection_onnx, export_detector, with_fpn_width
 from b4transfer.tasks.detection.head import map_backend
-from b4transfer.tasks.detection.module import DEFAULT_STRIDES, DetectionModule, build_feature_backbone
+from b4transfer.tasks.detection.module import DEFAULT_STRIDES, DetectionModule
 from b4transfer.tasks.detection.onnx_graph import onnx_export_refusal
 from b4transfer.tasks.detection.parity import export_int8, export_openvino, score_detector
 from b4transfer.tasks.detection.predict import write_detections
@@ -33,21 +33,16 @@ __all__ = ["TASK", "DetectionModule", "DetectionTask"]
 log = logging.getLogger(__name__)
 
 
-def refuse_class_balancing(cfg: DictConfig) -> None:
-    """Classification's class-imbalance options (loss.*, data.sampler) are refused in one line."""
+def classification_options(cfg: DictConfig) -> dict[str, Any]:
+    """The options of classification a detection run refuses (``loss.*`` only comes with ``+loss.``)."""
     loss = cfg.get("loss") or {}
-    asked = {
+    return {
+        "data.cache_features": cfg.data.get("cache_features") or None,
+        "data.multi_label": cfg.data.get("multi_label") or None,
         "loss.name": loss.get("name") if loss.get("name") not in (None, "ce") else None,
         "loss.class_weights": plain(loss.get("class_weights")),
         "data.sampler": cfg.data.get("sampler"),
     }
-    for key, value in asked.items():
-        if value is not None:
-            raise NotSupportedError(
-                f"task=detection does not support {key}={value}; it supports loss.name=ce, "
-                "loss.class_weights=null and data.sampler=null (the detector's own loss: retinanet's is "
-                "already a focal loss)."
-            )
 
 
 class DetectionTask(Task):
@@ -80,20 +75,23 @@ class DetectionTask(Task):
             reason = onnx_export_refusal(detector or "retinanet")
             if reason:
                 raise NotSupportedError(f"head.detector={detector} cannot be exported to ONNX: {reason}")
-        for key in ("cache_features", "multi_label"):  # classification options
-            if cfg.data.get(key):
-                raise NotSupportedError(
-                    f"task=detection does not support data.{key}=true; it supports data.{key}=false "
-                    "(the option is classification's)."
-                )
-        refuse_class_balancing(cfg)
+        self.refuse_options(
+            classification_options(cfg),
+            "data.cache_features=false, data.multi_label=false, loss.name=ce, loss.class_weights=null and "
+            "data.sampler=null (classification's options; the detector's own loss: retinanet's is already a "
+            "focal loss).",
+        )
         if cfg.mode == "predict":
             predict = cfg.get("predict") or {}
-            check_slice(predict.get("slice"), predict.get("slice_overlap", 0.2))
+            check_slice(predict.get("slice"), predict.slice_overlap)
+
+    def load_module(self, hparams: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> DetectionModule:
+        head = with_fpn_width(hparams.get("head"), state_dict)
+        return super().load_module({**hparams, "head": head}, state_dict)
 
     def build_backbone(self, cfg: DictConfig) -> torch.nn.Module:
         strides = plain(cfg.head.get("feature_strides")) or DEFAULT_STRIDES
-        return build_feature_backbone(plain(cfg.model), strides)
+        return build_backbone(plain(cfg.model), strides)
 
     def build_module(self, cfg: DictConfig, splits: DetectionSplits, backbone=None) -> DetectionModule:
         head = plain(cfg.head)
@@ -123,16 +121,8 @@ class DetectionTask(Task):
         )
 
     def build_datamodule(self, cfg: DictConfig, splits: DetectionSplits, module: DetectionModule):
-        on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
-        datamodule = DetectionDataModule(
-            splits,
-            image_size=module.image_size,
-            mean=module.data_config["eval"]["mean"],
-            batch_size=int(cfg.data.batch_size),
-            num_workers=num_workers(cfg),
-            augment=plain(cfg.data.get("augment")),
-            pin_memory=on_gpu,
-        )
+        size, mean = module.image_size, module.data_config["eval"]["mean"]
+        datamodule = DetectionDataModule(splits, image_size=size, mean=mean, **loader_settings(cfg))
         sides = box_sides(splits.train, module.image_size)
         datamodule.anchor_fit = anchor_fit(sides, module.head.anchor_sizes, module.head.detector_name)
         warn_if_unfit(datamodule.anchor_fit)
@@ -151,12 +141,12 @@ class DetectionTask(Task):
         return audit_detection(cfg, splits, run_dir, full=full, module=module)
 
     def calibrate(self, cfg: DictConfig, module, datamodule, run_dir: Path):
-        default = float(cfg.predict.get("draw_score_thresh", 0.3))
+        default = float(cfg.predict.draw_score_thresh)
         return calibrate_detector(module, datamodule.val_dataloader(), default=default)
 
     def analyse_errors(self, cfg: DictConfig, module, datamodule, splits, run_dir: Path):
-        default = float(cfg.predict.get("draw_score_thresh", 0.3))
-        top = int((cfg.get("errors") or {}).get("gallery", 16))
+        default = float(cfg.predict.draw_score_thresh)
+        top = int(cfg.errors.gallery)
         return analyse_detector(module, datamodule.val_dataloader(), run_dir, default=default, top=top)
 
     def score_export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, splits, datamodule=None):
@@ -173,15 +163,14 @@ class DetectionTask(Task):
         return detect_images(module, images, batch_size=batch_size)
 
     def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint, samples=None):
-        settings = cfg.get("export") or {}
-        opset = int(settings.get("onnx_opset", 17))
+        opset = onnx_opset(cfg)
         images = [s.path for s in samples.val] if samples is not None else None
         if fmt == "onnx":
             return {"onnx": export_detection_onnx(module, out_dir, opset=opset, check_images=images)}
         if fmt == "openvino":
             return export_openvino(module, out_dir, opset=opset, check_images=images)
         if fmt == "onnx_int8":
-            count = int(settings.get("int8_calibration_images", 64))
+            count = int(cfg.export.int8_calibration_images)
             calibration = [s.path for s in samples.train[:count]]
             return export_int8(module, out_dir, opset=opset, calibration=calibration, check_images=images)
         export_detector(module, out_dir, extra={"checkpoint": checkpoint})

@@ -55,7 +55,7 @@ def best_thresholds(scores, tps, labels, gt_counts, *, num_classes: int, default
 
 
 @torch.no_grad()
-def calibrate_detector(module, loader, *, default: float = 0.3) -> tuple[dict[str, Any], dict[str, Any]]:
+def calibrate_detector(module, loader, *, default: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """Choose the thresholds on ``loader`` (the validation canvases); set them on ``module``."""
     module.eval()
     scores, tps, labels = [], [], []

@@ -39,7 +39,7 @@ def _draw(canvas: torch.Tensor, target: dict, pred: dict, tp: torch.Tensor) -> t
 
 
 @torch.no_grad()
-def analyse_detector(module, loader, run_dir: Path, *, default: float = 0.3, top: int = 8) -> dict[str, Any]:
+def analyse_detector(module, loader, run_dir: Path, *, default: float, top: int = 8) -> dict[str, Any]:
     """Write ``ap_per_class.png`` and ``errors.png`` into ``run_dir``; the summary entries."""
     import matplotlib
 

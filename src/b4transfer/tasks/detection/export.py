@@ -16,23 +16,22 @@ Labels: Faster R-CNN's class 0 is background, so ``label - config["label_offset"
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-import safetensors.torch
 import torch
 from torch import nn
 
-from b4transfer import __version__
+from b4transfer.artifacts import ONNX_NAME, check_inputs, read_export, write_export
 from b4transfer.backbone import create_backbone
 from b4transfer.data.detection_datamodule import DetectionPathDataset, fill_colour
-from b4transfer.errors import UserError, UserFileNotFoundError
-from b4transfer.export import CONFIG_NAME, MARKER, WEIGHTS_NAME, atomic_write, check_extra, claim_dir
+from b4transfer.export import check_extra
 from b4transfer.tasks.detection.head import build_detector
 from b4transfer.tasks.detection.module import DetectionModule
-from b4transfer.tasks.detection.onnx_export import check_detector_onnx, export_detector_onnx
+from b4transfer.tasks.detection.onnx_export import export_detector_onnx
 
-__all__ = ["export_detector", "load_exported_detector"]
+__all__ = ["export_detector", "load_exported_detector", "with_fpn_width"]
 
 
 def export_detector(module, out_dir: str | Path, *, extra: dict | None = None) -> Path:
@@ -49,15 +48,7 @@ def export_detector(module, out_dir: str | Path, *, extra: dict | None = None) -
     if not isinstance(module, DetectionModule):
         raise TypeError(f"export_detector needs a DetectionModule, got {type(module).__name__}.")
     extras = check_extra(extra)
-    out_dir = Path(out_dir)
-    claim_dir(out_dir)
-    state, config = detector_state(module), {**detector_config(module), MARKER: __version__, **extras}
-    atomic_write(out_dir / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
-    atomic_write(
-        out_dir / WEIGHTS_NAME,
-        lambda p: safetensors.torch.save_file(state, str(p), metadata={"format": "pt", MARKER: __version__}),
-    )
-    return out_dir
+    return write_export(out_dir, detector_state(module), {**detector_config(module), **extras})
 
 
 def detector_state(module: DetectionModule) -> dict:
@@ -100,22 +91,28 @@ def load_exported_detector(out_dir: str | Path) -> tuple[nn.Module, dict]:
     Returns:
         ``(detector, config)``.
     """
-    out_dir = Path(out_dir)
-    config_path, weights = out_dir / CONFIG_NAME, out_dir / WEIGHTS_NAME
-    for path in (config_path, weights):
-        if not path.is_file():
-            raise UserFileNotFoundError(
-                f"{path} does not exist; pass the directory export_detector wrote "
-                f"(it holds {WEIGHTS_NAME} and {CONFIG_NAME})."
-            )
-    config = json.loads(config_path.read_text())
-    if config.get("task") != "detection":
-        raise UserError(
-            f"{config_path} is not a detection export (task={config.get('task')!r}); for a "
-            "classifier use b4transfer.export.load_exported."
-        )
-    state = safetensors.torch.load_file(str(weights), device="cpu")
+    config, state = read_export(out_dir, writer="export_detector", refusal=_not_detection)
     return rebuild_detector(config, state), config
+
+
+def _not_detection(config: dict, path: Path) -> str | None:
+    if config.get("task") != "detection":
+        return (
+            f"{path} is not a detection export (task={config.get('task')!r}); for a classifier use "
+            "b4transfer.export.load_exported."
+        )
+    return None
+
+
+def with_fpn_width(head: dict[str, Any] | None, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """``head`` settings, with ``fpn_channels`` read from the weights ``state`` when they do not say it: a
+    checkpoint or export of a module built in Python without it has the default of its day (256 before
+    :func:`build_detector`'s default followed ``conf/task/detection.yaml``)."""
+    head = dict(head or {})
+    key = next((k for k in state if k.endswith("fpn.inner_blocks.0.0.weight")), None)
+    if "fpn_channels" not in head and key is not None:
+        head["fpn_channels"] = int(state[key].shape[0])
+    return head
 
 
 def rebuild_detector(config: dict, state: dict) -> nn.Module:
@@ -123,7 +120,7 @@ def rebuild_detector(config: dict, state: dict) -> nn.Module:
     body = create_backbone(
         config["architecture"], pretrained=False, features_only=True, out_indices=tuple(config["out_indices"])
     )
-    settings = {k: v for k, v in config["head"].items() if k != "feature_strides"}
+    settings = {k: v for k, v in with_fpn_width(config["head"], state).items() if k != "feature_strides"}
     detector = build_detector(
         body,
         len(config["class_names"]),
@@ -138,37 +135,27 @@ def rebuild_detector(config: dict, state: dict) -> nn.Module:
 
 
 def export_detection_onnx(
-    module: DetectionModule, out_dir: str | Path, *, opset: int = 17, check_images: list[Path] | None = None
+    module: DetectionModule,
+    out_dir: str | Path,
+    *,
+    opset: int | None = None,
+    check_images: list[Path] | None = None,
 ) -> dict:
     """``export.format=onnx``: ``out_dir/model.onnx``, the whole detector (normalisation, NMS, ...), run
-    with onnxruntime against PyTorch (:func:`check_detector_onnx`) on the first :data:`CHECK_IMAGES` of
-    ``check_images``, letterboxed (after training: the validation images), else on seeded noise."""
-    detector = standalone_detector(module)
-    path = Path(out_dir) / "model.onnx"
-    report = export_detector_onnx(
-        detector,
-        path,
+    with onnxruntime against PyTorch (:func:`~b4transfer.tasks.detection.onnx_check.check_detector_onnx`)
+    on the first :data:`~b4transfer.artifacts.CHECK_IMAGES` of ``check_images``, letterboxed (after
+    training: the validation images), else on seeded noise."""
+    fill = fill_colour(module.data_config["eval"]["mean"])
+    canvases = check_inputs(
+        module.image_size, check_images, lambda paths: DetectionPathDataset(paths, module.image_size, fill)
+    )
+    return export_detector_onnx(
+        standalone_detector(module),
+        Path(out_dir) / ONNX_NAME,
         image_size=module.image_size,
         opset=opset,
         class_names=module.class_names,
         metadata={"category_ids": list(module.category_ids)},
+        check_images=canvases,
+        check_options={"min_score": 0.0, "min_boxes": 0},
     )
-    try:
-        canvases = _check_canvases(module, check_images)
-        report["check"] = check_detector_onnx(detector, path, canvases, min_score=0.0, min_boxes=0)
-    except Exception:
-        path.unlink(missing_ok=True)
-        raise
-    return report
-
-
-CHECK_IMAGES = 4
-
-
-def _check_canvases(module: DetectionModule, paths: list[Path] | None) -> torch.Tensor:
-    size = module.image_size
-    if not paths:
-        return torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    fill = fill_colour(module.data_config["eval"]["mean"])
-    dataset = DetectionPathDataset(paths[:CHECK_IMAGES], size, fill)
-    return torch.stack([dataset[i][0] for i in range(len(dataset))])

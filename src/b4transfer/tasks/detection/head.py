@@ -151,7 +151,7 @@ def build_detector(
     image_mean: Sequence[float],
     image_std: Sequence[float],
     detector: str = "retinanet",
-    fpn_channels: int = 256,
+    fpn_channels: int = 128,
     anchor_sizes: Sequence[Sequence[float]] | None = None,
     aspect_ratios: Sequence[float] | None = None,
     score_thresh: float = 0.05,

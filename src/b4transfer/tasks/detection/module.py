@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
-from b4transfer.backbone import create_backbone, out_indices_for_strides, resolve_data_configs
+from b4transfer.backbone import canvas_data_config
 from b4transfer.errors import UserError
-from b4transfer.tasks.base import TaskModule, metric_name
+from b4transfer.tasks.base import TaskModule, build_backbone, metric_name
 from b4transfer.tasks.detection.head import DetectionHead, to_original
+from b4transfer.tasks.detection.onnx_graph import detector_settings
 from b4transfer.tasks.detection.tta import detect_tta
 
 DEFAULT_STRIDES = (8, 16, 32)
@@ -27,18 +28,6 @@ LOSS_KEYS = {
     "faster_rcnn": ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"),
 }
 _NOT_LOGGED = ("classes", "map_per_class", "mar_100_per_class")  # per-class entries: logged as ap_<name>
-
-
-def build_feature_backbone(model: dict[str, Any], strides=DEFAULT_STRIDES) -> torch.nn.Module:
-    """The ``features_only`` backbone described by a ``model`` config, returning maps at ``strides``."""
-    return create_backbone(
-        model["name"],
-        pretrained=model.get("pretrained", False),
-        weights=model.get("weights"),
-        features_only=True,
-        out_indices=out_indices_for_strides(model["name"], list(strides)),
-        drop_path_rate=model.get("drop_path_rate", 0.0),
-    )
 
 
 class DetectionModule(TaskModule):
@@ -54,7 +43,8 @@ class DetectionModule(TaskModule):
         category_ids: the data source's id of each class, for COCO results JSON.
         calibration: ``{"score_thresholds": {class: threshold}}`` chosen on validation after training
             (see ``calibration.py``), applied by predict; ``None``: ``predict.draw_score_thresh``.
-        backbone: an already built ``features_only`` backbone (from :func:`build_feature_backbone`).
+        backbone: an already built ``features_only`` backbone (from
+            :func:`~b4transfer.tasks.base.build_backbone` with the same ``model`` and strides).
     """
 
     task_name = "detection"
@@ -77,15 +67,9 @@ class DetectionModule(TaskModule):
         self.remember_task()
         settings = dict(head or {})
         strides = list(settings.pop("feature_strides", None) or DEFAULT_STRIDES)
-        self.backbone = backbone if backbone is not None else build_feature_backbone(model, strides)
-        data = dict(data or {})
-        size = data.get("image_size")
-        train_cfg, eval_cfg = resolve_data_configs(
-            self.backbone, image_size=size, eval_image_size=size, mean=data.get("mean"), std=data.get("std")
-        )
-        if size is None:  # one letterbox size for train and eval: the model's test size
-            train_cfg["input_size"] = eval_cfg["input_size"]
-        self.data_config = {"train": train_cfg, "eval": eval_cfg}
+        self.backbone = backbone if backbone is not None else build_backbone(model, strides)
+        self.data_config = canvas_data_config(self.backbone, data)  # one letterbox size, train and eval
+        eval_cfg = self.data_config["eval"]
         self.class_names = list(class_names)
         ids = list(range(len(class_names))) if category_ids is None else [int(i) for i in category_ids]
         if len(ids) != len(self.class_names):
@@ -94,14 +78,13 @@ class DetectionModule(TaskModule):
         self.head = DetectionHead(
             self.backbone,
             len(class_names),
-            image_size=int(eval_cfg["input_size"][-1]),
+            image_size=self.image_size,
             image_mean=eval_cfg["mean"],
             image_std=eval_cfg["std"],
             feature_strides=strides,
             **settings,
         )
-        self.val_metrics = self.head.build_metrics()
-        self.test_metrics = self.head.build_metrics()
+        self.init_metrics(self.head.build_metrics)
         self.predict_output = "detections"
 
     def set_calibration(self, calibration: dict[str, Any] | None) -> None:
@@ -112,11 +95,6 @@ class DetectionModule(TaskModule):
         """One score threshold per class: the calibrated ones, else ``default`` for all."""
         chosen = (self.hparams.get("calibration") or {}).get("score_thresholds") or {}
         return [float(chosen.get(name, default)) for name in self.class_names]
-
-    @property
-    def image_size(self) -> int:
-        """Side of the letterbox canvas."""
-        return int(self.data_config["eval"]["input_size"][-1])
 
     def _share_backbone(self) -> None:
         # The head only references the body; follow it if a callback swapped self.backbone for a copy.
@@ -141,32 +119,17 @@ class DetectionModule(TaskModule):
             *(f"val/{k}" for k in keys), *(f"val/ap_{metric_name(name)}" for name in self.class_names),
         ]
 
-    def _eval_step(self, batch, metrics, stage: str) -> None:
+    # -------------------------------------------------------------- evaluation (steps: TaskModule)
+    def eval_losses(self, outputs: list[dict], inputs: list[torch.Tensor], targets: list[dict]) -> dict:
+        """The detector's own losses on the batch (computed apart from the detections ``outputs``)."""
         self._share_backbone()
-        images, targets = batch
-        preds = self.tta_forward(images) if self.tta else self.head(images)
-        losses = self.head.validation_loss(images, targets)
-        n = len(images)
-        self.log(f"{stage}/loss", sum(losses.values()), prog_bar=True, batch_size=n, sync_dist=True)
-        for key, value in losses.items():
-            self.log(f"{stage}/{key}", value, batch_size=n, sync_dist=True)
-        metrics.update(*self.head.metric_inputs(preds, targets))
+        losses = self.head.validation_loss(inputs, targets)
+        return {"loss": sum(losses.values()), **losses}
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
+    def update_metrics(self, metrics, outputs: list[dict], targets: list[dict]) -> None:
+        metrics.update(*self.head.metric_inputs(outputs, targets))
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics(self.val_metrics, "val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_metrics, "test")
-
-    def _log_metrics(self, metrics, stage: str) -> None:
-        values = metrics.compute()
-        metrics.reset()
+    def log_metrics(self, values: dict[str, Any], stage: str) -> None:
         classes = torch.atleast_1d(values.pop("classes")).tolist()
         per_class = torch.atleast_1d(values.pop("map_per_class"))
         values.pop("mar_100_per_class", None)
@@ -179,20 +142,18 @@ class DetectionModule(TaskModule):
                     sync_dist=True,
                 )
         if per_class.numel() == len(classes):
-            for label, ap in zip(classes, per_class.tolist()):
-                if ap >= 0 and 0 <= label < len(
-                    self.class_names
-                ):  # -1: class absent from data and predictions
+            for label, ap in zip(classes, per_class.tolist()):  # ap -1: absent from data and predictions
+                if ap >= 0 and 0 <= label < len(self.class_names):
                     self.log(f"{stage}/ap_{metric_name(self.class_names[label])}", ap, sync_dist=True)
 
     def tta_forward(self, images: list[torch.Tensor]) -> list[dict]:
         """Detections (canvas pixels) merged over the views ``self.tta``: NMS + box voting at the head's
         ``nms_thresh``, see :mod:`b4transfer.tasks.detection.tta`."""
         self._share_backbone()
-        head = self.hparams.get("head") or {}
+        settings = detector_settings(self.head.detector)  # the head's own (its defaults: build_detector's)
         return detect_tta(
             self.head, images, self.tta, detector=self.head.detector,
-            iou=float(head.get("nms_thresh", 0.5)), max_det=int(head.get("detections_per_img", 100)),
+            iou=settings["nms_thresh"], max_det=settings["detections_per_img"],
         )
 
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
@@ -204,7 +165,7 @@ class DetectionModule(TaskModule):
         self._share_backbone()
         images, metas = batch
         out = []
-        for det, meta in zip(self.tta_forward(images) if self.tta else self.head(images), metas):
+        for det, meta in zip(self.infer(images), metas):
             out.append(
                 {
                     "index": int(meta["index"]),

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 
+from b4transfer.artifacts import onnx_session
 from b4transfer.errors import UserError
-from b4transfer.onnx_export import require_onnx
 from b4transfer.tasks.detection.onnx_graph import (
     INPUT_NAME,
     OUTPUT_NAMES,
@@ -140,13 +140,12 @@ def check_detector_onnx(
     """
     from torchvision.ops import box_iou
 
-    _, ort = require_onnx()
     size = canvas_size(detector)
     canvases = _as_canvases(images, size)
     settings = detector_settings(detector)
     floor = max(float(min_score), settings["score_thresh"] + score_atol)
     offset = label_offset(detector)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     mode, device = detector.training, module_device(detector)
     detector.eval()
     try:

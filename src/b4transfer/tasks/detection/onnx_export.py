@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -62,10 +61,8 @@ import torch
 from torch import nn
 from torchvision.ops import boxes as box_ops
 
-from b4transfer import __version__
+from b4transfer.artifacts import MARKER, check_opset, trace_graph, write_onnx
 from b4transfer.errors import UserError
-from b4transfer.export import MARKER, atomic_write
-from b4transfer.onnx_export import claim_onnx_file, require_onnx
 from b4transfer.tasks.detection.onnx_check import check_detector_onnx
 from b4transfer.tasks.detection.onnx_graph import (
     INPUT_NAME,
@@ -104,10 +101,11 @@ def export_detector_onnx(
     path: str | Path,
     *,
     image_size: int,
-    opset: int = 17,
+    opset: int | None = None,
     class_names: Sequence[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
     check_images: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    check_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the whole detector, pre- and post-processing included, to ``path`` as ONNX.
 
@@ -117,24 +115,23 @@ def export_detector_onnx(
             its train/eval mode is restored afterwards).
         path: The ``.onnx`` file; a file there that b4transfer did not write is never overwritten.
         image_size: The letterbox canvas side ``S`` (must be the detector's transform size).
-        opset: ONNX opset version, 11..21.
+        opset: ONNX opset version, 11..21 (``None``: ``export.onnx_opset``'s default).
         class_names: Name of each 0-based label (``None``: ``"0"``, ``"1"``, ...); stored as
             ``label_names``.
         metadata: More metadata entries (JSON-serialisable values, stored JSON-encoded), e.g.
             ``{"category_ids": [...]}``.
         check_images: If given, run :func:`check_detector_onnx` on them; on failure the file is removed
             and the error raised. Its report is added under ``"check"``.
+        check_options: More arguments of :func:`check_detector_onnx` (``min_score``, ``min_boxes``, ...).
 
     Returns:
         ``{"path", "opset", "detector", "image_size", "input", "outputs"}`` (+ ``"check"``).
     """
-    onnx, _ = require_onnx()
     name = detector_name(detector)
     reason = onnx_export_refusal(name)
     if reason:
         raise UserError(reason)
-    if not isinstance(opset, int) or isinstance(opset, bool) or not 11 <= opset <= 21:
-        raise UserError(f"export.onnx_opset must be an integer opset in 11..21, got {opset!r}.")
+    opset = check_opset(opset)
     size = canvas_size(detector)
     if image_size != size:
         raise UserError(
@@ -165,51 +162,26 @@ def export_detector_onnx(
         "labels: (n,) int64 0-based index into label_names",
         **extra,
     }
-    try:
-        encoded = {k: json.dumps(v) for k, v in entries.items()}
-    except TypeError as e:
-        raise TypeError(f"metadata values must be JSON-serialisable: {e}") from e
-    encoded[MARKER] = __version__
-
-    path = Path(path)
-    claim_onnx_file(path, onnx)
     source = detector if module_device(detector).type == "cpu" else copy.deepcopy(detector).cpu()
-    wrapper = OnnxDetector(source)
-    mode = source.training
-    source.eval()
-    dummy = torch.zeros(1, 3, size, size)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning)  # the legacy exporter's notice
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # torchvision's, expected
-            warnings.filterwarnings("ignore", message=".*ONNX.*", category=UserWarning)
-            warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\.")  # tracing notes
-            warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-            atomic_write(path, lambda p: _export(wrapper, dummy, p, opset))
-    finally:
-        source.train(mode)
-    proto = onnx.load(str(path))
-    for key, value in encoded.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    atomic_write(path, lambda p: onnx.save(proto, str(p)))
-    report: dict[str, Any] = {
+
+    def check(p: Path) -> dict:
+        return {} if check_images is None else {
+            "check": check_detector_onnx(detector, p, check_images, **(check_options or {}))
+        }
+
+    checked = write_onnx(
+        path, lambda p, opset: _export(source, p, opset), opset=opset, metadata=entries, check=check
+    )
+    log.info("ONNX detector export %s (%s, opset %d)", path, name, opset)
+    return {
         "path": str(path),
         "opset": opset,
         "detector": name,
         "image_size": size,
         "input": entries["input"],
         "outputs": entries["outputs"],
+        **checked,
     }
-    if check_images is not None:
-        try:
-            report["check"] = check_detector_onnx(detector, path, check_images)
-        except Exception:
-            path.unlink(missing_ok=True)
-            raise
-    log.info("ONNX detector export %s (%s, opset %d)", path, name, opset)
-    return report
 
 
 def _clip_boxes(boxes: torch.Tensor, size) -> torch.Tensor:
@@ -241,17 +213,21 @@ def _reshape_free_box_clipping() -> Iterator[None]:
         box_ops.clip_boxes_to_image = original
 
 
-def _export(model: nn.Module, dummy: torch.Tensor, path: Path, opset: int) -> None:
-    with torch.no_grad(), _reshape_free_box_clipping():
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={k: {0: "detections"} for k in OUTPUT_NAMES},
-        )
-
-
+def _export(source: nn.Module, path: Path, opset: int) -> None:
+    """The detector ``source`` (on the CPU) traced in eval mode to ``path``; its mode is restored."""
+    wrapper, mode = OnnxDetector(source), source.training
+    source.eval()
+    dummy = torch.zeros(1, 3, canvas_size(source), canvas_size(source))
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), _reshape_free_box_clipping():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # torchvision's, expected
+            warnings.filterwarnings("ignore", message=".*ONNX.*", category=UserWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\.")  # tracing notes
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+            trace_graph(
+                wrapper, dummy, path, opset, input_names=[INPUT_NAME], output_names=OUTPUT_NAMES,
+                dynamic_axes={k: {0: "detections"} for k in OUTPUT_NAMES},
+            )
+    finally:
+        source.train(mode)

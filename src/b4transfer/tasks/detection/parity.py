@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from b4transfer.artifacts import ONNX_NAME
 from b4transfer.data.detection_datamodule import DetectionPathDataset, fill_colour
 from b4transfer.runtimes import INT8_NAME, open_runtime, quantize_int8, to_openvino
 from b4transfer.tasks.detection.export import export_detection_onnx, load_exported_detector
@@ -19,7 +20,7 @@ __all__ = ["export_int8", "export_openvino", "score_detector"]
 
 
 def ensure_onnx(module, out_dir: Path, opset: int, check_images) -> Path:
-    path = Path(out_dir) / "model.onnx"
+    path = Path(out_dir) / ONNX_NAME
     if not path.is_file():
         export_detection_onnx(module, out_dir, opset=opset, check_images=check_images)
     return path

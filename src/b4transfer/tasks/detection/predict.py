@@ -44,7 +44,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.utils import draw_bounding_boxes
 
-from b4transfer.config import num_workers, plain
+from b4transfer.config import conf_default, num_workers, plain
 from b4transfer.data.coco import load_json
 from b4transfer.data.detection_datamodule import DetectionPathDataset, collate_detection, fill_colour
 from b4transfer.data.images import load_rgb, upright_size
@@ -57,6 +57,7 @@ from b4transfer.inference import (
     predict_trainer_setup,
 )
 from b4transfer.runtime_choice import run_predict
+from b4transfer.tasks.detection.onnx_graph import detector_settings
 from b4transfer.tasks.detection.slicing import TileDataset, check_slice
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def run_detection_inference(
     *,
     settings: InferenceSettings,
     trainer_kwargs: dict | None = None,
-    min_score: float = 0.3,
+    min_score: float | None = None,
 ) -> tuple[list[dict], dict[str, Any]]:
     """Detections for every batch of ``loader`` (``(images, metas)``), in index order, and a report.
 
@@ -151,7 +152,8 @@ def run_detection_inference(
         loader: Batches of :class:`DetectionPathDataset` items, collated by ``collate_detection``.
         settings: ``predict.*`` precision / channels_last / compile / check_agreement.
         trainer_kwargs: More ``lightning.Trainer`` arguments.
-        min_score: Detections from this score on count in the agreement check.
+        min_score: Detections from this score on count in the agreement check (``None``:
+            ``predict.draw_score_thresh``'s default).
 
     Returns:
         ``(detections, report)``: one ``{"index", "boxes", "scores", "labels"}`` per image (boxes in
@@ -173,6 +175,8 @@ def run_detection_inference(
     outputs.sort(key=lambda d: d["index"])
     report = {**asdict(settings), "runtime": "torch", "precision": precision, "device": device.type}
     if settings.check_agreement and (precision != "32" or settings.compile):
+        if min_score is None:
+            min_score = conf_default("predict.draw_score_thresh")
         report["agreement_vs_fp32"] = detection_agreement(
             module, loader.dataset, outputs, n=settings.check_agreement, device=device, min_score=min_score
         )
@@ -234,7 +238,7 @@ def detection_agreement(
 def _run(cfg: DictConfig, module, paths: list[Path]) -> tuple[list[dict], dict[str, Any]]:
     settings = InferenceSettings.from_config(plain(cfg.predict))
     fill = fill_colour(module.data_config["eval"]["mean"])
-    tile, overlap = check_slice(cfg.predict.get("slice"), cfg.predict.get("slice_overlap", 0.2))
+    tile, overlap = check_slice(cfg.predict.get("slice"), cfg.predict.slice_overlap)
     if tile:  # predict.slice: every tile (and the whole image) detected, merged below
         dataset = TileDataset(paths, module.image_size, fill, tile=tile, overlap=overlap)
     else:
@@ -252,11 +256,11 @@ def _run(cfg: DictConfig, module, paths: list[Path]) -> tuple[list[dict], dict[s
         loader,
         settings=settings,
         trainer_kwargs={**plain(cfg.trainer), "default_root_dir": str(cfg.run_dir)},
-        min_score=float(cfg.predict.get("draw_score_thresh", 0.3)),
+        min_score=float(cfg.predict.draw_score_thresh),
     )
     if tile:
-        head = module.hparams.get("head") or {}
-        iou, max_det = float(head.get("nms_thresh", 0.5)), int(head.get("detections_per_img", 100))
+        nms = detector_settings(module.head.detector)  # the head's own (its defaults: build_detector's)
+        iou, max_det = nms["nms_thresh"], nms["detections_per_img"]
         detections = dataset.merge(detections, iou=iou, max_det=max_det)
         report["slice"] = {"size": tile, "overlap": overlap, "tiles": len(dataset) - len(paths)}
     return detections, report
@@ -330,7 +334,7 @@ def write_detections(cfg: DictConfig, module, paths: list[Path], run_dir: Path) 
     (run_dir / "images.json").write_text(
         json.dumps({"images": images, "annotations": [], "categories": categories}) + "\n"
     )
-    thresholds = module.score_thresholds(float(cfg.predict.get("draw_score_thresh", 0.3)))
+    thresholds = module.score_thresholds(float(cfg.predict.draw_score_thresh))
     if drawn_dir:
         for p, det, out in zip(paths, detections, drawn):
             out.parent.mkdir(parents=True, exist_ok=True)

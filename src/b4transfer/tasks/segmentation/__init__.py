@@ -16,12 +16,11 @@ import torch
 from omegaconf import DictConfig
 
 from b4transfer.class_weights import check_class_weights
-from b4transfer.config import num_workers, plain
+from b4transfer.config import loader_settings, plain
 from b4transfer.data.mask_datamodule import MaskDataModule
 from b4transfer.data.masks import MaskSplits
 from b4transfer.devices import split_lr_scaling
-from b4transfer.errors import NotSupportedError
-from b4transfer.tasks.base import Task
+from b4transfer.tasks.base import Task, onnx_opset
 from b4transfer.tasks.segmentation.distill import SegmentationDistillation
 from b4transfer.tasks.segmentation.export import export_segmenter, export_segmenter_onnx
 from b4transfer.tasks.segmentation.head import check_head
@@ -34,24 +33,17 @@ from b4transfer.tasks.segmentation.runtime import ADAPTER as RUNTIME_ADAPTER
 __all__ = ["TASK", "SegmentationModule", "SegmentationTask"]
 
 
-def refuse_other_options(cfg: DictConfig) -> None:
-    """Options of other tasks (focal loss, the balanced sampler, feature caching, multi-label) in one line."""
+def other_options(cfg: DictConfig) -> dict[str, Any]:
+    """Options of other tasks a segmentation run refuses (focal loss, effective-number weights, the
+    balanced sampler, feature caching, multi-label)."""
     loss = cfg.get("loss") or {}
-    asked = {
+    return {
         "loss.name": loss.get("name") if loss.get("name") not in (None, "ce") else None,
         "loss.class_weights": "effective" if loss.get("class_weights") == "effective" else None,
         "data.sampler": cfg.data.get("sampler"),
         "data.cache_features": cfg.data.get("cache_features") or None,
         "data.multi_label": cfg.data.get("multi_label") or None,
     }
-    for key, value in asked.items():
-        if value is not None:
-            raise NotSupportedError(
-                f"task=segmentation does not support {key}={value}; it supports loss.name=ce (+ "
-                "loss.dice_weight), "
-                "loss.class_weights=null|auto|[...], data.sampler=null, data.cache_features=false and "
-                "data.multi_label=false."
-            )
 
 
 class SegmentationTask(Task):
@@ -72,7 +64,11 @@ class SegmentationTask(Task):
 
     def check_config(self, cfg: DictConfig) -> None:
         super().check_config(cfg)
-        refuse_other_options(cfg)
+        self.refuse_options(
+            other_options(cfg),
+            "loss.name=ce (+ loss.dice_weight), loss.class_weights=null|auto|[...], data.sampler=null, "
+            "data.cache_features=false and data.multi_label=false.",
+        )
         if cfg.mode in ("train", "lr_find"):  # other modes rebuild the head from the checkpoint
             check_head(plain(cfg.get("head")))
             check_class_weights((cfg.get("loss") or {}).get("class_weights"), ("auto",))
@@ -97,16 +93,9 @@ class SegmentationTask(Task):
         )
 
     def build_datamodule(self, cfg: DictConfig, splits: MaskSplits, module: SegmentationModule):
-        on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto")
+        mean = module.data_config["eval"]["mean"]
         return MaskDataModule(
-            splits,
-            image_size=module.image_size,
-            mean=module.data_config["eval"]["mean"],
-            batch_size=int(cfg.data.batch_size),
-            num_workers=num_workers(cfg),
-            augment=plain(cfg.data.get("augment")),
-            resize=module.resize,
-            pin_memory=on_gpu,
+            splits, image_size=module.image_size, mean=mean, resize=module.resize, **loader_settings(cfg)
         )
 
     def summary(self, splits: MaskSplits, datamodule) -> dict[str, Any]:
@@ -132,7 +121,7 @@ class SegmentationTask(Task):
 
     def export(self, fmt: str, module, out_dir: Path, *, cfg: DictConfig, checkpoint, samples=None):
         if fmt == "onnx":
-            opset = int((cfg.get("export") or {}).get("onnx_opset", 17))
+            opset = onnx_opset(cfg)
             images = [s.path for s in samples.val] if samples is not None else None
             return {"onnx": export_segmenter_onnx(module, out_dir, opset=opset, check_images=images)}
         export_segmenter(module, out_dir, extra={"checkpoint": checkpoint})

@@ -17,26 +17,29 @@ argmax classes must agree on at least 99.9 % of the pixels of the check images, 
 
 from __future__ import annotations
 
-import json
-import warnings
 from pathlib import Path
 
-import safetensors.torch
 import torch
 
-from b4transfer import __version__
+from b4transfer.artifacts import (
+    ONNX_NAME,
+    check_inputs,
+    check_opset,
+    onnx_session,
+    read_export,
+    trace_graph,
+    write_export,
+    write_onnx,
+)
 from b4transfer.backbone import create_backbone
 from b4transfer.data.detection_datamodule import fill_colour
 from b4transfer.data.mask_datamodule import MaskPathDataset
-from b4transfer.errors import UserError, UserFileNotFoundError
-from b4transfer.export import CONFIG_NAME, MARKER, WEIGHTS_NAME, atomic_write, check_extra, claim_dir
-from b4transfer.onnx_export import ONNX_NAME, claim_onnx_file, require_onnx
+from b4transfer.export import check_extra
 from b4transfer.tasks.segmentation.head import SegmentationHead, Segmenter, check_head
 
 __all__ = ["export_segmenter", "export_segmenter_onnx", "load_exported_segmenter"]
 
 MIN_PIXEL_AGREEMENT = 0.999
-CHECK_IMAGES = 4
 
 
 def segmenter_config(module) -> dict:
@@ -69,16 +72,8 @@ def export_segmenter(module, out_dir: str | Path, *, extra: dict | None = None) 
     """Write ``out_dir/model.safetensors`` + ``out_dir/config.json``; files b4transfer did not write are
     never overwritten."""
     extras = check_extra(extra)
-    out_dir = Path(out_dir)
-    claim_dir(out_dir)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in module.segmenter().state_dict().items()}
-    config = {**segmenter_config(module), MARKER: __version__, **extras}
-    atomic_write(out_dir / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
-    atomic_write(
-        out_dir / WEIGHTS_NAME,
-        lambda p: safetensors.torch.save_file(state, str(p), metadata={"format": "pt", MARKER: __version__}),
-    )
-    return out_dir
+    return write_export(out_dir, state, {**segmenter_config(module), **extras})
 
 
 def rebuild_segmenter(config: dict, state: dict) -> Segmenter:
@@ -95,61 +90,47 @@ def rebuild_segmenter(config: dict, state: dict) -> Segmenter:
 
 def load_exported_segmenter(out_dir: str | Path) -> tuple[Segmenter, dict]:
     """Rebuild an export (eval mode, CPU) and return it with its ``config.json``."""
-    out_dir = Path(out_dir)
-    config_path, weights = out_dir / CONFIG_NAME, out_dir / WEIGHTS_NAME
-    for path in (config_path, weights):
-        if not path.is_file():
-            raise UserFileNotFoundError(
-                f"{path} does not exist; pass the directory export_segmenter wrote "
-                f"(it holds {WEIGHTS_NAME} and {CONFIG_NAME})."
-            )
-    config = json.loads(config_path.read_text())
+    config, state = read_export(out_dir, writer="export_segmenter", refusal=_not_masks)
+    return rebuild_segmenter(config, state), config
+
+
+def _not_masks(config: dict, path: Path) -> str | None:
     if "ignore_index" not in config or "head" not in config:
-        raise UserError(f"{config_path} is not a semantic-mask export (task={config.get('task')!r}).")
-    return rebuild_segmenter(config, safetensors.torch.load_file(str(weights), device="cpu")), config
+        return f"{path} is not a semantic-mask export (task={config.get('task')!r})."
+    return None
 
 
-def export_segmenter_onnx(module, out_dir: str | Path, *, opset: int = 17, check_images=None) -> dict:
+def export_segmenter_onnx(
+    module, out_dir: str | Path, *, opset: int | None = None, check_images=None
+) -> dict:
     """Write ``out_dir/model.onnx`` and check its argmax against PyTorch on the first
-    :data:`CHECK_IMAGES` of ``check_images`` (canvases as prediction makes them), else seeded noise."""
-    onnx, ort = require_onnx()
-    if not isinstance(opset, int) or isinstance(opset, bool) or not 11 <= opset <= 21:
-        raise UserError(f"export.onnx_opset must be an integer opset in 11..21, got {opset!r}.")
+    :data:`~b4transfer.artifacts.CHECK_IMAGES` of ``check_images`` (canvases as prediction makes them),
+    else seeded noise. ``opset``: ``None``, ``export.onnx_opset``'s default."""
+    opset = check_opset(opset)
     model, size = standalone_segmenter(module), module.image_size
-    path = Path(out_dir) / ONNX_NAME
-    claim_onnx_file(path, onnx)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        atomic_write(
-            path,
-            lambda p: torch.onnx.export(
-                model,
-                (torch.zeros(1, 3, size, size),),
-                str(p),
-                dynamo=False,
-                opset_version=opset,
-                input_names=["image"],
-                output_names=["logits"],
-                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            ),
+    fill = fill_colour(module.data_config["eval"]["mean"])
+    canvases = check_inputs(
+        size, check_images, lambda paths: MaskPathDataset(paths, size, fill, module.resize)
+    )
+
+    def write_graph(p: Path, opset: int) -> None:
+        trace_graph(
+            model, torch.zeros(1, 3, size, size), p, opset, input_names=["image"], output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
         )
-    proto = onnx.load(str(path))
-    for key, value in {"config": json.dumps(segmenter_config(module)), MARKER: __version__}.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    atomic_write(path, lambda p: onnx.save(proto, str(p)))
-    try:
-        check = check_onnx_agreement(path, model, _check_canvases(module, check_images), ort)
-    except Exception:
-        path.unlink(missing_ok=True)
-        raise
+
+    path = Path(out_dir) / ONNX_NAME
+    check = write_onnx(
+        path, write_graph, opset=opset, metadata={"config": segmenter_config(module)},
+        check=lambda p: check_onnx_agreement(p, model, canvases),
+    )
     return {"path": str(path), "opset": opset, "input_size": [3, size, size], "check": check}
 
 
 @torch.no_grad()
-def check_onnx_agreement(path: Path, model: Segmenter, canvases: torch.Tensor, ort) -> dict:
+def check_onnx_agreement(path: Path, model: Segmenter, canvases: torch.Tensor) -> dict:
     """Argmax agreement of onnxruntime with PyTorch fp32 eager; below 99.9 % raises."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     got = torch.from_numpy(session.run(["logits"], {"image": canvases.numpy()})[0])
     ref = model(canvases)
     agreement = float((got.argmax(1) == ref.argmax(1)).float().mean())
@@ -160,13 +141,3 @@ def check_onnx_agreement(path: Path, model: Segmenter, canvases: torch.Tensor, o
             f"the pixels (max |logit diff| {diff:.3g}); the export is wrong. Use export.format=timm."
         )
     return {"images": len(canvases), "pixel_agreement": agreement, "max_abs_diff": diff}
-
-
-def _check_canvases(module, paths) -> torch.Tensor:
-    size = module.image_size
-    if not paths:
-        return torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    dataset = MaskPathDataset(
-        paths[:CHECK_IMAGES], size, fill_colour(module.data_config["eval"]["mean"]), module.resize
-    )
-    return torch.stack([dataset[i][0] for i in range(len(dataset))])

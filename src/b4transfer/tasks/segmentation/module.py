@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from b4transfer import tta
-from b4transfer.backbone import create_backbone, out_indices_for_strides, resolve_data_configs
+from b4transfer.backbone import canvas_data_config
 from b4transfer.data.masks import IGNORE_INDEX, default_palette
-from b4transfer.tasks.base import TaskModule, metric_name
+from b4transfer.tasks.base import TaskModule, build_backbone, metric_name
 from b4transfer.tasks.segmentation.head import Segmenter, build_head, check_head
 from b4transfer.tasks.segmentation.losses import SegmentationLoss
 from b4transfer.tasks.segmentation.metrics import build_metrics, summarize
@@ -28,16 +28,9 @@ SUMMARY_KEYS = ("miou", "pixel_acc", "dice")  # logged as <stage>/<key> every va
 
 
 def build_feature_backbone(model: dict[str, Any], head: dict[str, Any] | None) -> torch.nn.Module:
-    """The ``features_only`` backbone returning the maps at ``head.feature_strides``."""
-    strides = check_head(head)["feature_strides"]
-    return create_backbone(
-        model["name"],
-        pretrained=model.get("pretrained", False),
-        weights=model.get("weights"),
-        features_only=True,
-        out_indices=out_indices_for_strides(model["name"], list(strides)),
-        drop_path_rate=model.get("drop_path_rate", 0.0),
-    )
+    """The ``features_only`` backbone returning the maps at ``head.feature_strides`` (the decoder's
+    default strides when null)."""
+    return build_backbone(model, check_head(head)["feature_strides"])
 
 
 def colourize(mask: np.ndarray, palette, ignore_index: int) -> np.ndarray:
@@ -60,7 +53,7 @@ class SegmentationModule(TaskModule):
         data: ``image_size`` (canvas side, train and eval), ``mean``, ``std``, ``resize``.
         ignore_index: Mask value of pixels to ignore.
         palette: RGB colour per class (figures, written masks); ``None``: the VOC colour map.
-        backbone: An already built backbone (from :func:`build_feature_backbone`).
+        backbone: An already built backbone (from :func:`build_feature_backbone` with the same ``head``).
     """
 
     task_name = "segmentation"
@@ -85,15 +78,9 @@ class SegmentationModule(TaskModule):
         self.backbone = backbone if backbone is not None else build_feature_backbone(model, head)
         self.class_names = list(class_names)
         self.head = build_head(self.backbone, len(class_names), dict(head or {}))
-        data = dict(data or {})
-        size = data.get("image_size")
-        train_cfg, eval_cfg = resolve_data_configs(
-            self.backbone, image_size=size, eval_image_size=size, mean=data.get("mean"), std=data.get("std")
-        )
-        if size is None:  # one canvas size for train and eval: the model's test size
-            train_cfg["input_size"] = eval_cfg["input_size"]
-        self.data_config = {"train": train_cfg, "eval": eval_cfg}
-        self.resize = data.get("resize") or "letterbox"
+        self.data_config = canvas_data_config(self.backbone, data)  # one canvas size, train and eval
+        eval_cfg = self.data_config["eval"]
+        self.resize = (data or {}).get("resize") or "letterbox"
         self.ignore_index = int(ignore_index)
         self.palette = [tuple(c) for c in (palette or default_palette(len(class_names)))]
         loss = dict(loss or {})
@@ -104,14 +91,8 @@ class SegmentationModule(TaskModule):
         )
         self.register_buffer("mean", torch.tensor(eval_cfg["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(eval_cfg["std"]).view(1, -1, 1, 1), persistent=False)
-        self.val_metrics = build_metrics(len(class_names), self.ignore_index)
-        self.test_metrics = build_metrics(len(class_names), self.ignore_index)
+        self.init_metrics(lambda: build_metrics(len(class_names), self.ignore_index))
         self._shown: list[tuple] = []
-
-    @property
-    def image_size(self) -> int:
-        """Side of the square canvas."""
-        return int(self.data_config["eval"]["input_size"][-1])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` images in 0..1 -> ``(N, K, H, W)`` logits."""
@@ -120,9 +101,6 @@ class SegmentationModule(TaskModule):
     def tta_forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits averaged over the views ``self.tta``, each mapped back to the input's frame."""
         return tta.average_dense(lambda view: self(view).float(), images, self.tta)
-
-    def _logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.tta_forward(images) if self.tta else self(images)
 
     def segmenter(self) -> Segmenter:
         """The standalone model (shares this module's layers)."""
@@ -140,41 +118,28 @@ class SegmentationModule(TaskModule):
         per_class = [f"val/{kind}_{metric_name(n)}" for n in self.class_names for kind in ("iou", "dice")]
         return ["train/loss", "val/loss", *(f"val/{key}" for key in SUMMARY_KEYS), *per_class]
 
-    def _eval_step(self, batch, batch_idx: int, metrics, stage: str) -> None:
+    # -------------------------------------------------------------- evaluation (steps: TaskModule)
+    def eval_losses(self, outputs: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
+        return {"loss": self.criterion(outputs, targets)}
+
+    def update_metrics(self, metrics, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        metrics.update(outputs.argmax(1), targets)
+
+    def on_validation_batch_end(self, outputs: torch.Tensor, batch, batch_idx: int, dataloader_idx: int = 0):
+        """Keep the first :data:`SHOWN_IMAGES` validation images with their masks and predictions."""
         images, masks = batch
-        logits = self(images)
-        self.log(
-            f"{stage}/loss",
-            self.criterion(logits, masks),
-            prog_bar=True,
-            batch_size=len(images),
-            sync_dist=True,
-        )
-        preds = logits.argmax(1)
-        metrics.update(preds, masks)
-        if stage == "val" and len(self._shown) < SHOWN_IMAGES:
-            for i in range(min(len(images), SHOWN_IMAGES - len(self._shown))):
-                self._shown.append((images[i].float().cpu(), masks[i].cpu(), preds[i].cpu()))
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx, self.val_metrics, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx, self.test_metrics, "test")
+        for i in range(min(len(images), SHOWN_IMAGES - len(self._shown))):
+            self._shown.append((images[i].float().cpu(), masks[i].cpu(), outputs[i].argmax(0).cpu()))
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics(self.val_metrics, "val")
+        super().on_validation_epoch_end()
         if not self.trainer.sanity_checking and not getattr(self, "lr_finding", False):
             self._save_figure(Path(self.trainer.default_root_dir) / "val_predictions.png")
         self._shown = []
 
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_metrics, "test")
-
-    def _log_metrics(self, metrics, stage: str) -> None:
-        values = summarize(metrics.compute())
-        metrics.reset()
-        for key in SUMMARY_KEYS:
+    def log_metrics(self, values: dict[str, Any], stage: str) -> None:
+        values = summarize(values)
+        for key in ("miou", "pixel_acc", "dice"):
             self.log(f"{stage}/{key}", values[key], prog_bar=key == "miou", sync_dist=True)
         for name, iou, dice in zip(self.class_names, values["iou_per_class"], values["dice_per_class"]):
             if not torch.isnan(iou):  # a class absent from labels and predictions has no IoU
@@ -200,7 +165,7 @@ class SegmentationModule(TaskModule):
 
     def predict_step(self, batch, batch_idx: int = 0) -> list[dict]:
         images, meta = batch
-        logits = self._logits(images).float()
+        logits = self.infer(images).float()
         out = []
         for i in range(len(images)):
             h, w = (int(v) for v in meta["content"][i])
