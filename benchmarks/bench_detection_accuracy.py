@@ -109,6 +109,7 @@ NEUTRAL = {
     "export.license": "apache-2.0",
     "checkpoint.best_weights_only": True,  # what the best file keeps, not how it was trained
     "predict.runtime": "torch",  # prediction / evaluation only
+    "export.backbone": True,  # after training: the export also holds the backbone alone
     "predict.explain": False,  # issue 28: after training (mode=predict)
     "predict.explain_method": "layercam",
     "predict.explain_stride": 16,

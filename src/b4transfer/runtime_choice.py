@@ -35,7 +35,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from b4transfer.config import plain
+from b4transfer.config import conf_default, plain
 from b4transfer.errors import MissingDependencyError, NotSupportedError, UserError
 from b4transfer.inference import MIN_AGREEMENT, InferenceSettings, predict_trainer_setup
 from b4transfer.runtime_cache import RuntimeCache
@@ -255,7 +255,8 @@ class _Trial:
 
     def _open(self, runtime: str, calibration: Sequence[Path]) -> Callable:
         export = self.cfg.get("export") or {}
-        opset, count = int(export.get("onnx_opset", 17)), int(export.get("int8_calibration_images", 64))
+        opset = int(export.get("onnx_opset") or conf_default("export.onnx_opset"))
+        count = int(export.get("int8_calibration_images") or conf_default("export.int8_calibration_images"))
         images = list(calibration)[:count]
 
         def build(fmt: str, out_dir: Path) -> None:

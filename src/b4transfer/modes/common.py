@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from b4transfer import tasks
 from b4transfer.backbone.downstream import BACKBONE_DIR, export_backbone
-from b4transfer.config import plain
+from b4transfer.config import conf_default, plain
 from b4transfer.data.kfold import check_kfold, fold_splits
 from b4transfer.errors import UserError
 from b4transfer.tasks.base import EXPORT_FORMATS, Task, TaskModule
@@ -65,7 +65,8 @@ def export_formats(cfg: DictConfig, task: Task) -> list[str]:
     for fmt in formats:
         task.refuse("export.format", fmt, task.export_formats)
     if "onnx_int8" in formats:
-        count = (cfg.get("export") or {}).get("int8_calibration_images", 64)
+        default = conf_default("export.int8_calibration_images")
+        count = (cfg.get("export") or {}).get("int8_calibration_images", default)
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise UserError(
                 f"export.int8_calibration_images={count!r}: export.format=onnx_int8 calibrates the INT8 "

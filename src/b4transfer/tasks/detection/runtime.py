@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from b4transfer.config import conf_default
 from b4transfer.data.detection_datamodule import DetectionPathDataset, collate_detection, fill_colour
 from b4transfer.inference import InferenceSettings, fast_model
 from b4transfer.runtime_choice import RuntimeAdapter, instance_attrs
@@ -78,7 +79,8 @@ class DetectorRuntime(RuntimeAdapter):
 
         ref = sorted((d for batch in reference for d in batch), key=lambda d: d["index"])
         got = sorted((d for batch in fast for d in batch), key=lambda d: d["index"])
-        min_score = float((cfg.get("predict") or {}).get("draw_score_thresh", 0.3))
+        min_score = (cfg.get("predict") or {}).get("draw_score_thresh")
+        min_score = float(conf_default("predict.draw_score_thresh") if min_score is None else min_score)
         matched, total = box_agreement(ref, got, min_score=min_score, iou=0.9)
         share = matched / total if total else None  # nothing confident to compare: unchecked
         return {"images": len(ref), "boxes_compared": total, "box_agreement": share, "min_score": min_score,
