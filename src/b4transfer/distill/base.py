@@ -18,7 +18,7 @@ from torch import nn
 from b4transfer.distill.settings import DistillSettings
 from b4transfer.distill.teacher import Teacher, TeacherSpec, class_order, load_teacher
 
-__all__ = ["Distillation", "SharedTeacher"]
+__all__ = ["Distillation", "DistilledStudent", "SharedTeacher"]
 
 
 class SharedTeacher:
@@ -30,6 +30,25 @@ class SharedTeacher:
 
     def __deepcopy__(self, memo):
         return self
+
+
+class DistilledStudent:
+    """Mixed in before a task's LightningModule: the Hinton settings and the shared teacher, moved to the
+    student's device when fitting starts. The task's module supplies ``training_step``.
+
+    Args:
+        distill: ``alpha``, ``temperature`` and, for the record, ``teacher`` (its path).
+        **kwargs: The task module's arguments.
+    """
+
+    def __init__(self, *, distill: dict[str, Any], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.alpha, self.temperature = float(distill["alpha"]), float(distill["temperature"])
+        self.teacher = SharedTeacher()  # set by the distillation
+
+    def on_fit_start(self) -> None:
+        if self.teacher.value is not None:
+            self.teacher.value.to(self.device).eval()
 
 
 class Distillation:

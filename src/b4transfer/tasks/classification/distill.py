@@ -28,7 +28,7 @@ from b4transfer.config import num_workers
 from b4transfer.data.dataset import PathDataset
 from b4transfer.data.splits import DatasetSplits, Sample, drop_unreadable
 from b4transfer.data.transforms import build_transforms
-from b4transfer.distill.base import Distillation, SharedTeacher
+from b4transfer.distill.base import Distillation, DistilledStudent
 from b4transfer.distill.loss import hinton_loss
 from b4transfer.distill.settings import DistillSettings, list_unlabeled
 from b4transfer.distill.teacher import Teacher, TeacherSpec
@@ -66,22 +66,13 @@ class TeacherView(nn.Module):
         return logits[:, self.order] if self.order is not None else logits
 
 
-class DistilledClassifier(ClassificationModule):
+class DistilledClassifier(DistilledStudent, ClassificationModule):
     """A :class:`ClassificationModule` trained with the Hinton loss; its checkpoint loads as the plain module.
 
     Args:
         distill: ``alpha``, ``temperature`` and, for the record, ``teacher`` (its path).
         **kwargs: The :class:`ClassificationModule` arguments.
     """
-
-    def __init__(self, *, distill: dict[str, Any], **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.alpha, self.temperature = float(distill["alpha"]), float(distill["temperature"])
-        self.teacher = SharedTeacher()  # set by the distillation
-
-    def on_fit_start(self) -> None:
-        if self.teacher.value is not None:
-            self.teacher.value.to(self.device).eval()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, *cached = batch  # (images, targets[, the teacher's cached logits])

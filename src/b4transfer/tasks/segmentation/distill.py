@@ -9,12 +9,10 @@ Pseudo-labels (``distill.unlabeled``) are not implemented for segmentation and a
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from b4transfer.distill.base import Distillation, SharedTeacher
+from b4transfer.distill.base import Distillation, DistilledStudent
 from b4transfer.distill.loss import hinton_loss
 from b4transfer.distill.settings import DistillSettings
 from b4transfer.distill.teacher import Teacher, TeacherSpec
@@ -24,7 +22,7 @@ from b4transfer.tasks.segmentation.module import SegmentationModule
 __all__ = ["DistilledSegmenter", "SegmentationDistillation"]
 
 
-class DistilledSegmenter(SegmentationModule):
+class DistilledSegmenter(DistilledStudent, SegmentationModule):
     """A :class:`SegmentationModule` trained with the per-pixel Hinton loss; its checkpoint loads as the
     plain module.
 
@@ -32,15 +30,6 @@ class DistilledSegmenter(SegmentationModule):
         distill: ``alpha``, ``temperature`` and, for the record, ``teacher`` (its path).
         **kwargs: The :class:`SegmentationModule` arguments.
     """
-
-    def __init__(self, *, distill: dict[str, Any], **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.alpha, self.temperature = float(distill["alpha"]), float(distill["temperature"])
-        self.teacher = SharedTeacher()  # set by the distillation
-
-    def on_fit_start(self) -> None:
-        if self.teacher.value is not None:
-            self.teacher.value.to(self.device).eval()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
