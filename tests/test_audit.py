@@ -104,6 +104,18 @@ def test_one_image_a_class_says_the_label_search_was_skipped_in_md_json_and_summ
     assert f"Skipped: {reason}." in section and "None." not in section
 
 
+def test_an_audit_with_seed_null_runs_as_with_seed_0(tmp_path):
+    """Issue 24 follow-up: seed=null passed the seed check, then mode=audit crashed on int(None)."""
+    make_image_folder(tmp_path / "data", per_class=3, size=32)
+    runs = {
+        seed: run(compose_cfg(*AUDIT, f"data.root={tmp_path / 'data'}", f"seed={seed}",
+                              "audit.label_issues=false", f"run_dir={tmp_path / f'run-{seed}'}"))["audit"]
+        for seed in ("null", "0")
+    }
+    same = {k for k in runs["0"] if k not in ("report", "seconds")}  # where and how long: per run
+    assert same and {k: runs["null"][k] for k in same} == {k: runs["0"][k] for k in same}
+
+
 def _photo_copy(src: Path, dst: Path, scale: float, quality: int) -> Path:
     image = Image.open(src)
     image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS).save(

@@ -21,9 +21,8 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     task = tasks.from_config(cfg)
     task.check_config(cfg)
     run_dir = prepare_run_dir(cfg)
-    torch.manual_seed(
-        int(cfg.seed)
-    )  # a randomly initialised backbone (model.pretrained=false) is the same one
+    # a randomly initialised backbone (model.pretrained=false) is the same one; seed=null: as Lightning, 0
+    torch.manual_seed(0 if cfg.seed is None else int(cfg.seed))
     splits = build_splits(cfg, task)
     summary = {"mode": "audit", "task": task.name, "audit": task.audit(cfg, splits, run_dir, full=True)}
     write_summary(run_dir, summary)
