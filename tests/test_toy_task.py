@@ -166,6 +166,10 @@ def registered():
         },
     )
     yield
+    # leave no plug-in behind for later tests in this process (the CLI's --help lists the registry)
+    tasks.unregister(NAME)
+    store.repo["task"].pop(f"{NAME}.yaml", None)
+    store.repo["data"].pop("value_csv.yaml", None)
 
 
 @pytest.fixture

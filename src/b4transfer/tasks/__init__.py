@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from b4transfer.tasks.base import Task, TaskModule
 
 __all__ = ["DEFAULT", "Task", "TaskModule", "for_splits", "from_config", "get", "load_module", "names",
-           "read_checkpoint", "register"]
+           "read_checkpoint", "register", "unregister"]
 
 DEFAULT = "classification"
 _BUILTIN = {
@@ -47,6 +47,11 @@ def register(task: Task) -> Task:
         raise UserError(f"a Task needs a name (the task= value), got {task.name!r}.")
     _REGISTRY[task.name] = task
     return task
+
+
+def unregister(name: str) -> None:
+    """Forget the plug-in task ``name`` (e.g. at the end of a test); built-in tasks stay available."""
+    _REGISTRY.pop(name, None)
 
 
 def names() -> list[str]:
