@@ -32,7 +32,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from b4transfer.data.detection_datamodule import collate_detection
+from b4transfer.tasks.detection.data.datamodule import collate_detection
 from benchmarks.bench_train import _Interleave, plain_ema, split_epoch_ends
 from benchmarks.common import Result, endless, interleaved, median, quiet, ratio_of_rounds, side, timed
 

@@ -21,7 +21,7 @@ from benchmarks.data import photo_jpegs
 
 
 def _datamodule(splits, module, draft_factor, augment):
-    from b4transfer.data.datamodule import ClassificationDataModule
+    from b4transfer.tasks.classification.data.datamodule import ClassificationDataModule
 
     return ClassificationDataModule(
         splits, train_cfg=module.data_config["train"], eval_cfg=module.data_config["eval"],

@@ -139,3 +139,71 @@ def test_every_package_ships_in_the_wheel():
     listed = set(pyproject["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(SRC.parent).parts) for p in SRC.rglob("__init__.py")}
     assert found - listed == set()
+
+
+TASK_PACKAGES = sorted(p.parent.name for p in (SRC / "tasks").glob("*/__init__.py"))
+
+
+def _task_of(module: str) -> str | None:
+    """The task package a dotted module belongs to (``b4transfer.tasks.<name>...``), else ``None``."""
+    parts = module.split(".")
+    return parts[2] if len(parts) >= 3 and parts[1] == "tasks" and parts[2] in TASK_PACKAGES else None
+
+
+def _foreign_task_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``importer -> imported`` wherever a module imports a task's code from outside that task's package."""
+    return [
+        f"{name} -> {target}"
+        for name, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if _task_of(target) and _task_of(target) != _task_of(name)
+    ]
+
+
+def test_no_module_imports_another_tasks_code():
+    """A task's code is imported only from inside its own package (the registry finds a task by the
+    dotted name in ``tasks._BUILTIN``, not by importing it), so shared code never depends on a task and no
+    task on another."""
+    modules = _modules()
+    graph = {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+    assert set(TASK_PACKAGES) >= {"classification", "detection", "segmentation"}
+    assert _foreign_task_imports(graph) == []
+
+
+def test_the_foreign_import_rule_catches_violations():
+    graph = {
+        "b4transfer.data.masks": {"b4transfer.tasks.detection.data.splits"},  # shared code -> a task
+        "b4transfer.tasks.segmentation.data.datamodule": {"b4transfer.tasks.classification.data.datamodule"},
+        "b4transfer.tasks.detection.head": {"b4transfer.tasks.detection.fpn", "b4transfer.tasks.base"},
+    }
+    assert _foreign_task_imports(graph) == [
+        "b4transfer.data.masks -> b4transfer.tasks.detection.data.splits",
+        "b4transfer.tasks.segmentation.data.datamodule -> b4transfer.tasks.classification.data.datamodule",
+    ]
+
+
+def _files_naming(word: str, roots: list[Path], skip: Path) -> list[str]:
+    """Text files under ``roots`` (outside ``skip``) that contain ``word`` in any case, repo-relative."""
+    repo = SRC.parents[1]
+    found = []
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            if not path.is_file() or path.is_relative_to(skip) or "__pycache__" in path.parts:
+                continue
+            try:
+                text = path.read_text()
+            except UnicodeDecodeError:
+                continue
+            if word in text.lower():
+                found.append(str(path.relative_to(repo)))
+    return found
+
+
+def test_segmentation_is_named_only_by_its_package_registry_entry_and_conf():
+    """A task is one folder: outside ``tasks/segmentation/``, only the registry entry and segmentation's
+    own ``conf/`` YAML name it (12 modules did before the data code moved into the package)."""
+    repo = SRC.parents[1]
+    found = _files_naming("segmentation", [SRC, repo / "conf"], SRC / "tasks" / "segmentation")
+    own_conf = [f for f in found if f.startswith("conf/") and "seg" in Path(f).name]
+    assert sorted(set(found) - set(own_conf)) == ["src/b4transfer/tasks/__init__.py"]
+    assert own_conf  # the scan does read conf/ (conf/task/segmentation.yaml names it)

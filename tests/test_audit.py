@@ -17,10 +17,10 @@ from tests.planted import make_planted, photo_like, scores
 from b4transfer.audit import AuditSettings
 from b4transfer.audit.duplicates import near_duplicates
 from b4transfer.audit.phash import image_hashes
-from b4transfer.data.csvdata import read_csv
-from b4transfer.data.yolo import yolo_splits
 from b4transfer.errors import UserError
 from b4transfer.modes import run
+from b4transfer.tasks.classification.data.csvdata import read_csv
+from b4transfer.tasks.detection.data.yolo import yolo_splits
 
 AUDIT = (*TINY, "data=folder", "data.image_size=48", "mode=audit")
 

@@ -10,7 +10,7 @@ import pytest
 import timm
 from safetensors.torch import save_file
 
-from b4transfer.data.demo_detection import ensure_demo_detection
+from b4transfer.tasks.detection.data.demo import ensure_demo_detection
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from b4transfer.data.demo_segmentation import ensure_demo_masks
+from b4transfer.tasks.segmentation.data.demo import ensure_demo_masks
 
 
 def test_segmentation_accuracy_without_data_is_skipped_with_the_reason():

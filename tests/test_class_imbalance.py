@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from tests.conftest import compose_cfg, make_image_folder
 
 from b4transfer import tasks
-from b4transfer.data.sampling import BalancedSampler, balanced_sampler
 from b4transfer.errors import NotSupportedError, UserError
 from b4transfer.modes import train
+from b4transfer.tasks.classification.data.sampling import BalancedSampler, balanced_sampler
 from b4transfer.tasks.classification.losses import EFFECTIVE_BETA, class_weights, focal_loss
 
 LABELS = [0] * 90 + [1] * 10  # 9:1

@@ -313,9 +313,9 @@ def test_good_overrides_and_hydra_s_own_reports_go_on_to_hydra(capsys, monkeypat
 def test_each_mode_building_the_backbone_checks_the_weights_before_any_data(tmp_path, monkeypatch, overrides):
     from tests.conftest import compose_cfg
 
-    import b4transfer.data.demo_detection as demo_detection
-    import b4transfer.data.demo_segmentation as demo_segmentation
     import b4transfer.data.sources as sources
+    import b4transfer.tasks.detection.data.demo as demo_detection
+    import b4transfer.tasks.segmentation.data.demo as demo_segmentation
     from b4transfer.backbone import PretrainedWeightsUnavailable
     from b4transfer.modes import run
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from b4transfer.data.csvdata import read_csv
 from b4transfer.data.folder import scan_folder
 from b4transfer.data.images import ImageLoadError
 from b4transfer.data.splits import Sample, check_class_count, drop_unreadable, stratified_split
+from b4transfer.tasks.classification.data.csvdata import read_csv
 
 
 def _png(path: Path, value: int = 128) -> Path:

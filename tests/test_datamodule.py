@@ -12,16 +12,16 @@ import torch
 from PIL import Image
 
 from b4transfer.data import (
-    ClassificationDataModule,
     DatasetSplits,
     ImageDataset,
     PathDataset,
     Sample,
     build_transforms,
     draft_size_for,
-    read_csv,
     scan_folder,
 )
+from b4transfer.tasks.classification.data.csvdata import read_csv
+from b4transfer.tasks.classification.data.datamodule import ClassificationDataModule
 
 CFG = {
     "input_size": (3, 64, 64),
@@ -77,7 +77,7 @@ def test_train_is_shuffled_and_drop_last(splits):
 
 def test_test_loader_falls_back_to_val_with_a_log_line(splits, tmp_path, caplog):
     dm = _dm(splits)
-    with caplog.at_level(logging.INFO, logger="b4transfer.data.datamodule"):
+    with caplog.at_level(logging.INFO, logger="b4transfer.tasks.classification.data.datamodule"):
         loader = dm.test_dataloader()
     assert len(loader.dataset) == 6 and "No test split: testing on the validation split" in caplog.text
     with_test = _dm(scan_folder(_folder(tmp_path / "t", test=True)))

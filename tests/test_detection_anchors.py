@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from b4transfer.data.detection import DetectionSample
+from b4transfer.data.boxes import DetectionSample
 from b4transfer.tasks.detection.anchors import anchor_fit, box_sides, warn_if_unfit
 from b4transfer.tasks.detection.head import default_anchor_sizes
 
@@ -73,8 +73,8 @@ def test_the_warning_names_the_fix(caplog):
 def test_auto_anchor_sizes_fit_small_boxes_and_keep_the_defaults_for_covered_ones():
     from omegaconf import OmegaConf
 
-    from b4transfer.data.detection import DetectionSplits
     from b4transfer.tasks.detection import DetectionTask
+    from b4transfer.tasks.detection.data.splits import DetectionSplits
 
     def module_for(boxes, anchor_sizes="auto"):
         splits = DetectionSplits(["a"], [1], train=[_sample(boxes, size=(256, 256))] * 4, val=[])

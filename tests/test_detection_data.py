@@ -10,10 +10,11 @@ import pytest
 import torch
 from tests.detection_helpers import coco_to_yolo, small_coco, write_coco, write_image
 
-from b4transfer.data.coco import coco_splits, read_coco
-from b4transfer.data.demo_detection import demo_detection_splits, ensure_demo_detection
-from b4transfer.data.detection_datamodule import DetectionDataModule
-from b4transfer.data.yolo import yolo_splits
+from b4transfer.data.coco import read_coco
+from b4transfer.tasks.detection.data.coco import coco_splits
+from b4transfer.tasks.detection.data.datamodule import DetectionDataModule
+from b4transfer.tasks.detection.data.demo import demo_detection_splits, ensure_demo_detection
+from b4transfer.tasks.detection.data.yolo import yolo_splits
 
 MEAN = (0.485, 0.456, 0.406)
 

@@ -12,12 +12,12 @@ from pycocotools.cocoeval import COCOeval
 from tests.conftest import TINY, compose_cfg
 from tests.detection_helpers import small_coco
 
-from b4transfer.data.coco import coco_splits
-from b4transfer.data.detection_datamodule import DetectionDataModule
 from b4transfer.modes import run, train
 from b4transfer.tasks import load_module
 from b4transfer.tasks.base import build_backbone
 from b4transfer.tasks.detection import DetectionModule
+from b4transfer.tasks.detection.data.coco import coco_splits
+from b4transfer.tasks.detection.data.datamodule import DetectionDataModule
 from b4transfer.tasks.detection.export import load_exported_detector
 from b4transfer.tasks.detection.head import DetectionHead
 from b4transfer.tasks.detection.module import DEFAULT_STRIDES

@@ -8,11 +8,16 @@ import torch
 from PIL import Image
 from tests.detection_helpers import small_coco, write_image
 
-from b4transfer.data.coco import coco_splits
-from b4transfer.data.detection import DetectionSplits, make_sample
-from b4transfer.data.detection_datamodule import DetectionDataModule, DetectionDataset, DetectionPathDataset
-from b4transfer.data.detection_transforms import DetectionTransform
+from b4transfer.data.boxes import make_sample
 from b4transfer.data.images import ImageLoadError
+from b4transfer.tasks.detection.data.coco import coco_splits
+from b4transfer.tasks.detection.data.datamodule import (
+    DetectionDataModule,
+    DetectionDataset,
+    DetectionPathDataset,
+)
+from b4transfer.tasks.detection.data.splits import DetectionSplits
+from b4transfer.tasks.detection.data.transforms import DetectionTransform
 
 FILL = (124, 116, 104)
 

@@ -185,7 +185,7 @@ def _detector_and_loader():
     """
     from torch.utils.data import DataLoader
 
-    from b4transfer.data.detection_datamodule import collate_detection
+    from b4transfer.tasks.detection.data.datamodule import collate_detection
 
     torch.manual_seed(0)
     head = {"score_thresh": SCORE_THRESH, "nms_thresh": 1.0, "detections_per_img": MAX_DETECTIONS,

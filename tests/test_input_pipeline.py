@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from b4transfer.data import ClassificationDataModule, DatasetSplits, Sample, build_transforms
+from b4transfer.data import DatasetSplits, Sample, build_transforms
 from b4transfer.data.images import load_rgb
+from b4transfer.tasks.classification.data.datamodule import ClassificationDataModule
 
 CFG = {"input_size": (3, 64, 64), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
        "crop_pct": 0.875, "crop_mode": "center"}

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from tests.conftest import TINY, compose_cfg, make_image_folder
 
-from b4transfer.data.detection import DetectionSplits, make_sample
+from b4transfer.data.boxes import make_sample
 from b4transfer.data.kfold import fold_splits
 from b4transfer.data.splits import DatasetSplits, Sample
 from b4transfer.errors import UserError
 from b4transfer.modes import run
+from b4transfer.tasks.detection.data.splits import DetectionSplits
 
 
 def _splits(per_class=(6, 4, 2)) -> DatasetSplits:

@@ -13,15 +13,15 @@ from hydra.errors import InstantiationException
 from PIL import Image
 from tests.conftest import TINY, compose_cfg
 
-from b4transfer.data.demo_segmentation import DEMO_MASK_CLASSES, demo_mask_splits
-from b4transfer.data.mask_datamodule import MaskDataModule
-from b4transfer.data.mask_transforms import MaskTransform
-from b4transfer.data.masks import default_palette
-from b4transfer.data.seg_folder import seg_folder_splits
-from b4transfer.data.voc_seg import VOC_CLASSES, voc_seg_splits
 from b4transfer.errors import UserError
 from b4transfer.modes import run
-from b4transfer.tasks.segmentation.coco import coco_semantic_splits
+from b4transfer.tasks.segmentation.data.coco import coco_semantic_splits
+from b4transfer.tasks.segmentation.data.datamodule import MaskDataModule
+from b4transfer.tasks.segmentation.data.demo import DEMO_MASK_CLASSES, demo_mask_splits
+from b4transfer.tasks.segmentation.data.folder import seg_folder_splits
+from b4transfer.tasks.segmentation.data.masks import default_palette
+from b4transfer.tasks.segmentation.data.transforms import MaskTransform
+from b4transfer.tasks.segmentation.data.voc import VOC_CLASSES, voc_seg_splits
 
 MEAN = (0.485, 0.456, 0.406)
 

@@ -18,11 +18,11 @@ from tests.test_segmentation_data import one_line_error, squares, write_pair
 
 from b4transfer import tasks
 from b4transfer.data.kfold import fold_splits
-from b4transfer.data.mask_datamodule import MaskDataModule
-from b4transfer.data.masks import read_mask
-from b4transfer.data.seg_folder import seg_folder_splits
 from b4transfer.modes import run
-from b4transfer.tasks.segmentation.coco import coco_semantic_splits, rle_counts
+from b4transfer.tasks.segmentation.data.coco import coco_semantic_splits, rle_counts
+from b4transfer.tasks.segmentation.data.datamodule import MaskDataModule
+from b4transfer.tasks.segmentation.data.folder import seg_folder_splits
+from b4transfer.tasks.segmentation.data.masks import read_mask
 from b4transfer.tasks.segmentation.predict import mask_png
 
 MEAN = (0.485, 0.456, 0.406)

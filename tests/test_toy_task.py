@@ -3,6 +3,11 @@
 It registers itself (``tasks.register`` + a Hydra ``ConfigStore`` node for ``task=`` and ``data=``) and
 runs train -> validate -> predict -> export through :func:`b4transfer.modes.run`, the entry point of the
 CLI, with no edit to any other file: the proof that heads are swappable.
+
+It follows the recipe of :mod:`b4transfer.tasks.base` in one file: the splits type and its reader
+(``tasks/<name>/data/``: :class:`ValueSplits`, :func:`value_csv_splits`, :class:`ValueData`), the module
+(``module.py``: :class:`RegressionModule`), the :class:`Task` (``__init__.py``: :class:`RegressionTask`),
+and the ``task=`` / ``data=`` config nodes (``conf/``: ConfigStore instead of YAML).
 """
 
 from __future__ import annotations

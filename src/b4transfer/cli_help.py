@@ -59,7 +59,7 @@ EXAMPLES = (
 # Pages of the documentation site (docs/, built with mkdocs) that --help points to; tests check they exist.
 DOCS = (
     ("docs/get-started.md", "install, offline weights, the run directory"),
-    ("docs/tasks/classification.md", "data, keys, metrics, outputs (also detection.md, segmentation.md)"),
+    ("docs/tasks/classification.md", "data, keys, metrics, outputs (one page per task in docs/tasks/)"),
     ("docs/modes/index.md", "what each mode= does"),
     ("docs/guides/fine-tuning.md", "schedules, learning rates, precision, clusters, ... (docs/guides/)"),
     ("docs/reference/config.md", "every key with its default and meaning"),
@@ -172,7 +172,7 @@ def help_text(conf: str | Path) -> str:
         "Modes (mode=...):",
         *_table(list(MODE_HELP.items())),
         "",
-        "Config groups (group=choice; * = default; task=detection / segmentation pick their own demo data):",
+        "Config groups (group=choice; * = default; each task= picks its own demo data):",
         *_table(groups),
         "",
         "Most used keys (every key: python run.py --cfg job; a new key: +key=value):",

@@ -324,8 +324,8 @@ def check_batch_of_one(cfg: Any, module: L.LightningModule, train_images: int) -
     """Refuse, before training, a run whose training batches hold one image while the backbone's
     BatchNorm trains and one of its layers would then see a single value per channel (a 1x1 feature
     map): PyTorch stops such a batch mid-epoch. A last batch of one is dropped by the datamodules
-    (:func:`b4transfer.data.datamodule.lone_last_batch`); this is ``data.batch_size=1`` or a training
-    split of one image."""
+    (:func:`b4transfer.data.loaders.lone_last_batch`); this is ``data.batch_size=1`` or a training split of
+    one image."""
     batch = int(cfg.data.batch_size)
     if min(batch, train_images) > 1 or not trains_batch_norm(cfg.get("finetune")):
         return

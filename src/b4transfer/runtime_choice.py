@@ -7,8 +7,8 @@
   (:mod:`b4transfer.runtime_cache`), run on the CPU by that runtime;
 - ``auto``: each runtime the task exports to and this machine can run, and torch, run the first
   ``predict.check_agreement`` images (timed after one warm-up pass, images already decoded); those whose
-  outputs agree with fp32 eager PyTorch on them (top-1 for classification, boxes for detection, pixel
-  classes for segmentation: the ``predict.check_agreement`` measures, at least 99 %) compete, and the
+  outputs agree with fp32 eager PyTorch on them (what the task's agreement measure compares: top-1
+  labels, boxes, pixel classes; the ``predict.check_agreement`` measures, at least 99 %) compete, and the
   fastest runs the whole input. INT8 is one of them: it runs only where its measured agreement holds.
   A runtime that cannot run (package missing, no export for the task, ``tta=``, ``mode=embed``, a GPU
   run) or that disagrees is passed over, the reason recorded; torch is the last resort.

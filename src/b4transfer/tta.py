@@ -3,8 +3,8 @@
 ``tta=hflip`` runs each image as is and mirrored; ``tta=hflip_scales`` adds both at 0.83x and 1.17x the
 evaluation size (6 views). What a task does with the views is the task's (its module's ``tta_forward``,
 which :meth:`~b4transfer.tasks.base.TaskModule.infer` runs for every task's evaluation while ``module.tta``
-is set): classification averages probabilities (:func:`average`), segmentation averages logits mapped back to
-the input size (:func:`average_dense`), detection maps each view's boxes back and merges them
+is set): classification averages probabilities (:func:`average`), a per-pixel task averages logits mapped back
+to the input size (:func:`average_dense`), detection maps each view's boxes back and merges them
 (``b4transfer.tasks.detection.tta``). The modes set ``module.tta`` to the views for ``mode=validate``,
 ``test`` and ``predict``; ``mode=validate|test`` report the metrics with and without.
 """
@@ -79,7 +79,7 @@ def average(
 
 
 def average_dense(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, views: Sequence[View]):
-    """The mean over the views of per-pixel outputs ``fn`` (e.g. segmentation logits), each mapped back
+    """The mean over the views of per-pixel outputs ``fn`` (e.g. per-pixel class logits), each mapped back
     to the input's frame: what a dense task's ``tta_forward`` returns."""
     size = images.shape[-2:]
     return torch.stack([undo_dense(v, fn(apply(v, images)), size) for v in views]).mean(0)

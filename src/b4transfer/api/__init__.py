@@ -9,7 +9,7 @@ Example::
     run.metrics["val/acc1"], run.best_checkpoint, run.export_dir, run.summary
 
     model = b4.load(run.export_dir)                 # or a checkpoint, or a run directory; any task
-    results = model.predict(["a.jpg", pil_image])   # Classification / Detections / Segmentation
+    results = model.predict(["a.jpg", pil_image])   # one result per image, of the task's type
     model.validate(data="folder", overrides=["data.root=/data/pets"])
     model.export(format="onnx")
 

@@ -80,8 +80,8 @@ class Model:
         Returns:
             The task's results: :class:`~b4transfer.tasks.classification.results.Classification`
             (``label``, ``score``, ``probs``), :class:`~b4transfer.tasks.detection.results.Detections`
-            (``boxes``, ``scores``, ``labels`` in the original pixels) or
-            :class:`~b4transfer.tasks.segmentation.results.Segmentation` (``mask`` at the original size).
+            (``boxes``, ``scores``, ``labels`` in the original pixels), or another task's result type (its
+            ``docs/tasks/`` page; e.g. a ``mask`` at the original size).
         """
         from b4transfer import tta as tta_views
 

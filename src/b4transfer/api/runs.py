@@ -168,7 +168,7 @@ def train(task: str | None = None, data: str | None = None, overrides: Overrides
         run.metrics["val/acc1"], run.best_checkpoint, run.export_dir
 
     Args:
-        task: The ``task=`` group (``classification``, ``detection``, ``segmentation``).
+        task: The ``task=`` group (one of :func:`b4transfer.tasks.names`).
         data: The ``data=`` group.
         overrides: Any other keys, as on the command line.
         run_dir: Where the run writes (default ``outputs/<date>/<time>``).

@@ -123,7 +123,7 @@ def check_weights(model: Mapping[str, Any]) -> None:
 def build_backbone(model: dict[str, Any], strides: Sequence[int] | None = None) -> nn.Module:
     """The timm backbone a ``model`` config describes (``name``, ``pretrained``, ``weights``,
     ``drop_path_rate``): pooled features (``strides=None``, classification) or, ``features_only``, the
-    feature maps at ``strides`` (dense tasks: detection, segmentation)."""
+    feature maps at ``strides`` (dense tasks, e.g. detection)."""
     maps = {} if strides is None else {
         "features_only": True, "out_indices": out_indices_for_strides(model["name"], list(strides))
     }

@@ -90,7 +90,7 @@ def _channels(key: str, value, chans: int, positive: bool) -> tuple[float, ...]:
 
 
 def canvas_data_config(backbone: nn.Module, data: dict | None) -> dict[str, dict]:
-    """``{"train": ..., "eval": ...}`` timm data configs of a dense task (detection, segmentation): one
+    """``{"train": ..., "eval": ...}`` timm data configs of a dense task (e.g. detection): one
     square canvas side for train and eval (``data.image_size``, else the model's test size), and
     ``data.mean`` / ``data.std`` if set."""
     data = dict(data or {})

@@ -198,7 +198,7 @@ def load_weights_file(model: nn.Module, path: Path, *, name: str, features_only:
     """Load a local state dict into ``model``, checking every key and shape against ``name``.
 
     ``path`` may also be a b4transfer export or run directory (:func:`weights_file`): a classification
-    fine-tune's export as ``model.weights`` of a detection or segmentation run (two-stage transfer). A
+    fine-tune's export as ``model.weights`` of a dense task's run (two-stage transfer). A
     ``features_only`` model takes a file of the pooled trunk (the keys it lacks, such as ``conv_head``,
     are left out) or of the feature stages alone (``export/backbone/model.safetensors``).
     """
@@ -248,7 +248,7 @@ def weights_file(path: Path) -> Path:
 
 def _timm_layout(folder: Path) -> bool:
     """``folder`` holds ``model.safetensors`` and a timm ``config.json`` (``architecture`` and
-    ``num_classes``; the detection and segmentation exports' own configs have no ``num_classes``)."""
+    ``num_classes``; the dense tasks' exports' own configs have no ``num_classes``)."""
     import json
 
     try:

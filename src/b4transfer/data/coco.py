@@ -1,6 +1,8 @@
-"""COCO instances JSON: ``images``, ``annotations`` (``bbox`` as ``x, y, w, h`` pixels), ``categories``.
+"""COCO instances JSON, parsed once for every task that reads COCO: ``images``, ``annotations`` (``bbox`` as
+``x, y, w, h`` pixels), ``categories``. A task's own reader (its ``data=`` source) builds its splits on
+:func:`coco_files` and :func:`read_coco`.
 
-``coco_splits(root=DIR)`` finds the standard layout by itself::
+:func:`coco_files` (``root=DIR``) finds the standard layout by itself::
 
     DIR/annotations/instances_train2017.json   DIR/train2017/*.jpg   (or DIR/images/train2017/)
     DIR/annotations/instances_val2017.json     DIR/val2017/*.jpg
@@ -24,13 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from b4transfer.data.detection import (
-    BoxCleaner,
-    DetectionSample,
-    DetectionSplits,
-    assemble_detection_splits,
-    make_sample,
-)
+from b4transfer.data.boxes import BoxCleaner, DetectionSample, make_sample
 from b4transfer.data.images import ImageLoadError, image_header, upright_size
 from b4transfer.data.splits import DEFAULT_CHECK_THREADS, shown
 from b4transfer.errors import UserError, UserFileNotFoundError
@@ -358,56 +354,3 @@ def coco_files(root: str | Path | None, **given: tuple) -> dict[str, tuple[Path,
             "data.train_images=DIR. Fix: set one of them."
         )
     return files
-
-
-def coco_splits(
-    root: str | Path | None = None,
-    *,
-    train_json: str | Path | None = None,
-    train_images: str | Path | None = None,
-    val_json: str | Path | None = None,
-    val_images: str | Path | None = None,
-    test_json: str | Path | None = None,
-    test_images: str | Path | None = None,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    on_bad_image: str = "skip",
-) -> DetectionSplits:
-    """Read a COCO dataset: the standard layout under ``root`` and/or explicit per-split files.
-
-    Args:
-        root: Dataset root with ``annotations/instances_<split>*.json`` and image folders.
-        train_json: Training instances JSON (overrides the one found under ``root``).
-        train_images: Folder the training ``file_name`` entries are relative to.
-        val_json: Validation instances JSON; none: a seeded ``val_fraction`` of train.
-        val_images: Folder of the validation images.
-        test_json: Test instances JSON (optional).
-        test_images: Folder of the test images.
-        val_fraction: Share of training images held out when there is no validation file.
-        seed: Seed of that split.
-        on_bad_image: ``"skip"`` (count and warn) or ``"error"`` for unreadable images.
-
-    Returns:
-        The dataset splits; labels follow the training file's categories sorted by id.
-    """
-    files = coco_files(root, train=(train_json, train_images), val=(val_json, val_images),
-                       test=(test_json, test_images))
-    names, ids, train, cleaner = read_coco(*files["train"], key="data.train_json")
-    tagged, counts = {"train": train}, list(cleaner.report())
-    for split in ("val", "test"):
-        if split in files:
-            _, _, samples, cleaner = read_coco(
-                *files[split], categories=(names, ids), key=f"data.{split}_json"
-            )
-            tagged[split] = samples
-            counts = [a + b for a, b in zip(counts, cleaner.report())]
-    return assemble_detection_splits(
-        names,
-        ids,
-        tagged,
-        source=files["train"][0],
-        val_fraction=val_fraction,
-        seed=seed,
-        on_bad_image=on_bad_image,
-        box_counts=(counts[0], counts[1]),
-    )

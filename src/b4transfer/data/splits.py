@@ -16,12 +16,14 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from b4transfer.data.check_cache import cached_checks
 from b4transfer.data.images import ImageLoadError, check_image
 from b4transfer.errors import UserError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ON_BAD_IMAGE_OPTIONS = ("skip", "error")
 DEFAULT_CHECK_THREADS = min(8, os.cpu_count() or 1)
@@ -268,3 +270,18 @@ def assemble_splits(
             "%s: class(es) %s have no training images; the model can never learn them.", source, empty
         )
     return DatasetSplits(class_names, parts["train"], parts["val"], parts["test"], multi_label, skipped)
+
+
+def random_val_split(
+    samples: Sequence[T], *, val_fraction: float, seed: int
+) -> tuple[list[T], list[T]]:
+    """Hold out a seeded ``val_fraction`` of the images (at least one, never all), order kept."""
+    check_val_fraction(val_fraction)
+    if len(samples) < 2:
+        return list(samples), []
+    n_val = min(max(round(len(samples) * val_fraction), 1), len(samples) - 1)
+    val_idx = set(random.Random(seed).sample(range(len(samples)), n_val))
+    return (
+        [s for i, s in enumerate(samples) if i not in val_idx],
+        [s for i, s in enumerate(samples) if i in val_idx],
+    )

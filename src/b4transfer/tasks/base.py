@@ -6,6 +6,20 @@ LightningModule and datamodule, writes its predictions and its exports. The mode
 (:mod:`b4transfer.modes`) only talk to a task through this contract, so a new task is one package
 (and ``conf/task/<name>.yaml``), registered with :func:`b4transfer.tasks.register`.
 
+What a new task writes, and where (nothing outside its package but its ``conf/`` YAML and its registry
+entry; ``tests/test_architecture.py`` holds every task to it):
+
+- ``tasks/<name>/__init__.py``: the :class:`Task` subclass and ``TASK`` (a built-in is listed in
+  ``tasks._BUILTIN``; a plug-in calls :func:`b4transfer.tasks.register`);
+- ``tasks/<name>/data/``: its splits type, its readers (the ``data.source._target_`` functions that return
+  it), data module, transforms and demo set, built on the shared :mod:`b4transfer.data` (image reading and
+  checks, splits, k-fold, box samples, COCO JSON parsing, data-module helpers);
+- ``tasks/<name>/module.py`` (a :class:`TaskModule` subclass), ``head.py``, its losses and metrics;
+- ``tasks/<name>/predict.py`` / ``results.py`` (what predictions it writes), ``export.py`` (its export
+  formats), and the post-training steps it implements (:data:`STEPS`);
+- ``conf/task/<name>.yaml`` (its own keys) and ``conf/data/<source>.yaml`` per data source, or Hydra
+  ``ConfigStore`` nodes (as the toy task of ``tests/test_toy_task.py`` does, all in one file).
+
 :class:`TaskModule` is the shared LightningModule. It owns what every task does the same way: the
 backbone / head optimizer groups and timm scheduler stepping, the validation and test steps, the
 epoch-end metric hooks, and the test-time augmentation decision (:meth:`TaskModule.infer`). A task's

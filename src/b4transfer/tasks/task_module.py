@@ -32,7 +32,7 @@ class TaskModule(L.LightningModule):
       ``self.class_names``, ``self.data_config`` (``{"train": ..., "eval": ...}`` timm data configs) and,
       if it has metrics, :meth:`init_metrics`.
     - ``forward(inputs)``: its outputs for a batch's inputs, as the validation step reads them
-      (classification and segmentation: logits; detection: boxes).
+      (e.g. logits, or boxes).
     - :meth:`tta_forward`, if its task lists ``tta_modes``: the same kind of outputs, merged over the
       views ``self.tta``.
     - :meth:`eval_losses`, :meth:`update_metrics` and :meth:`log_metrics`: its loss, metric update and
@@ -65,8 +65,8 @@ class TaskModule(L.LightningModule):
     # ------------------------------------------------------------------ what a task supplies
     def tta_forward(self, inputs: Any) -> Any:
         """The task's outputs for ``inputs`` (what ``forward`` gives) merged over the views ``self.tta``
-        (classification: log of the averaged probabilities; segmentation: averaged logits, see
-        :func:`b4transfer.tta.average_dense`; detection: boxes mapped back and merged). A task listing
+        (e.g. the log of the averaged probabilities; per-pixel logits averaged by
+        :func:`b4transfer.tta.average_dense`; boxes mapped back and merged). A task listing
         ``tta_modes`` implements it."""
         raise NotImplementedError
 

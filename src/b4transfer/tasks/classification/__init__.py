@@ -10,7 +10,6 @@ from omegaconf import DictConfig
 
 from b4transfer.class_weights import check_class_weights
 from b4transfer.config import loader_settings, plain
-from b4transfer.data.datamodule import ClassificationDataModule
 from b4transfer.data.splits import DatasetSplits, class_counts
 from b4transfer.data.transforms import DRAFT_FACTOR
 from b4transfer.devices import split_lr_scaling
@@ -19,6 +18,7 @@ from b4transfer.tasks.base import MODES, Task, onnx_opset
 from b4transfer.tasks.classification.audit import audit_classification
 from b4transfer.tasks.classification.calibration import calibrate_classifier
 from b4transfer.tasks.classification.card import write_card
+from b4transfer.tasks.classification.data.datamodule import ClassificationDataModule
 from b4transfer.tasks.classification.distill import ClassificationDistillation
 from b4transfer.tasks.classification.errors import analyse_classifier
 from b4transfer.tasks.classification.explain import check_explainable, explain_predictions, explain_settings

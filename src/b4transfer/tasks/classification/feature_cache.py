@@ -4,8 +4,8 @@ A linear probe trains only the head on a frozen backbone. With deterministic tra
 (``data.augment=false``: resize + centre crop, no random crop, flip or colour jitter) every epoch
 feeds the same pixels through the same frozen function, so the backbone pass — nearly all of the
 cost — can be done once. :class:`CachedFeatureDataModule` wraps a
-:class:`~b4transfer.data.datamodule.ClassificationDataModule`: the first time a split is asked for
-it runs the backbone over it in eval mode (no gradients, under the Trainer's precision, on the
+:class:`~b4transfer.tasks.classification.data.datamodule.ClassificationDataModule`: the first time a split
+is asked for it runs the backbone over it in eval mode (no gradients, under the Trainer's precision, on the
 module's device) and keeps the pooled features in memory (``num_features`` floats per image,
 7 KB for B4); every epoch then trains and validates the head on ``(features, target)`` batches.
 :meth:`ClassificationModule.forward <b4transfer.tasks.classification.module.ClassificationModule.forward>`
@@ -31,9 +31,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from b4transfer.data.datamodule import ClassificationDataModule
 from b4transfer.errors import UserError
 from b4transfer.finetuning import schedule_name
+from b4transfer.tasks.classification.data.datamodule import ClassificationDataModule
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,14 @@ import torch
 from omegaconf import DictConfig
 
 from b4transfer.config import loader_settings, plain
-from b4transfer.data.detection import DetectionSplits
-from b4transfer.data.detection_datamodule import DetectionDataModule
 from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
 from b4transfer.tasks.base import Task, build_backbone, onnx_opset
 from b4transfer.tasks.detection.anchors import anchor_fit, box_sides, warn_if_unfit
 from b4transfer.tasks.detection.audit import audit_detection
 from b4transfer.tasks.detection.calibration import calibrate_detector
+from b4transfer.tasks.detection.data.datamodule import DetectionDataModule
+from b4transfer.tasks.detection.data.splits import DetectionSplits
 from b4transfer.tasks.detection.errors import analyse_detector
 from b4transfer.tasks.detection.export import export_detection_onnx, export_detector, with_fpn_width
 from b4transfer.tasks.detection.head import map_backend

@@ -15,8 +15,8 @@ from b4transfer.audit import AuditItem, AuditSettings, Section, run_audit
 from b4transfer.audit.embeddings import device_for, pooled_embeddings
 from b4transfer.audit.report import table
 from b4transfer.config import num_workers, plain
-from b4transfer.data.detection import DetectionSplits
 from b4transfer.tasks.detection.anchors import anchor_fit, box_sides
+from b4transfer.tasks.detection.data.splits import DetectionSplits
 
 SPLITS = ("train", "val", "test")
 

@@ -25,8 +25,9 @@ from torch import nn
 
 from b4transfer.artifacts import ONNX_NAME, check_inputs, read_export, write_export
 from b4transfer.backbone import create_backbone
-from b4transfer.data.detection_datamodule import DetectionPathDataset, fill_colour
+from b4transfer.data.loaders import fill_colour
 from b4transfer.export import check_extra
+from b4transfer.tasks.detection.data.datamodule import DetectionPathDataset
 from b4transfer.tasks.detection.head import build_detector
 from b4transfer.tasks.detection.module import DetectionModule
 from b4transfer.tasks.detection.onnx_export import export_detector_onnx

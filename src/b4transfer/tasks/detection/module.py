@@ -3,7 +3,7 @@
 ``self.backbone`` is the timm ``features_only`` model (what freezing schedules and the backbone optimizer
 groups act on), and ``self.head`` is a :class:`~b4transfer.tasks.detection.head.DetectionHead` (FPN +
 torchvision detector), which owns the loss, the post-processing and the COCO mAP metric. Batches are
-``(images, targets)`` lists from :class:`~b4transfer.data.detection_datamodule.DetectionDataModule`.
+``(images, targets)`` lists from :class:`~b4transfer.tasks.detection.data.datamodule.DetectionDataModule`.
 """
 
 from __future__ import annotations

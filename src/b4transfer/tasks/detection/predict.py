@@ -46,8 +46,8 @@ from torchvision.utils import draw_bounding_boxes
 
 from b4transfer.config import conf_default, num_workers, plain
 from b4transfer.data.coco import load_json
-from b4transfer.data.detection_datamodule import DetectionPathDataset, collate_detection, fill_colour
 from b4transfer.data.images import load_rgb, upright_size
+from b4transfer.data.loaders import fill_colour
 from b4transfer.errors import UserError
 from b4transfer.inference import (
     MIN_AGREEMENT,
@@ -57,6 +57,7 @@ from b4transfer.inference import (
     predict_trainer_setup,
 )
 from b4transfer.runtime_choice import run_predict
+from b4transfer.tasks.detection.data.datamodule import DetectionPathDataset, collate_detection
 from b4transfer.tasks.detection.onnx_graph import detector_settings
 from b4transfer.tasks.detection.slicing import TileDataset, check_slice
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from b4transfer.data.detection import make_sample
-from b4transfer.data.detection_datamodule import fill_colour
-from b4transfer.data.detection_transforms import DetectionTransform
+from b4transfer.data.boxes import make_sample
+from b4transfer.data.loaders import fill_colour
+from b4transfer.tasks.detection.data.transforms import DetectionTransform
 
 __all__ = ["Detections", "detect_images"]
 

@@ -15,9 +15,10 @@ import torch
 from omegaconf import DictConfig
 
 from b4transfer.config import conf_default
-from b4transfer.data.detection_datamodule import DetectionPathDataset, collate_detection, fill_colour
+from b4transfer.data.loaders import fill_colour
 from b4transfer.inference import InferenceSettings, fast_model
 from b4transfer.runtime_choice import RuntimeAdapter, instance_attrs
+from b4transfer.tasks.detection.data.datamodule import DetectionPathDataset, collate_detection
 from b4transfer.tasks.detection.onnx_graph import INPUT_NAME, detector_settings
 
 

@@ -23,10 +23,10 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.ops import batched_nms, box_area
 
-from b4transfer.data.detection import make_sample
-from b4transfer.data.detection_transforms import DetectionTransform
+from b4transfer.data.boxes import make_sample
 from b4transfer.data.images import load_rgb, upright_size
 from b4transfer.errors import UserError
+from b4transfer.tasks.detection.data.transforms import DetectionTransform
 
 
 def check_slice(size: Any, overlap: Any) -> tuple[int | None, float]:

@@ -2,7 +2,7 @@
 classes.
 
 Data: ``data=seg_folder`` (images/ + masks/), ``data=voc_seg`` (Pascal VOC), ``data=coco`` (instance
-polygons / RLE rendered to semantic masks, :mod:`b4transfer.tasks.segmentation.coco`), and the generated
+polygons / RLE rendered to semantic masks, :mod:`b4transfer.tasks.segmentation.data.coco`), and the generated
 ``data=demo_segmentation`` (the default). Best checkpoint by ``val/miou``; predictions are palette mask
 PNGs at each image's size; exports are weights + ``config.json`` (``export.format=timm``) and ONNX.
 """
@@ -17,10 +17,10 @@ from omegaconf import DictConfig
 
 from b4transfer.class_weights import check_class_weights
 from b4transfer.config import loader_settings, plain
-from b4transfer.data.mask_datamodule import MaskDataModule
-from b4transfer.data.masks import MaskSplits
 from b4transfer.devices import split_lr_scaling
 from b4transfer.tasks.base import Task, onnx_opset
+from b4transfer.tasks.segmentation.data.datamodule import MaskDataModule
+from b4transfer.tasks.segmentation.data.masks import MaskSplits
 from b4transfer.tasks.segmentation.distill import SegmentationDistillation
 from b4transfer.tasks.segmentation.export import export_segmenter, export_segmenter_onnx
 from b4transfer.tasks.segmentation.head import check_head

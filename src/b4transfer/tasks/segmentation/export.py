@@ -32,9 +32,9 @@ from b4transfer.artifacts import (
     write_onnx,
 )
 from b4transfer.backbone import create_backbone
-from b4transfer.data.detection_datamodule import fill_colour
-from b4transfer.data.mask_datamodule import MaskPathDataset
+from b4transfer.data.loaders import fill_colour
 from b4transfer.export import check_extra
+from b4transfer.tasks.segmentation.data.datamodule import MaskPathDataset
 from b4transfer.tasks.segmentation.head import SegmentationHead, Segmenter, check_head
 
 __all__ = ["export_segmenter", "export_segmenter_onnx", "load_exported_segmenter"]

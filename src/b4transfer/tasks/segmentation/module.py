@@ -3,7 +3,7 @@
 ``self.backbone`` is the timm feature extractor (what freezing schedules, stages and the backbone optimizer
 groups act on) and ``self.head`` the decoder + classifier (:class:`~b4transfer.tasks.segmentation.head.
 SegmentationHead`), which counts as head for every schedule. Batches are ``(images, masks)`` from
-:class:`~b4transfer.data.mask_datamodule.MaskDataModule`: images in 0..1, normalised here.
+:class:`~b4transfer.tasks.segmentation.data.datamodule.MaskDataModule`: images in 0..1, normalised here.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from PIL import Image
 
 from b4transfer import tta
 from b4transfer.backbone import canvas_data_config
-from b4transfer.data.masks import IGNORE_INDEX, default_palette
 from b4transfer.tasks.base import TaskModule, build_backbone, metric_name
+from b4transfer.tasks.segmentation.data.masks import IGNORE_INDEX, default_palette
 from b4transfer.tasks.segmentation.head import Segmenter, build_head, check_head
 from b4transfer.tasks.segmentation.losses import SegmentationLoss
 from b4transfer.tasks.segmentation.metrics import build_metrics, summarize

@@ -31,9 +31,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from b4transfer.config import num_workers, plain
-from b4transfer.data.detection_datamodule import fill_colour
 from b4transfer.data.images import load_rgb
-from b4transfer.data.mask_datamodule import MaskPathDataset
+from b4transfer.data.loaders import fill_colour
 from b4transfer.inference import (
     MIN_AGREEMENT,
     InferenceSettings,
@@ -42,6 +41,7 @@ from b4transfer.inference import (
     predict_trainer_setup,
 )
 from b4transfer.runtime_choice import run_predict
+from b4transfer.tasks.segmentation.data.datamodule import MaskPathDataset
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from b4transfer.data.detection_datamodule import fill_colour
-from b4transfer.data.mask_transforms import MaskTransform, content_size
+from b4transfer.data.loaders import fill_colour
+from b4transfer.tasks.segmentation.data.transforms import MaskTransform, content_size
 
 __all__ = ["Segmentation", "segment_images"]
 

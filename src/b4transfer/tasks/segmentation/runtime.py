@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from b4transfer.data.detection_datamodule import fill_colour
-from b4transfer.data.mask_datamodule import MaskPathDataset
+from b4transfer.data.loaders import fill_colour
 from b4transfer.inference import InferenceSettings, fast_model
 from b4transfer.runtime_choice import RuntimeAdapter, instance_attrs
+from b4transfer.tasks.segmentation.data.datamodule import MaskPathDataset
 
 
 class SegmenterRuntime(RuntimeAdapter):

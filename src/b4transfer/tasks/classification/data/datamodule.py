@@ -10,26 +10,16 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from b4transfer.data.dataset import ImageDataset
-from b4transfer.data.mixup import build_mixup
-from b4transfer.data.sampling import SAMPLERS, balanced_sampler
+from b4transfer.data.loaders import check_int, lone_last_batch
 from b4transfer.data.splits import DatasetSplits, class_counts
 from b4transfer.data.transforms import DRAFT_FACTOR, build_transforms, draft_size_for
 from b4transfer.errors import UserError
+from b4transfer.tasks.classification.data.mixup import build_mixup
+from b4transfer.tasks.classification.data.sampling import SAMPLERS, balanced_sampler
 
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
-
-
-def check_int(value: Any, key: str, low: int, fix: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UserError(f"{key} must be an integer >= {low}, got {value!r}. Fix: {fix}.")
-
-
-def lone_last_batch(num_samples: int, batch_size: int) -> bool:
-    """Whether an epoch would end with a batch of one image: training drops it (BatchNorm in train mode
-    cannot normalise a single value per channel, e.g. a 1x1 map of one image), one image per epoch."""
-    return batch_size > 1 and num_samples > batch_size and num_samples % batch_size == 1
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -50,7 +40,7 @@ class ClassificationDataModule(L.LightningDataModule):
         mixup: ``data.mixup`` options (timm Mixup/CutMix on training batches, soft targets);
             ``None`` or both alphas 0: off.
         sampler: ``None`` (shuffled) or ``"balanced"`` (each class drawn equally often, see
-            :mod:`b4transfer.data.sampling`; single-label data only).
+            :mod:`b4transfer.tasks.classification.data.sampling`; single-label data only).
         seed: Seed of the balanced sampler's draws.
     """
 

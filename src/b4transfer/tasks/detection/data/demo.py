@@ -5,8 +5,8 @@
     root/annotations/instances_train.json   root/train/000000.png ...
     root/annotations/instances_val.json     root/val/000000.png ...
 
-the standard COCO layout, read back by :func:`b4transfer.data.coco.coco_splits` like users' data.
-Each image (size varies between ``image_size`` and 1.4x that, not always square) holds 0 to 4
+the standard COCO layout, read back by :func:`b4transfer.tasks.detection.data.coco.coco_splits` like users'
+data. Each image (size varies between ``image_size`` and 1.4x that, not always square) holds 0 to 4
 non-overlapping shapes — circle, square, triangle — in a class-typical hue family, with random
 size, position, rotation and colour jitter; about one image in ten holds none (a negative). Boxes
 are the tight boxes of the drawn shapes.
@@ -183,7 +183,7 @@ def demo_detection_splits(
     seed: int = 0,
 ):
     """The generated detection demo (written once to a cache dir), read through the COCO loader."""
-    from b4transfer.data.coco import coco_splits
+    from b4transfer.tasks.detection.data.coco import coco_splits
 
     folder = ensure_demo_detection(
         root, image_size=image_size, train_images=train_images, val_images=val_images, seed=seed

@@ -14,12 +14,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from b4transfer.data.datamodule import check_int, lone_last_batch
-from b4transfer.data.detection_datamodule import fill_colour
 from b4transfer.data.images import load_rgb
-from b4transfer.data.mask_transforms import MaskTransform, content_size
-from b4transfer.data.masks import MaskSample, MaskSplits, read_mask
+from b4transfer.data.loaders import check_int, fill_colour, lone_last_batch
 from b4transfer.errors import UserError
+from b4transfer.tasks.segmentation.data.masks import MaskSample, MaskSplits, read_mask
+from b4transfer.tasks.segmentation.data.transforms import MaskTransform, content_size
 
 
 class MaskDataset(Dataset):
@@ -73,7 +72,7 @@ class MaskDataModule(L.LightningDataModule):
         batch_size: Images per batch (per device).
         num_workers: Dataloader worker processes; 0 loads in the main process.
         augment: ``hflip``, ``scale``, ``color_jitter`` (see
-            :func:`~b4transfer.data.mask_transforms.check_mask_augment`).
+            :func:`~b4transfer.tasks.segmentation.data.transforms.check_mask_augment`).
         resize: ``letterbox`` or ``stretch`` for evaluation.
         pin_memory: Pin host memory.
     """

@@ -25,17 +25,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from b4transfer.data.detection import random_val_split
 from b4transfer.data.images import ImageLoadError, upright_size
-from b4transfer.data.mask_files import check_palette, mask_size, read_mask, refuse_lossy
 from b4transfer.data.splits import (
     DEFAULT_CHECK_THREADS,
     check_on_bad_image,
     check_val_fraction,
     drop_unreadable,
+    random_val_split,
     shown,
 )
 from b4transfer.errors import UserError
+from b4transfer.tasks.segmentation.data.mask_files import check_palette, mask_size, read_mask, refuse_lossy
 
 log = logging.getLogger(__name__)
 

@@ -5,11 +5,11 @@
     root/classes.txt                       background, circle, square, triangle
     root/images/{train,val}/000000.png     root/masks/{train,val}/000000.png   (8-bit class indices)
 
-read back by :func:`b4transfer.data.seg_folder.seg_folder_splits` like users' data. Each image (sides
-between ``image_size`` and 1.3x that) holds 1 to 3 shapes — circle, square, triangle — in a class-typical
-hue family with random size, position, rotation and colour jitter; shapes may overlap (the later one is on
-top, in the image and in the mask). A mask pixel is a shape's class where the anti-aliased shape covers at
-least half of the pixel.
+read back by :func:`b4transfer.tasks.segmentation.data.folder.seg_folder_splits` like users' data. Each
+image (sides between ``image_size`` and 1.3x that) holds 1 to 3 shapes — circle, square, triangle — in a
+class-typical hue family with random size, position, rotation and colour jitter; shapes may overlap (the later
+one is on top, in the image and in the mask). A mask pixel is a shape's class where the anti-aliased
+shape covers at least half of the pixel.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from b4transfer.data.demo import (
     shape_polygon,
     textured_background,
 )
-from b4transfer.data.masks import MaskSplits
+from b4transfer.tasks.segmentation.data.masks import MaskSplits
 
 DEMO_MASK_CLASSES = ("background", "circle", "square", "triangle")
 DEMO_MASK_VERSION = "v1"
@@ -125,7 +125,7 @@ def demo_mask_splits(
     seed: int = 0,
 ) -> MaskSplits:
     """The generated demo (written once to a cache dir), read through the ``seg_folder`` loader."""
-    from b4transfer.data.seg_folder import seg_folder_splits
+    from b4transfer.tasks.segmentation.data.folder import seg_folder_splits
 
     folder = ensure_demo_masks(
         root, image_size=image_size, train_images=train_images, val_images=val_images, seed=seed

@@ -13,10 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from b4transfer.data.masks import IGNORE_INDEX, MaskSample, MaskSplits, assemble_mask_splits
-from b4transfer.data.seg_folder import read_names
 from b4transfer.data.splits import shown
 from b4transfer.errors import UserError, UserFileNotFoundError
+from b4transfer.tasks.segmentation.data.folder import read_names
+from b4transfer.tasks.segmentation.data.masks import (
+    IGNORE_INDEX,
+    MaskSample,
+    MaskSplits,
+    assemble_mask_splits,
+)
 
 VOC_CLASSES = (
     "background",

@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from b4transfer.data.detection import BoxCleaner, DetectionSplits, assemble_detection_splits, make_sample
+from b4transfer.data.boxes import BoxCleaner, make_sample
 from b4transfer.data.folder import list_images
 from b4transfer.data.images import ImageLoadError, upright_size
 from b4transfer.data.splits import shown
 from b4transfer.errors import UserError, UserFileNotFoundError
+from b4transfer.tasks.detection.data.splits import DetectionSplits, assemble_detection_splits
 
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 NAMES_FILES = ("data.yaml", "dataset.yaml", "classes.txt")

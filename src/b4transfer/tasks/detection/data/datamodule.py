@@ -1,7 +1,7 @@
 """``DetectionDataModule``: detection splits + box-aware transforms -> Lightning dataloaders.
 
 Batches are ``(images, targets)``: a list of ``(3, S, S)`` float tensors and a list of target
-dicts (see :class:`~b4transfer.data.detection_transforms.DetectionTransform`), the form
+dicts (see :class:`~b4transfer.tasks.detection.data.transforms.DetectionTransform`), the form
 torchvision detectors take.
 """
 
@@ -15,22 +15,18 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from b4transfer.data.datamodule import check_int, lone_last_batch
-from b4transfer.data.detection import DetectionSample, DetectionSplits, make_sample
-from b4transfer.data.detection_transforms import DetectionTransform, check_augment
+from b4transfer.data.boxes import DetectionSample, make_sample
 from b4transfer.data.images import load_rgb, upright_size
+from b4transfer.data.loaders import check_int, fill_colour, lone_last_batch
 from b4transfer.errors import UserError
+from b4transfer.tasks.detection.data.splits import DetectionSplits
+from b4transfer.tasks.detection.data.transforms import DetectionTransform, check_augment
 
 
 def collate_detection(batch):
     """``[(image, target), ...] -> ([images], [targets])``."""
     images, targets = zip(*batch)
     return list(images), list(targets)
-
-
-def fill_colour(mean: Sequence[float]) -> tuple[int, int, int]:
-    """The normalisation mean as 0..255 RGB: padding that normalises to zero."""
-    return tuple(int(round(255 * float(m))) for m in mean)
 
 
 class DetectionDataset(Dataset):

@@ -20,9 +20,15 @@ from pathlib import Path
 import yaml
 
 from b4transfer.data.folder import VAL_DIR_NAMES, list_images
-from b4transfer.data.masks import IGNORE_INDEX, MaskSample, MaskSplits, assemble_mask_splits, check_palette
 from b4transfer.data.splits import shown
 from b4transfer.errors import UserError, UserFileNotFoundError
+from b4transfer.tasks.segmentation.data.masks import (
+    IGNORE_INDEX,
+    MaskSample,
+    MaskSplits,
+    assemble_mask_splits,
+    check_palette,
+)
 
 NAMES_FILES = ("classes.txt", "classes.yaml", "classes.yml")
 _LAYOUT = (

@@ -23,7 +23,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from b4transfer.data.detection import DetectionSample
+from b4transfer.data.boxes import DetectionSample
 from b4transfer.errors import UserError
 
 # As conf/data/_detection_common.yaml: no scale or colour jitter (measured: docs/studies/detection-recipe.md).

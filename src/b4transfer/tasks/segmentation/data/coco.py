@@ -1,6 +1,6 @@
 """``data=coco`` with ``task=segmentation``: COCO instance masks rendered into semantic masks.
 
-The same files and layouts as detection's COCO reader (:func:`b4transfer.data.coco.coco_files`; its
+The same files and layouts as every COCO reader (:func:`b4transfer.data.coco.coco_files`; its
 checks of images, sizes, ids and categories apply), and each annotation's ``segmentation`` — polygons,
 or RLE (compressed or not) — is rendered with pycocotools when an image is loaded (the start-up scan
 reads the class pixel counts from the annotations' ``area`` instead of rendering every mask). Class 0 is
@@ -22,8 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from b4transfer.data.coco import coco_files, load_json, read_coco
-from b4transfer.data.masks import IGNORE_INDEX, MaskSample, MaskSplits, assemble_mask_splits
 from b4transfer.errors import MissingDependencyError, UserError
+from b4transfer.tasks.segmentation.data.masks import (
+    IGNORE_INDEX,
+    MaskSample,
+    MaskSplits,
+    assemble_mask_splits,
+)
 
 BACKGROUND = "background"
 
@@ -221,8 +226,9 @@ def coco_semantic_splits(
     on_bad_image: str = "skip",
     ignore_index: int = IGNORE_INDEX,
 ) -> MaskSplits:
-    """Read a COCO instances dataset as semantic masks (the arguments are "
-    ":func:`~b4transfer.data.coco.coco_splits`'s)."""
+    """Read a COCO instances dataset as semantic masks (the files as
+    :func:`~b4transfer.data.coco.coco_files` finds or takes them; ``ignore_index``: the mask value
+    ignored)."""
     files = coco_files(
         root, train=(train_json, train_images), val=(val_json, val_images), test=(test_json, test_images)
     )
