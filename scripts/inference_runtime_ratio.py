@@ -2,7 +2,8 @@
 
 ``python scripts/inference_runtime_ratio.py onnxruntime`` prints the library's images/s, the naive fp32
 timm loop's and their ratio (the same interleaved rounds as ``benchmarks.run --suite cpu --quick --only
-inference``; nothing is written). Used to show the speed-up without INT8 (docs/studies/prediction-runtimes.md).
+inference``; nothing is written). Used to show the speed-up without INT8
+(docs/studies/prediction-runtimes.md).
 """
 
 import dataclasses
