@@ -103,6 +103,26 @@ def test_unknown_augment_key_is_named():
         DetectionTransform(64, fill=FILL, train=True, augment={"scale": [1.5, 1.0]})
 
 
+@pytest.mark.parametrize(
+    "check, kind, example",
+    [("detection", "detection", r"\[0.75,1.25\]"), ("segmentation", "semantic masks", r"\[0.5,2.0\]")],
+)
+def test_both_dense_tasks_check_augment_alike_naming_their_data(check, kind, example):
+    from b4transfer.tasks.detection.data.transforms import check_augment
+    from b4transfer.tasks.segmentation.data.transforms import check_mask_augment
+
+    checker = {"detection": check_augment, "segmentation": check_mask_augment}[check]
+    with pytest.raises(ValueError, match=rf"unknown key\(s\) \['mosaic'\] for {kind}\. Fix: use "):
+        checker({"mosaic": 1.0})
+    with pytest.raises(ValueError, match=r"hflip must be a probability in \[0, 1\], got 2"):
+        checker({"hflip": 2})
+    with pytest.raises(ValueError, match=rf"got \[2, 1\]\. Fix: e\.g\. data\.augment\.scale={example}"):
+        checker({"scale": [2, 1]})
+    with pytest.raises(ValueError, match=r"color_jitter must be >= 0, got -1"):
+        checker({"color_jitter": -1})
+    assert checker({"scale": [1, 2]})["scale"] == (1.0, 2.0)
+
+
 def test_datamodule_batches_are_lists_of_images_and_targets(tmp_path):
     small_coco(tmp_path)
     splits = coco_splits(tmp_path, val_fraction=0.34)

@@ -12,7 +12,6 @@ Every image becomes a square ``image_size`` canvas, float 0..1 (the detector nor
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +23,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from b4transfer.data.boxes import DetectionSample
+from b4transfer.data.loaders import check_flip_scale_jitter
 from b4transfer.errors import UserError
 
 # As conf/data/_detection_common.yaml: no scale or colour jitter (measured: docs/studies/detection-recipe.md).
@@ -32,25 +32,7 @@ DEFAULT_AUGMENT: dict[str, Any] = {"hflip": 0.5, "scale": (1.0, 1.0), "color_jit
 
 def check_augment(augment: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate ``data.augment`` for detection (``hflip``, ``scale``, ``color_jitter``)."""
-    aug = dict(DEFAULT_AUGMENT if augment is None else augment)
-    unknown = sorted(set(aug) - set(DEFAULT_AUGMENT))
-    if unknown:
-        raise UserError(
-            f"data.augment has unknown key(s) {unknown} for detection. Fix: use {sorted(DEFAULT_AUGMENT)}."
-        )
-    aug = {**DEFAULT_AUGMENT, **aug}
-    if not isinstance(aug["hflip"], numbers.Real) or not 0 <= aug["hflip"] <= 1:
-        raise UserError(f"data.augment.hflip must be a probability in [0, 1], got {aug['hflip']!r}.")
-    scale = aug["scale"]
-    if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and 0 < scale[0] <= scale[1]):
-        raise UserError(
-            f"data.augment.scale must be [low, high] with 0 < low <= high, got {scale!r}. "
-            "Fix: e.g. data.augment.scale=[0.75,1.25], or [1.0,1.0] for no scale jitter."
-        )
-    if not isinstance(aug["color_jitter"], numbers.Real) or aug["color_jitter"] < 0:
-        raise UserError(f"data.augment.color_jitter must be >= 0, got {aug['color_jitter']!r}.")
-    aug["scale"] = (float(scale[0]), float(scale[1]))
-    return aug
+    return check_flip_scale_jitter(augment, DEFAULT_AUGMENT, kind="detection", scale_example="[0.75,1.25]")
 
 
 def _labels_and_crowd(inputs):
