@@ -260,8 +260,8 @@ def run(p: dict) -> Result:
 
 
 def run_pseudo(p: dict) -> Result:
-    """``p`` as :func:`run`, plus ``labelled_share`` (0.25) and ``pseudo_threshold`` (the library's default
-    when absent)."""
+    """``p`` as :func:`run`, plus ``labelled_share`` (0.25), ``pseudo_threshold`` (the library's default
+    when absent) and ``self_training`` (also run ``teacher + pseudo-labels``; off unless asked)."""
     title = "Pseudo-labels: a quarter of the labels plus the teacher's pseudo-labels vs the quarter alone"
     skipped = _skip(PSEUDO_NAME, title, p)
     if skipped:
@@ -270,6 +270,7 @@ def run_pseudo(p: dict) -> Result:
     share = p.get("labelled_share", 0.25)
     labelled, unlabelled = quarter_split(Path(p["cls_data"]), work / f"split-{int(100 * share)}", share=share)
     threshold = [f"distill.pseudo_threshold={p['pseudo_threshold']}"] if p.get("pseudo_threshold") else []
+    alpha, temperature = p.get("distill_settings", [(0.5, 4.0)])[0]  # the headline (alpha, T), stated
     for seed in p["seeds"]:
         teacher_args, student_args = _teacher_student(p, labelled, seed)
         teacher = library_run(work, "teacher (quarter)", teacher_args, threads)
@@ -277,6 +278,7 @@ def run_pseudo(p: dict) -> Result:
             "mode=distill",
             f"distill.teacher={teacher['run_dir']}",
             f"distill.unlabeled={unlabelled}",
+            f"distill.temperature={temperature}",
             *threshold,
         ]
         runs = {
@@ -285,21 +287,24 @@ def run_pseudo(p: dict) -> Result:
             "student + pseudo-labels": library_run(
                 work,
                 "student + pseudo-labels",
-                [*student_args, *pseudo, f"distill.student={p['student_model']}"],
+                [*student_args, *pseudo, f"distill.student={p['student_model']}", f"distill.alpha={alpha}"],
                 threads,
             ),
-            "teacher + pseudo-labels": library_run(
+        }
+        if p.get("self_training"):  # the teacher's own model, fine-tuned again with its pseudo-labels
+            runs["teacher + pseudo-labels"] = library_run(
                 work,
                 "teacher + pseudo-labels",
                 [*teacher_args, *pseudo, f"distill.student={p['teacher_model']}", "distill.alpha=0"],
                 threads,
-            ),
-        }
+            )
         used.append(runs["student + pseudo-labels"]["pseudo_labels"])
         for name, r in runs.items():
             arms.setdefault(name, []).append(r)
     v = verdict(arms["student + pseudo-labels"], arms["student (quarter)"])
-    self_training = verdict(arms["teacher + pseudo-labels"], arms["teacher (quarter)"])
+    self_training = (
+        verdict(arms["teacher + pseudo-labels"], arms["teacher (quarter)"]) if p.get("self_training") else {}
+    )
     result = Result(
         name=PSEUDO_NAME,
         title=f"{title} ({p['teacher_model']} teacher, {p['student_model']} student @ {p['image_size']}, "
@@ -315,8 +320,8 @@ def run_pseudo(p: dict) -> Result:
         extra={
             "gain": v["gain"],
             "spread": v["spread"],
-            "teacher_self_training_gain": self_training["gain"],
-            "teacher_self_training_spread": self_training["spread"],
+            "teacher_self_training_gain": self_training.get("gain"),
+            "teacher_self_training_spread": self_training.get("spread"),
             "pseudo_labels_used": [u["used"] if u else None for u in used],
             "unlabelled_images": used[0]["images"] if used and used[0] else None,
             "pseudo_threshold": used[0]["threshold"] if used and used[0] else None,

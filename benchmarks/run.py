@@ -157,8 +157,8 @@ _SEG_ACCURACY = dict(model="tf_efficientnet_lite1", image_size=256, epochs=4, se
 _TIME_TO_ACCURACY = dict(model="tf_efficientnet_lite1", image_size=224, epochs=5, seeds=[0, 1, 2])
 # Distillation (lite1 teacher -> lite0 student, --weights and --student-weights) and pseudo-labels on a
 # quarter of the labels (--cls-data); the first (alpha, T) is the headline arm, more add arms.
-_DISTILL = dict(teacher_model="tf_efficientnet_lite1", student_model="tf_efficientnet_lite0", image_size=224,
-                epochs=5, seeds=[0, 1, 2], distill_settings=[[0.5, 4.0]])
+_DISTILL = dict(teacher_model="tf_efficientnet_lite1", student_model="tf_efficientnet_lite0", image_size=160,
+                epochs=5, seeds=[0, 1, 2], distill_settings=[[0.5, 4.0], [0.9, 4.0], [0.5, 2.0]])
 ACCURACY_PROFILES: dict[str, dict[str, dict]] = {
     "full": {"detection_accuracy": _DET_ACCURACY,
              "segmentation_accuracy_fpn": dict(_SEG_ACCURACY, decoder="fpn"),

@@ -64,6 +64,7 @@ def test_distillation_and_pseudo_label_results_end_to_end_with_runs_reused(tmp_p
         speed_rounds=2,
         distill_settings=[[0.5, 4.0]],
         pseudo_threshold=0.3,
+        self_training=True,
     )
     for name in ("distillation", "pseudo_labels"):
         monkeypatch.setitem(suite.ACCURACY_PROFILES["smoke"], name, tiny)
