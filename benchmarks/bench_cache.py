@@ -41,7 +41,7 @@ class _EpochTimer(L.Callback):
 def _config(p: dict, root: Path, run_dir: Path, cached: bool, extra: tuple[str, ...] = ()):
     from hydra import compose, initialize_config_dir
 
-    from b4transfer.cli import config_dir
+    from b4transfer.cli.main import config_dir
 
     overrides = [
         f"model.name={p['model']}",
@@ -70,7 +70,7 @@ def _fit(
 ) -> tuple[list[float], dict]:
     from b4transfer import tasks
     from b4transfer.modes.common import build_splits
-    from b4transfer.trainer import build_trainer
+    from b4transfer.training.trainer import build_trainer
 
     cfg = _config(p, root, run_dir, cached, extra)
     L.seed_everything(0, verbose=False)

@@ -42,7 +42,7 @@ CLASSES = ("circle", "square", "triangle")
 def _config(p: dict, run_dir: Path):
     from hydra import compose, initialize_config_dir
 
-    from b4transfer.cli import config_dir
+    from b4transfer.cli.main import config_dir
 
     overrides = [
         "task=detection", "data=coco", f"model.name={p['model']}", "model.pretrained=false",
@@ -121,7 +121,7 @@ def _baseline_steps(raw: torch.nn.Module, loader: DataLoader, ema_decay: float |
 
 def run(p: dict) -> Result:
     from b4transfer import tasks
-    from b4transfer.trainer import build_trainer
+    from b4transfer.training.trainer import build_trainer
 
     torch.manual_seed(0)
     k, blocks = p["k"], p["rounds"] + p["warmup"]
@@ -164,7 +164,7 @@ def run(p: dict) -> Result:
 
 def _predict(module, p: dict) -> dict:
     """Images/s of the ``mode=predict`` path vs ``raw(images)`` under no_grad (fp32), and box agreement."""
-    from b4transfer.inference import InferenceSettings
+    from b4transfer.runtime.inference import InferenceSettings
     from b4transfer.tasks.detection.predict import box_agreement, run_detection_inference
 
     module.eval()

@@ -4,7 +4,7 @@ Library path: :func:`b4transfer.tasks.classification.predict.run_inference` with
 ``predict.*`` settings (``precision=auto`` -> bf16 where native, ``channels_last=true``) and the
 benchmark's ``runtime`` (``predict.runtime``: ``torch`` through ``Trainer.predict``; ``auto`` picks the
 fastest of torch, onnxruntime, OpenVINO and INT8 that agrees with fp32 on the first
-``check_agreement`` images, :mod:`b4transfer.runtime_choice`; building the exports and choosing are
+``check_agreement`` images, :mod:`b4transfer.runtime.choice`; building the exports and choosing are
 one-time costs, reported apart as ``export_build_s`` / ``choose_s``), over pre-decoded images as the
 prediction loader gives them: ``uint8`` batches (pinned on a GPU), normalised where the model runs.
 Decoding is measured separately (``predict_pipeline``).
@@ -47,8 +47,8 @@ def _fit_head(module, x: torch.Tensor, labels: torch.Tensor, device) -> None:
 
 def run(p: dict, *, device: str = "cpu") -> Result:
     from b4transfer.data.transforms import normalize_uint8
-    from b4transfer.export import timm_classifier
-    from b4transfer.inference import InferenceSettings
+    from b4transfer.export.timm_format import timm_classifier
+    from b4transfer.runtime.inference import InferenceSettings
     from b4transfer.tasks.classification import ClassificationModule
     from b4transfer.tasks.classification.predict import run_inference
 
@@ -121,8 +121,8 @@ def _choose(module, p: dict, x8: torch.Tensor, tmp: Path, dev) -> dict:
     from omegaconf import OmegaConf
 
     from b4transfer import tasks
-    from b4transfer.runtime_cache import RuntimeCache
-    from b4transfer.runtime_choice import choose
+    from b4transfer.runtime.cache import RuntimeCache
+    from b4transfer.runtime.choice import choose
 
     check, calibration = p.get("check_agreement", 16), p.get("int8_calibration_images", 32)
     paths = []
@@ -154,7 +154,7 @@ def _choose(module, p: dict, x8: torch.Tensor, tmp: Path, dev) -> dict:
 @torch.no_grad()
 def _latency(module, naive, x1: torch.Tensor, report: dict, rounds: int) -> dict[str, float]:
     """Batch-1 latency: the fast model (same settings or runtime as predict) vs the naive fp32 model."""
-    from b4transfer.inference import fast_model
+    from b4transfer.runtime.inference import fast_model
 
     choice = getattr(module, "runtime_choice", None)
     if choice is not None and choice.exported:

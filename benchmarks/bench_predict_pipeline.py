@@ -65,7 +65,7 @@ def _drain(loader, dev: torch.device) -> float:
 
 def _model_step(cfg, module, choice, batches: list, dev: torch.device):
     """A function timing the model alone over decoded ``batches`` (on its device), as predict runs it."""
-    from b4transfer.inference import InferenceSettings, predict_trainer_setup
+    from b4transfer.runtime.inference import InferenceSettings, predict_trainer_setup
     from b4transfer.tasks.classification.runtime import ADAPTER
 
     settings = InferenceSettings()
@@ -122,9 +122,9 @@ def _decode_rates(paths, module, dev: torch.device) -> dict[str, float]:
 
 def run(p: dict, *, device: str = "cpu") -> Result:
     from b4transfer import tasks
-    from b4transfer.inference import InferenceSettings
-    from b4transfer.runtime_cache import RuntimeCache
-    from b4transfer.runtime_choice import choose
+    from b4transfer.runtime.cache import RuntimeCache
+    from b4transfer.runtime.choice import choose
+    from b4transfer.runtime.inference import InferenceSettings
     from b4transfer.tasks.classification import ClassificationModule
     from b4transfer.tasks.classification.predict import run_inference
 

@@ -75,7 +75,7 @@ def _measure(make_step, batch: int, reps: int, device) -> dict:
 
 def measure_one(p: dict, kind: str, batch: int, size: int, device: str) -> dict:
     """One configuration, in this (fresh) process: build the module, warm up, time, read peak memory."""
-    from b4transfer.inference import fast_model, resolve_precision
+    from b4transfer.runtime.inference import fast_model, resolve_precision
     from b4transfer.tasks.classification import ClassificationModule
 
     if p.get("threads"):
@@ -115,7 +115,7 @@ def _child(p: dict, kind: str, batch: int, size: int, device: str) -> dict:
 
 def run(p: dict, *, device: str = "cpu") -> Result:
     """Every configuration in its own process, so that peak RSS belongs to that configuration alone."""
-    from b4transfer.inference import resolve_precision
+    from b4transfer.runtime.inference import resolve_precision
 
     p = {**p, "threads": torch.get_num_threads()}
     rows = []

@@ -34,7 +34,7 @@ CLASSES = ("background", "a", "b", "c")
 def _config(p: dict, run_dir: Path):
     from hydra import compose, initialize_config_dir
 
-    from b4transfer.cli import config_dir
+    from b4transfer.cli.main import config_dir
 
     overrides = [
         "task=segmentation",
@@ -118,7 +118,7 @@ def run(p: dict) -> Result:
             reason='segmentation_models_pytorch is not installed (pip install "b4transfer[bench]")',
         )
     from b4transfer import tasks
-    from b4transfer.trainer import build_trainer
+    from b4transfer.training.trainer import build_trainer
 
     torch.manual_seed(0)
     k, blocks = p["k"], p["rounds"] + p["warmup"]

@@ -109,7 +109,7 @@ def split_epoch_ends(interleave: _Interleave, warmup: int) -> tuple[list[float],
 def _config(p: dict, run_dir: Path, *, accelerator: str, precision: str):
     from hydra import compose, initialize_config_dir
 
-    from b4transfer.cli import config_dir
+    from b4transfer.cli.main import config_dir
 
     overrides = [
         f"model.name={p['model']}", "model.pretrained=false", f"data.image_size={p['image_size']}",
@@ -169,9 +169,9 @@ def run(p: dict, *, accelerator: str = "cpu", precision: str = "32-true", target
     ``target`` ``<= x`` compares time per step (library / plain); ``>= x`` compares images/s.
     """
     from b4transfer import tasks
-    from b4transfer.callbacks import ThroughputMeter
-    from b4transfer.speed import apply_speed_switches
-    from b4transfer.trainer import build_trainer
+    from b4transfer.runtime.speed import apply_speed_switches
+    from b4transfer.training.callbacks import ThroughputMeter
+    from b4transfer.training.trainer import build_trainer
 
     torch.manual_seed(0)
     k, blocks = p["k"], p["rounds"] + p["warmup"]

@@ -40,7 +40,8 @@ _IMPORTED = time.perf_counter()
 
 
 def seconds_since_process_start() -> float:
-    """As ``b4transfer.callbacks.seconds_since_process_start`` (copied: this loop imports no b4transfer)."""
+    """As ``b4transfer.training.callbacks.seconds_since_process_start`` (copied: this loop imports no
+    b4transfer)."""
     try:
         with open("/proc/self/stat") as f:  # field 22, starttime, in clock ticks after boot
             started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")

@@ -12,7 +12,8 @@
 
 Times full training steps (forward, loss, backward, AdamW step) on a synthetic batch after warm-up
 steps, with the autocast / GradScaler setup Lightning uses for each ``precision=`` choice. ``auto`` is
-resolved by the library (:func:`b4transfer.devices.resolve_precision`: bf16-mixed + channels_last where
+resolved by the library (:func:`b4transfer.training.devices.resolve_precision`: bf16-mixed + channels_last
+where
 the device computes bf16 natively, else 32-true; on CPUs with the depthwise convolutions in fp32); a
 ``+cl`` suffix adds channels_last weights and inputs to any choice (``--channels-last``: to all), ``+bf16dw``
 keeps the depthwise convolutions in bf16. ``--task classification`` (default) times a plain timm
@@ -40,14 +41,15 @@ CHOICES = (*AMP, "auto")
 
 def resolve(precision: str, device: str, channels_last: bool = False) -> tuple[str, bool, bool]:
     """``(Lightning precision, channels_last, fp32 depthwise)`` of a choice such as ``32-true``, ``auto``,
-    ``32-true+cl``: the library's plan (:func:`b4transfer.devices.resolve_precision`), as a run uses it.
+    ``32-true+cl``: the library's plan (:func:`b4transfer.training.devices.resolve_precision`), as a run uses
+    it.
     ``+bf16dw`` leaves the depthwise convolutions in bf16 (what the plan avoids on CPUs)."""
     name, *suffixes = precision.split("+")
     if name not in CHOICES or not set(suffixes) <= {"cl", "bf16dw"}:
         raise ValueError(
             f"precision={precision!r}; choose one of {', '.join(CHOICES)}, optionally +cl and/or +bf16dw."
         )
-    from b4transfer.devices import resolve_precision
+    from b4transfer.training.devices import resolve_precision
 
     plan = resolve_precision({"precision": name, "accelerator": device.split(":")[0]})
     channels_last = channels_last or "cl" in suffixes or plan.channels_last
@@ -111,11 +113,11 @@ def setup(
     else:
         model, loss_fn = _classifier(model_name, device, batch_size, image_size)
     if fp32_dw:  # as a run of the library: depthwise convolutions fp32 under bf16 autocast on a CPU
-        from b4transfer.speed import fp32_depthwise
+        from b4transfer.runtime.speed import fp32_depthwise
 
         fp32_depthwise(model)
     if channels_last:
-        from b4transfer.speed import apply_speed_switches
+        from b4transfer.runtime.speed import apply_speed_switches
 
         if task == "detection":
             apply_speed_switches(model, {}, channels_last=True)

@@ -42,10 +42,10 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from b4transfer.cli import config_dir  # noqa: E402
+from b4transfer.cli.main import config_dir  # noqa: E402
 from b4transfer.modes import run  # noqa: E402
 from b4transfer.modes.predict import list_images  # noqa: E402
-from b4transfer.runtime_cache import MARKER_NAME  # noqa: E402
+from b4transfer.runtime.cache import MARKER_NAME  # noqa: E402
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "onnx_int8")
 PACKAGES = ("b4transfer", "torch", "onnxruntime", "openvino", "onnx", "timm", "lightning")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tests.conftest import compose_cfg
 
-from b4transfer.trainer import build_trainer
+from b4transfer.training.trainer import build_trainer
 
 ALL = ["train_overhead", "inference", "predict_pipeline", "input_pipeline", "cached_probe", "scaling",
        "detection", "segmentation_fpn"]
@@ -68,7 +68,7 @@ def test_gpu_suite_without_cuda_says_so_and_succeeds(isolated, capsys):
 
 
 def test_progress_bar_refreshes_at_the_logging_interval(tmp_path, monkeypatch):
-    monkeypatch.setattr("b4transfer.callbacks.stdout_is_terminal", lambda: True)  # the bar is a terminal's
+    monkeypatch.setattr("b4transfer.training.callbacks.stdout_is_terminal", lambda: True)  # a terminal
     cfg = compose_cfg("trainer.log_every_n_steps=7", "trainer.enable_progress_bar=true",
                       f"run_dir={tmp_path}")
     trainer = build_trainer(cfg, tmp_path)

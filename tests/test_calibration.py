@@ -67,7 +67,7 @@ def _random_labels(root: Path) -> Path:
 def test_an_over_confident_model_is_calibrated_and_predict_applies_the_temperature(tmp_path):
     """Must-show 3."""
     ort = pytest.importorskip("onnxruntime")
-    from b4transfer.onnx_export import onnx_metadata
+    from b4transfer.tasks.classification.onnx_export import onnx_metadata
 
     table = _random_labels(tmp_path)
     base = (*TINY, "data=csv", f"data.csv={table}", "data.image_size=32", "ema.enabled=false")

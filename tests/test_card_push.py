@@ -18,10 +18,10 @@ import torch
 import yaml
 from tests.conftest import TINY, compose_cfg
 
-from b4transfer.card import model_stats
 from b4transfer.data.images import load_rgb
 from b4transfer.data.transforms import build_transforms
 from b4transfer.errors import UserError
+from b4transfer.export.card import model_stats
 from b4transfer.modes import run
 from b4transfer.tasks import load_module
 

@@ -12,7 +12,7 @@ pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from b4transfer.backbone import create_backbone  # noqa: E402
-from b4transfer.onnx_export import onnx_metadata  # noqa: E402
+from b4transfer.tasks.classification.onnx_export import onnx_metadata  # noqa: E402
 from b4transfer.tasks.detection.head import DETECTORS, build_detector  # noqa: E402
 from b4transfer.tasks.detection.onnx_check import nms_rounding_dependent  # noqa: E402
 from b4transfer.tasks.detection.onnx_export import (  # noqa: E402
@@ -219,7 +219,7 @@ def test_int8_graph_runs_with_onnxruntime_s_default_optimisations(exported, tmp_
     """Regression: torchvision's box clipping ends in ``reshape(boxes.shape)``, which onnxruntime's
     ReshapeFusion turned into ``(0, -1)``; a quantised graph (a pyramid level without candidates) then
     failed at that Reshape. The export clips without a reshape, so the INT8 file runs as users run it."""
-    from b4transfer.runtimes import quantize_int8
+    from b4transfer.runtime.runtimes import quantize_int8
 
     _, path, _ = exported(name)
     calibration = ({"image": x[None].numpy()} for x in _canvases(SIZES[name], 4, seed=1))

@@ -11,10 +11,10 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
 from tests.conftest import compose_cfg
 
-from b4transfer.devices import build_strategy, default_num_workers, scaled_lr
 from b4transfer.modes import train
-from b4transfer.speed import apply_speed_switches
-from b4transfer.trainer import build_trainer
+from b4transfer.runtime.speed import apply_speed_switches
+from b4transfer.training.devices import build_strategy, default_num_workers, scaled_lr
+from b4transfer.training.trainer import build_trainer
 
 
 @pytest.mark.parametrize("choice", ["32-true", "bf16-mixed", "16-mixed", "bf16-true"])
@@ -56,7 +56,7 @@ def test_bf16_mixed_trains_and_the_summary_states_precision_and_batch(tiny_cfg):
 
 def test_linear_lr_scaling_is_applied_to_the_optimizer_and_logged(tiny_cfg, caplog):
     cfg = tiny_cfg("optim.lr_scaling=linear", "optim.base_batch_size=4", "trainer.max_epochs=1")
-    with caplog.at_level("INFO", logger="b4transfer.devices"):
+    with caplog.at_level("INFO", logger="b4transfer.training.devices"):
         summary = train(cfg)
     assert summary["batch"]["lr"] == pytest.approx(2e-3)  # 8 images per step / base 4
     assert "8 images per optimizer step; lr 0.002 (optim.lr=0.001, lr_scaling=linear" in caplog.text

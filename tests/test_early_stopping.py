@@ -13,7 +13,7 @@ from tests.conftest import compose_cfg
 from b4transfer.errors import UserError
 from b4transfer.modes import train
 from b4transfer.tasks import load_module
-from b4transfer.trainer import build_trainer
+from b4transfer.training.trainer import build_trainer
 
 SCORES = [0.2, 0.9, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]  # best at the 2nd epoch ("epoch 2/8"), then flat
 

@@ -14,10 +14,10 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from tests.conftest import TINY, compose_cfg
 
-from b4transfer import callbacks
-from b4transfer.callbacks import EpochLines
 from b4transfer.modes import train
-from b4transfer.trainer import build_trainer
+from b4transfer.training import callbacks
+from b4transfer.training.callbacks import EpochLines
+from b4transfer.training.trainer import build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOSING = re.compile(r"^Done in [\d.]+ s: best val/acc1 (\S+) at epoch (\d)/3 \((.+)\)\.$")

@@ -17,8 +17,8 @@ from tests.conftest import TINY, compose_cfg
 from b4transfer import tasks
 from b4transfer.errors import NotSupportedError, UserError
 from b4transfer.explain import METHODS, activation_map, input_view, overlay
-from b4transfer.inference import output_names
 from b4transfer.modes import run
+from b4transfer.runtime.inference import output_names
 from b4transfer.tasks.classification.explain import check_explainable, class_maps, explain_settings
 from b4transfer.tasks.classification.module import ClassificationModule
 

@@ -1,4 +1,5 @@
-"""Tests for b4transfer.export: plain timm reloads the export with the same logits, labels, data config."""
+"""Tests for b4transfer.export.timm_format: plain timm reloads the export with the same logits, labels,
+data config."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from timm.data import resolve_model_data_config
 from torch import nn
 
 from b4transfer.backbone import create_backbone, resolve_data_configs
-from b4transfer.export import export_timm, load_exported
+from b4transfer.export.timm_format import export_timm, load_exported
 
 TINY = "test_efficientnet"
 LABELS = ["cat", "dog", "eel"]
@@ -160,7 +161,7 @@ def test_load_exported_names_missing_files(tmp_path):
 def test_timm_releases_without_data_config_get_the_same_preprocessing(trained, tmp_path, monkeypatch, half):
     """timm 1.0.9-1.0.30's save_config_for_hf takes no data_config: export must neither crash nor
     keep the source checkpoint's preprocessing there (seen on a GPU machine with timm 1.0.29)."""
-    import b4transfer.export as export_module
+    import b4transfer.export.timm_format as export_module
 
     backbone, head, data_config = trained
     data_config = data_config if half == "both" else data_config["eval"]

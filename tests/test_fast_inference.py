@@ -12,8 +12,8 @@ from tests.conftest import TINY, compose_cfg, make_image_folder
 
 from b4transfer.data.images import load_rgb
 from b4transfer.data.transforms import build_transforms
-from b4transfer.inference import InferenceSettings, fast_model, resolve_precision
 from b4transfer.modes import run, train
+from b4transfer.runtime.inference import InferenceSettings, fast_model, resolve_precision
 from b4transfer.tasks import load_module
 from b4transfer.tasks.classification import ClassificationModule
 from b4transfer.tasks.detection import DetectionModule
@@ -109,7 +109,7 @@ def test_inference_settings_are_checked():
 # ---------------------------------------------------------------------------------------------- ONNX
 def test_onnx_export_matches_pytorch_on_real_images(trained):
     ort = pytest.importorskip("onnxruntime")
-    from b4transfer.onnx_export import onnx_metadata
+    from b4transfer.tasks.classification.onnx_export import onnx_metadata
 
     tmp, images, ckpt = trained
     summary = run(_cfg(tmp, images, ckpt, "onnx", "mode=export", "export.format=onnx"))
@@ -131,7 +131,7 @@ def test_onnx_export_matches_pytorch_on_real_images(trained):
 
 def test_export_both_formats_and_bad_formats(trained, tmp_path):
     pytest.importorskip("onnxruntime")
-    from b4transfer.onnx_export import export_onnx
+    from b4transfer.tasks.classification.onnx_export import export_onnx
 
     tmp, images, ckpt = trained
     run(_cfg(tmp, images, ckpt, "both", "mode=export", "export.format=[timm,onnx]"))

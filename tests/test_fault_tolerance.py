@@ -18,15 +18,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from tests.conftest import TINY, compose_cfg
 
 from b4transfer import modes
-from b4transfer.checkpointing import (
+from b4transfer.errors import UserError
+from b4transfer.modes import train
+from b4transfer.training.checkpointing import (
     SIGTERM_EXIT_CODE,
     BestCheckpoint,
     best_weights_only,
     find_last_checkpoint,
     step_checkpoint,
 )
-from b4transfer.errors import UserError
-from b4transfer.modes import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # 24 images, 20% held out -> 18 training images; batch 2 -> 9 steps per epoch, 18 in two epochs.
@@ -124,7 +124,7 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path, image_fold
 # A process that writes a checkpoint, then is SIGKILLed half-way through writing the next one.
 _KILL_DURING_SAVE = """
 import io, os, signal, sys, torch
-from b4transfer.checkpointing import AtomicCheckpointIO
+from b4transfer.training.checkpointing import AtomicCheckpointIO
 
 class NaiveIO:  # what a plain torch.save(checkpoint, path) does
     def save_checkpoint(self, checkpoint, path):

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from b4transfer import tasks
-from b4transfer.callbacks import ThroughputMeter
 from b4transfer.config import plain as _plain
 from b4transfer.modes import train
 from b4transfer.modes.common import build_splits
 from b4transfer.tasks import load_module
 from b4transfer.tasks.classification.feature_cache import CachedFeatureDataModule, check_cacheable
-from b4transfer.trainer import build_trainer
+from b4transfer.training.callbacks import ThroughputMeter
+from b4transfer.training.trainer import build_trainer
 
 # checkpoint.monitor=null: last.ckpt is then written every epoch (with a monitor, Lightning 2.6 only
 # rewrites last.ckpt when the monitored metric improves, so it can hold an earlier epoch)
@@ -91,9 +91,9 @@ def test_cache_needs_deterministic_inputs_and_a_frozen_backbone(tiny_cfg):
     with pytest.raises(ValueError, match=r"finetune='full' trains it. Fix: use finetune=linear_probe"):
         check_cacheable(augment=False, finetune={"name": "full"})
     check_cacheable(augment=False, finetune={"name": "linear_probe"})
-    check_cacheable(augment=False, finetune={"_target_": "b4transfer.finetuning.LinearProbe"})
+    check_cacheable(augment=False, finetune={"_target_": "b4transfer.training.finetuning.LinearProbe"})
     with pytest.raises(ValueError, match=r"finetune='full' trains it"):
-        check_cacheable(augment=False, finetune={"_target_": "b4transfer.finetuning.Full"})
+        check_cacheable(augment=False, finetune={"_target_": "b4transfer.training.finetuning.Full"})
     cfg = tiny_cfg("data.augment=false")
     splits = build_splits(cfg, tasks.from_config(cfg))
     module = tasks.from_config(cfg).build_module(cfg, splits)

@@ -12,14 +12,14 @@ import torch
 from lightning.pytorch.callbacks import BaseFinetuning
 
 from b4transfer import tasks
+from b4transfer.backbone.stages import backbone_stages
 from b4transfer.config import plain as _plain
-from b4transfer.finetuning import FreezeUnfreeze, Gradual, LinearProbe
 from b4transfer.modes import train
 from b4transfer.modes.common import build_splits
 from b4transfer.runs import prepare_run_dir
-from b4transfer.stages import backbone_stages
 from b4transfer.tasks.classification.module import build_backbone
-from b4transfer.trainer import build_trainer
+from b4transfer.training.finetuning import FreezeUnfreeze, Gradual, LinearProbe
+from b4transfer.training.trainer import build_trainer
 
 
 def _probe(tmp_path, name="states"):
@@ -173,7 +173,7 @@ def test_bn_policy_of_trainable_stages(tiny_cfg, tmp_path, bn):
 
 # ------------------------------------------------------------------------- DDP-safe requires_grad
 def test_requires_grad_is_fixed_at_setup_for_a_ddp_safe_unfreeze(tiny_cfg, tmp_path, caplog):
-    with caplog.at_level("WARNING", logger="b4transfer.finetuning"):
+    with caplog.at_level("WARNING", logger="b4transfer.training.finetuning"):
         module, _ = _fit(tiny_cfg("finetune=freeze_unfreeze", "logger=none"))  # 1 epoch: frozen all along
     assert not any(p.requires_grad for p in module.backbone.parameters())  # never trains in this run
     assert "start at epoch 1 never train with trainer.max_epochs=1. HINT" in caplog.text
@@ -210,7 +210,7 @@ def test_resuming_with_a_different_schedule_warns(caplog):
     saved.starts = saved.stage_starts(5)
     now = FreezeUnfreeze(unfreeze_at_epoch=3)
     now.starts = now.stage_starts(5)
-    with caplog.at_level("WARNING", logger="b4transfer.finetuning"):
+    with caplog.at_level("WARNING", logger="b4transfer.training.finetuning"):
         now.load_state_dict(saved.state_dict())
     assert "Resuming with a different fine-tuning schedule" in caplog.text and "HINT" in caplog.text
     caplog.clear()

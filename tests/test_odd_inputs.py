@@ -18,9 +18,9 @@ from tests.conftest import TINY, compose_cfg, make_image_folder
 from b4transfer import tasks
 from b4transfer.config import SEED_RANGE, check_seed
 from b4transfer.errors import UserError
-from b4transfer.finetuning import check_batch_of_one
 from b4transfer.modes import run
-from b4transfer.trackers import check_mlflow_store
+from b4transfer.training.finetuning import check_batch_of_one
+from b4transfer.training.trackers import check_mlflow_store
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_a_training_split_of_one_image_is_refused_like_a_batch_of_one():
         check_batch_of_one(config, module, 1)
     check_batch_of_one(config, module, 2)  # two images: two values per channel
     check_batch_of_one(config, _probe_module(64), 1)  # a 2x2 map: four values
-    linear_probe = {"_target_": "b4transfer.finetuning.LinearProbe", "bn": "train"}
+    linear_probe = {"_target_": "b4transfer.training.finetuning.LinearProbe", "bn": "train"}
     check_batch_of_one(OmegaConf.create({"data": {"batch_size": 1}, "finetune": linear_probe}), module, 1)
     assert module.backbone.training  # the probe leaves the modes as they were
 

@@ -7,9 +7,9 @@ import timm
 import torch
 from tests.conftest import compose_cfg
 
-from b4transfer.devices import split_lr_scaling
-from b4transfer.optim import create_optimizer, create_scheduler, param_groups
 from b4transfer.tasks.classification.head import ClassificationHead
+from b4transfer.training.devices import split_lr_scaling
+from b4transfer.training.optim import create_optimizer, create_scheduler, param_groups
 
 
 @pytest.fixture(scope="module")

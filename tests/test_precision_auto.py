@@ -7,9 +7,9 @@ import torch
 from tests.conftest import TINY, compose_cfg
 from tests.test_detection_head import _module, _target
 
-from b4transfer import inference
-from b4transfer.devices import resolve_precision, trainer_kwargs
 from b4transfer.modes import train
+from b4transfer.runtime import inference
+from b4transfer.training.devices import resolve_precision, trainer_kwargs
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_explicit_precisions_pass_through_untouched(native):
 
 def test_auto_trains_in_bf16_channels_last_and_the_summary_records_it(tiny_cfg, native, caplog):
     native(True)
-    with caplog.at_level("INFO", logger="b4transfer.devices"):
+    with caplog.at_level("INFO", logger="b4transfer.training.devices"):
         summary = train(
             tiny_cfg("precision=auto", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1")
         )
@@ -159,7 +159,7 @@ def test_fp32_depthwise_changes_dtypes_not_parameters():
 
     import timm
 
-    from b4transfer.speed import fp32_depthwise
+    from b4transfer.runtime.speed import fp32_depthwise
 
     torch.manual_seed(0)
     model = timm.create_model("test_efficientnet", num_classes=3)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from tests.conftest import compose_cfg
 
-from b4transfer.inference import output_names
+from b4transfer.runtime.inference import output_names
 from b4transfer.tasks.classification import predict as cls_predict
 from b4transfer.tasks.detection import predict as det_predict
 

@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 from tests.conftest import TINY, compose_cfg, make_image_folder
 
-from b4transfer import runtime_choice
 from b4transfer.errors import MissingDependencyError, NotSupportedError, UserError
 from b4transfer.modes import run, train
-from b4transfer.runtime_cache import MARKER_NAME, RuntimeCache
+from b4transfer.runtime import choice as runtime_choice
+from b4transfer.runtime.cache import MARKER_NAME, RuntimeCache
 from b4transfer.tasks import get
 
 pytest.importorskip("onnxruntime")
@@ -50,7 +50,7 @@ def _predictions(summary) -> dict[str, tuple[str, float]]:
 
 
 def _choice_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "b4transfer.runtime_choice"]
+    return [r.getMessage() for r in caplog.records if r.name == "b4transfer.runtime.choice"]
 
 
 def test_auto_runs_the_fastest_agreeing_runtime_and_reuses_the_exports(trained, caplog):

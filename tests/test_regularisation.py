@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 from tests.test_finetuning import _fit
 
-from b4transfer.ema import EMA
 from b4transfer.tasks.classification.data.mixup import BatchMixup, build_mixup
+from b4transfer.training.ema import EMA
 
 
 class WeightsSeen(L.Callback):

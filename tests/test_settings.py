@@ -13,8 +13,8 @@ import pytest
 import yaml
 from tests.conftest import TINY, compose_cfg
 
-from b4transfer.cli import config_dir
-from b4transfer.cli_overrides import check_overrides
+from b4transfer.cli.main import config_dir
+from b4transfer.cli.overrides import check_overrides
 from b4transfer.errors import NotSupportedError, UserError
 from b4transfer.modes import run
 

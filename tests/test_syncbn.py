@@ -13,9 +13,9 @@ from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
 from timm.layers import BatchNormAct2d, SyncBatchNormAct
 from torch import nn
 
-from b4transfer.devices import trainer_kwargs
-from b4transfer.syncbn import TimmSyncBatchNorm
-from b4transfer.trainer import build_trainer
+from b4transfer.training.devices import trainer_kwargs
+from b4transfer.training.syncbn import TimmSyncBatchNorm
+from b4transfer.training.trainer import build_trainer
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import torch
 from hydra.errors import ConfigCompositionException
 from tests.conftest import TINY, compose_cfg
 
-from b4transfer.callbacks import seconds_since_process_start
 from b4transfer.modes import run, train
 from b4transfer.tasks import load_module
+from b4transfer.training.callbacks import seconds_since_process_start
 
 
 def _rows(path):
@@ -50,7 +50,7 @@ def test_train_writes_a_complete_run_directory(tiny_cfg, tmp_path):
 def test_seconds_since_process_start_counts_from_the_start_of_the_process():
     code = (
         "import time; t = time.perf_counter(); "
-        "from b4transfer.callbacks import seconds_since_process_start as f; "
+        "from b4transfer.training.callbacks import seconds_since_process_start as f; "
         "time.sleep(0.3); print(f(), time.perf_counter() - t)"
     )
     start = time.perf_counter()

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from tests.conftest import TINY, compose_cfg, make_image_folder
 
-from b4transfer import tta
 from b4transfer.data.loaders import fill_colour
 from b4transfer.errors import NotSupportedError
 from b4transfer.modes import run
+from b4transfer.runtime import tta
 from b4transfer.tasks.classification.module import ClassificationModule
 from b4transfer.tasks.detection.data.datamodule import DetectionPathDataset, collate_detection
 from b4transfer.tasks.detection.module import DetectionModule

@@ -1,8 +1,8 @@
 """The config of a run, composed from ``conf/`` exactly as ``python run.py key=value ...`` composes it.
 
-Shared by the command line (:mod:`b4transfer.cli`) and the Python API (:mod:`b4transfer.api`): the
+Shared by the command line (:mod:`b4transfer.cli.main`) and the Python API (:mod:`b4transfer.api`): the
 config directory, the one-line message for a mistyped key or group choice
-(:func:`b4transfer.cli_overrides.check_overrides`), and :func:`compose_config`, which uses Hydra's
+(:func:`b4transfer.cli.overrides.check_overrides`), and :func:`compose_config`, which uses Hydra's
 compose API inside ``initialize_config_dir`` (so no global Hydra state outlives the call and the working
 directory never changes) and gives the config the run function receives from ``@hydra.main``: the
 ``hydra`` node removed and ``run_dir`` set to the run directory Hydra would have made
@@ -101,7 +101,7 @@ def compose_config(overrides: list[str], *, run_dir: str | os.PathLike | None = 
     from hydra.errors import HydraException
     from omegaconf import OmegaConf, open_dict
 
-    from b4transfer.cli_overrides import check_overrides
+    from b4transfer.cli.overrides import check_overrides
 
     _refuse_sweeps(overrides)
     conf = config_dir()

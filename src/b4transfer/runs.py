@@ -16,8 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from b4transfer import distributed
 from b4transfer.errors import RunDirTakenError, UserError, UserFileNotFoundError
+from b4transfer.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 
 def resolve_ckpt(cfg: DictConfig, *, required: bool) -> str | None:
     """``cfg.ckpt_path`` checked: ``last`` -> the newest ``last.ckpt`` under ``checkpoint.runs_root``."""
-    from b4transfer.checkpointing import find_last_checkpoint
+    from b4transfer.training.checkpointing import find_last_checkpoint
 
     ckpt = cfg.get("ckpt_path")
     if ckpt == "last":

@@ -83,7 +83,7 @@ class Model:
             (``boxes``, ``scores``, ``labels`` in the original pixels), or another task's result type (its
             ``docs/tasks/`` page; e.g. a ``mask`` at the original size).
         """
-        from b4transfer import tta as tta_views
+        from b4transfer.runtime import tta as tta_views
 
         hook = getattr(self._task, "predict_images", None)
         if hook is None:

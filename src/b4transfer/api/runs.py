@@ -106,8 +106,8 @@ def show_library_logs() -> None:
 
 def _forget(run_dir: str) -> None:
     """A refused run leaves no run directory: what it created goes, while it holds only what the run
-    wrote (:mod:`b4transfer.run_cleanup`)."""
-    from b4transfer.run_cleanup import forget
+    wrote (:mod:`b4transfer.cli.cleanup`)."""
+    from b4transfer.cli.cleanup import forget
 
     if Path(run_dir).is_dir():
         forget(run_dir, {"config_resolved.yaml"})
@@ -139,8 +139,8 @@ def run(mode: str, *, task: str | None = None, data: str | None = None, override
     Raises:
         UserError: Anything the CLI refuses in one line, with the same message.
     """
+    from b4transfer.cli.cleanup import remember
     from b4transfer.modes import run as run_mode
-    from b4transfer.run_cleanup import remember
 
     cfg = compose_config(_overrides(mode, task, data, overrides, keys), run_dir=run_dir)
     show_library_logs()
@@ -248,10 +248,10 @@ def build(task: str | None = None, data: str | None = None, overrides: Overrides
         ``splits``, ``cfg``, ``run_dir``, ...).
     """
     from b4transfer.backbone import check_weights
+    from b4transfer.cli.cleanup import remember
     from b4transfer.config import plain
     from b4transfer.modes.train import setup
-    from b4transfer.run_cleanup import remember
-    from b4transfer.trackers import check_loggers
+    from b4transfer.training.trackers import check_loggers
 
     cfg = compose_config(_overrides("train", task, data, overrides, keys), run_dir=run_dir)
     remember(cfg.run_dir)

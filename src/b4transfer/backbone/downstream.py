@@ -81,7 +81,7 @@ def export_backbone(
     Returns:
         ``out_dir``.
     """
-    from b4transfer.export import atomic_write, claim_dir, flat_data_config, save_hf_config
+    from b4transfer.export.timm_format import atomic_write, claim_dir, flat_data_config, save_hf_config
 
     out_dir = Path(out_dir)
     state = features_state(backbone, model_name)

@@ -2,7 +2,8 @@
 
 A run directory gives its best checkpoint (``summary.json``), else its ``export/`` folder. A checkpoint is
 rebuilt with :func:`b4transfer.tasks.load_module`; a timm export folder (``config.json`` +
-``model.safetensors``, a classifier) with :func:`b4transfer.export.load_exported`. What it was trained
+``model.safetensors``, a classifier) with
+:func:`b4transfer.export.timm_format.load_exported`. What it was trained
 for (task, classes) is read before the weights, so a teacher that cannot teach this run is refused first.
 """
 
@@ -78,7 +79,7 @@ def describe_teacher(spec: str | Path) -> TeacherSpec:
         task = hparams.get("task") or tasks.DEFAULT
         return TeacherSpec(path, "checkpoint", task, list(hparams["class_names"]), hparams["model"]["name"])
     config = json.loads((path / "config.json").read_text())
-    from b4transfer.export import MARKER
+    from b4transfer.export.timm_format import MARKER
 
     if MARKER not in config:
         raise UserError(
@@ -100,7 +101,7 @@ def load_teacher(spec: TeacherSpec) -> Teacher:
         return Teacher(spec, module, dict(module.data_config["eval"]), temperature, module=module)
     import timm
 
-    from b4transfer.export import load_exported
+    from b4transfer.export.timm_format import load_exported
 
     model = load_exported(spec.path)
     config = json.loads((spec.path / "config.json").read_text())

@@ -23,7 +23,7 @@ from b4transfer.modes.push import push
 from b4transfer.modes.repeat import plan, train_runs
 from b4transfer.modes.train import train
 from b4transfer.tasks.base import MODES
-from b4transfer.trackers import check_loggers
+from b4transfer.training.trackers import check_loggers
 
 __all__ = [
     "MODES", "audit", "distill", "evaluate", "push", "embed", "export", "lr_find", "predict", "run", "train",

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from b4transfer import distributed, tasks
+from b4transfer import tasks
 from b4transfer.modes.common import build_splits
 from b4transfer.runs import prepare_run_dir, write_summary
 from b4transfer.tasks.base import Task
+from b4transfer.training import distributed
 
 
 def audit(cfg: DictConfig) -> dict[str, Any]:

@@ -74,11 +74,11 @@ def export_formats(cfg: DictConfig, task: Task) -> list[str]:
                 "export.int8_calibration_images=64 (the default)."
             )
     if {"onnx", "onnx_int8", "openvino"} & set(formats):
-        from b4transfer.onnx_export import require_onnx
+        from b4transfer.export.artifacts import require_onnx
 
         require_onnx()
     if "openvino" in formats:
-        from b4transfer.runtimes import require_openvino
+        from b4transfer.runtime.runtimes import require_openvino
 
         require_openvino()
     return formats

@@ -10,13 +10,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from b4transfer import tasks, tta
+from b4transfer import tasks
 from b4transfer.errors import UserError
 from b4transfer.modes.common import build_splits, scalars
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
-from b4transfer.runtime_choice import Choice, choose, requested
-from b4transfer.trackers import finish_trackers
-from b4transfer.trainer import build_trainer
+from b4transfer.runtime import tta
+from b4transfer.runtime.choice import Choice, choose, requested
+from b4transfer.training.trackers import finish_trackers
+from b4transfer.training.trainer import build_trainer
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

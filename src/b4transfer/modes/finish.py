@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from b4transfer import tasks
-from b4transfer.export import atomic_write
+from b4transfer.export.timm_format import atomic_write
 from b4transfer.modes.common import export_all
 from b4transfer.modes.parity import check_parity
 from b4transfer.tasks.base import Task, TaskModule, step_setting

@@ -17,11 +17,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig
 
-from b4transfer import devices, tasks
+from b4transfer import tasks
 from b4transfer.config import plain
 from b4transfer.errors import UserError
 from b4transfer.modes.common import build_splits
 from b4transfer.runs import prepare_run_dir, write_summary
+from b4transfer.training import devices
 
 log = logging.getLogger(__name__)
 

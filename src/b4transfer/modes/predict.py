@@ -12,12 +12,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from b4transfer import tasks, tta
+from b4transfer import tasks
 from b4transfer.data.images import IMG_EXTENSIONS
 from b4transfer.data.splits import Sample, drop_unreadable, shown
 from b4transfer.errors import UserError, UserFileNotFoundError
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
-from b4transfer.runtime_choice import choose, requested
+from b4transfer.runtime import tta
+from b4transfer.runtime.choice import choose, requested
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
 
 def choose_runtime(cfg: DictConfig, task, module, paths: list[Path], ckpt: str, run_dir: Path):
-    """``predict.runtime`` for this job (:func:`b4transfer.runtime_choice.choose`): the sample and the INT8
+    """``predict.runtime`` for this job (:func:`b4transfer.runtime.choice.choose`): the sample and the INT8
     calibration images are the first input images."""
     return choose(cfg, task, module, paths=paths, calibration=paths, ckpt=ckpt, run_dir=run_dir)
 

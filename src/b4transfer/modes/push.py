@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from b4transfer.backbone.weights import hub_unreachable_reason
 from b4transfer.errors import UserError, UserFileNotFoundError
-from b4transfer.export import CONFIG_NAME, MARKER
+from b4transfer.export.timm_format import CONFIG_NAME, MARKER
 from b4transfer.runs import prepare_run_dir, write_summary
 
 

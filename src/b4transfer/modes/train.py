@@ -20,18 +20,19 @@ import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from b4transfer import devices, distributed, tasks
-from b4transfer.callbacks import ThroughputMeter
-from b4transfer.checkpointing import SIGTERM_EXIT_CODE, checkpoint_epoch, continue_requeued_job
+from b4transfer import tasks
 from b4transfer.config import plain
-from b4transfer.finetuning import check_batch_of_one
 from b4transfer.modes.audit import pre_train_audit
 from b4transfer.modes.common import build_splits, check_resumable, export_formats, scalars
 from b4transfer.modes.finish import finish
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
-from b4transfer.speed import apply_speed_switches
-from b4transfer.trackers import finish_trackers
-from b4transfer.trainer import build_trainer, check_monitor, early_stopping_report
+from b4transfer.runtime.speed import apply_speed_switches
+from b4transfer.training import devices, distributed
+from b4transfer.training.callbacks import ThroughputMeter
+from b4transfer.training.checkpointing import SIGTERM_EXIT_CODE, checkpoint_epoch, continue_requeued_job
+from b4transfer.training.finetuning import check_batch_of_one
+from b4transfer.training.trackers import finish_trackers
+from b4transfer.training.trainer import build_trainer, check_monitor, early_stopping_report
 
 log = logging.getLogger(__name__)
 

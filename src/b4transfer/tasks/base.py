@@ -39,15 +39,15 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from b4transfer import tta
-from b4transfer.artifacts import check_opset
 from b4transfer.backbone import build_backbone  # the one backbone builder every task's module uses
 from b4transfer.backbone.origin import weights_origin
 from b4transfer.config import check_seed
 from b4transfer.errors import NotSupportedError
-from b4transfer.finetuning import schedule_name
-from b4transfer.runtime_choice import check_runtime
+from b4transfer.export.artifacts import check_opset
+from b4transfer.runtime import tta
+from b4transfer.runtime.choice import check_runtime
 from b4transfer.tasks.task_module import TaskModule
+from b4transfer.training.finetuning import schedule_name
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class Task:
             ``errors``: :meth:`analyse_errors`; ``parity``: :meth:`score_export`; ``card``:
             :meth:`model_card`).
         runtime_adapter: How its exports run in place of its module (``predict.runtime``, a
-            :class:`~b4transfer.runtime_choice.RuntimeAdapter`); ``None``: prediction runs in PyTorch.
+            :class:`~b4transfer.runtime.choice.RuntimeAdapter`); ``None``: prediction runs in PyTorch.
     """
 
     name: ClassVar[str] = ""

@@ -12,10 +12,10 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 
-from b4transfer import tta
 from b4transfer.backbone.origin import weights_origin
-from b4transfer.devices import split_lr_scaling
-from b4transfer.optim import create_optimizer, create_scheduler, param_groups
+from b4transfer.runtime import tta
+from b4transfer.training.devices import split_lr_scaling
+from b4transfer.training.optim import create_optimizer, create_scheduler, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,15 @@ class TaskModule(L.LightningModule):
 
     What a head must provide: it is an ``nn.Module`` holding every trainable parameter that is not the
     backbone's (the optimizer's ``head`` groups, trained at ``optim.lr`` and by every fine-tuning
-    schedule from the first epoch; :mod:`b4transfer.finetuning` only freezes ``self.backbone``), and it
+    schedule from the first epoch; :mod:`b4transfer.training.finetuning` only freezes ``self.backbone``), and
+    it
     must not own the backbone's parameters a second time. What it computes is the task's own business.
     ``hparams.optim`` and ``hparams.scheduler`` configure :meth:`configure_optimizers`.
     """
 
     task_name: ClassVar[str] = ""
-    # Test-time augmentation: the views (b4transfer.tta) set by mode=validate|test|predict with tta=...;
+    # Test-time augmentation: the views (b4transfer.runtime.tta) set by mode=validate|test|predict with
+    # tta=...;
     # infer() (the eval steps, predict) runs tta_forward while this is set.
     tta: tuple[tta.View, ...] | None = None
 
@@ -66,7 +68,7 @@ class TaskModule(L.LightningModule):
     def tta_forward(self, inputs: Any) -> Any:
         """The task's outputs for ``inputs`` (what ``forward`` gives) merged over the views ``self.tta``
         (e.g. the log of the averaged probabilities; per-pixel logits averaged by
-        :func:`b4transfer.tta.average_dense`; boxes mapped back and merged). A task listing
+        :func:`b4transfer.runtime.tta.average_dense`; boxes mapped back and merged). A task listing
         ``tta_modes`` implements it."""
         raise NotImplementedError
 
@@ -135,7 +137,7 @@ class TaskModule(L.LightningModule):
     def log_train(self, values: dict[str, Any], *, batch_size: int, prog_bar: tuple[str, ...] = ()) -> None:
         """Log training metrics: each step's value as ``name`` (``metrics.csv``, the live bar), and the
         epoch's batch-size-weighted mean as ``name_epoch`` (once per epoch, averaged over the ranks): what
-        the per-epoch line (:class:`~b4transfer.callbacks.EpochLines`) shows as ``name``."""
+        the per-epoch line (:class:`~b4transfer.training.callbacks.EpochLines`) shows as ``name``."""
         for name, value in values.items():
             self.log(name, value, prog_bar=name in prog_bar, batch_size=batch_size)
             self.log(

@@ -8,11 +8,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from b4transfer.class_weights import check_class_weights
 from b4transfer.config import loader_settings, plain
 from b4transfer.data.splits import DatasetSplits, class_counts
 from b4transfer.data.transforms import DRAFT_FACTOR
-from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import UserError
 from b4transfer.tasks.base import MODES, Task, onnx_opset
 from b4transfer.tasks.classification.audit import audit_classification
@@ -35,6 +33,8 @@ from b4transfer.tasks.classification.parity import export_int8, export_openvino,
 from b4transfer.tasks.classification.predict import write_embeddings, write_predictions
 from b4transfer.tasks.classification.results import classify_images
 from b4transfer.tasks.classification.runtime import ADAPTER as RUNTIME_ADAPTER
+from b4transfer.training.class_weights import check_class_weights
+from b4transfer.training.devices import split_lr_scaling
 
 __all__ = ["TASK", "ClassificationModule", "ClassificationTask"]
 

@@ -12,9 +12,9 @@ from omegaconf import DictConfig
 from timm.models import split_model_name_tag
 
 from b4transfer.backbone.origin import describe_origin
-from b4transfer.card import model_stats
 from b4transfer.config import plain
-from b4transfer.export import atomic_write, timm_classifier
+from b4transfer.export.card import model_stats
+from b4transfer.export.timm_format import atomic_write, timm_classifier
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from b4transfer.data.images import load_rgb
 from b4transfer.data.transforms import build_transforms
 from b4transfer.errors import UserError
 from b4transfer.explain import DEFAULT_METHOD, activation_map, check_method, input_view, overlay
-from b4transfer.inference import output_names
+from b4transfer.runtime.inference import output_names
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def explain_settings(predict) -> dict | None:
 
 def explain_predictions(cfg, module, paths: Sequence[Path], run_dir: Path, *, device: str) -> dict:
     """``predict.explain=true``: ``run_dir/explain/<image>.png`` per input (names as
-    :func:`b4transfer.inference.output_names`); the summary entries."""
+    :func:`b4transfer.runtime.inference.output_names`); the summary entries."""
     settings = explain_settings(cfg.predict)
     names = output_names(list(paths), cfg.predict.get("input"), ".png")
     batch = int(cfg.predict.get("batch_size") or cfg.data.batch_size)

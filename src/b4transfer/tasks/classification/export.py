@@ -1,13 +1,13 @@
 """Classification exports: ``timm`` (``model.safetensors`` + ``config.json`` that plain timm loads, see
-:mod:`b4transfer.export`) and ``onnx`` (``model.onnx`` checked with onnxruntime, see
-:mod:`b4transfer.onnx_export`)."""
+:mod:`b4transfer.export.timm_format`) and ``onnx`` (``model.onnx`` checked with onnxruntime, see
+:mod:`b4transfer.tasks.classification.onnx_export`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from b4transfer.export import export_timm
+from b4transfer.export.timm_format import export_timm
 
 
 def export_classifier_timm(module, out_dir: Path, *, checkpoint: str | None) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def export_classifier_timm(module, out_dir: Path, *, checkpoint: str | None) -> 
 
 def export_classifier_onnx(module, out_dir: Path, *, opset: int) -> dict[str, Any]:
     """``export.format=onnx``: ``model.onnx`` (image -> logits), checked against PyTorch."""
-    from b4transfer.onnx_export import export_onnx
+    from b4transfer.tasks.classification.onnx_export import export_onnx
 
     report = export_onnx(
         backbone=module.backbone,

@@ -32,8 +32,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from b4transfer.errors import UserError
-from b4transfer.finetuning import schedule_name
 from b4transfer.tasks.classification.data.datamodule import ClassificationDataModule
+from b4transfer.training.finetuning import schedule_name
 
 log = logging.getLogger(__name__)
 

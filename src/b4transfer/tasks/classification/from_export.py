@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from b4transfer.export import CONFIG_NAME, MARKER, load_exported
+from b4transfer.export.timm_format import CONFIG_NAME, MARKER, load_exported
 from b4transfer.tasks.classification.module import ClassificationModule
 
 __all__ = ["load_classifier_export"]

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from b4transfer.class_weights import check_class_weights
 from b4transfer.errors import UserError
+from b4transfer.training.class_weights import check_class_weights
 
 __all__ = ["EFFECTIVE_BETA", "LOSSES", "WEIGHTINGS", "class_weights", "focal_loss"]
 

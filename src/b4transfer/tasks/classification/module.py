@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from b4transfer import tta
 from b4transfer.backbone import resolve_data_configs
 from b4transfer.data.transforms import normalize_uint8
+from b4transfer.runtime import tta
 from b4transfer.tasks.base import TaskModule, build_backbone, metric_name
 from b4transfer.tasks.classification.head import ClassificationHead
 

@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MultilabelAveragePrecision
 
 from b4transfer.data.images import load_rgb
-from b4transfer.export import load_exported
-from b4transfer.onnx_export import ONNX_NAME, onnx_metadata
-from b4transfer.runtimes import INT8_NAME, open_runtime, quantize_int8, to_openvino
+from b4transfer.export.timm_format import load_exported
+from b4transfer.runtime.runtimes import INT8_NAME, open_runtime, quantize_int8, to_openvino
+from b4transfer.tasks.classification.onnx_export import ONNX_NAME, onnx_metadata
 
 __all__ = ["export_int8", "export_openvino", "score_classifier"]
 

@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 from b4transfer.config import num_workers, plain
 from b4transfer.data.dataset import PathDataset
 from b4transfer.data.transforms import DRAFT_FACTOR, draft_size_for, uint8_eval_transform
-from b4transfer.inference import MIN_AGREEMENT, InferenceSettings, fast_model, predict_trainer_setup
-from b4transfer.runtime_choice import run_predict
+from b4transfer.runtime.choice import run_predict
+from b4transfer.runtime.inference import MIN_AGREEMENT, InferenceSettings, fast_model, predict_trainer_setup
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """A classifier's exports in place of its PyTorch model (``predict.runtime``, see
-:mod:`b4transfer.runtime_choice`): ``model.onnx`` (onnxruntime), OpenVINO IR and INT8 ONNX take the
+:mod:`b4transfer.runtime.choice`): ``model.onnx`` (onnxruntime), OpenVINO IR and INT8 ONNX take the
 normalised image and give the logits; the module's own head turns them into (calibrated) probabilities.
 Agreement with fp32 PyTorch: top-1 (multi-label: every label's decision at 0.5)."""
 
@@ -14,8 +14,8 @@ import torch
 from omegaconf import DictConfig
 
 from b4transfer.errors import UserError
-from b4transfer.inference import InferenceSettings, fast_model
-from b4transfer.runtime_choice import RuntimeAdapter, instance_attrs
+from b4transfer.runtime.choice import RuntimeAdapter, instance_attrs
+from b4transfer.runtime.inference import InferenceSettings, fast_model
 
 
 class ClassifierRuntime(RuntimeAdapter):

@@ -10,7 +10,6 @@ import torch
 from omegaconf import DictConfig
 
 from b4transfer.config import loader_settings, plain
-from b4transfer.devices import split_lr_scaling
 from b4transfer.errors import NotSupportedError
 from b4transfer.tasks.base import Task, build_backbone, onnx_opset
 from b4transfer.tasks.detection.anchors import anchor_fit, box_sides, warn_if_unfit
@@ -28,6 +27,7 @@ from b4transfer.tasks.detection.predict import write_detections
 from b4transfer.tasks.detection.results import detect_images
 from b4transfer.tasks.detection.runtime import ADAPTER as RUNTIME_ADAPTER
 from b4transfer.tasks.detection.slicing import check_slice
+from b4transfer.training.devices import split_lr_scaling
 
 __all__ = ["TASK", "DetectionModule", "DetectionTask"]
 log = logging.getLogger(__name__)

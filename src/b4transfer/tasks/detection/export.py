@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from b4transfer.artifacts import ONNX_NAME, check_inputs, read_export, write_export
 from b4transfer.backbone import create_backbone
 from b4transfer.data.loaders import fill_colour
-from b4transfer.export import check_extra
+from b4transfer.export.artifacts import ONNX_NAME, check_inputs, read_export, write_export
+from b4transfer.export.timm_format import check_extra
 from b4transfer.tasks.detection.data.datamodule import DetectionPathDataset
 from b4transfer.tasks.detection.head import build_detector
 from b4transfer.tasks.detection.module import DetectionModule
@@ -100,7 +100,7 @@ def _not_detection(config: dict, path: Path) -> str | None:
     if config.get("task") != "detection":
         return (
             f"{path} is not a detection export (task={config.get('task')!r}); for a classifier use "
-            "b4transfer.export.load_exported."
+            "b4transfer.export.timm_format.load_exported."
         )
     return None
 
@@ -144,7 +144,7 @@ def export_detection_onnx(
 ) -> dict:
     """``export.format=onnx``: ``out_dir/model.onnx``, the whole detector (normalisation, NMS, ...), run
     with onnxruntime against PyTorch (:func:`~b4transfer.tasks.detection.onnx_check.check_detector_onnx`)
-    on the first :data:`~b4transfer.artifacts.CHECK_IMAGES` of ``check_images``, letterboxed (after
+    on the first :data:`~b4transfer.export.artifacts.CHECK_IMAGES` of ``check_images``, letterboxed (after
     training: the validation images), else on seeded noise."""
     fill = fill_colour(module.data_config["eval"]["mean"])
     canvases = check_inputs(

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 
-from b4transfer.artifacts import onnx_session
 from b4transfer.errors import UserError
+from b4transfer.export.artifacts import onnx_session
 from b4transfer.tasks.detection.onnx_graph import (
     INPUT_NAME,
     OUTPUT_NAMES,

@@ -13,7 +13,8 @@ FPN, heads, box decoding, score threshold, NMS and the top-k cut — as one ONNX
   detector (Faster R-CNN's background class 0 is removed inside the graph). ``n`` is 0 up to
   ``detections_per_img``; the detector's ``score_thresh`` and ``nms_thresh`` are baked in.
 - metadata (``onnx.load(path).metadata_props``, every value JSON; decode them all with
-  :func:`b4transfer.onnx_export.onnx_metadata`): ``label_names``, ``image_size``, ``detector``,
+  :func:`b4transfer.tasks.classification.onnx_export.onnx_metadata`):
+  ``label_names``, ``image_size``, ``detector``,
   ``mean`` / ``std`` (applied inside), ``pad_fill`` (letterbox padding, RGB 0..255),
   ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``input`` / ``outputs`` (descriptions),
   whatever ``metadata=`` adds, and the b4transfer version.
@@ -61,8 +62,8 @@ import torch
 from torch import nn
 from torchvision.ops import boxes as box_ops
 
-from b4transfer.artifacts import MARKER, check_opset, trace_graph, write_onnx
 from b4transfer.errors import UserError
+from b4transfer.export.artifacts import MARKER, check_opset, trace_graph, write_onnx
 from b4transfer.tasks.detection.onnx_check import check_detector_onnx
 from b4transfer.tasks.detection.onnx_graph import (
     INPUT_NAME,

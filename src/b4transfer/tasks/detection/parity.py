@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from b4transfer.artifacts import ONNX_NAME
 from b4transfer.data.loaders import fill_colour
-from b4transfer.runtimes import INT8_NAME, open_runtime, quantize_int8, to_openvino
+from b4transfer.export.artifacts import ONNX_NAME
+from b4transfer.runtime.runtimes import INT8_NAME, open_runtime, quantize_int8, to_openvino
 from b4transfer.tasks.detection.data.datamodule import DetectionPathDataset
 from b4transfer.tasks.detection.export import export_detection_onnx, load_exported_detector
 from b4transfer.tasks.detection.onnx_graph import INPUT_NAME, label_offset

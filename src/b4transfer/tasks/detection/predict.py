@@ -9,12 +9,12 @@ Writes into the run directory:
   file too, with ``predict.draw=true``);
 * with ``predict.draw=true``, ``predict_drawn/<image's relative path>.png`` with boxes, labels and scores
   drawn (those scoring at least ``predict.draw_score_thresh``); inputs that differ only by their extension
-  keep it (``x.jpg.png``, ``x.png.png``: :func:`b4transfer.inference.output_names`).
+  keep it (``x.jpg.png``, ``x.png.png``: :func:`b4transfer.runtime.inference.output_names`).
 
 Image ids are 1..N in file order, or with ``predict.coco_json=FILE`` the ids that file gives the
 images (matched by ``file_name`` relative to ``predict.input``), so the results evaluate against it.
 
-Speed: the same ``predict.*`` switches as classification (:mod:`b4transfer.inference`): channels_last
+Speed: the same ``predict.*`` switches as classification (:mod:`b4transfer.runtime.inference`): channels_last
 weights (1.4x for B4 RetinaNet at 512 px on a 2-core AVX512 CPU, same boxes), bf16 autocast where the
 hardware runs it natively — for the **timm body only**: its feature maps go to the FPN and the
 detector heads in fp32, so box regression, decoding and NMS keep fp32 precision (bf16 has 8 bits of
@@ -49,14 +49,14 @@ from b4transfer.data.coco import load_json
 from b4transfer.data.images import load_rgb, upright_size
 from b4transfer.data.loaders import fill_colour
 from b4transfer.errors import UserError
-from b4transfer.inference import (
+from b4transfer.runtime.choice import run_predict
+from b4transfer.runtime.inference import (
     MIN_AGREEMENT,
     InferenceSettings,
     fast_model,
     output_names,
     predict_trainer_setup,
 )
-from b4transfer.runtime_choice import run_predict
 from b4transfer.tasks.detection.data.datamodule import DetectionPathDataset, collate_detection
 from b4transfer.tasks.detection.onnx_graph import detector_settings
 from b4transfer.tasks.detection.slicing import TileDataset, check_slice

@@ -1,5 +1,5 @@
 """A detector's exports in place of its PyTorch model (``predict.runtime``, see
-:mod:`b4transfer.runtime_choice`): the ONNX graph (onnxruntime), its OpenVINO IR and its INT8 ONNX each
+:mod:`b4transfer.runtime.choice`): the ONNX graph (onnxruntime), its OpenVINO IR and its INT8 ONNX each
 take one letterboxed 0..1 canvas and give its boxes (canvas pixels), scores and 0-based labels, as the
 module's head does, so prediction maps them back to the image and validation scores them as before.
 Agreement with fp32 PyTorch: predict's ``box_agreement`` (confident boxes found by both, IoU >= 0.9)."""
@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 
 from b4transfer.config import conf_default
 from b4transfer.data.loaders import fill_colour
-from b4transfer.inference import InferenceSettings, fast_model
-from b4transfer.runtime_choice import RuntimeAdapter, instance_attrs
+from b4transfer.runtime.choice import RuntimeAdapter, instance_attrs
+from b4transfer.runtime.inference import InferenceSettings, fast_model
 from b4transfer.tasks.detection.data.datamodule import DetectionPathDataset, collate_detection
 from b4transfer.tasks.detection.onnx_graph import INPUT_NAME, detector_settings
 

@@ -1,6 +1,6 @@
 """Detection TTA and box merging: run each view, map its boxes back to the input canvas, merge.
 
-Each view (:mod:`b4transfer.tta`: mirrored and/or resized canvas) runs through the detector at its own
+Each view (:mod:`b4transfer.runtime.tta`: mirrored and/or resized canvas) runs through the detector at its own
 size (the detector's resize is set to the view's side for the call, so a 0.83x view really is seen
 smaller); its boxes are mapped back to the canvas (un-mirrored, divided by the scale), and the boxes of
 all views are merged by :func:`merge_boxes`: torchvision's class-wise NMS, then box voting as in
@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torchvision.ops import batched_nms, box_iou
 
-from b4transfer import tta
+from b4transfer.runtime import tta
 
 
 @contextlib.contextmanager

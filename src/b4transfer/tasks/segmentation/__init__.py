@@ -15,9 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from b4transfer.class_weights import check_class_weights
 from b4transfer.config import loader_settings, plain
-from b4transfer.devices import split_lr_scaling
 from b4transfer.tasks.base import Task, onnx_opset
 from b4transfer.tasks.segmentation.data.datamodule import MaskDataModule
 from b4transfer.tasks.segmentation.data.masks import MaskSplits
@@ -29,6 +27,8 @@ from b4transfer.tasks.segmentation.module import SegmentationModule, build_featu
 from b4transfer.tasks.segmentation.predict import write_masks
 from b4transfer.tasks.segmentation.results import segment_images
 from b4transfer.tasks.segmentation.runtime import ADAPTER as RUNTIME_ADAPTER
+from b4transfer.training.class_weights import check_class_weights
+from b4transfer.training.devices import split_lr_scaling
 
 __all__ = ["TASK", "SegmentationModule", "SegmentationTask"]
 

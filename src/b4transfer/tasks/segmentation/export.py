@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-from b4transfer.artifacts import (
+from b4transfer.backbone import create_backbone
+from b4transfer.data.loaders import fill_colour
+from b4transfer.export.artifacts import (
     ONNX_NAME,
     check_inputs,
     check_opset,
@@ -31,9 +33,7 @@ from b4transfer.artifacts import (
     write_export,
     write_onnx,
 )
-from b4transfer.backbone import create_backbone
-from b4transfer.data.loaders import fill_colour
-from b4transfer.export import check_extra
+from b4transfer.export.timm_format import check_extra
 from b4transfer.tasks.segmentation.data.datamodule import MaskPathDataset
 from b4transfer.tasks.segmentation.head import SegmentationHead, Segmenter, check_head
 
@@ -104,7 +104,7 @@ def export_segmenter_onnx(
     module, out_dir: str | Path, *, opset: int | None = None, check_images=None
 ) -> dict:
     """Write ``out_dir/model.onnx`` and check its argmax against PyTorch on the first
-    :data:`~b4transfer.artifacts.CHECK_IMAGES` of ``check_images`` (canvases as prediction makes them),
+    :data:`~b4transfer.export.artifacts.CHECK_IMAGES` of ``check_images`` (canvases as prediction makes them),
     else seeded noise. ``opset``: ``None``, ``export.onnx_opset``'s default."""
     opset = check_opset(opset)
     model, size = standalone_segmenter(module), module.image_size

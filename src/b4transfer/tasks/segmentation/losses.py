@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from b4transfer.class_weights import check_class_weights
 from b4transfer.errors import UserError
+from b4transfer.training.class_weights import check_class_weights
 
 
 def pixel_class_weights(spec, pixels: list[int], class_names: list[str]) -> list[float] | None:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from b4transfer import tta
 from b4transfer.backbone import canvas_data_config
+from b4transfer.runtime import tta
 from b4transfer.tasks.base import TaskModule, build_backbone, metric_name
 from b4transfer.tasks.segmentation.data.masks import IGNORE_INDEX, default_palette
 from b4transfer.tasks.segmentation.head import Segmenter, build_head, check_head

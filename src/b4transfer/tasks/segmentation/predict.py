@@ -5,13 +5,14 @@ Writes into the run directory:
 * ``predict_masks/<image's relative path>.png`` — a palette (``P``) PNG: each pixel's value is its class
   index (as the training masks), shown in the class colours (more than 256 classes: a 16-bit grayscale
   PNG of the indices); the same width and height as the input image. Inputs that differ only by their
-  extension keep it (``x.jpg.png``, ``x.png.png``: :func:`b4transfer.inference.output_names`);
+  extension keep it (``x.jpg.png``, ``x.png.png``: :func:`b4transfer.runtime.inference.output_names`);
 * ``predictions.csv`` — image, mask file (overlay file) and each class's share of the pixels;
 * with ``predict.draw=true``, ``predict_overlays/<...>.png``: the image with the mask blended over it.
 
 Logits are computed on the letterboxed (or stretched) canvas, the content is cut out and resized (bilinear)
 to the image's size, and the argmax taken there. The ``predict.*`` speed switches are classification's
-(:mod:`b4transfer.inference`); with bf16 or compilation the first ``predict.check_agreement`` images are
+(:mod:`b4transfer.runtime.inference`); with bf16 or compilation the first ``predict.check_agreement`` images
+are
 run again in fp32 eager and ``summary.json`` reports the share of pixels whose class agrees.
 """
 
@@ -33,14 +34,14 @@ from torch.utils.data import DataLoader
 from b4transfer.config import num_workers, plain
 from b4transfer.data.images import load_rgb
 from b4transfer.data.loaders import fill_colour
-from b4transfer.inference import (
+from b4transfer.runtime.choice import run_predict
+from b4transfer.runtime.inference import (
     MIN_AGREEMENT,
     InferenceSettings,
     fast_model,
     output_names,
     predict_trainer_setup,
 )
-from b4transfer.runtime_choice import run_predict
 from b4transfer.tasks.segmentation.data.datamodule import MaskPathDataset
 
 log = logging.getLogger(__name__)

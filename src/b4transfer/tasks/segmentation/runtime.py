@@ -1,5 +1,5 @@
 """A segmenter's ONNX export in place of its PyTorch model (``predict.runtime=onnxruntime``, see
-:mod:`b4transfer.runtime_choice`): ``model.onnx`` takes the 0..1 canvases and gives the logits, as the
+:mod:`b4transfer.runtime.choice`): ``model.onnx`` takes the 0..1 canvases and gives the logits, as the
 module's forward does, so prediction cuts out and resizes them and validation scores them as before.
 Agreement with fp32 PyTorch: the share of pixels whose class agrees. (The task exports no OpenVINO or
 INT8 model.)"""
@@ -15,8 +15,8 @@ import torch
 from omegaconf import DictConfig
 
 from b4transfer.data.loaders import fill_colour
-from b4transfer.inference import InferenceSettings, fast_model
-from b4transfer.runtime_choice import RuntimeAdapter, instance_attrs
+from b4transfer.runtime.choice import RuntimeAdapter, instance_attrs
+from b4transfer.runtime.inference import InferenceSettings, fast_model
 from b4transfer.tasks.segmentation.data.datamodule import MaskPathDataset
 
 

@@ -36,7 +36,8 @@ from timm.models._pretrained import PretrainedCfg
 from torch import nn
 
 from b4transfer import __version__
-from b4transfer.artifacts import (  # noqa: F401 - atomic_write, claim_dir: also imported from here
+from b4transfer.errors import UserError, UserTypeError
+from b4transfer.export.artifacts import (  # noqa: F401 - atomic_write, claim_dir: also imported from here
     CONFIG_NAME,
     MARKER,
     WEIGHTS_NAME,
@@ -45,7 +46,6 @@ from b4transfer.artifacts import (  # noqa: F401 - atomic_write, claim_dir: also
     export_files,
     write_export,
 )
-from b4transfer.errors import UserError, UserTypeError
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "export_timm", "load_exported", "timm_classifier"]
 _DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")

@@ -15,7 +15,7 @@ import difflib
 from collections.abc import Iterator
 from typing import Any
 
-from b4transfer.cli_help import visible_choices
+from b4transfer.cli.help import visible_choices
 
 _MAX_PROBLEMS = 5
 

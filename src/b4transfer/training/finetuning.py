@@ -1,6 +1,6 @@
 """Freezing schedules (``finetune=full|linear_probe|freeze_unfreeze|gradual``) and the BatchNorm policy.
 
-Each schedule is a Lightning callback that says, per backbone stage (see :mod:`b4transfer.stages`),
+Each schedule is a Lightning callback that says, per backbone stage (see :mod:`b4transfer.backbone.stages`),
 from which epoch it trains (``None``: never). The head always trains; the callbacks only ever touch
 ``pl_module.backbone``, so a detection head (FPN + detector heads) counts as head too.
 
@@ -38,8 +38,8 @@ from typing import Any
 import lightning as L
 from torch import nn
 
+from b4transfer.backbone.stages import backbone_stages, module_stages
 from b4transfer.errors import UserError, UserTypeError
-from b4transfer.stages import backbone_stages, module_stages
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,8 @@ class FinetuneSchedule(L.Callback):
                 continue
             raise UserTypeError(
                 f"finetune={type(self).__name__} needs optimizer groups built by "
-                "b4transfer.optim.param_groups (each with its backbone 'stages'); the optimizer has none. "
+                "b4transfer.training.optim.param_groups (each with its backbone 'stages'); the optimizer has "
+                "none. "
                 "Build the optimizer with "
                 "TaskModule.configure_optimizers or param_groups()."
             )
@@ -275,7 +276,7 @@ class Gradual(FinetuneSchedule):
     Args:
         unfreeze_at_epochs: non-decreasing epochs; entry ``i`` unfreezes the ``i``-th stage from the top.
             Stages beyond the list stay frozen for the whole run (B4 has 5 stages, see
-            :func:`b4transfer.stages.backbone_stages`).
+            :func:`b4transfer.backbone.stages.backbone_stages`).
         warmup_epochs: each stage's LR rises from 0 over this many epochs after it is unfrozen.
         bn: BatchNorm policy of the unfrozen stages (``train`` or ``frozen``).
     """

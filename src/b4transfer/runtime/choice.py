@@ -1,10 +1,10 @@
 """``predict.runtime``: which runtime runs ``mode=predict`` (and, when asked, ``mode=validate|test``).
 
 - ``torch`` (the default): the PyTorch model with the ``predict.*`` fast settings
-  (:mod:`b4transfer.inference`), as before;
+  (:mod:`b4transfer.runtime.inference`), as before;
 - ``onnxruntime`` / ``openvino`` / ``onnx_int8``: the task's own export (``model.onnx``, OpenVINO IR,
   static INT8 ONNX), built on first use beside the checkpoint and reused after
-  (:mod:`b4transfer.runtime_cache`), run on the CPU by that runtime;
+  (:mod:`b4transfer.runtime.cache`), run on the CPU by that runtime;
 - ``auto``: each runtime the task exports to and this machine can run, and torch, run the first
   ``predict.check_agreement`` images (timed after one warm-up pass, images already decoded); those whose
   outputs agree with fp32 eager PyTorch on them (what the task's agreement measure compares: top-1
@@ -37,9 +37,9 @@ from torch.utils.data import DataLoader
 
 from b4transfer.config import conf_default, plain
 from b4transfer.errors import MissingDependencyError, NotSupportedError, UserError
-from b4transfer.inference import MIN_AGREEMENT, InferenceSettings, predict_trainer_setup
-from b4transfer.runtime_cache import RuntimeCache
-from b4transfer.runtimes import open_runtime
+from b4transfer.runtime.cache import RuntimeCache
+from b4transfer.runtime.inference import MIN_AGREEMENT, InferenceSettings, predict_trainer_setup
+from b4transfer.runtime.runtimes import open_runtime
 
 log = logging.getLogger(__name__)
 

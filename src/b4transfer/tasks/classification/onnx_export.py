@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from b4transfer.artifacts import (  # noqa: F401 - require_onnx, claim_onnx_file: also imported from here
+from b4transfer.errors import UserError
+from b4transfer.export.artifacts import (  # noqa: F401 - require_onnx, claim_onnx_file: also imported from here
     ONNX_NAME,
     check_opset,
     claim_onnx_file,
@@ -36,8 +37,7 @@ from b4transfer.artifacts import (  # noqa: F401 - require_onnx, claim_onnx_file
     trace_graph,
     write_onnx,
 )
-from b4transfer.errors import UserError
-from b4transfer.export import flat_data_config, timm_classifier
+from b4transfer.export.timm_format import flat_data_config, timm_classifier
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ A thin ``@hydra.main`` shim over :func:`b4transfer.modes.run`, sharing with the 
 (:mod:`b4transfer.api`) the config directory and composition checks (:mod:`b4transfer.compose`) and
 what counts as a user's error (:func:`b4transfer.api.runs.user_error_of`); the configs live in the
 repository's ``conf/`` (shipped inside the package as ``b4transfer.conf`` when installed). Before
-Hydra starts: ``--help`` (:mod:`b4transfer.cli_help`), ``--version``, and mistyped keys or group
-choices told in one line (:mod:`b4transfer.cli_overrides`); Hydra's own ``--hydra-help`` stays.
+Hydra starts: ``--help`` (:mod:`b4transfer.cli.help`), ``--version``, and mistyped keys or group
+choices told in one line (:mod:`b4transfer.cli.overrides`); Hydra's own ``--hydra-help`` stays.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def objective(cfg: DictConfig, summary: dict) -> float | None:
 
 def _main(cfg: DictConfig) -> float | None:
     from b4transfer.api.runs import user_error_of
+    from b4transfer.cli.cleanup import forget_refused_run
     from b4transfer.modes import run
-    from b4transfer.run_cleanup import forget_refused_run
 
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).propagate = False  # they print themselves; no second copy via Hydra
@@ -80,12 +80,12 @@ def before_hydra(argv: list[str]) -> bool:
     if "--hydra-help" in argv:
         return False
     if any(a in _VERSION_FLAGS or (len(a) > 3 and "--version".startswith(a)) for a in argv):
-        from b4transfer.cli_help import version_text
+        from b4transfer.cli.help import version_text
 
         print(version_text())
         return True
     if "--help" in argv or "-h" in argv:
-        from b4transfer.cli_help import help_text
+        from b4transfer.cli.help import help_text
 
         print(help_text(config_dir()), end="")
         return True
@@ -97,7 +97,7 @@ def before_hydra(argv: list[str]) -> bool:
     other_configs = args.config_path or args.config_name or args.config_dir or args.experimental_rerun
     if not args.overrides or other_configs or args.shell_completion:
         return False
-    from b4transfer.cli_overrides import check_overrides
+    from b4transfer.cli.overrides import check_overrides
 
     message = check_overrides(config_dir(), args.overrides, multirun=args.multirun)
     if message:

@@ -30,8 +30,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
 
-from b4transfer.ema import EMA
 from b4transfer.errors import UserError, UserFileNotFoundError, UserTypeError
+from b4transfer.training.ema import EMA
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@
 - ``strategy=`` (group) is built into a Lightning strategy object here: ``auto``, ``ddp``,
   ``ddp_spawn``, ``fsdp`` (wrapping each EfficientNet block, classes named in the config).
 - ``trainer.sync_batchnorm=true`` is taken over: Lightning's converter would drop timm's fused
-  activations, so :class:`~b4transfer.syncbn.TimmSyncBatchNorm` goes in as a plugin instead.
+  activations, so :class:`~b4transfer.training.syncbn.TimmSyncBatchNorm` goes in as a plugin instead.
 - :func:`batch_plan` states per-device vs global batch size and applies ``optim.lr_scaling``.
 """
 
@@ -27,11 +27,11 @@ from hydra.utils import get_class
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
-from b4transfer import inference
-from b4transfer.checkpointing import AtomicCheckpointIO
-from b4transfer.distributed import is_rank_zero
 from b4transfer.errors import UserError
-from b4transfer.syncbn import TimmSyncBatchNorm
+from b4transfer.runtime import inference
+from b4transfer.training.checkpointing import AtomicCheckpointIO
+from b4transfer.training.distributed import is_rank_zero
+from b4transfer.training.syncbn import TimmSyncBatchNorm
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ LR_SCALING_KEYS = ("lr_scaling", "base_batch_size")
 @dataclass(frozen=True)
 class PrecisionPlan:
     """What ``trainer.precision`` resolved to: the Lightning precision used, channels_last or not, and
-    whether depthwise convolutions stay fp32 under bf16 autocast (:func:`b4transfer.speed.fp32_depthwise`:
+    whether depthwise convolutions stay fp32 under bf16 autocast
+    (:func:`b4transfer.runtime.speed.fp32_depthwise`:
     on CPUs oneDNN's bf16 depthwise backward is 2x slower than fp32's)."""
 
     requested: str
@@ -70,7 +71,7 @@ def resolve_precision(trainer_cfg: Mapping[str, Any], *, announce: bool = False)
     """``trainer.precision``, with ``auto`` resolved for the device ``trainer.accelerator`` trains on.
 
     ``auto``: ``bf16-mixed`` + channels_last where the device runs bf16 natively
-    (:func:`b4transfer.inference.bf16_native`: CPUs with AVX512-BF16 / AMX, GPUs with bf16 support);
+    (:func:`b4transfer.runtime.inference.bf16_native`: CPUs with AVX512-BF16 / AMX, GPUs with bf16 support);
     elsewhere ``32-true`` in the default layout (emulated bf16 is slower than fp32). Other values pass
     through unchanged (channels_last then follows ``model.channels_last`` alone). ``announce``: log
     what ``auto`` chose and why (once per run: ``mode=train`` asks with it).

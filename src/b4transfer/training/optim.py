@@ -3,13 +3,13 @@
 Groups are named (``head``, ``head_no_decay``, ``backbone``, ``backbone_no_decay``) so
 their learning rates can be logged and restored by name. Norm weights and biases (every
 parameter with fewer than two dimensions) get no weight decay. The backbone groups can be
-split per stage (``backbone.stage4``, see :mod:`b4transfer.stages`) or per timm layer with
+split per stage (``backbone.stage4``, see :mod:`b4transfer.backbone.stages`) or per timm layer with
 layer-wise LR decay (``backbone.layer12``); every group records the ``stages`` it covers.
 
 A group's LR multiplier (``backbone_lr_mult`` x layer-decay scale) is its ``lr_mult`` and goes to
 the optimizer as timm's ``lr_scale``, which every timm scheduler multiplies into the LR it sets,
 warm-up included (so build one: :func:`create_scheduler`, ``name="none"`` for a constant LR). The
-freezing schedules of :mod:`b4transfer.finetuning` set ``lr_scale = lr_mult x f`` with ``f`` 0
+freezing schedules of :mod:`b4transfer.training.finetuning` set ``lr_scale = lr_mult x f`` with ``f`` 0
 for a frozen stage, ramping to 1 after it is unfrozen.
 """
 
@@ -23,8 +23,8 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import StepLRScheduler, create_scheduler_v2
 from torch import nn
 
+from b4transfer.backbone.stages import param_stage_map
 from b4transfer.errors import UserError
-from b4transfer.stages import param_stage_map
 
 SCHEDULERS = ("cosine", "step", "multistep", "poly", "tanh")
 

@@ -12,13 +12,18 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from omegaconf import DictConfig
 
-from b4transfer import devices
-from b4transfer.callbacks import progress_bar
-from b4transfer.checkpointing import BestCheckpoint, CheckpointOnSigterm, best_weights_only, step_checkpoint
 from b4transfer.config import plain
-from b4transfer.ema import EMA
 from b4transfer.errors import UserError
-from b4transfer.trackers import ConfigParams, build_loggers
+from b4transfer.training import devices
+from b4transfer.training.callbacks import progress_bar
+from b4transfer.training.checkpointing import (
+    BestCheckpoint,
+    CheckpointOnSigterm,
+    best_weights_only,
+    step_checkpoint,
+)
+from b4transfer.training.ema import EMA
+from b4transfer.training.trackers import ConfigParams, build_loggers
 
 
 def build_trainer(

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from b4transfer import distributed
+from b4transfer.training import distributed
 
 try:  # Hydra >= 1.1
     from hydra.experimental.callback import Callback as _HydraCallback

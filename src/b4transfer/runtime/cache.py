@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from b4transfer import __version__
-from b4transfer.export import atomic_write
-from b4transfer.runtimes import RUNTIME_FILES
+from b4transfer.export.timm_format import atomic_write
+from b4transfer.runtime.runtimes import RUNTIME_FILES
 
 log = logging.getLogger(__name__)
 
