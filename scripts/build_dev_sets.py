@@ -51,7 +51,7 @@ def _spec(task, held_out, packages, classes, train, val, size, description, per_
 
 DEV_SETS: dict[str, dict] = {
     "cls_clipart": _spec("classification", False, real.PACKAGES, 6, 128, 42, 256,
-                         "openclipart cut-outs (bird, bug, mammal, fruit, vehicle, tool) on wallpaper photos"),
+                         "openclipart cut-outs (bird, bug, mammal, fruit, vehicle, tool) on photos"),
     "cls_emoji": _spec("classification", False, EMOJI, 9, 120, 40, 128,
                        "Noto colour emoji, class = Unicode emoji group, on plain gradients"),
     "cls_glyphs": _spec("classification", False, glyphs.LATIN_PACKAGES, 26, 40, 12, 64,
@@ -64,7 +64,8 @@ DEV_SETS: dict[str, dict] = {
                          "openclipart cut-outs (animal, food, vehicle, tool; 40-260 px) on photos",
                          per_class=False),
     "det_emoji": _spec("detection", True, EMOJI + PHOTOS, 5, 600, 150, 320,
-                       "small emoji (12-56 px; face, animal, food, vehicle, flag) on photos", per_class=False),
+                       "small emoji (12-56 px; face, animal, food, vehicle, flag) on photos",
+                       per_class=False),
     "det_text": _spec("detection", False, glyphs.SCRIPT_PACKAGES, 6, 500, 150, 384,
                       "rendered text lines on paper, class = script (latin, greek, cyrillic, hebrew, "
                       "arabic, devanagari); not pasted", per_class=False),
@@ -101,7 +102,9 @@ BUILDERS = {
     "det_emoji": lambda out, spec, seed, v: emoji.build_det_emoji(out, spec, seed, v, photo_backgrounds()),
     "det_text": text.build_det_text,
     "seg_clipart": _clipart("segmentation"),
-    "seg_portraits": lambda out, spec, seed, v: wesnoth.build_seg_portraits(out, spec, seed, v, photo_backgrounds()),
+    "seg_portraits": lambda out, spec, seed, v: wesnoth.build_seg_portraits(
+        out, spec, seed, v, photo_backgrounds()
+    ),
 }
 
 
@@ -128,7 +131,9 @@ def parse_which(which: str) -> list[str]:
     names = [w.strip() for w in which.split(",") if w.strip()]
     unknown = [n for n in names if n not in DEV_SETS]
     if unknown or not names:
-        raise SystemExit(f"--which: unknown set(s) {unknown or which!r}; choose from: all, {', '.join(DEV_SETS)}")
+        raise SystemExit(
+            f"--which: unknown set(s) {unknown or which!r}; choose from: all, {', '.join(DEV_SETS)}"
+        )
     return names
 
 

@@ -27,9 +27,13 @@ def package_versions(packages: Sequence[str]) -> dict[str, str]:
     """``{package: version}`` of installed Debian packages; raises ``MissingSources`` naming the rest."""
     versions, missing = {}, []
     for pkg in packages:
-        out = subprocess.run(
-            ["dpkg-query", "-W", "-f", "${Status}\t${Version}", pkg], capture_output=True, text=True
-        )
+        try:
+            out = subprocess.run(
+                ["dpkg-query", "-W", "-f", "${Status}\t${Version}", pkg], capture_output=True, text=True
+            )
+        except FileNotFoundError:  # not a Debian system: nothing is installed the way the sets need
+            missing.append(pkg)
+            continue
         status, _, version = out.stdout.partition("\t")
         if out.returncode != 0 or "install ok installed" not in status:
             missing.append(pkg)
@@ -228,9 +232,10 @@ def build_classification(
     seed: int,
     ext: str = "jpg",
 ) -> tuple[dict, dict]:
-    """Class folders ``out/<split>/<class>/<class>_NNNN.<ext>``, ``counts[split]`` images per class, each
-    made by ``make(rng, source, split, class)`` from the class's split pool (sources used about equally often).
-    Returns (per-image records, stats)."""
+    """Class folders ``out/<split>/<class>/<class>_NNNN.<ext>``, ``counts[split]`` images per class.
+
+    Each image is ``make(rng, source, split, class)`` of a source of the class's split pool (sources are
+    used about equally often). Returns (per-image records, stats)."""
     reset(out, SPLITS)
     records, stats = {}, {}
     for si, split in enumerate(SPLITS):
@@ -264,7 +269,9 @@ def write_coco(out: Path, split: str, names: Sequence[str], images: list[dict], 
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     coco_images, anns = [], []
     for iid, rec in enumerate(images, start=1):
-        coco_images.append({"id": iid, "file_name": rec["file"], "width": rec["width"], "height": rec["height"]})
+        coco_images.append(
+            {"id": iid, "file_name": rec["file"], "width": rec["width"], "height": rec["height"]}
+        )
         for o in rec["objects"]:
             x0, y0, x1, y1 = o["box"]
             anns.append(

@@ -44,10 +44,10 @@ DET_CLASSES = {  # class: (group, subgroup prefix)
 }
 
 
-def parse_emoji_test(path: Path = EMOJI_TEST) -> list[dict]:
+def parse_emoji_test(path: Path | None = None) -> list[dict]:
     """Fully-qualified emoji without skin-tone modifiers: [{seq, group, subgroup, name}], file order."""
     out, group, sub = [], "", ""
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in (path or EMOJI_TEST).read_text(encoding="utf-8").splitlines():
         if line.startswith("# group:"):
             group = line.split(":", 1)[1].strip()
         elif line.startswith("# subgroup:"):
@@ -68,9 +68,9 @@ def family_key(name: str) -> str:
     return re.sub(r"[\s,]+", " ", key).strip(" :") or "person"
 
 
-def render(entries: list[dict], font_path: Path = FONT) -> list[dict]:
+def render(entries: list[dict], font_path: Path | None = None) -> list[dict]:
     """Adds ``image`` (RGBA, trimmed) to each entry; drops sequences the font draws as several glyphs."""
-    font = ImageFont.truetype(str(font_path), 109, layout_engine=ImageFont.Layout.RAQM)
+    font = ImageFont.truetype(str(font_path or FONT), 109, layout_engine=ImageFont.Layout.RAQM)
     kept = []
     for e in entries:
         x0, y0, x1, y1 = font.getbbox(e["seq"])
@@ -90,7 +90,12 @@ def split_pools(by_class: dict[str, list[dict]], seed: int, val_share: float = 0
     for ci, (cls, items) in enumerate(by_class.items()):
         thumbs = np.stack([common.thumb(e["image"]) for e in items])
         train, val = common.group_split(
-            [e["id"] for e in items], [family_key(e["name"]) for e in items], val_share, seed + ci, thumbs, 0.03
+            [e["id"] for e in items],
+            [family_key(e["name"]) for e in items],
+            val_share,
+            seed + ci,
+            thumbs,
+            0.03,
         )
         pools["train"][cls] = [items[i] for i in train]
         pools["val"][cls] = [items[i] for i in val]
@@ -110,7 +115,9 @@ def build_cls_emoji(out: Path, spec: dict, seed: int, versions: dict[str, str]) 
 
     def make(rng, e, split, cls):
         canvas = common.plain_background(rng, (size, size), light=bool(rng.random() < 0.7))
-        im, info = common.scaled(rng, e["image"], round(size * rng.uniform(0.45, 0.85)), max_rot=15, flip=False)
+        im, info = common.scaled(
+            rng, e["image"], round(size * rng.uniform(0.45, 0.85)), max_rot=15, flip=False
+        )
         w, h = im.size
         xy = (int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1)))
         canvas.alpha_composite(im, xy)

@@ -24,15 +24,18 @@ from PIL import Image, ImageDraw, ImageFont
 from . import common
 
 LATIN_PACKAGES = [
-    "fonts-dejavu-core", "fonts-dejavu-extra", "fonts-liberation", "fonts-freefont-ttf", "fonts-urw-base35",
-    "fonts-lato", "fonts-adf-oldania", "fonts-noto-core", "fonts-crosextra-carlito", "fonts-crosextra-caladea",
-    "fonts-linuxlibertine", "fonts-ebgaramond", "fonts-cantarell", "fonts-open-sans", "fonts-roboto-unhinted",
-    "fonts-inconsolata", "fonts-hack", "fonts-comic-neue", "fonts-go", "fonts-sil-gentium", "fonts-sil-charis",
-    "fonts-sil-andika", "fonts-cmu", "fonts-jetbrains-mono", "fonts-fantasque-sans", "fonts-dancingscript",
-    "fonts-lobster", "fonts-yanone-kaffeesatz",
+    "fonts-dejavu-core", "fonts-dejavu-extra", "fonts-liberation", "fonts-freefont-ttf",
+    "fonts-urw-base35", "fonts-lato", "fonts-adf-oldania", "fonts-noto-core", "fonts-crosextra-carlito",
+    "fonts-crosextra-caladea", "fonts-linuxlibertine", "fonts-ebgaramond", "fonts-cantarell",
+    "fonts-open-sans", "fonts-roboto-unhinted", "fonts-inconsolata", "fonts-hack", "fonts-comic-neue",
+    "fonts-go", "fonts-sil-gentium", "fonts-sil-charis", "fonts-sil-andika", "fonts-cmu",
+    "fonts-jetbrains-mono", "fonts-fantasque-sans", "fonts-dancingscript", "fonts-lobster",
+    "fonts-yanone-kaffeesatz",
 ]  # fmt: skip
-SCRIPT_PACKAGES = ["fonts-noto-core", "fonts-dejavu-core", "fonts-dejavu-extra", "fonts-freefont-ttf",
-                   "fonts-liberation", "fonts-urw-base35", "fonts-sil-charis", "fonts-cmu", "fonts-open-sans"]  # fmt: skip
+SCRIPT_PACKAGES = [
+    "fonts-noto-core", "fonts-dejavu-core", "fonts-dejavu-extra", "fonts-freefont-ttf", "fonts-liberation",
+    "fonts-urw-base35", "fonts-sil-charis", "fonts-cmu", "fonts-open-sans",
+]  # fmt: skip
 CLONES = {
     "fonts-freefont-ttf": "nimbus", "fonts-hack": "dejavu", "fonts-dejavu-core": "dejavu",
     "fonts-dejavu-extra": "dejavu", "fonts-open-sans": "noto", "fonts-droid-fallback": "noto",
@@ -137,11 +140,14 @@ def build_cls_glyphs(out: Path, spec: dict, seed: int, versions: dict[str, str])
     size = spec["size"]
     pools = {"train": {c: train for c in LETTERS}, "val": {c: val for c in LETTERS}}
 
-    records, stats = common.build_classification(
-        out, list(LETTERS), spec["counts"], pools, lambda rng, f, split, c: render_letter(rng, f, size, c), seed,
-        ext="png",
-    )  # fmt: skip
-    sources = {s: {"fonts": [f"{f['path']} ({f['package']})" for f in p]} for s, p in (("train", train), ("val", val))}
+    def make(rng, font, split, letter):
+        return render_letter(rng, font, size, letter)
+
+    records, stats = common.build_classification(out, list(LETTERS), spec["counts"], pools, make, seed, "png")
+    sources = {
+        s: {"fonts": [f"{f['path']} ({f['package']})" for f in p]}
+        for s, p in (("train", train), ("val", val))
+    }
     common.assert_disjoint(sources)
     record = {"task": "classification", "description": spec["description"], "packages": versions}
     common.write_sources(out, "cls_glyphs", {**record, "stats": stats, "images": records}, sources)
@@ -158,7 +164,9 @@ def render_letter(rng: np.random.Generator, font: dict, size: int, letter: str) 
     mask = mask.crop(mask.getbbox())
     target = size * rng.uniform(0.45, 0.85)
     s = target / max(mask.size)
-    mask = mask.resize((max(1, round(mask.width * s)), max(1, round(mask.height * s))), Image.Resampling.LANCZOS)
+    mask = mask.resize(
+        (max(1, round(mask.width * s)), max(1, round(mask.height * s))), Image.Resampling.LANCZOS
+    )
     paper = common.plain_background(rng, (size, size), light=True)
     ink = rng.integers(0, 110, 3)
     if rng.random() < 0.25:  # light ink on dark paper

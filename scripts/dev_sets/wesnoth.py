@@ -39,8 +39,10 @@ PORTRAIT_CLASSES = {
     "dwarf": ["dwarves"],
     "drake": ["drakes"],
 }
-TERRAIN = re.compile(r"^(grass/(green|dry|semi-dry|leaf-litter)|flat/(dirt|dirt-dark|road)|sand/(beach|desert)"
-                     r"|frozen/(snow|ice))\d*\.png$")  # fmt: skip
+TERRAIN = re.compile(  # base tiles (no transitions, no overlays), relative to ROOT/terrain
+    r"^(grass/(green|dry|semi-dry|leaf-litter)|flat/(dirt|dirt-dark|road)|sand/(beach|desert)|frozen/(snow|ice))"
+    r"\d*\.png$"
+)
 
 
 def unit_family(rel: Path) -> str:
@@ -80,11 +82,16 @@ def class_pools(base: Path, classes: dict[str, list[str]], family, seed: int, va
 
 def terrain_tiles(seed: int) -> dict[str, list[tuple[str, Image.Image]]]:
     """Base terrain tiles (72x72 hexes), split by file between train and val."""
-    files = sorted(p for p in (ROOT / "terrain").rglob("*.png") if TERRAIN.match(str(p.relative_to(ROOT / "terrain"))))
+    files = sorted(
+        p for p in (ROOT / "terrain").rglob("*.png") if TERRAIN.match(str(p.relative_to(ROOT / "terrain")))
+    )
     rng = np.random.default_rng(seed)
     val = set(rng.choice(len(files), max(1, len(files) // 4), replace=False).tolist())
     tiles = [(str(p.relative_to(ROOT)), Image.open(p).convert("RGBA")) for p in files]
-    return {"train": [t for i, t in enumerate(tiles) if i not in val], "val": [t for i, t in enumerate(tiles) if i in val]}
+    return {
+        "train": [t for i, t in enumerate(tiles) if i not in val],
+        "val": [t for i, t in enumerate(tiles) if i in val],
+    }
 
 
 def hex_mosaic(rng: np.random.Generator, tiles, size: int, scale: float) -> Image.Image:
@@ -111,7 +118,9 @@ def build_cls_sprites(out: Path, spec: dict, seed: int, versions: dict[str, str]
         rel, sprite = item
         scale = float(rng.uniform(1.0, 1.5))
         canvas = hex_mosaic(rng, tiles[split], size, scale)
-        im = sprite.resize((round(sprite.width * scale), round(sprite.height * scale)), Image.Resampling.NEAREST)
+        im = sprite.resize(
+            (round(sprite.width * scale), round(sprite.height * scale)), Image.Resampling.NEAREST
+        )
         if rng.random() < 0.5:
             im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         im = im.crop((0, 0, min(im.width, size), min(im.height, size)))
@@ -119,7 +128,9 @@ def build_cls_sprites(out: Path, spec: dict, seed: int, versions: dict[str, str]
         canvas.alpha_composite(im, xy)
         return canvas.convert("RGB"), {"sprite": str(rel), "scale": round(scale, 3), "xy": list(xy)}
 
-    records, stats = common.build_classification(out, list(SPRITE_CLASSES), spec["counts"], pools, make, seed, "png")
+    records, stats = common.build_classification(
+        out, list(SPRITE_CLASSES), spec["counts"], pools, make, seed, "png"
+    )
     sources = {s: {c: [str(r) for r, _ in v] for c, v in pools[s].items()} for s in pools}
     common.assert_disjoint(sources)
     record = {"task": "classification", "description": spec["description"], "packages": versions}
