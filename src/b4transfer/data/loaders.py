@@ -10,9 +10,8 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from b4transfer.data.splits import SPLIT_NAMES
 from b4transfer.errors import UserError
-
-SPLITS = ("train", "val", "test")
 
 
 def check_int(value: Any, key: str, low: int, fix: str) -> None:
@@ -113,8 +112,8 @@ class SplitsDataModule(L.LightningDataModule):
 
     def dataset(self, split: str) -> Dataset:
         """The dataset of ``split`` (``train``, ``val`` or ``test``) with its transform."""
-        if split not in SPLITS:
-            raise UserError(f"Unknown split {split!r}. Fix: use one of {list(SPLITS)}.")
+        if split not in SPLIT_NAMES:
+            raise UserError(f"Unknown split {split!r}. Fix: use one of {list(SPLIT_NAMES)}.")
         transform = self.train_transform if split == "train" else self.eval_transform
         return self.split_dataset(getattr(self.splits, split), transform)
 

@@ -12,7 +12,7 @@ import logging
 import os
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from b4transfer.errors import UserError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+SPLIT_NAMES = ("train", "val", "test")
 ON_BAD_IMAGE_OPTIONS = ("skip", "error")
 DEFAULT_CHECK_THREADS = min(8, os.cpu_count() or 1)
 _SHOW = 5  # how many offending files a message lists
@@ -249,21 +250,15 @@ def assemble_splits(
         The assembled splits.
     """
     check_class_count(class_names, source)
-    check_val_fraction(val_fraction)
-    check_on_bad_image(on_bad_image)
-    names = ("train", "val", "test")
-    everything = [s for name in names for s in tagged.get(name, [])]
-    good, skipped = drop_unreadable(everything, on_bad_image=on_bad_image)
-    good_ids = {id(s) for s in good}
-    parts = {name: [s for s in tagged.get(name, []) if id(s) in good_ids] for name in names}
-    if not parts["val"]:
-        log.info(
-            "%s: no validation split given; holding out %.0f%% of train per class (seed %d).",
-            source,
-            100 * val_fraction,
-            seed,
-        )
-        parts["train"], parts["val"] = stratified_split(parts["train"], val_fraction=val_fraction, seed=seed)
+    parts, skipped = readable_parts(tagged, val_fraction=val_fraction, on_bad_image=on_bad_image)
+    hold_out_val(
+        parts,
+        source=source,
+        val_fraction=val_fraction,
+        seed=seed,
+        of="train per class",
+        split=stratified_split,
+    )
     empty = [name for name, n in zip(class_names, class_counts(parts["train"], len(class_names))) if not n]
     if empty:
         log.warning(
@@ -285,3 +280,55 @@ def random_val_split(
         [s for i, s in enumerate(samples) if i not in val_idx],
         [s for i, s in enumerate(samples) if i in val_idx],
     )
+
+
+def readable_parts(
+    tagged: Mapping[str, list[T]], *, val_fraction: float, on_bad_image: str
+) -> tuple[dict[str, list[T]], list[tuple[Path, str]]]:
+    """Check the split options, then every image of ``tagged`` once (:func:`drop_unreadable`).
+
+    Args:
+        tagged: Samples (with a ``path``) under ``"train"``, ``"val"``, ``"test"`` (any may be missing).
+        val_fraction: Checked here, used by :func:`hold_out_val`.
+        on_bad_image: ``"skip"`` or ``"error"``, see :func:`drop_unreadable`.
+
+    Returns:
+        ``(parts, skipped)``: the readable samples under all three split names, in their order, and
+        ``(path, reason)`` for each one left out.
+    """
+    check_val_fraction(val_fraction)
+    check_on_bad_image(on_bad_image)
+    everything = [s for name in SPLIT_NAMES for s in tagged.get(name, [])]
+    good, skipped = drop_unreadable(everything, on_bad_image=on_bad_image)
+    good_ids = {id(s) for s in good}
+    return {name: [s for s in tagged.get(name, []) if id(s) in good_ids] for name in SPLIT_NAMES}, skipped
+
+
+def hold_out_val(
+    parts: dict[str, list[T]],
+    *,
+    source: str | Path,
+    val_fraction: float,
+    seed: int,
+    of: str,
+    split: Callable[..., tuple[list[T], list[T]]] = random_val_split,
+) -> None:
+    """Where ``parts`` has no validation samples, move a seeded share of ``parts["train"]`` there (logged).
+
+    Args:
+        parts: Samples under ``"train"`` and ``"val"``, changed in place.
+        source: Dataset folder or file, for the log line.
+        val_fraction: The share held out.
+        seed: Seed of the split.
+        of: What the share is of, for the log line (``train per class``).
+        split: :func:`random_val_split` or :func:`stratified_split`.
+    """
+    if not parts["val"]:
+        log.info(
+            "%s: no validation split given; holding out %.0f%% of %s (seed %d).",
+            source,
+            100 * val_fraction,
+            of,
+            seed,
+        )
+        parts["train"], parts["val"] = split(parts["train"], val_fraction=val_fraction, seed=seed)

@@ -15,13 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from b4transfer.data.boxes import DetectionSample
-from b4transfer.data.splits import (
-    check_on_bad_image,
-    check_val_fraction,
-    drop_unreadable,
-    random_val_split,
-    shown,
-)
+from b4transfer.data.splits import hold_out_val, readable_parts, shown
 from b4transfer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -92,26 +86,13 @@ def assemble_detection_splits(
             f"{source}: no classes found. Fix: list at least one category (COCO 'categories', YOLO "
             "'names' in data.yaml or classes.txt)."
         )
-    check_val_fraction(val_fraction)
-    check_on_bad_image(on_bad_image)
-    names = ("train", "val", "test")
-    everything = [s for name in names for s in tagged.get(name, [])]
-    good, skipped = drop_unreadable(everything, on_bad_image=on_bad_image)
-    good_ids = {id(s) for s in good}
-    parts = {name: [s for s in tagged.get(name, []) if id(s) in good_ids] for name in names}
+    parts, skipped = readable_parts(tagged, val_fraction=val_fraction, on_bad_image=on_bad_image)
     if not parts["train"]:
         raise UserError(
             f"{source}: the training split holds no readable images. Fix: point data.root (or "
             "data.train_json / data.train_images) at a dataset with training images."
         )
-    if not parts["val"]:
-        log.info(
-            "%s: no validation split given; holding out %.0f%% of the training images (seed %d).",
-            source,
-            100 * val_fraction,
-            seed,
-        )
-        parts["train"], parts["val"] = random_val_split(parts["train"], val_fraction=val_fraction, seed=seed)
+    hold_out_val(parts, source=source, val_fraction=val_fraction, seed=seed, of="the training images")
     counts = np.bincount(
         np.concatenate([s.labels for s in parts["train"]] or [np.zeros(0, np.int64)]),
         minlength=len(class_names),

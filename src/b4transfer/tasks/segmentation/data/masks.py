@@ -26,14 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from b4transfer.data.images import ImageLoadError, upright_size
-from b4transfer.data.splits import (
-    DEFAULT_CHECK_THREADS,
-    check_on_bad_image,
-    check_val_fraction,
-    drop_unreadable,
-    random_val_split,
-    shown,
-)
+from b4transfer.data.splits import DEFAULT_CHECK_THREADS, hold_out_val, readable_parts, shown
 from b4transfer.errors import UserError
 from b4transfer.tasks.segmentation.data.mask_files import check_palette, mask_size, read_mask, refuse_lossy
 
@@ -267,14 +260,11 @@ def assemble_mask_splits(
     Returns:
         The checked splits (each sample's pixel counts kept for :attr:`MaskSplits.class_pixels`).
     """
-    check_val_fraction(val_fraction)
-    check_on_bad_image(on_bad_image)
     palette = check_palette(palette)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or ignore_index < 0:
         raise UserError(f"data.ignore_index must be an integer >= 0, got {ignore_index!r}. Fix: e.g. 255.")
-    names = ("train", "val", "test")
-    everything = [s for name in names for s in tagged.get(name, [])]
-    good, skipped = drop_unreadable(everything, on_bad_image=on_bad_image)
+    parts, skipped = readable_parts(tagged, val_fraction=val_fraction, on_bad_image=on_bad_image)
+    good = [s for part in parts.values() for s in part]
     try:
         scan_masks(good, palette)
     except ImageLoadError as err:
@@ -289,18 +279,9 @@ def assemble_mask_splits(
         )
     check_ignore_index(ignore_index, class_names, source)
     check_values(good, len(class_names), ignore_index, source)
-    good_ids = {id(s) for s in good}
-    parts = {name: [s for s in tagged.get(name, []) if id(s) in good_ids] for name in names}
     if not parts["train"]:
         raise UserError(f"{source}: the training split holds no readable images. Fix: add training images.")
-    if not parts["val"]:
-        log.info(
-            "%s: no validation split given; holding out %.0f%% of train (seed %d).",
-            source,
-            100 * val_fraction,
-            seed,
-        )
-        parts["train"], parts["val"] = random_val_split(parts["train"], val_fraction=val_fraction, seed=seed)
+    hold_out_val(parts, source=source, val_fraction=val_fraction, seed=seed, of="train")
     splits = MaskSplits(
         class_names, parts["train"], parts["val"], parts["test"], skipped, ignore_index, palette, binary
     )
