@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from b4transfer.data.check_cache import cached_checks
 from b4transfer.data.images import ImageLoadError, check_image
-from b4transfer.errors import UserError
+from b4transfer.errors import UserError, UserFileNotFoundError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -153,6 +153,25 @@ def check_on_bad_image(on_bad_image: str) -> None:
 def shown(items: Sequence[object], sep: str = "; ") -> str:
     """The first few ``items`` for a message, joined by ``sep``, with ``sep + "..."`` when there are more."""
     return sep.join(str(i) for i in items[:_SHOW]) + (f"{sep}..." if len(items) > _SHOW else "")
+
+
+def refuse_missing_images(source: str | Path, listed: Sequence[tuple[str, Path]], fix: str) -> None:
+    """Refuse a source whose listed image files do not all exist, naming the first few and the fix.
+
+    Args:
+        source: The file that lists them, for the message.
+        listed: ``(where it is listed, image file)`` for every image (``line 5``, ``image id 3``).
+        fix: What to do, after ``Fix:``.
+
+    Raises:
+        UserFileNotFoundError: Some of the files do not exist.
+    """
+    missing = [f"{where}: {file}" for where, file in listed if not file.is_file()]
+    if missing:
+        raise UserFileNotFoundError(
+            f"{source}: {len(missing)} of {len(listed)} image file(s) do not exist ({shown(missing)}). "
+            f"Fix: {fix}"
+        )
 
 
 def _listing(bad: Sequence[tuple[Path, str]]) -> str:

@@ -21,6 +21,7 @@ from b4transfer.data.splits import (
     check_class_count,
     check_on_bad_image,
     check_val_fraction,
+    refuse_missing_images,
     shown,
 )
 from b4transfer.errors import UserError, UserFileNotFoundError
@@ -122,14 +123,12 @@ def _resolve_classes(rows: list[_Row], class_names: list[str] | None, path: Path
 def _resolve_paths(rows: list[_Row], path: Path) -> list[Path]:
     files = [Path(row.path).expanduser() for row in rows]
     files = [f if f.is_absolute() else path.parent / f for f in files]
-    missing = [(row, f) for row, f in zip(rows, files) if not f.is_file()]
-    if missing:
-        listed = shown([f"line {row.line}: {f}" for row, f in missing])
-        raise UserFileNotFoundError(
-            f"{path}: {len(missing)} of {len(rows)} image file(s) do not exist ({listed}). Fix: correct "
-            f"the paths (relative paths are resolved against the CSV's folder {path.parent}) or delete those "
-            "rows."
-        )
+    refuse_missing_images(
+        path,
+        [(f"line {row.line}", file) for row, file in zip(rows, files)],
+        f"correct the paths (relative paths are resolved against the CSV's folder {path.parent}) or delete "
+        "those rows.",
+    )
     return files
 
 
