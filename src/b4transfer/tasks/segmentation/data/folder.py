@@ -72,20 +72,16 @@ def _pairs(images_dir: Path, masks_dir: Path) -> list[MaskSample]:
         )
     images = {p.relative_to(images_dir).with_suffix(""): p for p in list_images(images_dir)}
     masks = {p.relative_to(masks_dir).with_suffix(""): p for p in list_images(masks_dir)}
-    lonely = sorted(str(images[k]) for k in images.keys() - masks.keys())
-    if lonely:
-        raise UserError(
-            f"{len(lonely)} image(s) have no mask in {masks_dir} ({shown(lonely)}). Fix: add a mask with the "
-            "same relative path and stem (e.g. images/train/a.jpg -> masks/train/a.png), or "
-            "remove the images."
-        )
-    orphans = sorted(str(masks[k]) for k in masks.keys() - images.keys())
-    if orphans:
-        raise UserError(
-            f"{len(orphans)} mask(s) have no image in {images_dir} ({shown(orphans)}). Fix: add "
-            "the images, or "
-            "remove those masks (a renamed image leaves its mask behind)."
-        )
+    unpaired = (  # (these, without a partner among those, are refused: what, fix)
+        (images, masks, f"image(s) have no mask in {masks_dir}", "add a mask with the same relative path and "
+         "stem (e.g. images/train/a.jpg -> masks/train/a.png), or remove the images."),
+        (masks, images, f"mask(s) have no image in {images_dir}", "add the images, or remove those masks (a "
+         "renamed image leaves its mask behind)."),
+    )
+    for these, those, what, fix in unpaired:
+        alone = sorted(str(these[k]) for k in these.keys() - those.keys())
+        if alone:
+            raise UserError(f"{len(alone)} {what} ({shown(alone)}). Fix: {fix}")
     if not images:
         raise UserError(
             f"{images_dir} holds no images. Fix: point data.root at a folder laid out as {_LAYOUT}."
