@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from b4transfer.data.check_cache import cached_checks
 from b4transfer.data.images import ImageLoadError, check_image
@@ -24,6 +24,7 @@ from b4transfer.errors import UserError, UserFileNotFoundError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+S = TypeVar("S")  # a task's sample type
 
 SPLIT_NAMES = ("train", "val", "test")
 ON_BAD_IMAGE_OPTIONS = ("skip", "error")
@@ -47,29 +48,39 @@ class Sample:
 
 
 @dataclass
-class DatasetSplits:
-    """Everything a data module needs: class names and the train/val/test samples.
+class Splits(Generic[S]):
+    """A data set as a task's data module takes it: class names and the train/val/test samples.
 
     Args:
-        class_names: Class names; a target ``i`` means ``class_names[i]``.
+        class_names: Class names; a label ``i`` (class index, mask value) means ``class_names[i]``.
         train: Training samples.
         val: Validation samples.
         test: Test samples (may be empty).
-        multi_label: Whether targets are tuples of class indices.
-        skipped: ``(path, reason)`` for every unreadable image left out.
     """
 
     class_names: list[str]
-    train: list[Sample]
-    val: list[Sample]
-    test: list[Sample] = field(default_factory=list)
-    multi_label: bool = False
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    train: list[S]
+    val: list[S]
+    test: list[S] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.class_names)
+
+
+@dataclass
+class DatasetSplits(Splits[Sample]):
+    """Everything a classification data module needs: :class:`Splits` of :class:`Sample` (a target ``i``
+    means ``class_names[i]``), and
+
+    Args:
+        multi_label: Whether targets are tuples of class indices.
+        skipped: ``(path, reason)`` for every unreadable image left out.
+    """
+
+    multi_label: bool = False
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def _labels(target: int | tuple[int, ...]) -> tuple[int, ...]:

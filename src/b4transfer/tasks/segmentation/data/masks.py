@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from b4transfer.data.images import ImageLoadError, upright_size
-from b4transfer.data.splits import DEFAULT_CHECK_THREADS, hold_out_val, readable_parts, shown
+from b4transfer.data.splits import DEFAULT_CHECK_THREADS, Splits, hold_out_val, readable_parts, shown
 from b4transfer.errors import UserError
 from b4transfer.tasks.segmentation.data.mask_files import check_palette, mask_size, read_mask, refuse_lossy
 
@@ -68,35 +68,23 @@ class MaskSample:
 
 
 @dataclass
-class MaskSplits:
-    """Everything a semantic-mask data module needs.
+class MaskSplits(Splits[MaskSample]):
+    """Everything a semantic-mask data module needs: :class:`~b4transfer.data.splits.Splits` of
+    :class:`MaskSample` (mask value ``i`` means ``class_names[i]``), and
 
     Args:
-        class_names: Class names; mask value ``i`` means ``class_names[i]``.
-        train: Training samples.
-        val: Validation samples.
-        test: Test samples (may be empty).
         skipped: ``(path, reason)`` for every unreadable image left out.
         ignore_index: The mask value that marks pixels to ignore (borders, crowds, padding).
         palette: RGB colour of each class (for RGB masks and written masks); ``None``: the default one.
         binary: The masks hold 0 and 255 for two classes: 255 is read as class 1.
     """
 
-    class_names: list[str]
-    train: list[MaskSample]
-    val: list[MaskSample]
-    test: list[MaskSample] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     ignore_index: int = IGNORE_INDEX
     palette: list[tuple[int, int, int]] | None = None
     binary: bool = False
 
     multi_label = False
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes."""
-        return len(self.class_names)
 
     @property
     def class_pixels(self) -> list[int]:
