@@ -1,9 +1,10 @@
 """Samples, train/val/test splits, and the start-up checks every dataset reader shares.
 
-A reader (folder, CSV, demo) turns its source into tagged :class:`Sample` lists and calls
-:func:`assemble_splits`, which validates the options, drops unreadable images (skipped
+A reader (folder, CSV, demo) checks its :class:`SplitOptions` first, turns its source into tagged
+:class:`Sample` lists and calls :func:`assemble_splits`, which drops unreadable images (skipped
 and counted, per the project's policy: never a crash mid-epoch) and carves a seeded,
-stratified validation split when the source has none.
+stratified validation split when the source has none. The other tasks' assemblers share
+:func:`readable_parts` and :func:`hold_out_val`.
 """
 
 from __future__ import annotations
@@ -116,6 +117,26 @@ def check_val_fraction(val_fraction: float) -> None:
             f"data.val_fraction must be strictly between 0 and 1, got {val_fraction}. "
             "Fix: set e.g. data.val_fraction=0.2 (20% of each class goes to validation)."
         )
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """How a reader makes its samples into splits; checked when made, before any image is read.
+
+    Args:
+        val_fraction: Share of the training images held out for validation where the source gives no
+            validation split, in (0, 1).
+        seed: Seed of that hold-out.
+        on_bad_image: ``"skip"`` or ``"error"`` for unreadable images, see :func:`drop_unreadable`.
+    """
+
+    val_fraction: float = 0.2
+    seed: int = 0
+    on_bad_image: str = "skip"
+
+    def __post_init__(self) -> None:
+        check_val_fraction(self.val_fraction)
+        check_on_bad_image(self.on_bad_image)
 
 
 def stratified_split(
@@ -260,35 +281,24 @@ def assemble_splits(
     tagged: dict[str, list[Sample]],
     *,
     source: str | Path,
-    val_fraction: float,
-    seed: int,
-    on_bad_image: str,
+    options: SplitOptions,
     multi_label: bool = False,
 ) -> DatasetSplits:
-    """Drop unreadable images, then split train into train/val when no val was given.
+    """Drop unreadable images, then split train into train/val (per class) when no val was given.
 
     Args:
         class_names: Class names (at least two).
         tagged: Samples under the keys ``"train"``, ``"val"``, ``"test"`` (any may be missing).
         source: Dataset folder or file, for messages.
-        val_fraction: Used only when ``tagged`` has no val samples.
-        seed: Seed of that split.
-        on_bad_image: ``"skip"`` or ``"error"``, see :func:`drop_unreadable`.
+        options: The hold-out and the unreadable-image policy.
         multi_label: Whether targets are tuples.
 
     Returns:
         The assembled splits.
     """
     check_class_count(class_names, source)
-    parts, skipped = readable_parts(tagged, val_fraction=val_fraction, on_bad_image=on_bad_image)
-    hold_out_val(
-        parts,
-        source=source,
-        val_fraction=val_fraction,
-        seed=seed,
-        of="train per class",
-        split=stratified_split,
-    )
+    parts, skipped = readable_parts(tagged, options)
+    hold_out_val(parts, options, source=source, of="train per class", split=stratified_split)
     empty = [name for name, n in zip(class_names, class_counts(parts["train"], len(class_names))) if not n]
     if empty:
         log.warning(
@@ -313,33 +323,29 @@ def random_val_split(
 
 
 def readable_parts(
-    tagged: Mapping[str, list[T]], *, val_fraction: float, on_bad_image: str
+    tagged: Mapping[str, list[T]], options: SplitOptions
 ) -> tuple[dict[str, list[T]], list[tuple[Path, str]]]:
-    """Check the split options, then every image of ``tagged`` once (:func:`drop_unreadable`).
+    """Check every image of ``tagged`` once (:func:`drop_unreadable`, ``options.on_bad_image``).
 
     Args:
         tagged: Samples (with a ``path``) under ``"train"``, ``"val"``, ``"test"`` (any may be missing).
-        val_fraction: Checked here, used by :func:`hold_out_val`.
-        on_bad_image: ``"skip"`` or ``"error"``, see :func:`drop_unreadable`.
+        options: The unreadable-image policy.
 
     Returns:
         ``(parts, skipped)``: the readable samples under all three split names, in their order, and
         ``(path, reason)`` for each one left out.
     """
-    check_val_fraction(val_fraction)
-    check_on_bad_image(on_bad_image)
     everything = [s for name in SPLIT_NAMES for s in tagged.get(name, [])]
-    good, skipped = drop_unreadable(everything, on_bad_image=on_bad_image)
+    good, skipped = drop_unreadable(everything, on_bad_image=options.on_bad_image)
     good_ids = {id(s) for s in good}
     return {name: [s for s in tagged.get(name, []) if id(s) in good_ids] for name in SPLIT_NAMES}, skipped
 
 
 def hold_out_val(
     parts: dict[str, list[T]],
+    options: SplitOptions,
     *,
     source: str | Path,
-    val_fraction: float,
-    seed: int,
     of: str,
     split: Callable[..., tuple[list[T], list[T]]] = random_val_split,
 ) -> None:
@@ -347,18 +353,14 @@ def hold_out_val(
 
     Args:
         parts: Samples under ``"train"`` and ``"val"``, changed in place.
+        options: ``val_fraction``, the share held out, and ``seed``.
         source: Dataset folder or file, for the log line.
-        val_fraction: The share held out.
-        seed: Seed of the split.
         of: What the share is of, for the log line (``train per class``).
         split: :func:`random_val_split` or :func:`stratified_split`.
     """
-    if not parts["val"]:
-        log.info(
-            "%s: no validation split given; holding out %.0f%% of %s (seed %d).",
-            source,
-            100 * val_fraction,
-            of,
-            seed,
-        )
-        parts["train"], parts["val"] = split(parts["train"], val_fraction=val_fraction, seed=seed)
+    if parts["val"]:
+        return
+    fraction, seed = options.val_fraction, options.seed
+    message = "%s: no validation split given; holding out %.0f%% of %s (seed %d)."
+    log.info(message, source, 100 * fraction, of, seed)
+    parts["train"], parts["val"] = split(parts["train"], val_fraction=fraction, seed=seed)

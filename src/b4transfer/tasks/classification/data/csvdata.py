@@ -17,10 +17,9 @@ from pathlib import Path
 from b4transfer.data.splits import (
     DatasetSplits,
     Sample,
+    SplitOptions,
     assemble_splits,
     check_class_count,
-    check_on_bad_image,
-    check_val_fraction,
     refuse_missing_images,
     shown,
 )
@@ -198,8 +197,7 @@ def read_csv(
         ValueError: Bad header, row, label, split value, option, or fewer than two classes.
         ImageLoadError: ``on_bad_image="error"`` and an image is unreadable.
     """
-    check_val_fraction(val_fraction)
-    check_on_bad_image(on_bad_image)
+    options = SplitOptions(val_fraction, seed, on_bad_image)
     path = _open_csv(csv_path)
     columns = {"path": path_column, "label": label_column, "split": split_column}
     rows = list(_iter_rows(path, columns, multi_label, label_delimiter))
@@ -215,12 +213,4 @@ def read_csv(
         ids = sorted(index[label] for label in row.labels)
         target = tuple(ids) if multi_label else ids[0]
         tagged[row.split or "train"].append(Sample(file, target, origin=f"{path.name} line {row.line}"))
-    return assemble_splits(
-        names,
-        tagged,
-        source=path,
-        val_fraction=val_fraction,
-        seed=seed,
-        on_bad_image=on_bad_image,
-        multi_label=multi_label,
-    )
+    return assemble_splits(names, tagged, source=path, options=options, multi_label=multi_label)

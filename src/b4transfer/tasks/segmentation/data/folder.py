@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from b4transfer.data.folder import VAL_DIR_NAMES, list_images
-from b4transfer.data.splits import shown
+from b4transfer.data.splits import SplitOptions, shown
 from b4transfer.errors import UserError, UserFileNotFoundError
 from b4transfer.tasks.segmentation.data.masks import (
     IGNORE_INDEX,
@@ -108,6 +108,7 @@ def seg_folder_splits(
         ignore_index: Mask value of pixels to ignore.
         palette: ``[[r, g, b], ...]`` class colours of RGB masks (wins over ``classes.yaml``'s).
     """
+    options = SplitOptions(val_fraction, seed, on_bad_image)
     if root in (None, ""):
         raise UserError(f"data.root is not set. Fix: data.root=/path/to/dataset ({_LAYOUT}).")
     root = Path(root).expanduser()
@@ -128,13 +129,7 @@ def seg_folder_splits(
                 tagged[split] = _pairs(root / "images" / folder, root / "masks" / folder)
     else:
         tagged["train"] = _pairs(root / "images", root / "masks")
+    palette = palette if palette is not None else file_palette
     return assemble_mask_splits(
-        names,
-        tagged,
-        source=root,
-        val_fraction=val_fraction,
-        seed=seed,
-        on_bad_image=on_bad_image,
-        ignore_index=ignore_index,
-        palette=palette if palette is not None else file_palette,
+        names, tagged, source=root, options=options, ignore_index=ignore_index, palette=palette
     )

@@ -26,7 +26,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from b4transfer.data.images import ImageLoadError, upright_size
-from b4transfer.data.splits import DEFAULT_CHECK_THREADS, Splits, hold_out_val, readable_parts, shown
+from b4transfer.data.splits import (
+    DEFAULT_CHECK_THREADS,
+    SplitOptions,
+    Splits,
+    hold_out_val,
+    readable_parts,
+    shown,
+)
 from b4transfer.errors import UserError
 from b4transfer.tasks.segmentation.data.mask_files import check_palette, mask_size, read_mask, refuse_lossy
 
@@ -226,9 +233,7 @@ def assemble_mask_splits(
     tagged: dict[str, list[MaskSample]],
     *,
     source: str | Path,
-    val_fraction: float,
-    seed: int,
-    on_bad_image: str,
+    options: SplitOptions,
     ignore_index: int = IGNORE_INDEX,
     palette=None,
 ) -> MaskSplits:
@@ -239,9 +244,7 @@ def assemble_mask_splits(
             largest value found.
         tagged: Samples under ``"train"``, ``"val"``, ``"test"`` (any may be missing).
         source: Dataset root or file, for messages.
-        val_fraction: Used only when ``tagged`` has no val samples.
-        seed: Seed of that split.
-        on_bad_image: ``"skip"`` or ``"error"`` for unreadable images.
+        options: The hold-out (of random images) and the unreadable-image policy.
         ignore_index: Mask value of pixels to ignore.
         palette: Class colours for RGB masks (and for written masks).
 
@@ -251,7 +254,7 @@ def assemble_mask_splits(
     palette = check_palette(palette)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or ignore_index < 0:
         raise UserError(f"data.ignore_index must be an integer >= 0, got {ignore_index!r}. Fix: e.g. 255.")
-    parts, skipped = readable_parts(tagged, val_fraction=val_fraction, on_bad_image=on_bad_image)
+    parts, skipped = readable_parts(tagged, options)
     good = [s for part in parts.values() for s in part]
     try:
         scan_masks(good, palette)
@@ -269,7 +272,7 @@ def assemble_mask_splits(
     check_values(good, len(class_names), ignore_index, source)
     if not parts["train"]:
         raise UserError(f"{source}: the training split holds no readable images. Fix: add training images.")
-    hold_out_val(parts, source=source, val_fraction=val_fraction, seed=seed, of="train")
+    hold_out_val(parts, options, source=source, of="train")
     splits = MaskSplits(
         class_names, parts["train"], parts["val"], parts["test"], skipped, ignore_index, palette, binary
     )
