@@ -99,3 +99,22 @@ def test_default_size_is_fast_learnable_and_read_by_scan_folder(tmp_path):
     means = np.stack([xt[yt == c].mean(0) for c in range(6)])
     accuracy = (((xv[:, None] - means[None]) ** 2).sum(-1).argmin(1) == yv).mean()
     assert accuracy > 0.6
+
+
+def test_dense_demo_sets_check_their_sizes_and_name_their_cache_folder(tmp_path, monkeypatch):
+    """The detection and segmentation demos share one DemoSet: same checks, their own bounds and folders."""
+    from b4transfer.errors import UserError
+    from b4transfer.tasks.detection.data.demo import ensure_demo_detection
+    from b4transfer.tasks.segmentation.data.demo import ensure_demo_masks
+
+    with pytest.raises(UserError, match=r"demo image_size must be an integer >= 64, got 32.*data.image_size"):
+        ensure_demo_detection(tmp_path / "det", image_size=32)
+    with pytest.raises(UserError, match=r"demo val_images must be an integer >= 1, got None.*data.val_im"):
+        ensure_demo_masks(tmp_path / "seg", val_images=None)
+    with pytest.raises(TypeError, match=r"Unknown demo argument\(s\) \['train_per_class'\]"):
+        ensure_demo_masks(tmp_path / "seg", train_per_class=3)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("B4TRANSFER_CACHE", str(tmp_path / "cache"))
+    root = ensure_demo_masks(image_size=32, train_images=2, val_images=1, seed=4)
+    assert root == tmp_path / "cache" / "demo-masks-v1-32-2-1-4" and (root / MARKER).is_file()
+    assert (root / "classes.txt").read_text() == "background\ncircle\nsquare\ntriangle\n"

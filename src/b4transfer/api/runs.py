@@ -11,8 +11,9 @@ Each takes the command line's keys verbatim: ``overrides=["data.root=/data/pets"
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,13 +105,23 @@ def show_library_logs() -> None:
         logger.setLevel(logging.INFO)
 
 
-def _forget(run_dir: str) -> None:
-    """A refused run leaves no run directory: what it created goes, while it holds only what the run
-    wrote (:mod:`b4transfer.cli.cleanup`)."""
-    from b4transfer.cli.cleanup import forget
+@contextlib.contextmanager
+def _refused_cleanly(run_dir: str) -> Iterator[None]:
+    """Within it, a problem the user can fix (:func:`user_error_of`) is raised as itself, and the refused
+    run leaves no run directory: what it created goes, while it holds only what the run wrote
+    (:mod:`b4transfer.cli.cleanup`). A bug keeps its traceback."""
+    from b4transfer.cli.cleanup import forget, remember
 
-    if Path(run_dir).is_dir():
-        forget(run_dir, {"config_resolved.yaml"})
+    remember(run_dir)
+    try:
+        yield
+    except Exception as err:
+        found = user_error_of(err)
+        if found is None:
+            raise
+        if Path(run_dir).is_dir():
+            forget(run_dir, {"config_resolved.yaml"})
+        raise found from None
 
 
 def _overrides(mode: str, task: str | None, data: str | None, overrides: Overrides, extra: dict) -> list[str]:
@@ -139,20 +150,12 @@ def run(mode: str, *, task: str | None = None, data: str | None = None, override
     Raises:
         UserError: Anything the CLI refuses in one line, with the same message.
     """
-    from b4transfer.cli.cleanup import remember
     from b4transfer.modes import run as run_mode
 
     cfg = compose_config(_overrides(mode, task, data, overrides, keys), run_dir=run_dir)
     show_library_logs()
-    remember(cfg.run_dir)
-    try:
+    with _refused_cleanly(cfg.run_dir):
         summary = run_mode(cfg)
-    except Exception as err:
-        found = user_error_of(err)
-        if found is None:
-            raise
-        _forget(cfg.run_dir)
-        raise found from None
     return Run(config=cfg, summary=summary, run_dir=Path(cfg.run_dir))
 
 
@@ -248,20 +251,12 @@ def build(task: str | None = None, data: str | None = None, overrides: Overrides
         ``splits``, ``cfg``, ``run_dir``, ...).
     """
     from b4transfer.backbone import check_weights
-    from b4transfer.cli.cleanup import remember
     from b4transfer.config import plain
     from b4transfer.modes.train import setup
     from b4transfer.training.trackers import check_loggers
 
     cfg = compose_config(_overrides("train", task, data, overrides, keys), run_dir=run_dir)
-    remember(cfg.run_dir)
-    try:
+    with _refused_cleanly(cfg.run_dir):
         check_loggers(cfg.get("logger"))
         check_weights(plain(cfg.model))
         return setup(cfg)
-    except Exception as err:
-        found = user_error_of(err)
-        if found is None:
-            raise
-        _forget(cfg.run_dir)
-        raise found from None

@@ -1,6 +1,7 @@
 """Dataset audit: duplicates and leakage, conflicting labels, likely label errors, per-task sections.
 
-A task (``Task.audit``) turns its splits into :class:`AuditItem` records and calls :func:`run_audit`,
+A task (``Task.audit``) turns its splits into :class:`AuditItem` records and calls :func:`run_audit`
+(:func:`audit_splits` does both),
 which finds
 
 - exact duplicates: files with identical bytes (:func:`~b4transfer.audit.duplicates.file_hash`); a group
@@ -32,12 +33,12 @@ import numpy as np
 from b4transfer.audit.duplicates import exact_groups, file_hashes, near_duplicates
 from b4transfer.audit.phash import image_hashes
 from b4transfer.audit.report import write_report
-from b4transfer.data.splits import shown
+from b4transfer.data.splits import SPLIT_NAMES, shown
 from b4transfer.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AuditItem", "AuditSettings", "Section", "run_audit"]
+__all__ = ["AuditItem", "AuditSettings", "Section", "audit_splits", "run_audit"]
 
 HASH_SIZE = 16  # pHash of 16 x 16 DCT frequencies: 256 bits
 HASH_BITS = HASH_SIZE * HASH_SIZE
@@ -223,6 +224,22 @@ def run_audit(
     _log(counts, found)
     write_report(run_dir, paths, found, counts, sections, settings)
     return {**counts, "report": str(run_dir / "audit.md")}
+
+
+def audit_splits(
+    splits: Any, run_dir: Path, *, item: Callable[[str, Any], AuditItem] | None = None, **options: Any
+) -> dict[str, Any]:
+    """:func:`run_audit` of every sample of ``splits`` (train, val and test), with its class names.
+
+    Args:
+        splits: A task's splits (``class_names``, ``train``, ``val``, ``test``).
+        run_dir: Where the report goes.
+        item: ``item(split, sample)`` -> the sample's :class:`AuditItem`; ``None``: its path alone.
+        **options: :func:`run_audit`'s ``settings``, ``full``, ``embed``, ``probe``, ``sections``.
+    """
+    item = item or (lambda split, sample: AuditItem(split, sample.path))
+    items = [item(split, sample) for split in SPLIT_NAMES for sample in getattr(splits, split)]
+    return run_audit(items, class_names=splits.class_names, run_dir=run_dir, **options)
 
 
 def _near(items: Sequence[AuditItem], features, same: set, settings: AuditSettings) -> list[dict[str, Any]]:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from b4transfer.backbone import create_backbone, resolve_data_configs
+from b4transfer.config import num_workers, plain
 from b4transfer.data.dataset import PathDataset
 from b4transfer.data.transforms import build_transforms, draft_size_for
 
-__all__ = ["DATA_KEYS", "device_for", "pooled_embeddings"]
+__all__ = ["DATA_KEYS", "device_for", "pooled_embeddings", "run_embedder"]
 
 DATA_KEYS = ("image_size", "eval_image_size", "crop_pct", "eval_crop_pct", "interpolation", "mean", "std")
 
@@ -60,3 +63,16 @@ def pooled_embeddings(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     chunks = [backbone(x.to(device)).float().cpu() for x, _ in loader]
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, backbone.num_features), np.float32)
+
+
+def run_embedder(cfg: DictConfig, data: Mapping[str, Any]) -> Callable[[Sequence[Path]], np.ndarray]:
+    """:func:`pooled_embeddings` of the run's ``model`` with the given ``data`` settings, at the run's
+    ``data.batch_size`` and workers, on the device ``trainer`` allows: the audit's ``embed``."""
+    return partial(
+        pooled_embeddings,
+        model=plain(cfg.model),
+        data=data,
+        batch_size=int(cfg.data.batch_size),
+        num_workers=num_workers(cfg),
+        device=device_for(plain(cfg.trainer)),
+    )

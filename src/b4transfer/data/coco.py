@@ -28,7 +28,7 @@ import numpy as np
 
 from b4transfer.data.boxes import BoxCleaner, DetectionSample, make_sample
 from b4transfer.data.images import ImageLoadError, image_header, upright_size
-from b4transfer.data.splits import DEFAULT_CHECK_THREADS, shown
+from b4transfer.data.splits import DEFAULT_CHECK_THREADS, refuse_missing_images, shown
 from b4transfer.errors import UserError, UserFileNotFoundError
 
 SPLITS = ("train", "val", "test")
@@ -108,14 +108,12 @@ def _images(data: dict, path: Path, image_dir: Path) -> dict[int, tuple[Path, tu
         w, h = img.get("width"), img.get("height")
         ok = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0 for v in (w, h))
         images[iid] = (image_dir / str(img["file_name"]), (int(w), int(h)) if ok else None)
-    missing = [(iid, p) for iid, (p, _) in images.items() if not p.is_file()]
-    if missing:
-        listed = shown([f"image id {iid}: {p}" for iid, p in missing])
-        raise UserFileNotFoundError(
-            f"{path}: {len(missing)} of {len(images)} image file(s) do not exist ({listed}). Fix: point "
-            f"the image folder (data.root, or data.train_images / data.val_images; now {image_dir}) at the "
-            "folder 'file_name' is relative to, or remove those images from the JSON."
-        )
+    refuse_missing_images(
+        path,
+        [(f"image id {iid}", file) for iid, (file, _) in images.items()],
+        f"point the image folder (data.root, or data.train_images / data.val_images; now {image_dir}) at "
+        "the folder 'file_name' is relative to, or remove those images from the JSON.",
+    )
     _check_sizes(images, path)
     return images
 

@@ -19,7 +19,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from b4transfer.errors import UserError, UserFileExistsError
 DEMO_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
 DEMO_VERSION = "v1"
 MARKER = ".complete"
+_SIZE_KEYS = ("image_size", "train_images", "val_images", "seed")  # of a DemoSet
 _SUPERSAMPLE = 2  # shapes are drawn at 2x and downsampled: anti-aliased edges
 
 
@@ -82,23 +84,53 @@ def shape_polygon(name: str, cx: float, cy: float, r: float, theta: float) -> li
     return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in pts]
 
 
-def _shape_mask(rng: np.random.Generator, name: str, size: int) -> np.ndarray:
-    """A ``(size, size)`` anti-aliased coverage mask in 0..1 of one randomly placed shape."""
-    big = size * _SUPERSAMPLE
-    r = big * rng.uniform(0.18, 0.3)
-    cx, cy = big * rng.uniform(0.35, 0.65, size=2)
-    theta = rng.uniform(0, 2 * np.pi)
-    mask = Image.new("L", (big, big), 0)
-    draw = ImageDraw.Draw(mask)
-    box = (cx - r, cy - r, cx + r, cy + r)
+def shape_coverage(name: str, cx: float, cy: float, r: float, theta: float, width: int, height: int):
+    """``(height, width)`` anti-aliased coverage in 0..1 of one shape (centre and radius in pixels), drawn at
+    ``_SUPERSAMPLE`` x and downsampled."""
+    s = _SUPERSAMPLE
+    canvas = Image.new("L", (width * s, height * s), 0)
+    draw = ImageDraw.Draw(canvas)
+    box = (s * (cx - r), s * (cy - r), s * (cx + r), s * (cy + r))
     if name == "circle":
         draw.ellipse(box, fill=255)
     elif name == "ring":
-        draw.ellipse(box, outline=255, width=max(2, round(0.32 * r)))
+        draw.ellipse(box, outline=255, width=max(2, round(0.32 * (s * r))))
     else:
-        draw.polygon(shape_polygon(name, cx, cy, r, theta), fill=255)
-    small = mask.resize((size, size), Image.BOX)
-    return np.asarray(small, dtype=np.float64)[..., None] / 255.0
+        draw.polygon(shape_polygon(name, s * cx, s * cy, s * r, theta), fill=255)
+    return np.asarray(canvas.resize((width, height), Image.BOX), dtype=np.float64) / 255.0
+
+
+def random_canvas(rng: np.random.Generator, image_size: int, stretch: float) -> tuple[int, int, np.ndarray]:
+    """``(width, height, pixels)``: a textured background whose sides are drawn from ``image_size`` to
+    ``stretch`` times that."""
+    width, height = (int(v) for v in rng.integers(image_size, int(stretch * image_size) + 1, size=2))
+    return width, height, textured_background(rng, max(width, height))[:height, :width]
+
+
+def class_colour(
+    rng: np.random.Generator, index: int, count: int, *, hue_jitter: float = 0.05, min_saturation: float = 0.6
+) -> np.ndarray:
+    """A 0..255 RGB colour in the hue family of class ``index`` of ``count``; jittered saturation, value."""
+    hue = index / count + rng.uniform(-hue_jitter, hue_jitter)
+    return hsv255(hue, rng.uniform(min_saturation, 1.0), rng.uniform(0.7, 1.0))
+
+
+def paint(pixels: np.ndarray, colour: np.ndarray, cover: np.ndarray) -> np.ndarray:
+    """``pixels`` with ``colour`` blended in where the 2-D ``cover`` (0..1) says."""
+    return pixels * (1 - cover[..., None]) + colour * cover[..., None]
+
+
+def noisy_image(rng: np.random.Generator, pixels: np.ndarray, max_noise: float = 10) -> Image.Image:
+    """``pixels`` plus Gaussian noise (sigma drawn from 3 to ``max_noise``), as an 8-bit RGB image."""
+    pixels = pixels + rng.normal(0, rng.uniform(3, max_noise), size=pixels.shape)
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="RGB")
+
+
+def _random_shape(rng: np.random.Generator, name: str, size: int) -> np.ndarray:
+    """A ``(size, size)`` coverage of one randomly placed, sized and rotated shape."""
+    r = size * rng.uniform(0.18, 0.3)
+    cx, cy = size * rng.uniform(0.35, 0.65, size=2)
+    return shape_coverage(name, cx, cy, r, rng.uniform(0, 2 * np.pi), size, size)
 
 
 def render_demo_image(class_index: int, rng: np.random.Generator, image_size: int) -> Image.Image:
@@ -113,12 +145,9 @@ def render_demo_image(class_index: int, rng: np.random.Generator, image_size: in
         An RGB image.
     """
     background = textured_background(rng, image_size)
-    hue = class_index / len(DEMO_CLASSES) + rng.uniform(-0.04, 0.04)
-    colour = hsv255(hue, rng.uniform(0.65, 1.0), rng.uniform(0.7, 1.0))
-    mask = _shape_mask(rng, DEMO_CLASSES[class_index], image_size)
-    pixels = background * (1 - mask) + colour * mask
-    pixels += rng.normal(0, rng.uniform(3, 12), size=pixels.shape)
-    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="RGB")
+    colour = class_colour(rng, class_index, len(DEMO_CLASSES), hue_jitter=0.04, min_saturation=0.65)
+    cover = _random_shape(rng, DEMO_CLASSES[class_index], image_size)
+    return noisy_image(rng, paint(background, colour, cover), max_noise=12)
 
 
 def _write_images(folder: Path, *, image_size: int, counts: dict[str, int], seed: int) -> None:
@@ -166,6 +195,76 @@ def ensure_generated(root: Path, info: dict, write: Callable[[Path], None]) -> P
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+@dataclass(frozen=True)
+class DemoSet:
+    """A generated demo set whose images vary in size and carry per-split annotations: a task supplies how a
+    split is drawn and written, this class the sizes, the checks, the cache folder and the atomic write.
+
+    Args:
+        name: Cache folder prefix: ``<name>-<version>-<image_size>-<train_images>-<val_images>-<seed>``.
+        version: Part of the folder name; bumped whenever the drawn files change.
+        classes: Class names, recorded in the ``.complete`` marker.
+        defaults: ``image_size``, ``train_images``, ``val_images`` and ``seed`` where not given (all four).
+        min_image_size: The smallest ``image_size`` accepted.
+        write_split: ``write_split(folder, split, rngs, image_size)`` draws and writes the split ``split``
+            (``train``, ``val``): one image per generator of ``rngs``.
+        files: Text files written at the root before the splits, name -> content.
+    """
+
+    name: str
+    version: str
+    classes: tuple[str, ...]
+    defaults: Mapping[str, int]
+    min_image_size: int
+    write_split: Callable[[Path, str, Iterator[np.random.Generator], int], None]
+    files: Mapping[str, str] = field(default_factory=dict)
+
+    def root(self, image_size: int, train_images: int, val_images: int, seed: int) -> Path:
+        """:func:`cache_root` / ``<name>-<version>-<image_size>-<train_images>-<val_images>-<seed>``."""
+        return cache_root() / f"{self.name}-{self.version}-{image_size}-{train_images}-{val_images}-{seed}"
+
+    def ensure(self, root: str | Path | None = None, **sizes: int) -> Path:
+        """Generate the set once (image ``i`` of split ``s`` drawn from ``default_rng([seed, s, i])``: the
+        same arguments give the same files) and return its folder.
+
+        Args:
+            root: Where to write it; ``None``: see :meth:`root`.
+            **sizes: Any of ``image_size``, ``train_images``, ``val_images``, ``seed``; the others keep
+                their :attr:`defaults`.
+
+        Raises:
+            FileExistsError: ``root`` exists, is not empty and is not a finished demo set.
+        """
+        unknown = sorted(set(sizes) - set(_SIZE_KEYS))
+        if unknown:
+            raise TypeError(f"Unknown demo argument(s) {unknown}; expected some of {list(_SIZE_KEYS)}.")
+        sizes = {**self.defaults, **sizes}
+        image_size, train, val, seed = (sizes[key] for key in _SIZE_KEYS)
+        check_int_args(
+            ("image_size", image_size, self.min_image_size),
+            ("train_images", train, 1),
+            ("val_images", val, 1),
+        )
+        info = {
+            "version": self.version,
+            "classes": list(self.classes),
+            "image_size": image_size,
+            "train": train,
+            "val": val,
+            "seed": seed,
+        }
+
+        def write(folder: Path) -> None:
+            for name, text in self.files.items():
+                (folder / name).write_text(text)
+            for split_id, (split, count) in enumerate((("train", train), ("val", val))):
+                rngs = (np.random.default_rng([seed, split_id, i]) for i in range(count))
+                self.write_split(folder, split, rngs, image_size)
+
+        folder = self.root(image_size, train, val, seed) if root is None else Path(root).expanduser()
+        return ensure_generated(folder, info, write)
 
 
 def ensure_demo(

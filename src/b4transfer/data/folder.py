@@ -17,9 +17,8 @@ from b4transfer.data.images import IMG_EXTENSIONS
 from b4transfer.data.splits import (
     DatasetSplits,
     Sample,
+    SplitOptions,
     assemble_splits,
-    check_on_bad_image,
-    check_val_fraction,
 )
 from b4transfer.errors import UserError, UserFileNotFoundError
 
@@ -156,8 +155,7 @@ def scan_folder(
         ValueError: An empty root/class folder, fewer than two classes, bad options.
         ImageLoadError: ``on_bad_image="error"`` and an image is unreadable.
     """
-    check_val_fraction(val_fraction)
-    check_on_bad_image(on_bad_image)
+    options = SplitOptions(val_fraction, seed, on_bad_image)
     path = _check_root(root)
     _check_layout(path)
     train_dir = path / "train" if (path / "train").is_dir() else path
@@ -169,11 +167,4 @@ def scan_folder(
         for name, folder in (("val", val_dir), ("test", path / "test")):
             if folder is not None and folder.is_dir():
                 tagged[name] = _to_samples(_read_classes(folder, name), class_names, folder, name)
-    return assemble_splits(
-        class_names,
-        tagged,
-        source=path,
-        val_fraction=val_fraction,
-        seed=seed,
-        on_bad_image=on_bad_image,
-    )
+    return assemble_splits(class_names, tagged, source=path, options=options)

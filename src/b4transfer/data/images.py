@@ -55,6 +55,16 @@ _DEFAULT_FIX = (
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+def images_under(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` (recursively, sorted): an extension of ``IMG_EXTENSIONS`` in any
+    case, hidden files (``.name``) left out."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".")
+    )
+
+
 class ImageLoadError(UserError):
     """An image file that cannot be decoded.
 

@@ -1,9 +1,10 @@
 """Samples, train/val/test splits, and the start-up checks every dataset reader shares.
 
-A reader (folder, CSV, demo) turns its source into tagged :class:`Sample` lists and calls
-:func:`assemble_splits`, which validates the options, drops unreadable images (skipped
+A reader (folder, CSV, demo) checks its :class:`SplitOptions` first, turns its source into tagged
+:class:`Sample` lists and calls :func:`assemble_splits`, which drops unreadable images (skipped
 and counted, per the project's policy: never a crash mid-epoch) and carves a seeded,
-stratified validation split when the source has none.
+stratified validation split when the source has none. The other tasks' assemblers share
+:func:`readable_parts` and :func:`hold_out_val`.
 """
 
 from __future__ import annotations
@@ -12,19 +13,21 @@ import logging
 import os
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from b4transfer.data.check_cache import cached_checks
 from b4transfer.data.images import ImageLoadError, check_image
-from b4transfer.errors import UserError
+from b4transfer.errors import UserError, UserFileNotFoundError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+S = TypeVar("S")  # a task's sample type
 
+SPLIT_NAMES = ("train", "val", "test")
 ON_BAD_IMAGE_OPTIONS = ("skip", "error")
 DEFAULT_CHECK_THREADS = min(8, os.cpu_count() or 1)
 _SHOW = 5  # how many offending files a message lists
@@ -46,29 +49,39 @@ class Sample:
 
 
 @dataclass
-class DatasetSplits:
-    """Everything a data module needs: class names and the train/val/test samples.
+class Splits(Generic[S]):
+    """A data set as a task's data module takes it: class names and the train/val/test samples.
 
     Args:
-        class_names: Class names; a target ``i`` means ``class_names[i]``.
+        class_names: Class names; a label ``i`` (class index, mask value) means ``class_names[i]``.
         train: Training samples.
         val: Validation samples.
         test: Test samples (may be empty).
-        multi_label: Whether targets are tuples of class indices.
-        skipped: ``(path, reason)`` for every unreadable image left out.
     """
 
     class_names: list[str]
-    train: list[Sample]
-    val: list[Sample]
-    test: list[Sample] = field(default_factory=list)
-    multi_label: bool = False
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    train: list[S]
+    val: list[S]
+    test: list[S] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.class_names)
+
+
+@dataclass
+class DatasetSplits(Splits[Sample]):
+    """Everything a classification data module needs: :class:`Splits` of :class:`Sample` (a target ``i``
+    means ``class_names[i]``), and
+
+    Args:
+        multi_label: Whether targets are tuples of class indices.
+        skipped: ``(path, reason)`` for every unreadable image left out.
+    """
+
+    multi_label: bool = False
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def _labels(target: int | tuple[int, ...]) -> tuple[int, ...]:
@@ -104,6 +117,26 @@ def check_val_fraction(val_fraction: float) -> None:
             f"data.val_fraction must be strictly between 0 and 1, got {val_fraction}. "
             "Fix: set e.g. data.val_fraction=0.2 (20% of each class goes to validation)."
         )
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """How a reader makes its samples into splits; checked when made, before any image is read.
+
+    Args:
+        val_fraction: Share of the training images held out for validation where the source gives no
+            validation split, in (0, 1).
+        seed: Seed of that hold-out.
+        on_bad_image: ``"skip"`` or ``"error"`` for unreadable images, see :func:`drop_unreadable`.
+    """
+
+    val_fraction: float = 0.2
+    seed: int = 0
+    on_bad_image: str = "skip"
+
+    def __post_init__(self) -> None:
+        check_val_fraction(self.val_fraction)
+        check_on_bad_image(self.on_bad_image)
 
 
 def stratified_split(
@@ -152,6 +185,25 @@ def check_on_bad_image(on_bad_image: str) -> None:
 def shown(items: Sequence[object], sep: str = "; ") -> str:
     """The first few ``items`` for a message, joined by ``sep``, with ``sep + "..."`` when there are more."""
     return sep.join(str(i) for i in items[:_SHOW]) + (f"{sep}..." if len(items) > _SHOW else "")
+
+
+def refuse_missing_images(source: str | Path, listed: Sequence[tuple[str, Path]], fix: str) -> None:
+    """Refuse a source whose listed image files do not all exist, naming the first few and the fix.
+
+    Args:
+        source: The file that lists them, for the message.
+        listed: ``(where it is listed, image file)`` for every image (``line 5``, ``image id 3``).
+        fix: What to do, after ``Fix:``.
+
+    Raises:
+        UserFileNotFoundError: Some of the files do not exist.
+    """
+    missing = [f"{where}: {file}" for where, file in listed if not file.is_file()]
+    if missing:
+        raise UserFileNotFoundError(
+            f"{source}: {len(missing)} of {len(listed)} image file(s) do not exist ({shown(missing)}). "
+            f"Fix: {fix}"
+        )
 
 
 def _listing(bad: Sequence[tuple[Path, str]]) -> str:
@@ -229,41 +281,24 @@ def assemble_splits(
     tagged: dict[str, list[Sample]],
     *,
     source: str | Path,
-    val_fraction: float,
-    seed: int,
-    on_bad_image: str,
+    options: SplitOptions,
     multi_label: bool = False,
 ) -> DatasetSplits:
-    """Drop unreadable images, then split train into train/val when no val was given.
+    """Drop unreadable images, then split train into train/val (per class) when no val was given.
 
     Args:
         class_names: Class names (at least two).
         tagged: Samples under the keys ``"train"``, ``"val"``, ``"test"`` (any may be missing).
         source: Dataset folder or file, for messages.
-        val_fraction: Used only when ``tagged`` has no val samples.
-        seed: Seed of that split.
-        on_bad_image: ``"skip"`` or ``"error"``, see :func:`drop_unreadable`.
+        options: The hold-out and the unreadable-image policy.
         multi_label: Whether targets are tuples.
 
     Returns:
         The assembled splits.
     """
     check_class_count(class_names, source)
-    check_val_fraction(val_fraction)
-    check_on_bad_image(on_bad_image)
-    names = ("train", "val", "test")
-    everything = [s for name in names for s in tagged.get(name, [])]
-    good, skipped = drop_unreadable(everything, on_bad_image=on_bad_image)
-    good_ids = {id(s) for s in good}
-    parts = {name: [s for s in tagged.get(name, []) if id(s) in good_ids] for name in names}
-    if not parts["val"]:
-        log.info(
-            "%s: no validation split given; holding out %.0f%% of train per class (seed %d).",
-            source,
-            100 * val_fraction,
-            seed,
-        )
-        parts["train"], parts["val"] = stratified_split(parts["train"], val_fraction=val_fraction, seed=seed)
+    parts, skipped = readable_parts(tagged, options)
+    hold_out_val(parts, options, source=source, of="train per class", split=stratified_split)
     empty = [name for name, n in zip(class_names, class_counts(parts["train"], len(class_names))) if not n]
     if empty:
         log.warning(
@@ -285,3 +320,47 @@ def random_val_split(
         [s for i, s in enumerate(samples) if i not in val_idx],
         [s for i, s in enumerate(samples) if i in val_idx],
     )
+
+
+def readable_parts(
+    tagged: Mapping[str, list[T]], options: SplitOptions
+) -> tuple[dict[str, list[T]], list[tuple[Path, str]]]:
+    """Check every image of ``tagged`` once (:func:`drop_unreadable`, ``options.on_bad_image``).
+
+    Args:
+        tagged: Samples (with a ``path``) under ``"train"``, ``"val"``, ``"test"`` (any may be missing).
+        options: The unreadable-image policy.
+
+    Returns:
+        ``(parts, skipped)``: the readable samples under all three split names, in their order, and
+        ``(path, reason)`` for each one left out.
+    """
+    everything = [s for name in SPLIT_NAMES for s in tagged.get(name, [])]
+    good, skipped = drop_unreadable(everything, on_bad_image=options.on_bad_image)
+    good_ids = {id(s) for s in good}
+    return {name: [s for s in tagged.get(name, []) if id(s) in good_ids] for name in SPLIT_NAMES}, skipped
+
+
+def hold_out_val(
+    parts: dict[str, list[T]],
+    options: SplitOptions,
+    *,
+    source: str | Path,
+    of: str,
+    split: Callable[..., tuple[list[T], list[T]]] = random_val_split,
+) -> None:
+    """Where ``parts`` has no validation samples, move a seeded share of ``parts["train"]`` there (logged).
+
+    Args:
+        parts: Samples under ``"train"`` and ``"val"``, changed in place.
+        options: ``val_fraction``, the share held out, and ``seed``.
+        source: Dataset folder or file, for the log line.
+        of: What the share is of, for the log line (``train per class``).
+        split: :func:`random_val_split` or :func:`stratified_split`.
+    """
+    if parts["val"]:
+        return
+    fraction, seed = options.val_fraction, options.seed
+    message = "%s: no validation split given; holding out %.0f%% of %s (seed %d)."
+    log.info(message, source, 100 * fraction, of, seed)
+    parts["train"], parts["val"] = split(parts["train"], val_fraction=fraction, seed=seed)

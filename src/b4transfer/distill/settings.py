@@ -11,7 +11,7 @@ from typing import Any
 import timm
 from timm.models import is_model, split_model_name_tag
 
-from b4transfer.data.images import IMG_EXTENSIONS
+from b4transfer.data.images import IMG_EXTENSIONS, images_under
 from b4transfer.errors import UserError, UserFileNotFoundError
 
 __all__ = ["DistillSettings", "check_student", "list_unlabeled"]
@@ -90,11 +90,7 @@ def list_unlabeled(folder: Any) -> list[Path]:
             f"distill.unlabeled={str(folder)!r} is not a folder. Fix: pass a folder of unlabelled images, or "
             "distill.unlabeled=null."
         )
-    images = sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".")
-    )
+    images = images_under(path)
     if not images:
         raise UserError(
             f"distill.unlabeled={str(folder)!r} holds no images ({', '.join(IMG_EXTENSIONS)}). Fix: put the "

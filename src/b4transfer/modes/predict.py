@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from b4transfer import tasks
-from b4transfer.data.images import IMG_EXTENSIONS
+from b4transfer.data.images import IMG_EXTENSIONS, images_under
 from b4transfer.data.splits import Sample, drop_unreadable, shown
 from b4transfer.errors import UserError, UserFileNotFoundError
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
@@ -36,11 +36,7 @@ def list_images(source: str | Path | None) -> list[Path]:
         )
     if path.is_file():
         return [path]
-    paths = sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".")
-    )
+    paths = images_under(path)
     if not paths:
         raise UserError(
             f"predict.input={str(source)!r} holds no images with extensions {', '.join(IMG_EXTENSIONS)}."

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from b4transfer.config import conf_default, plain
 from b4transfer.errors import MissingDependencyError, NotSupportedError, UserError
 from b4transfer.runtime.cache import RuntimeCache
-from b4transfer.runtime.inference import MIN_AGREEMENT, InferenceSettings, predict_trainer_setup
+from b4transfer.runtime.inference import MIN_AGREEMENT, InferenceSettings, fast_model, predict_trainer_setup
 from b4transfer.runtime.runtimes import open_runtime
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,13 @@ class RuntimeAdapter:
         export's ``{input: array} -> [outputs]``), on the CPU."""
         raise NotImplementedError
 
-    def torch_context(self, module, *, settings: InferenceSettings, precision: str, device):
-        """While open, ``module.predict_step`` runs the PyTorch fast path (as ``mode=predict`` does)."""
-        raise NotImplementedError
+    @contextlib.contextmanager
+    def torch_context(self, module, *, settings: InferenceSettings, precision: str, device) -> Iterator[None]:
+        """While open, ``module.predict_step`` runs the PyTorch fast path (as ``mode=predict`` does): here
+        the whole model under bf16 autocast when ``precision`` is ``bf16``."""
+        bf16 = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        with fast_model(module, channels_last=settings.channels_last, compile=settings.compile), bf16:
+            yield
 
     def compare(self, cfg: DictConfig, module, reference: list, fast: list) -> dict[str, Any]:
         """Agreement of ``fast`` with the fp32 eager ``reference`` (``predict_step`` outputs per batch):
@@ -355,11 +359,3 @@ def instance_attrs(obj, **attrs) -> Iterator[None]:
     finally:
         for key in attrs:
             obj.__dict__.pop(key, None)
-
-
-def run_predict(choice: Choice, module, loader) -> list:
-    """``module.predict_step`` over ``loader`` through ``choice``'s runtime, on the CPU: the per-batch
-    outputs, as ``Trainer.predict`` returns them."""
-    module.eval()
-    with choice.patch(module), torch.inference_mode():
-        return [module.predict_step(batch, i) for i, batch in enumerate(loader)]

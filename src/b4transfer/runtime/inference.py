@@ -22,8 +22,8 @@ import contextlib
 import logging
 import numbers
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +154,58 @@ def output_names(paths: list[Path], source, suffix: str = ".png") -> list[Path]:
         taken.add(str(unique).casefold())
         out.append(unique)
     return out
+
+
+def run_predict(choice, module, loader) -> list:
+    """``module.predict_step`` over ``loader`` through ``choice``'s runtime (a
+    :class:`~b4transfer.runtime.choice.Choice`), on the CPU: the per-batch outputs, as ``Trainer.predict``
+    returns them."""
+    module.eval()
+    with choice.patch(module), torch.inference_mode():
+        return [module.predict_step(batch, i) for i, batch in enumerate(loader)]
+
+
+def predict_outputs(
+    module: L.LightningModule,
+    loader,
+    *,
+    settings: InferenceSettings,
+    trainer_kwargs: Mapping[str, Any] | None = None,
+    bf16_context: Callable[[L.LightningModule, str], contextlib.AbstractContextManager] | None = None,
+) -> tuple[list, dict[str, Any], torch.device | None]:
+    """``module.predict_step`` over ``loader`` as ``mode=predict`` runs it: through the export that
+    ``predict.runtime`` chose (on the CPU; its agreement was measured when it was chosen), else by a
+    Lightning ``Trainer`` with the fast settings.
+
+    Args:
+        module: The task's module (``runtime_choice`` set when ``predict.runtime`` chose an export).
+        loader: The prediction batches.
+        settings: Precision, memory format, compilation, agreement check.
+        trainer_kwargs: More ``lightning.Trainer`` arguments (``accelerator``, ``default_root_dir``...).
+        bf16_context: ``bf16_context(module, device_type)`` runs the part of the model that bf16 suits
+            (detection: the body); ``None``: all of it, by Lightning's ``bf16-mixed`` precision.
+
+    Returns:
+        ``(outputs, report, check_on)``: the per-batch outputs as ``Trainer.predict`` gives them, the
+        report (runtime, precision, device, settings), and the device to check the agreement with fp32
+        eager on where that is due (``predict.check_agreement`` with bf16 or compilation), else ``None``.
+    """
+    choice = getattr(module, "runtime_choice", None)
+    if choice is not None and choice.exported:  # predict.runtime: the export, run by its own runtime
+        outputs = run_predict(choice, module, loader)
+        report = {"runtime": choice.name, "device": "cpu", "check_agreement": settings.check_agreement}
+        if choice.agreement is not None:
+            report["agreement_vs_fp32"] = choice.agreement
+        return outputs, report, None
+    kwargs, device, precision = predict_trainer_setup(settings, trainer_kwargs)
+    bf16 = contextlib.nullcontext()
+    if bf16_context is None:
+        kwargs["precision"] = "bf16-mixed" if precision == "bf16" else "32-true"
+    elif precision == "bf16":
+        bf16 = bf16_context(module, device.type)
+    trainer = L.Trainer(**kwargs)
+    with fast_model(module, channels_last=settings.channels_last, compile=settings.compile), bf16:
+        outputs = trainer.predict(module, dataloaders=loader)
+    report = {**asdict(settings), "runtime": "torch", "precision": precision, "device": device.type}
+    check = settings.check_agreement and (precision != "32" or settings.compile)
+    return outputs, report, device if check else None

@@ -4,17 +4,16 @@ class weights ``loss.class_weights=auto`` would use."""
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from b4transfer.audit import AuditItem, AuditSettings, Section, run_audit
-from b4transfer.audit.embeddings import DATA_KEYS, device_for, pooled_embeddings
+from b4transfer.audit import AuditItem, AuditSettings, Section, audit_splits
+from b4transfer.audit.embeddings import DATA_KEYS, run_embedder
 from b4transfer.audit.report import table
-from b4transfer.config import num_workers, plain
-from b4transfer.data.splits import DatasetSplits, class_counts
+from b4transfer.config import plain
+from b4transfer.data.splits import DatasetSplits, Sample, class_counts
 from b4transfer.tasks.classification.losses import class_weights
 
 SPLITS = ("train", "val", "test")
@@ -48,23 +47,17 @@ def audit_classification(
     settings = AuditSettings.from_config(
         plain(cfg.get("audit")), conflicting_labels=cfg.data.get("conflicting_labels", "error")
     )
-    items = [
-        AuditItem(split, s.path, tuple(s.target) if splits.multi_label else int(s.target), s.origin or "")
-        for split in SPLITS
-        for s in getattr(splits, split)
-    ]
-    embed = partial(
-        pooled_embeddings,
-        model=plain(cfg.model),
-        data={k: plain(cfg.data.get(k)) for k in DATA_KEYS},
-        batch_size=int(cfg.data.batch_size),
-        num_workers=num_workers(cfg),
-        device=device_for(plain(cfg.trainer)),
-    )
-    return run_audit(
-        items,
-        class_names=splits.class_names,
-        run_dir=run_dir,
+
+
+    def item(split: str, s: Sample) -> AuditItem:
+        label = tuple(s.target) if splits.multi_label else int(s.target)
+        return AuditItem(split, s.path, label, s.origin or "")
+
+    embed = run_embedder(cfg, {k: plain(cfg.data.get(k)) for k in DATA_KEYS})
+    return audit_splits(
+        splits,
+        run_dir,
+        item=item,
         settings=settings,
         full=full,
         embed=embed if full else None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,12 @@ from torch.utils.data import DataLoader, Dataset
 from b4transfer.config import num_workers, plain
 from b4transfer.data.dataset import PathDataset
 from b4transfer.data.transforms import DRAFT_FACTOR, draft_size_for, uint8_eval_transform
-from b4transfer.runtime.choice import run_predict
-from b4transfer.runtime.inference import MIN_AGREEMENT, InferenceSettings, fast_model, predict_trainer_setup
+from b4transfer.runtime.inference import (
+    MIN_AGREEMENT,
+    InferenceSettings,
+    predict_outputs,
+    predict_trainer_setup,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,23 +111,13 @@ def run_inference(
         the settings used plus the agreement with fp32 eager (when checked).
     """
     module.predict_output = output
-    choice = getattr(module, "runtime_choice", None)
-    if choice is not None and choice.exported:  # predict.runtime: the export, run by its own runtime
-        outputs = run_predict(choice, module, loader)
-        report = {"runtime": choice.name, "device": "cpu", "check_agreement": settings.check_agreement}
-        if choice.agreement is not None:
-            report["agreement_vs_fp32"] = choice.agreement
-        return _in_order(outputs, output), report
-    kwargs, device, precision = predict_trainer_setup(settings, trainer_kwargs)
-    kwargs["precision"] = "bf16-mixed" if precision == "bf16" else "32-true"
-    trainer = L.Trainer(**kwargs)
-    with fast_model(module, channels_last=settings.channels_last, compile=settings.compile):
-        outputs = trainer.predict(module, dataloaders=loader)
+    outputs, report, check_on = predict_outputs(
+        module, loader, settings=settings, trainer_kwargs=trainer_kwargs
+    )
     values = _in_order(outputs, output)
-    report = {**asdict(settings), "runtime": "torch", "precision": precision, "device": device.type}
-    if settings.check_agreement and (precision != "32" or settings.compile):
+    if check_on is not None:
         report["agreement_vs_fp32"] = agreement(
-            module, loader.dataset, values, n=settings.check_agreement, output=output, device=device
+            module, loader.dataset, values, n=settings.check_agreement, output=output, device=check_on
         )
     return values, report
 

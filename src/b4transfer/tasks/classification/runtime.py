@@ -6,7 +6,7 @@ Agreement with fp32 PyTorch: top-1 (multi-label: every label's decision at 0.5).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 
 from b4transfer.errors import UserError
 from b4transfer.runtime.choice import RuntimeAdapter, instance_attrs
-from b4transfer.runtime.inference import InferenceSettings, fast_model
 
 
 class ClassifierRuntime(RuntimeAdapter):
@@ -56,12 +55,6 @@ class ClassifierRuntime(RuntimeAdapter):
             return {"index": index, "probs": module.head.probabilities(forward(x).float())}
 
         return instance_attrs(module, forward=forward, predict_step=predict_step)
-
-    @contextlib.contextmanager
-    def torch_context(self, module, *, settings: InferenceSettings, precision: str, device) -> Iterator[None]:
-        bf16 = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
-        with fast_model(module, channels_last=settings.channels_last, compile=settings.compile), bf16:
-            yield
 
     def compare(self, cfg: DictConfig, module, reference: list, fast: list) -> dict[str, Any]:
         ref = torch.cat([o["probs"].float().cpu() for o in reference])

@@ -4,17 +4,16 @@ image size (``audit/boxes.png``)."""
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
 
-from b4transfer.audit import AuditItem, AuditSettings, Section, run_audit
-from b4transfer.audit.embeddings import device_for, pooled_embeddings
+from b4transfer.audit import AuditSettings, Section, audit_splits
+from b4transfer.audit.embeddings import run_embedder
 from b4transfer.audit.report import table
-from b4transfer.config import num_workers, plain
+from b4transfer.config import plain
 from b4transfer.tasks.detection.anchors import anchor_fit, box_sides
 from b4transfer.tasks.detection.data.splits import DetectionSplits
 
@@ -87,7 +86,6 @@ def audit_detection(
     """Audit the splits into ``run_dir``; ``full`` (with the built ``module``: its anchors and image
     size): near-duplicates and the box histograms too."""
     settings = AuditSettings.from_config(plain(cfg.get("audit")))
-    items = [AuditItem(split, s.path) for split in SPLITS for s in getattr(splits, split)]
     sections = [class_section(splits)]
     embed = None
     if full and module is not None:
@@ -100,20 +98,5 @@ def audit_detection(
                 detector=module.head.detector_name,
             )
         )
-        embed = partial(
-            pooled_embeddings,
-            model=plain(cfg.model),
-            data={"image_size": module.image_size},
-            batch_size=int(cfg.data.batch_size),
-            num_workers=num_workers(cfg),
-            device=device_for(plain(cfg.trainer)),
-        )
-    return run_audit(
-        items,
-        class_names=splits.class_names,
-        run_dir=run_dir,
-        settings=settings,
-        full=full,
-        embed=embed,
-        sections=sections,
-    )
+        embed = run_embedder(cfg, {"image_size": module.image_size})
+    return audit_splits(splits, run_dir, settings=settings, full=full, embed=embed, sections=sections)

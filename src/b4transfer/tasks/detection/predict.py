@@ -32,11 +32,9 @@ import inspect
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig
@@ -49,13 +47,11 @@ from b4transfer.data.coco import load_json
 from b4transfer.data.images import load_rgb, upright_size
 from b4transfer.data.loaders import fill_colour
 from b4transfer.errors import UserError
-from b4transfer.runtime.choice import run_predict
 from b4transfer.runtime.inference import (
     MIN_AGREEMENT,
     InferenceSettings,
-    fast_model,
     output_names,
-    predict_trainer_setup,
+    predict_outputs,
 )
 from b4transfer.tasks.detection.data.datamodule import DetectionPathDataset, collate_detection
 from b4transfer.tasks.detection.onnx_graph import detector_settings
@@ -160,26 +156,15 @@ def run_detection_inference(
         ``(detections, report)``: one ``{"index", "boxes", "scores", "labels"}`` per image (boxes in
         original-image pixels), and the settings used plus the agreement with fp32 eager when checked.
     """
-    choice = getattr(module, "runtime_choice", None)
-    if choice is not None and choice.exported:  # predict.runtime: the export, run by its own runtime
-        outputs = sorted((d for batch in run_predict(choice, module, loader) for d in batch),
-                         key=lambda d: d["index"])
-        report = {"runtime": choice.name, "device": "cpu", "check_agreement": settings.check_agreement}
-        if choice.agreement is not None:
-            report["agreement_vs_fp32"] = choice.agreement
-        return outputs, report
-    kwargs, device, precision = predict_trainer_setup(settings, trainer_kwargs)  # bf16: the body only
-    trainer = L.Trainer(**kwargs)
-    bf16 = bf16_detector(module, device.type) if precision == "bf16" else contextlib.nullcontext()
-    with fast_model(module, channels_last=settings.channels_last, compile=settings.compile), bf16:
-        outputs = [d for batch in trainer.predict(module, dataloaders=loader) for d in batch]
-    outputs.sort(key=lambda d: d["index"])
-    report = {**asdict(settings), "runtime": "torch", "precision": precision, "device": device.type}
-    if settings.check_agreement and (precision != "32" or settings.compile):
+    outputs, report, check_on = predict_outputs(  # bf16: the body only
+        module, loader, settings=settings, trainer_kwargs=trainer_kwargs, bf16_context=bf16_detector
+    )
+    outputs = sorted((d for batch in outputs for d in batch), key=lambda d: d["index"])
+    if check_on is not None:
         if min_score is None:
             min_score = conf_default("predict.draw_score_thresh")
         report["agreement_vs_fp32"] = detection_agreement(
-            module, loader.dataset, outputs, n=settings.check_agreement, device=device, min_score=min_score
+            module, loader.dataset, outputs, n=settings.check_agreement, device=check_on, min_score=min_score
         )
     return outputs, report
 

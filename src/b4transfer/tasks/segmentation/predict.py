@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig
@@ -34,14 +32,7 @@ from torch.utils.data import DataLoader
 from b4transfer.config import num_workers, plain
 from b4transfer.data.images import load_rgb
 from b4transfer.data.loaders import fill_colour
-from b4transfer.runtime.choice import run_predict
-from b4transfer.runtime.inference import (
-    MIN_AGREEMENT,
-    InferenceSettings,
-    fast_model,
-    output_names,
-    predict_trainer_setup,
-)
+from b4transfer.runtime.inference import MIN_AGREEMENT, InferenceSettings, output_names, predict_outputs
 from b4transfer.tasks.segmentation.data.datamodule import MaskPathDataset
 
 log = logging.getLogger(__name__)
@@ -65,23 +56,13 @@ def predict_masks(cfg: DictConfig, module, paths: list[Path]) -> tuple[list[torc
     dataset = MaskPathDataset(paths, module.image_size, fill, module.resize)
     batch = int(cfg.predict.get("batch_size") or cfg.data.batch_size)
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=num_workers(cfg))
-    choice = getattr(module, "runtime_choice", None)
-    if choice is not None and choice.exported:  # predict.runtime: the export, run by its own runtime
-        outputs = run_predict(choice, module, loader)
-        report = {"runtime": choice.name, "device": "cpu", "check_agreement": settings.check_agreement}
-        if choice.agreement is not None:
-            report["agreement_vs_fp32"] = choice.agreement
-        return _in_order(outputs, len(paths)), report
-    kwargs, device, precision = predict_trainer_setup(settings, plain(cfg.trainer))
-    kwargs["precision"] = "bf16-mixed" if precision == "bf16" else "32-true"
-    with fast_model(module, channels_last=settings.channels_last, compile=settings.compile):
-        outputs = L.Trainer(**kwargs).predict(module, dataloaders=loader)
+    outputs, report, check_on = predict_outputs(
+        module, loader, settings=settings, trainer_kwargs=plain(cfg.trainer)
+    )
     masks = _in_order(outputs, len(paths))
-    report = {**asdict(settings), "runtime": "torch", "precision": precision, "device": device.type}
-    if settings.check_agreement and (precision != "32" or settings.compile):
-        report["agreement_vs_fp32"] = pixel_agreement(
-            module, dataset, masks, settings.check_agreement, device
-        )
+    if check_on is not None:
+        n = settings.check_agreement
+        report["agreement_vs_fp32"] = pixel_agreement(module, dataset, masks, n, check_on)
     return masks, report
 
 

@@ -7,7 +7,7 @@ INT8 model.)"""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ from omegaconf import DictConfig
 
 from b4transfer.data.loaders import fill_colour
 from b4transfer.runtime.choice import RuntimeAdapter, instance_attrs
-from b4transfer.runtime.inference import InferenceSettings, fast_model
 from b4transfer.tasks.segmentation.data.datamodule import MaskPathDataset
 
 
@@ -43,12 +42,6 @@ class SegmenterRuntime(RuntimeAdapter):
             return torch.from_numpy(got).to(images.device)
 
         return instance_attrs(module, forward=forward)
-
-    @contextlib.contextmanager
-    def torch_context(self, module, *, settings: InferenceSettings, precision: str, device) -> Iterator[None]:
-        bf16 = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
-        with fast_model(module, channels_last=settings.channels_last, compile=settings.compile), bf16:
-            yield
 
     def compare(self, cfg: DictConfig, module, reference: list, fast: list) -> dict[str, Any]:
         ref = {d["index"]: d["mask"] for batch in reference for d in batch}

@@ -17,10 +17,10 @@ from pathlib import Path
 from b4transfer.data.splits import (
     DatasetSplits,
     Sample,
+    SplitOptions,
     assemble_splits,
     check_class_count,
-    check_on_bad_image,
-    check_val_fraction,
+    refuse_missing_images,
     shown,
 )
 from b4transfer.errors import UserError, UserFileNotFoundError
@@ -122,14 +122,12 @@ def _resolve_classes(rows: list[_Row], class_names: list[str] | None, path: Path
 def _resolve_paths(rows: list[_Row], path: Path) -> list[Path]:
     files = [Path(row.path).expanduser() for row in rows]
     files = [f if f.is_absolute() else path.parent / f for f in files]
-    missing = [(row, f) for row, f in zip(rows, files) if not f.is_file()]
-    if missing:
-        listed = shown([f"line {row.line}: {f}" for row, f in missing])
-        raise UserFileNotFoundError(
-            f"{path}: {len(missing)} of {len(rows)} image file(s) do not exist ({listed}). Fix: correct "
-            f"the paths (relative paths are resolved against the CSV's folder {path.parent}) or delete those "
-            "rows."
-        )
+    refuse_missing_images(
+        path,
+        [(f"line {row.line}", file) for row, file in zip(rows, files)],
+        f"correct the paths (relative paths are resolved against the CSV's folder {path.parent}) or delete "
+        "those rows.",
+    )
     return files
 
 
@@ -199,8 +197,7 @@ def read_csv(
         ValueError: Bad header, row, label, split value, option, or fewer than two classes.
         ImageLoadError: ``on_bad_image="error"`` and an image is unreadable.
     """
-    check_val_fraction(val_fraction)
-    check_on_bad_image(on_bad_image)
+    options = SplitOptions(val_fraction, seed, on_bad_image)
     path = _open_csv(csv_path)
     columns = {"path": path_column, "label": label_column, "split": split_column}
     rows = list(_iter_rows(path, columns, multi_label, label_delimiter))
@@ -216,12 +213,4 @@ def read_csv(
         ids = sorted(index[label] for label in row.labels)
         target = tuple(ids) if multi_label else ids[0]
         tagged[row.split or "train"].append(Sample(file, target, origin=f"{path.name} line {row.line}"))
-    return assemble_splits(
-        names,
-        tagged,
-        source=path,
-        val_fraction=val_fraction,
-        seed=seed,
-        on_bad_image=on_bad_image,
-        multi_label=multi_label,
-    )
+    return assemble_splits(names, tagged, source=path, options=options, multi_label=multi_label)

@@ -11,15 +11,13 @@ from torch.utils.data import DataLoader
 
 from b4transfer.data.dataset import ImageDataset
 from b4transfer.data.loaders import check_int, lone_last_batch
-from b4transfer.data.splits import DatasetSplits, class_counts
+from b4transfer.data.splits import SPLIT_NAMES, DatasetSplits, class_counts
 from b4transfer.data.transforms import DRAFT_FACTOR, build_transforms, draft_size_for
 from b4transfer.errors import UserError
 from b4transfer.tasks.classification.data.mixup import build_mixup
 from b4transfer.tasks.classification.data.sampling import SAMPLERS, balanced_sampler
 
 log = logging.getLogger(__name__)
-
-SPLIT_NAMES = ("train", "val", "test")
 
 
 class ClassificationDataModule(L.LightningDataModule):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from b4transfer.data.coco import coco_files, read_coco
+from b4transfer.data.splits import SplitOptions
 from b4transfer.tasks.detection.data.splits import DetectionSplits, assemble_detection_splits
 
 
@@ -41,6 +42,7 @@ def coco_splits(
     Returns:
         The dataset splits; labels follow the training file's categories sorted by id.
     """
+    options = SplitOptions(val_fraction, seed, on_bad_image)
     files = coco_files(root, train=(train_json, train_images), val=(val_json, val_images),
                        test=(test_json, test_images))
     names, ids, train, cleaner = read_coco(*files["train"], key="data.train_json")
@@ -53,12 +55,5 @@ def coco_splits(
             tagged[split] = samples
             counts = [a + b for a, b in zip(counts, cleaner.report())]
     return assemble_detection_splits(
-        names,
-        ids,
-        tagged,
-        source=files["train"][0],
-        val_fraction=val_fraction,
-        seed=seed,
-        on_bad_image=on_bad_image,
-        box_counts=(counts[0], counts[1]),
+        names, ids, tagged, source=files["train"][0], options=options, box_counts=(counts[0], counts[1])
     )

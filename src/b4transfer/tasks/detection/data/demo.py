@@ -15,31 +15,18 @@ are the tight boxes of the drawn shapes.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from b4transfer.data.demo import (
-    cache_root,
-    check_int_args,
-    ensure_generated,
-    hsv255,
-    shape_polygon,
-    textured_background,
-)
+from b4transfer.data.demo import DemoSet, class_colour, noisy_image, paint, random_canvas, shape_coverage
 
 DEMO_DETECTION_CLASSES = ("circle", "square", "triangle")
 DEMO_DETECTION_VERSION = "v1"
-_SUPERSAMPLE = 2
 _OBJECTS = (0, 1, 2, 3, 4)
 _OBJECT_P = (0.1, 0.3, 0.3, 0.2, 0.1)
-
-
-def default_demo_detection_root(image_size: int, train_images: int, val_images: int, seed: int) -> Path:
-    """:func:`~b4transfer.data.demo.cache_root` / ``demo-detection-v1-<size>-<n>-<n>-<seed>``."""
-    name = f"demo-detection-{DEMO_DETECTION_VERSION}-{image_size}-{train_images}-{val_images}-{seed}"
-    return cache_root() / name
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -47,20 +34,6 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = w * h
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
-def _draw_mask(
-    name: str, cx: float, cy: float, r: float, theta: float, width: int, height: int
-) -> np.ndarray:
-    """``(height, width)`` anti-aliased coverage in 0..1 of one shape (centre, radius in pixels)."""
-    s = _SUPERSAMPLE
-    mask = Image.new("L", (width * s, height * s), 0)
-    draw = ImageDraw.Draw(mask)
-    if name == "circle":
-        draw.ellipse((s * (cx - r), s * (cy - r), s * (cx + r), s * (cy + r)), fill=255)
-    else:
-        draw.polygon(shape_polygon(name, s * cx, s * cy, s * r, theta), fill=255)
-    return np.asarray(mask.resize((width, height), Image.BOX), dtype=np.float64) / 255.0
 
 
 def render_detection_image(rng: np.random.Generator, image_size: int) -> tuple[Image.Image, list, list]:
@@ -73,16 +46,14 @@ def render_detection_image(rng: np.random.Generator, image_size: int) -> tuple[I
     Returns:
         ``(image, boxes, labels)``: boxes as ``[x, y, w, h]`` pixels (COCO), labels as class indices.
     """
-    width, height = (int(v) for v in rng.integers(image_size, int(1.4 * image_size) + 1, size=2))
-    side = max(width, height)
-    pixels = textured_background(rng, side)[:height, :width]
+    width, height, pixels = random_canvas(rng, image_size, 1.4)
     boxes, labels = [], []
     for _ in range(rng.choice(_OBJECTS, p=_OBJECT_P)):
         cls = int(rng.integers(len(DEMO_DETECTION_CLASSES)))
         for _attempt in range(20):
             r = image_size * rng.uniform(0.08, 0.2)
             cx, cy = rng.uniform(r + 1, width - r - 1), rng.uniform(r + 1, height - r - 1)
-            mask = _draw_mask(
+            mask = shape_coverage(
                 DEMO_DETECTION_CLASSES[cls], cx, cy, r, rng.uniform(0, 2 * np.pi), width, height
             )
             ys, xs = np.nonzero(mask >= 0.5)
@@ -91,22 +62,18 @@ def render_detection_image(rng: np.random.Generator, image_size: int) -> tuple[I
                 break
         else:
             continue  # no free spot: fewer objects
-        hue = cls / len(DEMO_DETECTION_CLASSES) + rng.uniform(-0.05, 0.05)
-        colour = hsv255(hue, rng.uniform(0.6, 1.0), rng.uniform(0.7, 1.0))
-        pixels = pixels * (1 - mask[..., None]) + colour * mask[..., None]
+        pixels = paint(pixels, class_colour(rng, cls, len(DEMO_DETECTION_CLASSES)), mask)
         boxes.append(box)
         labels.append(cls)
-    pixels += rng.normal(0, rng.uniform(3, 10), size=pixels.shape)
-    image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="RGB")
     coco_boxes = [[float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])] for b in boxes]
-    return image, coco_boxes, labels
+    return noisy_image(rng, pixels), coco_boxes, labels
 
 
-def _write_split(folder: Path, split: str, split_id: int, count: int, image_size: int, seed: int) -> None:
+def _write_split(folder: Path, split: str, rngs: Iterator[np.random.Generator], image_size: int) -> None:
+    """``<split>/000000.png ...`` and ``annotations/instances_<split>.json``."""
     (folder / split).mkdir(parents=True)
     images, annotations = [], []
-    for i in range(count):
-        rng = np.random.default_rng([seed, split_id, i])
+    for i, rng in enumerate(rngs):
         image, boxes, labels = render_detection_image(rng, image_size)
         file_name = f"{i:06d}.png"
         image.save(folder / split / file_name)
@@ -130,62 +97,26 @@ def _write_split(folder: Path, split: str, split_id: int, count: int, image_size
     (folder / "annotations" / f"instances_{split}.json").write_text(json.dumps(data) + "\n")
 
 
-def ensure_demo_detection(
-    root: str | Path | None = None,
-    *,
-    image_size: int = 160,
-    train_images: int = 320,
-    val_images: int = 64,
-    seed: int = 0,
-) -> Path:
-    """Generate the detection demo set once (deterministically) and return its folder.
-
-    Args:
-        root: Where to write it; ``None``: see :func:`default_demo_detection_root`.
-        image_size: Smallest image side in pixels (sides vary up to 1.4x).
-        train_images: Number of training images.
-        val_images: Number of validation images.
-        seed: Seed of the generator; the same arguments give the same files.
-
-    Returns:
-        The dataset root (standard COCO layout).
-
-    Raises:
-        FileExistsError: ``root`` exists, is not empty and is not a finished demo set.
-    """
-    check_int_args(
-        ("image_size", image_size, 64), ("train_images", train_images, 1), ("val_images", val_images, 1)
-    )
-    if root is None:
-        root = default_demo_detection_root(image_size, train_images, val_images, seed)
-    info = {
-        "version": DEMO_DETECTION_VERSION,
-        "classes": list(DEMO_DETECTION_CLASSES),
-        "image_size": image_size,
-        "train": train_images,
-        "val": val_images,
-        "seed": seed,
-    }
-
-    def write(folder: Path) -> None:
-        for split_id, (split, count) in enumerate((("train", train_images), ("val", val_images))):
-            _write_split(folder, split, split_id, count, image_size, seed)
-
-    return ensure_generated(Path(root).expanduser(), info, write)
+DETECTION_DEMO = DemoSet(
+    name="demo-detection",
+    version=DEMO_DETECTION_VERSION,
+    classes=DEMO_DETECTION_CLASSES,
+    defaults={"image_size": 160, "train_images": 320, "val_images": 64, "seed": 0},
+    min_image_size=64,
+    write_split=_write_split,
+)
 
 
-def demo_detection_splits(
-    root: str | Path | None = None,
-    *,
-    image_size: int = 160,
-    train_images: int = 320,
-    val_images: int = 64,
-    seed: int = 0,
-):
-    """The generated detection demo (written once to a cache dir), read through the COCO loader."""
+def ensure_demo_detection(root: str | Path | None = None, **sizes: int) -> Path:
+    """The detection demo set, generated once (deterministically) in the standard COCO layout: see
+    :meth:`~b4transfer.data.demo.DemoSet.ensure` of :data:`DETECTION_DEMO` (``image_size`` is the smallest
+    image side, sides vary up to 1.4x; ``root=None``: the cache folder ``demo-detection-v1-...``)."""
+    return DETECTION_DEMO.ensure(root, **sizes)
+
+
+def demo_detection_splits(root: str | Path | None = None, **sizes: int):
+    """The generated detection demo (written once to a cache dir, ``sizes`` as for
+    :func:`ensure_demo_detection`), read through the COCO loader."""
     from b4transfer.tasks.detection.data.coco import coco_splits
 
-    folder = ensure_demo_detection(
-        root, image_size=image_size, train_images=train_images, val_images=val_images, seed=seed
-    )
-    return coco_splits(folder)
+    return coco_splits(ensure_demo_detection(root, **sizes))

@@ -15,13 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from b4transfer.data.boxes import DetectionSample
-from b4transfer.data.splits import (
-    check_on_bad_image,
-    check_val_fraction,
-    drop_unreadable,
-    random_val_split,
-    shown,
-)
+from b4transfer.data.splits import SplitOptions, hold_out_val, readable_parts, shown
 from b4transfer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -67,9 +61,7 @@ def assemble_detection_splits(
     tagged: dict[str, list[DetectionSample]],
     *,
     source: str | Path,
-    val_fraction: float,
-    seed: int,
-    on_bad_image: str,
+    options: SplitOptions,
     box_counts: tuple[int, int] = (0, 0),
 ) -> DetectionSplits:
     """Drop unreadable images, then split train into train/val when no val was given.
@@ -79,9 +71,7 @@ def assemble_detection_splits(
         category_ids: Source id of each class.
         tagged: Samples under ``"train"``, ``"val"``, ``"test"`` (any may be missing).
         source: Dataset root or file, for messages.
-        val_fraction: Used only when ``tagged`` has no val samples.
-        seed: Seed of that split.
-        on_bad_image: ``"skip"`` or ``"error"``, see :func:`~b4transfer.data.splits.drop_unreadable`.
+        options: The hold-out (of random images) and the unreadable-image policy.
         box_counts: ``(clipped, dropped)`` boxes, from the readers' :class:`BoxCleaner` reports.
 
     Returns:
@@ -92,26 +82,13 @@ def assemble_detection_splits(
             f"{source}: no classes found. Fix: list at least one category (COCO 'categories', YOLO "
             "'names' in data.yaml or classes.txt)."
         )
-    check_val_fraction(val_fraction)
-    check_on_bad_image(on_bad_image)
-    names = ("train", "val", "test")
-    everything = [s for name in names for s in tagged.get(name, [])]
-    good, skipped = drop_unreadable(everything, on_bad_image=on_bad_image)
-    good_ids = {id(s) for s in good}
-    parts = {name: [s for s in tagged.get(name, []) if id(s) in good_ids] for name in names}
+    parts, skipped = readable_parts(tagged, options)
     if not parts["train"]:
         raise UserError(
             f"{source}: the training split holds no readable images. Fix: point data.root (or "
             "data.train_json / data.train_images) at a dataset with training images."
         )
-    if not parts["val"]:
-        log.info(
-            "%s: no validation split given; holding out %.0f%% of the training images (seed %d).",
-            source,
-            100 * val_fraction,
-            seed,
-        )
-        parts["train"], parts["val"] = random_val_split(parts["train"], val_fraction=val_fraction, seed=seed)
+    hold_out_val(parts, options, source=source, of="the training images")
     counts = np.bincount(
         np.concatenate([s.labels for s in parts["train"]] or [np.zeros(0, np.int64)]),
         minlength=len(class_names),

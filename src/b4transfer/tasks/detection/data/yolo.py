@@ -26,7 +26,7 @@ import yaml
 from b4transfer.data.boxes import BoxCleaner, make_sample
 from b4transfer.data.folder import list_images
 from b4transfer.data.images import ImageLoadError, upright_size
-from b4transfer.data.splits import shown
+from b4transfer.data.splits import SplitOptions, shown
 from b4transfer.errors import UserError, UserFileNotFoundError
 from b4transfer.tasks.detection.data.splits import DetectionSplits, assemble_detection_splits
 
@@ -214,6 +214,7 @@ def yolo_splits(
     Returns:
         The dataset splits.
     """
+    options = SplitOptions(val_fraction, seed, on_bad_image)
     if root in (None, ""):
         raise UserError("data=yolo needs data.root=DIR (with images/train and labels/train). Fix: set it.")
     root = Path(root).expanduser()
@@ -234,12 +235,5 @@ def yolo_splits(
     if not tagged["train"]:
         raise UserError(f"{root / 'images' / 'train'} holds no images. Fix: put the training images there.")
     return assemble_detection_splits(
-        names,
-        list(range(len(names))),
-        tagged,
-        source=root,
-        val_fraction=val_fraction,
-        seed=seed,
-        on_bad_image=on_bad_image,
-        box_counts=cleaner.report(),
+        names, list(range(len(names))), tagged, source=root, options=options, box_counts=cleaner.report()
     )

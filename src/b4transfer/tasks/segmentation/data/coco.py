@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from b4transfer.data.coco import coco_files, load_json, read_coco
+from b4transfer.data.splits import SplitOptions
 from b4transfer.errors import MissingDependencyError, UserError
 from b4transfer.tasks.segmentation.data.masks import (
     IGNORE_INDEX,
@@ -229,6 +230,7 @@ def coco_semantic_splits(
     """Read a COCO instances dataset as semantic masks (the files as
     :func:`~b4transfer.data.coco.coco_files` finds or takes them; ``ignore_index``: the mask value
     ignored)."""
+    options = SplitOptions(val_fraction, seed, on_bad_image)
     files = coco_files(
         root, train=(train_json, train_images), val=(val_json, val_images), test=(test_json, test_images)
     )
@@ -254,11 +256,5 @@ def coco_semantic_splits(
             "annotation). Fix: rename that category."
         )
     return assemble_mask_splits(
-        [BACKGROUND, *names],
-        tagged,
-        source=files["train"][0],
-        val_fraction=val_fraction,
-        seed=seed,
-        on_bad_image=on_bad_image,
-        ignore_index=ignore_index,
+        [BACKGROUND, *names], tagged, source=files["train"][0], options=options, ignore_index=ignore_index
     )

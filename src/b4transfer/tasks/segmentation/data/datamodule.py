@@ -10,13 +10,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from b4transfer.data.images import load_rgb
-from b4transfer.data.loaders import check_int, fill_colour, lone_last_batch
-from b4transfer.errors import UserError
+from b4transfer.data.loaders import SplitsDataModule, fill_colour
 from b4transfer.tasks.segmentation.data.masks import MaskSample, MaskSplits, read_mask
 from b4transfer.tasks.segmentation.data.transforms import MaskTransform, content_size
 
@@ -62,19 +60,18 @@ class MaskPathDataset(Dataset):
         }
 
 
-class MaskDataModule(L.LightningDataModule):
-    """Train/val/test dataloaders for semantic masks.
+class MaskDataModule(SplitsDataModule):
+    """Train/val/test dataloaders for semantic masks: a :class:`~b4transfer.data.loaders.SplitsDataModule`.
 
     Args:
         splits: The dataset, e.g. from ``seg_folder_splits`` or ``voc_seg_splits``.
         image_size: Side of the square canvas (train and eval).
         mean: Normalisation mean of the model (the padding colour).
-        batch_size: Images per batch (per device).
-        num_workers: Dataloader worker processes; 0 loads in the main process.
         augment: ``hflip``, ``scale``, ``color_jitter`` (see
             :func:`~b4transfer.tasks.segmentation.data.transforms.check_mask_augment`).
         resize: ``letterbox`` or ``stretch`` for evaluation.
-        pin_memory: Pin host memory.
+        **loader: ``batch_size``, ``num_workers``, ``pin_memory``... of
+            :class:`~b4transfer.data.loaders.SplitsDataModule`.
     """
 
     def __init__(
@@ -83,26 +80,11 @@ class MaskDataModule(L.LightningDataModule):
         *,
         image_size: int,
         mean: Sequence[float],
-        batch_size: int = 8,
-        num_workers: int = 0,
         augment: Mapping[str, Any] | None = None,
         resize: str = "letterbox",
-        pin_memory: bool = False,
+        **loader: Any,
     ) -> None:
-        super().__init__()
-        check_int(batch_size, "data.batch_size", 1, "set e.g. data.batch_size=8")
-        check_int(num_workers, "data.num_workers", 0, "set data.num_workers=0 (main process) or more")
-        if not splits.val:
-            raise UserError(
-                f"The validation split is empty ({len(splits.train)} training images). Fix: add a "
-                "val folder / list, or use at least 2 training images so some are held out."
-            )
-        self.splits, self.batch_size, self.num_workers, self.pin_memory = (
-            splits,
-            batch_size,
-            num_workers,
-            pin_memory,
-        )
+        super().__init__(splits, add_val="add a val folder / list", **loader)
         fill, ignore = fill_colour(mean), splits.ignore_index
         self.train_transform = MaskTransform(
             image_size, fill=fill, ignore_index=ignore, train=True, augment=augment, resize=resize
@@ -111,33 +93,6 @@ class MaskDataModule(L.LightningDataModule):
             image_size, fill=fill, ignore_index=ignore, train=False, resize=resize
         )
 
-    @property
-    def class_names(self) -> list[str]:
-        return self.splits.class_names
-
-    def dataset(self, split: str) -> MaskDataset:
-        """The dataset of ``split`` (``train``, ``val`` or ``test``) with its transform."""
-        transform = self.train_transform if split == "train" else self.eval_transform
-        splits = self.splits
-        return MaskDataset(getattr(splits, split), transform, splits.palette, splits.binary)
-
-    def _loader(self, split: str, *, train: bool) -> DataLoader:
-        dataset = self.dataset(split)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and lone_last_batch(len(dataset), self.batch_size),
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test" if self.splits.test else "val", train=False)
+    def split_dataset(self, samples: list, transform: MaskTransform) -> MaskDataset:
+        """Images and their masks, read with the splits' palette (or as binary masks)."""
+        return MaskDataset(samples, transform, self.splits.palette, self.splits.binary)

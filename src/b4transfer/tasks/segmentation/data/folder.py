@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from b4transfer.data.folder import VAL_DIR_NAMES, list_images
-from b4transfer.data.splits import shown
+from b4transfer.data.splits import SplitOptions, shown
 from b4transfer.errors import UserError, UserFileNotFoundError
 from b4transfer.tasks.segmentation.data.masks import (
     IGNORE_INDEX,
@@ -72,20 +72,16 @@ def _pairs(images_dir: Path, masks_dir: Path) -> list[MaskSample]:
         )
     images = {p.relative_to(images_dir).with_suffix(""): p for p in list_images(images_dir)}
     masks = {p.relative_to(masks_dir).with_suffix(""): p for p in list_images(masks_dir)}
-    lonely = sorted(str(images[k]) for k in images.keys() - masks.keys())
-    if lonely:
-        raise UserError(
-            f"{len(lonely)} image(s) have no mask in {masks_dir} ({shown(lonely)}). Fix: add a mask with the "
-            "same relative path and stem (e.g. images/train/a.jpg -> masks/train/a.png), or "
-            "remove the images."
-        )
-    orphans = sorted(str(masks[k]) for k in masks.keys() - images.keys())
-    if orphans:
-        raise UserError(
-            f"{len(orphans)} mask(s) have no image in {images_dir} ({shown(orphans)}). Fix: add "
-            "the images, or "
-            "remove those masks (a renamed image leaves its mask behind)."
-        )
+    unpaired = (  # (these, without a partner among those, are refused: what, fix)
+        (images, masks, f"image(s) have no mask in {masks_dir}", "add a mask with the same relative path and "
+         "stem (e.g. images/train/a.jpg -> masks/train/a.png), or remove the images."),
+        (masks, images, f"mask(s) have no image in {images_dir}", "add the images, or remove those masks (a "
+         "renamed image leaves its mask behind)."),
+    )
+    for these, those, what, fix in unpaired:
+        alone = sorted(str(these[k]) for k in these.keys() - those.keys())
+        if alone:
+            raise UserError(f"{len(alone)} {what} ({shown(alone)}). Fix: {fix}")
     if not images:
         raise UserError(
             f"{images_dir} holds no images. Fix: point data.root at a folder laid out as {_LAYOUT}."
@@ -112,6 +108,7 @@ def seg_folder_splits(
         ignore_index: Mask value of pixels to ignore.
         palette: ``[[r, g, b], ...]`` class colours of RGB masks (wins over ``classes.yaml``'s).
     """
+    options = SplitOptions(val_fraction, seed, on_bad_image)
     if root in (None, ""):
         raise UserError(f"data.root is not set. Fix: data.root=/path/to/dataset ({_LAYOUT}).")
     root = Path(root).expanduser()
@@ -132,13 +129,7 @@ def seg_folder_splits(
                 tagged[split] = _pairs(root / "images" / folder, root / "masks" / folder)
     else:
         tagged["train"] = _pairs(root / "images", root / "masks")
+    palette = palette if palette is not None else file_palette
     return assemble_mask_splits(
-        names,
-        tagged,
-        source=root,
-        val_fraction=val_fraction,
-        seed=seed,
-        on_bad_image=on_bad_image,
-        ignore_index=ignore_index,
-        palette=palette if palette is not None else file_palette,
+        names, tagged, source=root, options=options, ignore_index=ignore_index, palette=palette
     )

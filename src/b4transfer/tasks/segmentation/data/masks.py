@@ -28,10 +28,10 @@ import numpy as np
 from b4transfer.data.images import ImageLoadError, upright_size
 from b4transfer.data.splits import (
     DEFAULT_CHECK_THREADS,
-    check_on_bad_image,
-    check_val_fraction,
-    drop_unreadable,
-    random_val_split,
+    SplitOptions,
+    Splits,
+    hold_out_val,
+    readable_parts,
     shown,
 )
 from b4transfer.errors import UserError
@@ -75,35 +75,23 @@ class MaskSample:
 
 
 @dataclass
-class MaskSplits:
-    """Everything a semantic-mask data module needs.
+class MaskSplits(Splits[MaskSample]):
+    """Everything a semantic-mask data module needs: :class:`~b4transfer.data.splits.Splits` of
+    :class:`MaskSample` (mask value ``i`` means ``class_names[i]``), and
 
     Args:
-        class_names: Class names; mask value ``i`` means ``class_names[i]``.
-        train: Training samples.
-        val: Validation samples.
-        test: Test samples (may be empty).
         skipped: ``(path, reason)`` for every unreadable image left out.
         ignore_index: The mask value that marks pixels to ignore (borders, crowds, padding).
         palette: RGB colour of each class (for RGB masks and written masks); ``None``: the default one.
         binary: The masks hold 0 and 255 for two classes: 255 is read as class 1.
     """
 
-    class_names: list[str]
-    train: list[MaskSample]
-    val: list[MaskSample]
-    test: list[MaskSample] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     ignore_index: int = IGNORE_INDEX
     palette: list[tuple[int, int, int]] | None = None
     binary: bool = False
 
     multi_label = False
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes."""
-        return len(self.class_names)
 
     @property
     def class_pixels(self) -> list[int]:
@@ -245,9 +233,7 @@ def assemble_mask_splits(
     tagged: dict[str, list[MaskSample]],
     *,
     source: str | Path,
-    val_fraction: float,
-    seed: int,
-    on_bad_image: str,
+    options: SplitOptions,
     ignore_index: int = IGNORE_INDEX,
     palette=None,
 ) -> MaskSplits:
@@ -258,23 +244,18 @@ def assemble_mask_splits(
             largest value found.
         tagged: Samples under ``"train"``, ``"val"``, ``"test"`` (any may be missing).
         source: Dataset root or file, for messages.
-        val_fraction: Used only when ``tagged`` has no val samples.
-        seed: Seed of that split.
-        on_bad_image: ``"skip"`` or ``"error"`` for unreadable images.
+        options: The hold-out (of random images) and the unreadable-image policy.
         ignore_index: Mask value of pixels to ignore.
         palette: Class colours for RGB masks (and for written masks).
 
     Returns:
         The checked splits (each sample's pixel counts kept for :attr:`MaskSplits.class_pixels`).
     """
-    check_val_fraction(val_fraction)
-    check_on_bad_image(on_bad_image)
     palette = check_palette(palette)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or ignore_index < 0:
         raise UserError(f"data.ignore_index must be an integer >= 0, got {ignore_index!r}. Fix: e.g. 255.")
-    names = ("train", "val", "test")
-    everything = [s for name in names for s in tagged.get(name, [])]
-    good, skipped = drop_unreadable(everything, on_bad_image=on_bad_image)
+    parts, skipped = readable_parts(tagged, options)
+    good = [s for part in parts.values() for s in part]
     try:
         scan_masks(good, palette)
     except ImageLoadError as err:
@@ -289,18 +270,9 @@ def assemble_mask_splits(
         )
     check_ignore_index(ignore_index, class_names, source)
     check_values(good, len(class_names), ignore_index, source)
-    good_ids = {id(s) for s in good}
-    parts = {name: [s for s in tagged.get(name, []) if id(s) in good_ids] for name in names}
     if not parts["train"]:
         raise UserError(f"{source}: the training split holds no readable images. Fix: add training images.")
-    if not parts["val"]:
-        log.info(
-            "%s: no validation split given; holding out %.0f%% of train (seed %d).",
-            source,
-            100 * val_fraction,
-            seed,
-        )
-        parts["train"], parts["val"] = random_val_split(parts["train"], val_fraction=val_fraction, seed=seed)
+    hold_out_val(parts, options, source=source, of="train")
     splits = MaskSplits(
         class_names, parts["train"], parts["val"], parts["test"], skipped, ignore_index, palette, binary
     )

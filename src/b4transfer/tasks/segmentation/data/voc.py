@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from b4transfer.data.splits import shown
+from b4transfer.data.splits import SplitOptions, shown
 from b4transfer.errors import UserError, UserFileNotFoundError
 from b4transfer.tasks.segmentation.data.folder import read_names
 from b4transfer.tasks.segmentation.data.masks import (
@@ -91,6 +91,7 @@ def voc_seg_splits(
     ignore_index: int = IGNORE_INDEX,
 ) -> MaskSplits:
     """Read a Pascal VOC segmentation set (see the module docstring)."""
+    options = SplitOptions(val_fraction, seed, on_bad_image)
     if root in (None, ""):
         raise UserError("data.root is not set. Fix: data.root=/path/to/VOCdevkit/VOC2012.")
     root = _voc_root(Path(root).expanduser())
@@ -101,12 +102,4 @@ def voc_seg_splits(
             "of training ids."
         )
     names = read_names(root)[0] or list(VOC_CLASSES)
-    return assemble_mask_splits(
-        names,
-        tagged,
-        source=root,
-        val_fraction=val_fraction,
-        seed=seed,
-        on_bad_image=on_bad_image,
-        ignore_index=ignore_index,
-    )
+    return assemble_mask_splits(names, tagged, source=root, options=options, ignore_index=ignore_index)
