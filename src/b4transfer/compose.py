@@ -8,7 +8,8 @@ directory never changes) and gives the config the run function receives from ``@
 ``hydra`` node removed and ``run_dir`` set to the run directory Hydra would have made
 (``hydra.run.dir``, by default ``outputs/<date>/<time>``, as an absolute path).
 
-Nothing here imports torch: ``python run.py --help`` stays quick.
+The config is checked against its task's schema (:func:`b4transfer.settings.validate`) as the command
+line checks it. Nothing at import imports torch: ``python run.py --help`` stays quick.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def compose_config(overrides: list[str], *, run_dir: str | os.PathLike | None = 
 
     Raises:
         UserError: A mistyped key or group choice (the CLI's one-line message, closest keys first), a
-            sweep (``a=1,2``: the CLI's ``-m``), or an override Hydra cannot parse.
+            sweep (``a=1,2``: the CLI's ``-m``), an override Hydra cannot parse, or a value of the wrong
+            type or a key the task does not have (:func:`b4transfer.settings.validate`).
     """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -118,6 +120,9 @@ def compose_config(overrides: list[str], *, run_dir: str | os.PathLike | None = 
             cfg.run_dir = os.path.abspath(os.fspath(run_dir))
         elif OmegaConf.to_container(cfg, resolve=False).get("run_dir") == RUN_DIR_DEFAULT:
             cfg.run_dir = hydra_run_dir
+    from b4transfer.settings import validate
+
+    validate(cfg)  # as the command line does, right after composition
     return cfg
 
 

@@ -46,6 +46,7 @@ from b4transfer.errors import NotSupportedError
 from b4transfer.export.artifacts import check_opset
 from b4transfer.runtime import tta
 from b4transfer.runtime.choice import check_runtime
+from b4transfer.settings import PluginSettings, RunSettings
 from b4transfer.tasks.task_module import TaskModule
 from b4transfer.training.finetuning import schedule_name
 
@@ -106,6 +107,8 @@ class Task:
             :meth:`model_card`).
         runtime_adapter: How its exports run in place of its module (``predict.runtime``, a
             :class:`~b4transfer.runtime.choice.RuntimeAdapter`); ``None``: prediction runs in PyTorch.
+        schema: The schema of its config (:mod:`b4transfer.settings`: the shared keys plus its ``data``,
+            ``head`` and ``loss``), checked once after composition; the default checks the shared keys only.
     """
 
     name: ClassVar[str] = ""
@@ -122,6 +125,7 @@ class Task:
     steps: ClassVar[tuple[str, ...]] = ()
     runtime_adapter: ClassVar[Any] = None
     why_not: ClassVar[dict[str, str]] = {}
+    schema: ClassVar[type[RunSettings]] = PluginSettings
 
     # ------------------------------------------------------------------ what it supports
     def refuse(self, kind: str, value: Any, supported: tuple[str, ...]) -> None:
