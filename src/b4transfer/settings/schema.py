@@ -59,10 +59,10 @@ class Schema:
         return dict(getattr(self, "_extra", {}))
 
     def kwargs(self, *skip: str) -> dict[str, Any]:
-        """Every key that is set (declared ones not ``None`` and the extra ones), as plain values, but
-        ``skip``: what an open schema hands to its library."""
-        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
-        out = {k: v for k, v in out.items() if v is not None}
+        """The keys given (declared ones, ``None`` included, and the extra ones), as plain values, but
+        ``skip``: what an open schema hands to its library, or a builder takes as keyword arguments."""
+        names = [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+        out = {n: _plain(getattr(self, n)) for n in names if n in getattr(self, "_given", names)}
         out.update(self.extra())
         return {k: v for k, v in out.items() if k not in skip}
 
@@ -128,6 +128,7 @@ def _check(cls: type, tree: dict, prefix: str, unknown: UnknownKey) -> Any:
             values[name] = None if OmegaConf.is_missing(merged, name) else typed[name]
     obj = cls(**values)
     object.__setattr__(obj, "_extra", extra)
+    object.__setattr__(obj, "_given", {n for n in declared if n in tree})
     return obj
 
 

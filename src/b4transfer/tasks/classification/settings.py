@@ -8,7 +8,7 @@ from b4transfer.settings import DataSettings, RunSettings, Schema, given
 
 
 @dataclass
-class ClassificationAugment(Schema):
+class AugmentSettings(Schema):
     """``data.augment``: timm ``create_transform`` training options (others go on to timm)."""
 
     OPEN = True
@@ -22,8 +22,8 @@ class ClassificationAugment(Schema):
 
 
 @dataclass
-class Mixup(Schema):
-    """``data.mixup``: timm Mixup / CutMix on training batches."""
+class MixupSettings(Schema):
+    """``data.mixup``: timm MixupSettings / CutMix on training batches."""
 
     mixup_alpha: float = given()
     cutmix_alpha: float = given()
@@ -33,7 +33,7 @@ class Mixup(Schema):
 
 
 @dataclass
-class ClassificationData(DataSettings):
+class ClassificationDataSettings(DataSettings):
     """Image-level labels: a folder of class folders, a CSV, or the generated demo."""
 
     eval_image_size: int | None = given()
@@ -43,8 +43,8 @@ class ClassificationData(DataSettings):
     draft_factor: float | None = given()
     conflicting_labels: str = given()  # error | keep
     cache_features: bool = given()
-    augment: Any = given(schema=ClassificationAugment, **{"or": (False,), "or_type": "false or a mapping"})
-    mixup: Mixup = given()
+    augment: Any = given(schema=AugmentSettings, **{"or": (False,), "or_type": "false or a mapping"})
+    mixup: MixupSettings = given()
     csv: str | None = given()  # data=csv
     path_column: str | None = given()
     label_column: str | None = given()
@@ -55,14 +55,14 @@ class ClassificationData(DataSettings):
 
 
 @dataclass
-class ClassificationHead(Schema):
+class ClassificationHeadSettings(Schema):
     """``head``: pooled features -> dropout -> linear."""
 
     label_smoothing: float = given()
 
 
 @dataclass
-class ClassificationLoss(Schema):
+class ClassificationLossSettings(Schema):
     """``loss``: cross-entropy or focal, with optional class weights."""
 
     name: str = given()  # ce | focal
@@ -74,6 +74,6 @@ class ClassificationLoss(Schema):
 class ClassificationSettings(RunSettings):
     """``task=classification``."""
 
-    data: ClassificationData = given()
-    head: ClassificationHead = given()
-    loss: ClassificationLoss = given()
+    data: ClassificationDataSettings = given()
+    head: ClassificationHeadSettings = given()
+    loss: ClassificationLossSettings = given()

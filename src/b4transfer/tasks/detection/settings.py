@@ -8,7 +8,7 @@ from b4transfer.settings import CocoFiles, DataSettings, DenseAugment, RunSettin
 
 
 @dataclass
-class DetectionData(DataSettings, CocoFiles):
+class DetectionDataSettings(DataSettings, CocoFiles):
     """Boxes: COCO instances JSON, the YOLO layout, or the generated demo."""
 
     augment: DenseAugment = given()
@@ -16,7 +16,7 @@ class DetectionData(DataSettings, CocoFiles):
 
 
 @dataclass
-class DetectionHead(Schema):
+class DetectionHeadSettings(Schema):
     """``head``: FPN over the backbone maps + a torchvision detector."""
 
     detector: str = given()  # retinanet | fcos | faster_rcnn
@@ -36,5 +36,5 @@ class DetectionHead(Schema):
 class DetectionSettings(RunSettings):
     """``task=detection`` (no ``loss`` node: the detector owns its losses)."""
 
-    data: DetectionData = given()
-    head: DetectionHead = given()
+    data: DetectionDataSettings = given()
+    head: DetectionHeadSettings = given()

@@ -8,7 +8,7 @@ from b4transfer.settings import CocoFiles, DataSettings, DenseAugment, RunSettin
 
 
 @dataclass
-class MaskData(DataSettings, CocoFiles):
+class MaskDataSettings(DataSettings, CocoFiles):
     """Per-pixel classes: image + mask folders, Pascal VOC, COCO rendered to masks, or the demo."""
 
     augment: DenseAugment = given()
@@ -18,7 +18,7 @@ class MaskData(DataSettings, CocoFiles):
 
 
 @dataclass
-class SegmentationHead(Schema):
+class SegmentationHeadSettings(Schema):
     """``head``: a semantic FPN or U-Net decoder over the backbone maps."""
 
     decoder: str = given()  # fpn | unet
@@ -30,7 +30,7 @@ class SegmentationHead(Schema):
 
 
 @dataclass
-class SegmentationLoss(Schema):
+class SegmentationLossSettings(Schema):
     """``loss``: cross-entropy (+ soft Dice)."""
 
     class_weights: Any = given()  # null | auto | [w1, w2, ...]
@@ -41,6 +41,6 @@ class SegmentationLoss(Schema):
 class SegmentationSettings(RunSettings):
     """``task=segmentation``."""
 
-    data: MaskData = given()
-    head: SegmentationHead = given()
-    loss: SegmentationLoss = given()
+    data: MaskDataSettings = given()
+    head: SegmentationHeadSettings = given()
+    loss: SegmentationLossSettings = given()
