@@ -122,7 +122,7 @@ def compose_config(overrides: list[str], *, run_dir: str | os.PathLike | None = 
             cfg.run_dir = hydra_run_dir
     from b4transfer.settings import validate
 
-    validate(cfg)  # as the command line does, right after composition
+    validate(cfg, overrides)  # as the command line does, right after composition
     return cfg
 
 

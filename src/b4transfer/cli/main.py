@@ -41,6 +41,8 @@ def objective(cfg: DictConfig, summary: dict) -> float | None:
 
 
 def _main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
     from b4transfer.api.runs import user_error_of
     from b4transfer.cli.cleanup import forget_refused_run
     from b4transfer.modes import run
@@ -52,7 +54,7 @@ def _main(cfg: DictConfig) -> float | None:
     # them, b4transfer.api.runs.user_error_of): one message, exit 2; anything else is a bug and keeps
     # its traceback
     try:
-        validate(cfg)  # types and keys against the task's schema, before any work
+        validate(cfg, HydraConfig.get().overrides.task)  # types and keys: the task's schema, before any work
         return objective(cfg, run(cfg))
     except Exception as err:
         user_error = user_error_of(err)

@@ -13,6 +13,7 @@ holds one (``tests/test_schema.py`` holds the schema and the YAML to the same ke
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig
@@ -49,8 +50,11 @@ __all__ = [
     "ExportSettings", "FinetuneSettings", "LrFindSettings", "ModelSettings", "OptimSettings",
     "PluginSettings", "PredictSettings", "PushSettings", "RunSettings", "SchedulerSettings", "Schema",
     "StrategySettings", "TrainerSettings", "absent", "dotted_fields", "field_type", "given", "schema_of",
-    "takes_new_keys", "validate",
+    "given_keys", "takes_new_keys", "validate",
 ]
+
+
+_GIVEN = "_b4transfer_given"
 
 
 def schema_of(task_name: str | None) -> type[RunSettings]:
@@ -60,13 +64,17 @@ def schema_of(task_name: str | None) -> type[RunSettings]:
     return tasks.get(task_name).schema
 
 
-def validate(cfg: DictConfig | dict) -> RunSettings:
-    """Check the composed config ``cfg`` against its task's schema; the typed settings.
+def validate(cfg: DictConfig | dict, overrides: Sequence[str] | None = None) -> RunSettings:
+    """Check the composed config ``cfg`` against its task's schema; the typed settings. ``overrides``: the
+    ``key=value`` arguments it was composed with, remembered on ``cfg`` (:func:`given_keys`).
 
     Raises:
         UserError: One line naming the key, the value given and the fix: a value of the wrong type, a key
             no task has (with the closest keys), or a key of another task (``NotSupportedError``).
     """
+    if overrides is not None and isinstance(cfg, DictConfig):
+        keys = frozenset(o.partition("=")[0].lstrip("+~") for o in overrides)
+        object.__setattr__(cfg, _GIVEN, keys)  # an attribute of this object, not a config key
     tree = cfg if isinstance(cfg, dict) else _container(cfg)
     tree = {k: v for k, v in tree.items() if k != "hydra"}  # Hydra's own node, when it is still there
     task = tree.get("task")
@@ -100,6 +108,12 @@ def _data(schema: type, task: str | None, data: Any) -> Any:
                 except UserError:
                     continue
         raise refused from None
+
+
+def given_keys(cfg: DictConfig) -> frozenset[str] | None:
+    """The keys (and group choices) given when ``cfg`` was composed, on the command line or to the Python
+    API (:func:`validate`'s ``overrides``); ``None``: not known (a config composed some other way)."""
+    return getattr(cfg, _GIVEN, None)
 
 
 def takes_new_keys(key: str) -> bool:

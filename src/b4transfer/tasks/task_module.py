@@ -16,6 +16,7 @@ from torch import nn
 
 from b4transfer.backbone import build_backbone
 from b4transfer.backbone.origin import weights_origin
+from b4transfer.config import plain
 from b4transfer.runtime import tta
 from b4transfer.settings import OptimSettings, SchedulerSettings
 from b4transfer.settings.module import ModuleSettings
@@ -25,6 +26,14 @@ from b4transfer.training.optim import configure
 log = logging.getLogger(__name__)
 
 __all__ = ["TaskModule"]
+
+# data.<key> -> where the module's timm data config holds the value it uses (data_setting)
+_DATA_CONFIG = {
+    "image_size": ("train", "input_size"),
+    "eval_image_size": ("eval", "input_size"),
+    "crop_pct": ("train", "crop_pct"),
+    "eval_crop_pct": ("eval", "crop_pct"),
+}
 
 
 class TaskModule(L.LightningModule):
@@ -63,6 +72,9 @@ class TaskModule(L.LightningModule):
     task_name: ClassVar[str] = ""
     # The task's config schema (Task.schema): types the head, loss and data hyper-parameters
     schema: ClassVar[type[RunSettings] | None] = None
+    # The data.* keys the module is built with (kept in its hyper-parameters' data): a checkpoint mode
+    # rebuilds the module with the checkpoint's, whatever the config says (b4transfer.modes.common)
+    data_keys: ClassVar[tuple[str, ...]] = ()
     # Test-time augmentation: the views (b4transfer.runtime.tta) set by mode=validate|test|predict with
     # tta=...;
     # infer() (the eval steps, predict) runs tta_forward while this is set.
@@ -88,6 +100,22 @@ class TaskModule(L.LightningModule):
             settings.model, self.feature_strides(settings)
         )
         return settings
+
+    @classmethod
+    def data_settings(cls, data: Any) -> dict[str, Any]:
+        """The :attr:`data_keys` that ``data`` (``cfg.data``) sets, as the module's ``data`` argument."""
+        data = data or {}
+        return {k: plain(data.get(k)) for k in cls.data_keys if data.get(k) is not None}
+
+    def data_setting(self, key: str) -> Any:
+        """The value of ``data.<key>`` (one of :attr:`data_keys`) this module uses: its own, else what it
+        resolved from the model's pretrained data config (``None`` if neither says)."""
+        given = (self.hparams.get("data") or {}).get(key)
+        if given is not None:
+            return given
+        split, entry = _DATA_CONFIG.get(key, ("eval", key))
+        value = (getattr(self, "data_config", None) or {}).get(split, {}).get(entry, getattr(self, key, None))
+        return value[-1] if entry == "input_size" and value is not None else value
 
     @property
     def settings(self) -> ModuleSettings:

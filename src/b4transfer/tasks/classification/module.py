@@ -47,6 +47,7 @@ class ClassificationModule(TaskModule):
 
     task_name = "classification"
     schema = ClassificationSettings
+    data_keys = ("image_size", "eval_image_size", "crop_pct", "eval_crop_pct", "interpolation", "mean", "std")
 
     def __init__(
         self,

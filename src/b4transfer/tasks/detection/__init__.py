@@ -119,7 +119,7 @@ class DetectionTask(Task):
             head=head,
             optim=split_lr_scaling(plain(cfg.optim))[0],
             scheduler=plain(cfg.get("scheduler")),
-            data={k: plain(cfg.data[k]) for k in ("image_size", "mean", "std") if cfg.data.get(k)},
+            data=DetectionModule.data_settings(cfg.data),
         )
 
     def build_datamodule(self, cfg: DictConfig, splits: DetectionSplits, module: DetectionModule):

@@ -51,6 +51,7 @@ class DetectionModule(TaskModule):
 
     task_name = "detection"
     schema = DetectionSettings
+    data_keys = ("image_size", "mean", "std")  # the letterbox side and the normalisation
 
     def __init__(
         self,

@@ -89,7 +89,7 @@ class SegmentationTask(Task):
             loss={"class_weights": weights, "dice_weight": float(loss.get("dice_weight") or 0.0)},
             optim=split_lr_scaling(plain(cfg.optim))[0],
             scheduler=plain(cfg.get("scheduler")),
-            data={k: plain(cfg.data[k]) for k in ("image_size", "mean", "std", "resize") if cfg.data.get(k)},
+            data=SegmentationModule.data_settings(cfg.data),
             ignore_index=splits.ignore_index,
             palette=[list(c) for c in splits.palette] if splits.palette else None,
         )

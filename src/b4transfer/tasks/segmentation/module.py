@@ -60,6 +60,7 @@ class SegmentationModule(TaskModule):
 
     task_name = "segmentation"
     schema = SegmentationSettings
+    data_keys = ("image_size", "mean", "std", "resize")  # the canvas side, the normalisation, the eval fit
 
     def __init__(
         self,
