@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 try:
-    from b4transfer.cli.main import main
+    from b4transfer.cli.entry import main
 except ModuleNotFoundError:  # a source checkout that was not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
-    from b4transfer.cli.main import main
+    from b4transfer.cli.entry import main
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,6 @@ with passive waiting). It must be set before torch loads, hence here; the value 
 every result.
 """
 
-from b4transfer.cli.main import share_cores_politely
+from b4transfer.cli.entry import share_cores_politely
 
 share_cores_politely()  # the CLI's own rule: PASSIVE unless OMP_WAIT_POLICY / GOMP_SPINCOUNT is set

@@ -41,7 +41,7 @@ class _EpochTimer(L.Callback):
 def _config(p: dict, root: Path, run_dir: Path, cached: bool, extra: tuple[str, ...] = ()):
     from hydra import compose, initialize_config_dir
 
-    from b4transfer.cli.main import config_dir
+    from b4transfer.cli.entry import config_dir
 
     overrides = [
         f"model.name={p['model']}",

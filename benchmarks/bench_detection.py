@@ -42,7 +42,7 @@ CLASSES = ("circle", "square", "triangle")
 def _config(p: dict, run_dir: Path):
     from hydra import compose, initialize_config_dir
 
-    from b4transfer.cli.main import config_dir
+    from b4transfer.cli.entry import config_dir
 
     overrides = [
         "task=detection", "data=coco", f"model.name={p['model']}", "model.pretrained=false",

@@ -199,8 +199,17 @@ def _work(p: dict) -> Path:
 
 
 def _teacher_student(p: dict, data, seed: int) -> tuple[list[str], list[str]]:
+    """The teacher's overrides (its own ``teacher_image_size`` / ``teacher_epochs`` / ``teacher_seed`` when
+    given: one stronger teacher serves every student seed, as a user has one teacher) and the student's."""
+    teacher = base_args(
+        data,
+        model=p["teacher_model"],
+        weights=p.get("weights"),
+        image_size=p.get("teacher_image_size", p["image_size"]),
+        epochs=p.get("teacher_epochs", p["epochs"]),
+        seed=p.get("teacher_seed", seed),
+    )
     common = {"image_size": p["image_size"], "epochs": p["epochs"], "seed": seed}
-    teacher = base_args(data, model=p["teacher_model"], weights=p.get("weights"), **common)
     student = base_args(data, model=p["student_model"], weights=p.get("student_weights"), **common)
     return teacher, student
 
@@ -214,21 +223,24 @@ def run(p: dict) -> Result:
         return skipped
     work, threads, arms = _work(p), p.get("threads", 1), {}
     settings = [tuple(s) for s in p.get("distill_settings", [(0.5, 4.0)])]
-    for seed in p["seeds"]:
-        teacher_args, student_args = _teacher_student(p, p["cls_data"], seed)
-        teacher = library_run(work, "teacher", teacher_args, threads)
-        arms.setdefault("teacher", []).append(teacher)
-        arms.setdefault("student alone", []).append(library_run(work, "student alone", student_args, threads))
-        for alpha, temperature in settings:
-            distill = [
-                "mode=distill",
-                f"distill.teacher={teacher['run_dir']}",
-                f"distill.student={p['student_model']}",
-                f"distill.alpha={alpha}",
-                f"distill.temperature={temperature}",
-            ]
-            arm = f"student distilled a={alpha} T={temperature}"
+    teachers: dict[str, dict] = {}
+    # arm by arm over the seeds (the baseline first, then each setting), so a cut-short run has whole arms
+    plans = [("student alone", [])] + [
+        (
+            f"student distilled a={alpha} T={temperature}",
+            [f"distill.student={p['student_model']}", f"distill.alpha={alpha}",
+             f"distill.temperature={temperature}"],
+        )
+        for alpha, temperature in settings
+    ]
+    for arm, extra in plans:
+        for seed in p["seeds"]:
+            teacher_args, student_args = _teacher_student(p, p["cls_data"], seed)
+            teacher = library_run(work, "teacher", teacher_args, threads)
+            teachers.setdefault(teacher["run_dir"], teacher)  # one per seed, or one for all (teacher_seed)
+            distill = ["mode=distill", f"distill.teacher={teacher['run_dir']}", *extra] if extra else []
             arms.setdefault(arm, []).append(library_run(work, arm, [*student_args, *distill], threads))
+    arms = {"teacher": list(teachers.values()), **arms}
     headline = f"student distilled a={settings[0][0]} T={settings[0][1]}"
     v = verdict(arms[headline], arms["student alone"])
     speed = onnx_speedup(
@@ -300,7 +312,8 @@ def run_pseudo(p: dict) -> Result:
             )
         used.append(runs["student + pseudo-labels"]["pseudo_labels"])
         for name, r in runs.items():
-            arms.setdefault(name, []).append(r)
+            if not any(r["run_dir"] == seen["run_dir"] for seen in arms.get(name, [])):  # one shared teacher
+                arms.setdefault(name, []).append(r)
     v = verdict(arms["student + pseudo-labels"], arms["student (quarter)"])
     self_training = (
         verdict(arms["teacher + pseudo-labels"], arms["teacher (quarter)"]) if p.get("self_training") else {}

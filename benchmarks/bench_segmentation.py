@@ -34,7 +34,7 @@ CLASSES = ("background", "a", "b", "c")
 def _config(p: dict, run_dir: Path):
     from hydra import compose, initialize_config_dir
 
-    from b4transfer.cli.main import config_dir
+    from b4transfer.cli.entry import config_dir
 
     overrides = [
         "task=segmentation",

@@ -109,7 +109,7 @@ def split_epoch_ends(interleave: _Interleave, warmup: int) -> tuple[list[float],
 def _config(p: dict, run_dir: Path, *, accelerator: str, precision: str):
     from hydra import compose, initialize_config_dir
 
-    from b4transfer.cli.main import config_dir
+    from b4transfer.cli.entry import config_dir
 
     overrides = [
         f"model.name={p['model']}", "model.pretrained=false", f"data.image_size={p['image_size']}",

@@ -158,7 +158,7 @@ def library_audit(root: Path, overrides: list[str], threads: int, run_dir: Path)
     from hydra import compose, initialize_config_dir
 
     import b4transfer.tasks.classification.audit as cls_audit
-    from b4transfer.cli.main import config_dir
+    from b4transfer.cli.entry import config_dir
     from b4transfer.modes import run
 
     torch.set_num_threads(threads)

@@ -21,7 +21,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from b4transfer.cli.main import config_dir
+from b4transfer.cli.entry import config_dir
 from b4transfer.modes import train
 
 VARIANTS = {"plain": [], "class_weights=auto": ["loss.class_weights=auto"],

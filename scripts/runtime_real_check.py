@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from b4transfer.cli.main import config_dir  # noqa: E402
+from b4transfer.cli.entry import config_dir  # noqa: E402
 from b4transfer.modes import run  # noqa: E402
 from b4transfer.modes.predict import list_images  # noqa: E402
 from b4transfer.runtime.cache import MARKER_NAME  # noqa: E402

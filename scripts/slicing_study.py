@@ -25,7 +25,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
-from b4transfer.cli.main import config_dir
+from b4transfer.cli.entry import config_dir
 from b4transfer.modes import run
 
 BASE = ["task=detection", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger=none",

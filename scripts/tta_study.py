@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from b4transfer.cli.main import config_dir
+from b4transfer.cli.entry import config_dir
 from b4transfer.modes import run
 
 

@@ -16,7 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from b4transfer.cli.main import config_dir
+from b4transfer.cli.entry import config_dir
 
 # Tiny models on a small, shared CPU: one intra-op thread is many times faster than two (measured 10x
 # on 2 busy cores: OpenMP threads spin against other processes). CLI subprocesses inherit it.

@@ -187,7 +187,7 @@ def test_openmp_threads_wait_passively_unless_the_user_chose_a_policy():
     and leaves a user's own OMP_WAIT_POLICY / GOMP_SPINCOUNT alone."""
     import sys
 
-    from b4transfer.cli.main import share_cores_politely
+    from b4transfer.cli.entry import share_cores_politely
 
     env: dict[str, str] = {}
     share_cores_politely(env)
@@ -198,7 +198,7 @@ def test_openmp_threads_wait_passively_unless_the_user_chose_a_policy():
         assert env == mine
     # as run: main() sets it before torch is imported (torch reads it once, when it loads)
     code = (
-        "import os, sys; from unittest import mock; import b4transfer.cli.main as c; "
+        "import os, sys; from unittest import mock; import b4transfer.cli.entry as c; "
         "assert 'torch' not in sys.modules; "
         "mock.patch.object(c.hydra, 'main', lambda **k: (lambda f: (lambda: None))).start(); "
         "c.main(); print(os.environ['OMP_WAIT_POLICY'])"
@@ -211,7 +211,7 @@ def test_openmp_threads_wait_passively_unless_the_user_chose_a_policy():
 # ------------------------------------------------ answered before Hydra starts (in-process)
 def _before_hydra(capsys, *argv: str) -> tuple[int | str | None, str, str]:
     """``cli.before_hydra(argv)``: (exit status, or "done" / "hydra" when it returned), stdout, stderr."""
-    from b4transfer.cli.main import before_hydra
+    from b4transfer.cli.entry import before_hydra
 
     try:
         status = "done" if before_hydra(list(argv)) else "hydra"
@@ -223,8 +223,8 @@ def _before_hydra(capsys, *argv: str) -> tuple[int | str | None, str, str]:
 
 def test_help_lists_tasks_modes_data_choices_and_keys_but_not_the_shared_pieces(capsys, monkeypatch):
     from b4transfer import modes, tasks
+    from b4transfer.cli.entry import config_dir
     from b4transfer.cli.help import DOCS, KEYS, MODE_HELP, key_help
-    from b4transfer.cli.main import config_dir
 
     monkeypatch.setitem(tasks._REGISTRY, "toy_regression", object())  # a plug-in's task is listed too
     for flag in ("--help", "-h"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import TINY, compose_cfg
 
-from b4transfer.cli import main as cli
+from b4transfer.cli import entry as cli
 from b4transfer.errors import MissingDependencyError
 from b4transfer.modes import run
 from b4transfer.tasks.detection import DetectionModule

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import TINY, compose_cfg, make_image_folder
 from tests.detection_helpers import small_coco
 
-from b4transfer.cli import main as cli
+from b4transfer.cli import entry as cli
 from b4transfer.data.coco import read_coco
 from b4transfer.errors import UserError
 from b4transfer.modes import run

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from tests.conftest import TINY
 from tests.test_cli import _ok, cli
 
-from b4transfer.cli.main import config_dir
+from b4transfer.cli.entry import config_dir
 
 DDP = ("strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu")
 

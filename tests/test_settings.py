@@ -13,7 +13,7 @@ import pytest
 import yaml
 from tests.conftest import TINY, compose_cfg
 
-from b4transfer.cli.main import config_dir
+from b4transfer.cli.entry import config_dir
 from b4transfer.cli.overrides import check_overrides
 from b4transfer.errors import NotSupportedError, UserError
 from b4transfer.modes import run

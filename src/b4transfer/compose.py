@@ -1,6 +1,6 @@
 """The config of a run, composed from ``conf/`` exactly as ``python run.py key=value ...`` composes it.
 
-Shared by the command line (:mod:`b4transfer.cli.main`) and the Python API (:mod:`b4transfer.api`): the
+Shared by the command line (:mod:`b4transfer.cli.entry`) and the Python API (:mod:`b4transfer.api`): the
 config directory, the one-line message for a mistyped key or group choice
 (:func:`b4transfer.cli.overrides.check_overrides`), and :func:`compose_config`, which uses Hydra's
 compose API inside ``initialize_config_dir`` (so no global Hydra state outlives the call and the working

@@ -23,7 +23,7 @@ def plain(node: Any) -> Any:
 def num_workers(cfg: DictConfig) -> int:
     """``data.num_workers``, or the default share of this process's CPUs."""
     from b4transfer.training import (
-        devices,  # torch: not for the CLI's start (b4transfer.cli.main imports config_dir)
+        devices,  # torch: not for the CLI's start (b4transfer.cli.entry imports config_dir)
     )
 
     if cfg.data.get("num_workers") is not None:
