@@ -164,7 +164,8 @@ def test_a_mistyped_key_in_a_config_file_is_refused_too(tmp_path):
 
 
 def test_an_open_group_takes_new_keys_for_its_library(tmp_path):
-    cfg = compose_config(["+trainer.max_steps=5", "optim=sgd", "+optim.dampening=0.1"], run_dir=tmp_path / "r")
+    overrides = ["+trainer.max_steps=5", "optim=sgd", "+optim.dampening=0.1"]
+    cfg = compose_config(overrides, run_dir=tmp_path / "r")
     settings = validate(cfg)
     assert settings.trainer.extra() == {"max_steps": 5} and settings.trainer.max_epochs == 10
     assert settings.optim.optimizer_kwargs() == {"momentum": 0.9, "dampening": 0.1}
@@ -187,7 +188,8 @@ def test_the_cli_refuses_a_wrong_type_in_one_line_before_any_data_is_read(tmp_pa
 
 # ---------------------------------------------------------------------------------------------- builders
 def test_the_optimizer_settings_of_a_module_built_in_python_default_to_the_yaml():
-    """A module built with no ``optim`` trains with conf/optim/adamw.yaml's settings (written nowhere else)."""
+    """A module built with no ``optim`` trains with conf/optim/adamw.yaml's settings (written nowhere
+    else)."""
     adamw = OmegaConf.load(ROOT / "conf" / "optim" / "adamw.yaml")
     typed = OptimSettings.of(None, key="optim")
     assert (typed.name, typed.lr, typed.weight_decay) == (adamw.name, adamw.lr, adamw.weight_decay)
@@ -197,8 +199,10 @@ def test_the_optimizer_settings_of_a_module_built_in_python_default_to_the_yaml(
 def test_a_module_argument_of_the_wrong_type_is_one_line():
     from b4transfer.tasks.classification import ClassificationModule
 
-    with pytest.raises(UserError, match=r"^model.drop_rate='high' is not a number\. Fix: e.g. model.drop_rate="):
-        ClassificationModule(class_names=["a", "b"], model={"name": "test_efficientnet", "drop_rate": "high"})
+    model = {"name": "test_efficientnet", "drop_rate": "high"}  # a Python caller's mistake
+    refused = r"^model.drop_rate='high' is not a number\. Fix: e.g. model.drop_rate=0"
+    with pytest.raises(UserError, match=refused):
+        ClassificationModule(class_names=["a", "b"], model=model)
 
 
 def test_the_three_task_modules_share_one_start():
@@ -226,7 +230,7 @@ def checkpoint(tmp_path_factory) -> tuple[Path, str]:
     return images, run(cfg)["last_checkpoint"]
 
 
-def test_a_checkpoint_mode_warns_in_one_line_about_the_data_key_it_cannot_honour(checkpoint, tmp_path, caplog):
+def test_a_checkpoint_mode_warns_in_one_line_about_a_data_key_it_cannot_honour(checkpoint, tmp_path, caplog):
     images, ckpt = checkpoint
     tiny = [o for o in TINY if not o.startswith("data.image_size")]
     base = [*tiny, "data=folder", f"data.root={images}", "mode=validate", f"ckpt_path={ckpt}"]
@@ -234,11 +238,12 @@ def test_a_checkpoint_mode_warns_in_one_line_about_the_data_key_it_cannot_honour
         cfg = compose_config([*base, "data.image_size=48", "data.crop_pct=0.5"], run_dir=tmp_path / "v1")
         summary = run(cfg)
     lines = [r.getMessage() for r in caplog.records if "is not used" in r.getMessage()]
+    why = f"is not used: mode=validate rebuilds the model from its checkpoint ({ckpt}), which uses"
     assert lines == [
-        f"data.image_size=48 is not used: mode=validate rebuilds the model from its checkpoint ({ckpt}), which "
-        "uses data.image_size=32 (it was trained with). Fix: drop data.image_size, or train with it.",
-        f"data.crop_pct=0.5 is not used: mode=validate rebuilds the model from its checkpoint ({ckpt}), which "
-        "uses data.crop_pct=0.95 (the model's own, as it was trained). Fix: drop data.crop_pct, or train with it.",
+        f"data.image_size=48 {why} data.image_size=32 (it was trained with). Fix: drop data.image_size, or "
+        "train with it.",
+        f"data.crop_pct=0.5 {why} data.crop_pct=0.95 (the model's own, as it was trained). Fix: drop "
+        "data.crop_pct, or train with it.",
     ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="b4transfer.modes.common"):
