@@ -54,7 +54,8 @@ def _main(cfg: DictConfig) -> float | None:
     # them, b4transfer.api.runs.user_error_of): one message, exit 2; anything else is a bug and keeps
     # its traceback
     try:
-        validate(cfg, HydraConfig.get().overrides.task)  # types and keys: the task's schema, before any work
+        given = HydraConfig.get().overrides.task if HydraConfig.initialized() else None
+        validate(cfg, given)  # types and keys against the task's schema, before any work
         return objective(cfg, run(cfg))
     except Exception as err:
         user_error = user_error_of(err)

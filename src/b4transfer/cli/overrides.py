@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from b4transfer.cli.help import visible_choices
+from b4transfer.settings.keys import closest_keys
 
 _MAX_PROBLEMS = 5
 
@@ -177,19 +178,6 @@ def _unknown_key(override: str, key: str, keys: list[str]) -> str:
     # a new key only where a library takes it (trainer, optim, callbacks ...): the schema refuses others
     add = f", or add a new key with +{key}={value}" if key.startswith("hydra") or takes_new_keys(key) else ""
     return f"{override}: unknown key {key!r}; {near}. Fix: correct it{add}"
-
-
-def closest_keys(key: str, keys: list[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
-    """The ``n`` keys most like ``key``: the mean of ``difflib``'s ratio of the whole dotted keys and of
-    their last parts (``data.rot`` -> ``data.source.root`` before ``data.crop_pct``)."""
-
-    def score(candidate: str) -> float:
-        whole = difflib.SequenceMatcher(None, key, candidate).ratio()
-        leaf = difflib.SequenceMatcher(None, key.rpartition(".")[2], candidate.rpartition(".")[2]).ratio()
-        return (whole + leaf) / 2
-
-    scored = sorted(((score(k), k) for k in keys), key=lambda s: -s[0])
-    return [k for s, k in scored[:n] if s >= cutoff]
 
 
 def _dotted_keys(cfg: Any) -> Iterator[str]:

@@ -17,7 +17,7 @@ from b4transfer.compose import format_override
 from b4transfer.config import conf_default, plain
 from b4transfer.data.kfold import check_kfold, fold_splits
 from b4transfer.errors import UserError
-from b4transfer.settings import given_keys
+from b4transfer.settings import ExportSettings, given_keys
 from b4transfer.tasks.base import EXPORT_FORMATS, Task, TaskModule
 
 log = logging.getLogger(__name__)
@@ -92,9 +92,11 @@ def export_all(
     """Export in every ``export.format``; returns the summary entries (``export_dir``, ``onnx``, ...).
     ``samples``: the run's data splits, after training."""
     out: dict[str, Any] = {"export_dir": str(out_dir)}
-    for fmt in export_formats(cfg, task):
+    formats = export_formats(cfg, task)  # checked first: one line naming a format the task has not
+    settings = ExportSettings.of(cfg.get("export"), key="export")
+    for fmt in formats:
         out.update(task.export(fmt, module, out_dir, cfg=cfg, checkpoint=checkpoint, samples=samples))
-    if (cfg.get("export") or {}).get("backbone", True) is not False:
+    if settings.backbone is not False:
         out["backbone_dir"] = str(export_module_backbone(module, out_dir / BACKBONE_DIR))
     return out
 

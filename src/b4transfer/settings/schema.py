@@ -31,6 +31,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from b4transfer.errors import UserError, UserTypeError
+from b4transfer.settings.keys import closest_keys, config_dir, format_override
 
 __all__ = ["MISSING", "Schema", "absent", "dotted_fields", "example", "expected", "field_type", "given"]
 
@@ -173,8 +174,6 @@ def _is_interpolation(value: Any) -> bool:
 
 @functools.cache
 def _yaml_default(file: str, key: str) -> dict:
-    from b4transfer.config import config_dir
-
     loaded = OmegaConf.load(Path(config_dir()) / file)
     node = OmegaConf.select(loaded, key) if key else loaded
     tree = OmegaConf.to_container(node, resolve=False)
@@ -247,8 +246,6 @@ def _type_error(key: str, value: Any, kind: Any) -> UserTypeError:
 def example(key: str, kind: Any = Any) -> str:
     """A value of ``key`` for a message's fix: the first non-null value ``conf/`` writes for it, else one
     of its type."""
-    from b4transfer.compose import format_override
-
     for value in _yaml_values(key):
         if value is not None:
             return format_override(key, value).partition("=")[2]
@@ -263,8 +260,6 @@ def example(key: str, kind: Any = Any) -> str:
 def _yaml_values(key: str) -> Iterator[Any]:
     """The values ``conf/`` writes for the dotted ``key``: config.yaml, the files of its group, then the
     global packages (tasks, task_data, experiments)."""
-    from b4transfer.config import config_dir
-
     conf = Path(config_dir())
     group, _, rest = key.partition(".")
     files = [(conf / "config.yaml", key)]
@@ -294,8 +289,6 @@ def _closest_key_error(schema: type, prefix: str) -> UnknownKey:
 
 def unknown_key_error(key: str, value: Any, keys: list[str]) -> UserError:
     """One line for an unknown ``key``: its value, the closest of ``keys`` and the fix."""
-    from b4transfer.cli.overrides import closest_keys
-
     close = closest_keys(key, keys)
     near = f"closest: {', '.join(close)}" if close else "no key is close (python run.py --cfg job lists them)"
     return UserError(

@@ -15,6 +15,9 @@ entry; ``tests/test_architecture.py`` holds every task to it):
   it), data module, transforms and demo set, built on the shared :mod:`b4transfer.data` (image reading and
   checks, splits, k-fold, box samples, COCO JSON parsing, data-module helpers);
 - ``tasks/<name>/module.py`` (a :class:`TaskModule` subclass), ``head.py``, its losses and metrics;
+- ``tasks/<name>/settings.py``: the schema of its config (:attr:`Task.schema`: :class:`RunSettings` plus its
+  ``data``, ``head`` and ``loss`` dataclasses, types only: the defaults stay in its YAML), checked once
+  after composition (:func:`b4transfer.settings.validate`); without one only the shared keys are checked;
 - ``tasks/<name>/predict.py`` / ``results.py`` (what predictions it writes), ``export.py`` (its export
   formats), and the post-training steps it implements (:data:`STEPS`);
 - ``conf/task/<name>.yaml`` (its own keys) and ``conf/data/<source>.yaml`` per data source, or Hydra
