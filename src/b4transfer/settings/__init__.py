@@ -21,36 +21,18 @@ from omegaconf import DictConfig
 from b4transfer.errors import NotSupportedError, UserError, UserTypeError
 from b4transfer.settings.data import CocoFiles, DataSettings, DenseAugment
 from b4transfer.settings.model import ModelSettings
-from b4transfer.settings.outputs import (
-    AuditSettings,
-    CalibrateSettings,
-    DistillSettings,
-    ErrorsSettings,
-    ExportSettings,
-    PredictSettings,
-    PushSettings,
-)
+from b4transfer.settings.outputs import DistillSettings, ExportSettings
 from b4transfer.settings.run import PluginSettings, RunSettings
 from b4transfer.settings.schema import MISSING, Schema, absent, dotted_fields, field_type, given
-from b4transfer.settings.training import (
-    CheckpointSettings,
-    EarlyStoppingSettings,
-    EmaSettings,
-    FinetuneSettings,
-    LrFindSettings,
-    OptimSettings,
-    SchedulerSettings,
-    StrategySettings,
-    TrainerSettings,
-)
+from b4transfer.settings.training import EmaSettings, OptimSettings, SchedulerSettings
 
+# The other groups' schemas: b4transfer.settings.training (trainer, strategy, finetune, checkpoint, ...) and
+# b4transfer.settings.outputs (predict, push, calibrate, errors, audit).
 __all__ = [
-    "MISSING", "AuditSettings", "CalibrateSettings", "CheckpointSettings", "CocoFiles", "DataSettings",
-    "DenseAugment", "DistillSettings", "EarlyStoppingSettings", "EmaSettings", "ErrorsSettings",
-    "ExportSettings", "FinetuneSettings", "LrFindSettings", "ModelSettings", "OptimSettings",
-    "PluginSettings", "PredictSettings", "PushSettings", "RunSettings", "SchedulerSettings", "Schema",
-    "StrategySettings", "TrainerSettings", "absent", "dotted_fields", "field_type", "given", "schema_of",
-    "given_keys", "takes_new_keys", "validate",
+    "MISSING", "CocoFiles", "DataSettings", "DenseAugment", "DistillSettings", "EmaSettings",
+    "ExportSettings", "ModelSettings", "OptimSettings", "PluginSettings", "RunSettings", "SchedulerSettings",
+    "Schema", "absent", "dotted_fields", "field_type", "given", "given_keys", "schema_of", "takes_new_keys",
+    "validate",
 ]
 
 
