@@ -215,7 +215,7 @@ def render_table(rows: list[Row]) -> list[str]:
 def title_of(group: str, section: Section) -> str:
     """A section heading: the choice it is (``model=efficientnet_b4``) or the file it is."""
     stem = Path(section.path).stem
-    if stem.startswith("_") or group in ("specialize", "task_data"):
+    if stem.startswith("_") or group == "task_data":
         return f"`conf/{section.path}`"
     return f"`{group}={stem}` (`conf/{section.path}`)"
 

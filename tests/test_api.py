@@ -50,7 +50,9 @@ def captured(monkeypatch):
 
 # ------------------------------------------------------------- must-show 2: the CLI's config and errors
 @pytest.mark.parametrize("task, data, rest", [
-    ("classification", "folder", ["data.root=ROOT", "finetune=gradual", "optim.lr=3e-4", "+note=hi"]),
+    # +key: a new key where one is taken (trainer: Lightning's; b4transfer.settings refuses one elsewhere)
+    ("classification", "folder",
+     ["data.root=ROOT", "finetune=gradual", "optim.lr=3e-4", "+trainer.max_steps=9"]),
     ("detection", "demo_detection", ["data.source.root=ROOT", "head.fpn_channels=32", "seed=7"]),
 ])
 def test_b4_train_composes_the_config_python_run_py_composes(task, data, rest, captured, tmp_path,

@@ -187,7 +187,7 @@ def test_task_and_data_must_agree(tiny_cfg):
 def test_demo_is_the_default_detection_data_and_classification_is_unchanged():
     det = compose_cfg("task=detection")
     assert det.data.source._target_.endswith("demo_detection_splits") and det.head.detector == "retinanet"
-    # conf/specialize/demo_detection.yaml: settings for the quick from-scratch CPU demo, after every group
+    # conf/task_data/detection_demo_detection.yaml: the quick from-scratch CPU demo, after the task
     assert (det.head.fpn_channels, det.model.drop_path_rate, det.trainer.gradient_clip_val) == (64, 0.0, 10.0)
     # ... which keeps the from-scratch recipe it was measured with, not the fine-tuning one below
     assert (det.finetune.bn, det.optim.backbone_lr_mult, det.ema.enabled, det.scheduler.name) == (

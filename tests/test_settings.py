@@ -67,9 +67,9 @@ def test_the_three_fpn_channels_statements_agree():
 
     task_yaml = yaml.safe_load((CONF / "task" / "detection.yaml").read_text())["head"]["fpn_channels"]
     signature = inspect.signature(build_detector).parameters["fpn_channels"].default
-    demo = (CONF / "specialize" / "demo_detection.yaml").read_text()
+    demo = (CONF / "task_data" / "detection_demo_detection.yaml").read_text()
     comment = re.search(r"fpn_channels:.*the default (\d+)", demo)
-    assert comment, "conf/specialize/demo_detection.yaml no longer names the default width"
+    assert comment, "conf/task_data/detection_demo_detection.yaml no longer names the default width"
     assert task_yaml == signature == int(comment.group(1)), (task_yaml, signature, comment.group(0))
 
 

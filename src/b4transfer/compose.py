@@ -8,54 +8,23 @@ directory never changes) and gives the config the run function receives from ``@
 ``hydra`` node removed and ``run_dir`` set to the run directory Hydra would have made
 (``hydra.run.dir``, by default ``outputs/<date>/<time>``, as an absolute path).
 
-Nothing here imports torch: ``python run.py --help`` stays quick.
+The config is checked against its task's schema (:func:`b4transfer.settings.validate`) as the command
+line checks it. Nothing at import imports torch: ``python run.py --help`` stays quick.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from b4transfer.config import config_dir
 from b4transfer.errors import UserError, UserTypeError
+from b4transfer.settings.keys import config_dir, format_override
 
 __all__ = ["RUN_DIR_DEFAULT", "compose_config", "config_dir", "format_override", "to_overrides"]
 
 # conf/config.yaml's run_dir: the Hydra job's output directory (hydra.run.dir)
 RUN_DIR_DEFAULT = "${hydra:runtime.output_dir}"
-_PLAIN = re.compile(r"^[A-Za-z0-9_./\\:@~+-]+$")  # a value Hydra's override grammar takes unquoted
-
-
-def format_override(key: str, value: Any) -> str:
-    """``key=value`` in Hydra's override syntax: ``None`` -> ``null``, booleans lower case, lists and
-    tuples as ``[a,b]``, strings quoted when they hold characters the grammar reserves (spaces, commas,
-    brackets, ``=``, quotes...)."""
-    return f"{key}={_value(value)}"
-
-
-def _value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{k}:{_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, str):
-        if _PLAIN.match(value) and value.lower() not in ("null", "true", "false"):
-            return value
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    raise UserTypeError(
-        f"override value {value!r} ({type(value).__name__}) has no Hydra form; pass a string, number, "
-        "boolean, None, list or dict, or write the override as a 'key=value' string."
-    )
 
 
 def to_overrides(overrides: Iterable[str] | Mapping[str, Any] | None) -> list[str]:
@@ -95,7 +64,8 @@ def compose_config(overrides: list[str], *, run_dir: str | os.PathLike | None = 
 
     Raises:
         UserError: A mistyped key or group choice (the CLI's one-line message, closest keys first), a
-            sweep (``a=1,2``: the CLI's ``-m``), or an override Hydra cannot parse.
+            sweep (``a=1,2``: the CLI's ``-m``), an override Hydra cannot parse, or a value of the wrong
+            type or a key the task does not have (:func:`b4transfer.settings.validate`).
     """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -118,6 +88,9 @@ def compose_config(overrides: list[str], *, run_dir: str | os.PathLike | None = 
             cfg.run_dir = os.path.abspath(os.fspath(run_dir))
         elif OmegaConf.to_container(cfg, resolve=False).get("run_dir") == RUN_DIR_DEFAULT:
             cfg.run_dir = hydra_run_dir
+    from b4transfer.settings import validate
+
+    validate(cfg, overrides)  # as the command line does, right after composition
     return cfg
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from b4transfer.errors import UserError
+from b4transfer.settings.keys import config_dir
 
 # The seeds Lightning's seed_everything takes (numpy's: an unsigned 32-bit integer)
 SEED_RANGE = (0, 2**32 - 1)
@@ -44,14 +45,6 @@ def check_seed(value: Any) -> None:
             f"seed={value!r} is not a seed: a seed is a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]} "
             "(2**32 - 1). Fix: e.g. seed=42."
         )
-
-
-def config_dir() -> str:
-    """``conf/`` of a source checkout, else the copy installed as the ``b4transfer.conf`` package."""
-    checkout = Path(__file__).resolve().parents[2] / "conf"
-    if (checkout / "config.yaml").is_file():
-        return str(checkout)
-    return str(Path(__file__).resolve().parent / "conf")  # installed wheel: b4transfer/conf/
 
 
 def loader_settings(cfg: DictConfig) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from b4transfer.backbone.weights import (
     locate_pretrained,
 )
 from b4transfer.errors import UserError
+from b4transfer.settings.model import ModelSettings
 
 __all__ = [
     "DEFAULT_NAME",
@@ -120,17 +121,22 @@ def check_weights(model: Mapping[str, Any]) -> None:
         locate_pretrained(model["name"], float(model.get("hub_timeout") or 3.0))
 
 
-def build_backbone(model: dict[str, Any], strides: Sequence[int] | None = None) -> nn.Module:
-    """The timm backbone a ``model`` config describes (``name``, ``pretrained``, ``weights``,
-    ``drop_path_rate``): pooled features (``strides=None``, classification) or, ``features_only``, the
-    feature maps at ``strides`` (dense tasks, e.g. detection)."""
+def build_backbone(
+    model: ModelSettings | Mapping[str, Any], strides: Sequence[int] | None = None
+) -> nn.Module:
+    """The timm backbone ``model`` describes (``cfg.model``, typed or a plain mapping: ``name``,
+    ``pretrained``, ``weights``, ``drop_path_rate``; one not given is off): pooled features
+    (``strides=None``, classification) or, ``features_only``, the feature maps at ``strides`` (dense
+    tasks, e.g. detection)."""
+    if not isinstance(model, ModelSettings):
+        model = ModelSettings.of(model, key="model", fill=False)
     maps = {} if strides is None else {
-        "features_only": True, "out_indices": out_indices_for_strides(model["name"], list(strides))
+        "features_only": True, "out_indices": out_indices_for_strides(model.name, list(strides))
     }
     return create_backbone(
-        model["name"],
-        pretrained=model.get("pretrained", False),
-        weights=model.get("weights"),
-        drop_path_rate=model.get("drop_path_rate", 0.0),
+        model.name,
+        pretrained=bool(model.pretrained),
+        weights=model.weights,
+        drop_path_rate=model.drop_path_rate or 0.0,
         **maps,
     )

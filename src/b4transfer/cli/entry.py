@@ -41,9 +41,12 @@ def objective(cfg: DictConfig, summary: dict) -> float | None:
 
 
 def _main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
     from b4transfer.api.runs import user_error_of
     from b4transfer.cli.cleanup import forget_refused_run
     from b4transfer.modes import run
+    from b4transfer.settings import validate
 
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).propagate = False  # they print themselves; no second copy via Hydra
@@ -51,6 +54,8 @@ def _main(cfg: DictConfig) -> float | None:
     # them, b4transfer.api.runs.user_error_of): one message, exit 2; anything else is a bug and keeps
     # its traceback
     try:
+        given = HydraConfig.get().overrides.task if HydraConfig.initialized() else None
+        validate(cfg, given)  # types and keys against the task's schema, before any work
         return objective(cfg, run(cfg))
     except Exception as err:
         user_error = user_error_of(err)

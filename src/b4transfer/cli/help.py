@@ -103,7 +103,7 @@ def key_help(conf: Path) -> list[tuple[str, str]]:
 
 
 def _internal_groups(conf: Path) -> set[str]:
-    """Groups config.yaml picks by interpolation (``specialize: ${data}``): chosen for you, not by you."""
+    """Groups config.yaml picks by interpolation (``task_data: ${task}_${data}``): chosen for you."""
     text = (conf / "config.yaml").read_text()
     return set(re.findall(r"^\s*-\s*(?:optional\s+)?(\w+):\s*\$\{", text, flags=re.M))
 

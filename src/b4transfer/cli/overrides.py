@@ -3,7 +3,8 @@
 Hydra reports an unknown key as ``Key 'rot' is not in struct`` (exit 1) and an unknown group choice
 with a list that includes the shared ``_common`` pieces. :func:`check_overrides` composes the config
 as Hydra will and turns those two errors into one line each: the unknown key with the closest valid
-keys (``difflib`` over the composed config's dotted keys) and the ``+key=value`` fix, or the unknown
+keys (``difflib`` over the composed config's dotted keys) and, where a new key is taken (an open group
+of :mod:`b4transfer.settings`: ``trainer``, ``optim`` ...), the ``+key=value`` fix, or the unknown
 choice with the group's choices, closest first. A key another task owns (``loss.name`` with
 ``task=detection``: it lives in ``conf/task/classification.yaml``) is named as that task's, with the fix.
 Any other problem (a parse error, a plug-in missing) is left to Hydra's own report.
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from b4transfer.cli.help import visible_choices
+from b4transfer.settings.keys import closest_keys
 
 _MAX_PROBLEMS = 5
 
@@ -167,24 +169,15 @@ def _unknown_choice(group: str, choice: str, options: list[str]) -> str:
 
 
 def _unknown_key(override: str, key: str, keys: list[str]) -> str:
+    from b4transfer.settings import takes_new_keys
+
     value = override.partition("=")[2]
     pool = keys if key.startswith("hydra") else [k for k in keys if not k.startswith("hydra")]
     close = closest_keys(key, pool)
     near = f"closest: {', '.join(close)}" if close else "no key is close (python run.py --cfg job lists them)"
-    return f"{override}: unknown key {key!r}; {near}. Fix: correct it, or add a new key with +{key}={value}"
-
-
-def closest_keys(key: str, keys: list[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
-    """The ``n`` keys most like ``key``: the mean of ``difflib``'s ratio of the whole dotted keys and of
-    their last parts (``data.rot`` -> ``data.source.root`` before ``data.crop_pct``)."""
-
-    def score(candidate: str) -> float:
-        whole = difflib.SequenceMatcher(None, key, candidate).ratio()
-        leaf = difflib.SequenceMatcher(None, key.rpartition(".")[2], candidate.rpartition(".")[2]).ratio()
-        return (whole + leaf) / 2
-
-    scored = sorted(((score(k), k) for k in keys), key=lambda s: -s[0])
-    return [k for s, k in scored[:n] if s >= cutoff]
+    # a new key only where a library takes it (trainer, optim, callbacks ...): the schema refuses others
+    add = f", or add a new key with +{key}={value}" if key.startswith("hydra") or takes_new_keys(key) else ""
+    return f"{override}: unknown key {key!r}; {near}. Fix: correct it{add}"
 
 
 def _dotted_keys(cfg: Any) -> Iterator[str]:

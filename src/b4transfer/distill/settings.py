@@ -11,6 +11,7 @@ from typing import Any
 import timm
 from timm.models import is_model, split_model_name_tag
 
+from b4transfer import settings as schema
 from b4transfer.data.images import IMG_EXTENSIONS, images_under
 from b4transfer.errors import UserError, UserFileNotFoundError
 
@@ -19,43 +20,41 @@ __all__ = ["DistillSettings", "check_student", "list_unlabeled"]
 
 @dataclass(frozen=True)
 class DistillSettings:
-    """``distill.*``: see ``conf/config.yaml``."""
+    """``distill.*`` checked (types by :class:`b4transfer.settings.DistillSettings`, the defaults those of
+    ``conf/config.yaml``; ranges and paths here)."""
 
     teacher: str
-    student: str | None = None
-    alpha: float = 0.5
-    temperature: float = 4.0
-    unlabeled: str | None = None
-    pseudo_threshold: float = 0.9
+    student: str | None
+    alpha: float
+    temperature: float
+    unlabeled: str | None
+    pseudo_threshold: float
 
     @classmethod
     def from_config(cls, distill: dict[str, Any] | None) -> DistillSettings:
         """The checked settings; a :class:`UserError` naming the key, the value and the fix otherwise."""
-        distill = dict(distill or {})
-        teacher = distill.get("teacher")
-        if not teacher:
+        typed = schema.DistillSettings.of(distill, key="distill")  # keys not given: conf/config.yaml's
+        if not typed.teacher:
             raise UserError(
                 "mode=distill needs a teacher: pass distill.teacher=PATH (a run directory, a .ckpt or a timm "
                 "export folder written by b4transfer for this task and these classes)."
             )
-        alpha, temperature = distill.get("alpha", cls.alpha), distill.get("temperature", cls.temperature)
-        threshold = distill.get("pseudo_threshold", cls.pseudo_threshold)
+        alpha, threshold, temperature = typed.alpha, typed.pseudo_threshold, typed.temperature
         _number("distill.alpha", alpha, 0.0, 1.0, "e.g. distill.alpha=0.5 (1: soft targets only)")
         _number("distill.pseudo_threshold", threshold, 0.0, 1.0, "e.g. distill.pseudo_threshold=0.9")
-        if _bad(temperature) or temperature <= 0:
+        if temperature <= 0:
             raise UserError(f"distill.temperature must be a number > 0, got {temperature!r}. Fix: e.g. 4.0.")
-        if distill.get("student") is not None:
-            check_student(distill["student"])
-        unlabeled = distill.get("unlabeled")
-        if unlabeled not in (None, ""):
-            list_unlabeled(unlabeled)  # missing or empty: refused now
+        if typed.student is not None:
+            check_student(typed.student)
+        if typed.unlabeled not in (None, ""):
+            list_unlabeled(typed.unlabeled)  # missing or empty: refused now
         return cls(
-            teacher=str(teacher),
-            student=distill.get("student"),
-            alpha=float(alpha),
-            temperature=float(temperature),
-            unlabeled=str(unlabeled) if unlabeled not in (None, "") else None,
-            pseudo_threshold=float(threshold),
+            teacher=str(typed.teacher),
+            student=typed.student,
+            alpha=alpha,
+            temperature=temperature,
+            unlabeled=str(typed.unlabeled) if typed.unlabeled not in (None, "") else None,
+            pseudo_threshold=threshold,
         )
 
 

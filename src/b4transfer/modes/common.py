@@ -13,9 +13,11 @@ from omegaconf import DictConfig
 
 from b4transfer import tasks
 from b4transfer.backbone.downstream import BACKBONE_DIR, export_backbone
+from b4transfer.compose import format_override
 from b4transfer.config import conf_default, plain
 from b4transfer.data.kfold import check_kfold, fold_splits
 from b4transfer.errors import UserError
+from b4transfer.settings import ExportSettings, given_keys
 from b4transfer.tasks.base import EXPORT_FORMATS, Task, TaskModule
 
 log = logging.getLogger(__name__)
@@ -90,9 +92,11 @@ def export_all(
     """Export in every ``export.format``; returns the summary entries (``export_dir``, ``onnx``, ...).
     ``samples``: the run's data splits, after training."""
     out: dict[str, Any] = {"export_dir": str(out_dir)}
-    for fmt in export_formats(cfg, task):
+    formats = export_formats(cfg, task)  # checked first: one line naming a format the task has not
+    settings = ExportSettings.of(cfg.get("export"), key="export")
+    for fmt in formats:
         out.update(task.export(fmt, module, out_dir, cfg=cfg, checkpoint=checkpoint, samples=samples))
-    if (cfg.get("export") or {}).get("backbone", True) is not False:
+    if settings.backbone is not False:
         out["backbone_dir"] = str(export_module_backbone(module, out_dir / BACKBONE_DIR))
     return out
 
@@ -109,6 +113,43 @@ def export_module_backbone(module: TaskModule, out_dir: Path) -> Path:
         task=module.task_name,
         weights_origin=module.hparams.get("weights_origin"),
     )
+
+
+def warn_ignored_data(cfg: DictConfig, module: TaskModule, ckpt: str) -> list[str]:
+    """A checkpoint mode rebuilds ``module`` from ``ckpt``: the ``data`` keys it is built with
+    (:attr:`TaskModule.data_keys`, e.g. ``data.image_size``) are the checkpoint's. One warning line for each
+    such key the run was given (:func:`b4transfer.settings.given_keys`; when not known, each one set) with
+    another value: the key, the value used instead, and why. Returns the lines."""
+    given = given_keys(cfg)
+    data = cfg.get("data") or {}
+    lines = []
+    for key in module.data_keys:
+        value = plain(data.get(key))
+        if value is None or (given is not None and f"data.{key}" not in given):
+            continue
+        used = module.data_setting(key)
+        if _same(value, used):
+            continue
+        saved = "it was trained with" if (module.hparams.get("data") or {}).get(key) is not None else (
+            "the model's own, as it was trained"
+        )
+        asked, kept = (format_override(f"data.{key}", v) for v in (value, used))
+        lines.append(
+            f"{asked} is not used: mode={cfg.mode} rebuilds the model from its checkpoint ({ckpt}), "
+            f"which uses {kept} ({saved}). Fix: drop data.{key}, or train with it."
+        )
+        log.warning(lines[-1])
+    return lines
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as plain values (tuples as lists; numbers as floats)."""
+    def norm(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [norm(x) for x in v]
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    return norm(a) == norm(b)
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from b4transfer import tasks
 from b4transfer.errors import UserError
-from b4transfer.modes.common import build_splits, scalars
+from b4transfer.modes.common import build_splits, scalars, warn_ignored_data
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
 from b4transfer.runtime import tta
 from b4transfer.runtime.choice import Choice, choose, requested
@@ -26,6 +26,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = tasks.load_module(ckpt)
     task = tasks.get(module.task_name)
     task.check_config(cfg)
+    warn_ignored_data(cfg, module, ckpt)
     run_dir = prepare_run_dir(cfg)
     splits = build_splits(cfg, task, source=f" (the checkpoint {ckpt} is a task={task.name} model)")
     if list(splits.class_names) != module.class_names:

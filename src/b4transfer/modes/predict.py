@@ -16,6 +16,7 @@ from b4transfer import tasks
 from b4transfer.data.images import IMG_EXTENSIONS, images_under
 from b4transfer.data.splits import Sample, drop_unreadable, shown
 from b4transfer.errors import UserError, UserFileNotFoundError
+from b4transfer.modes.common import warn_ignored_data
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
 from b4transfer.runtime import tta
 from b4transfer.runtime.choice import choose, requested
@@ -62,6 +63,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     module = tasks.load_module(ckpt)
     task = tasks.get(module.task_name)
     task.check_config(cfg)
+    warn_ignored_data(cfg, module, ckpt)
     paths, skipped = readable_images(cfg.predict.input)
     run_dir = prepare_run_dir(cfg)
     summary = {"mode": "predict", "task": task.name, "checkpoint": ckpt, "images": len(paths),
@@ -89,6 +91,8 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
     module = tasks.load_module(ckpt) if ckpt else None
     task = tasks.get(module.task_name) if module is not None else tasks.from_config(cfg)
     task.check_config(cfg)
+    if module is not None:
+        warn_ignored_data(cfg, module, ckpt)
     paths, skipped = readable_images(cfg.predict.input)
     run_dir = prepare_run_dir(cfg)
     summary = {"mode": "embed", "task": task.name, "checkpoint": ckpt, "images": len(paths),

@@ -15,6 +15,9 @@ entry; ``tests/test_architecture.py`` holds every task to it):
   it), data module, transforms and demo set, built on the shared :mod:`b4transfer.data` (image reading and
   checks, splits, k-fold, box samples, COCO JSON parsing, data-module helpers);
 - ``tasks/<name>/module.py`` (a :class:`TaskModule` subclass), ``head.py``, its losses and metrics;
+- ``tasks/<name>/settings.py``: the schema of its config (:attr:`Task.schema`: :class:`RunSettings` plus its
+  ``data``, ``head`` and ``loss`` dataclasses, types only: the defaults stay in its YAML), checked once
+  after composition (:func:`b4transfer.settings.validate`); without one only the shared keys are checked;
 - ``tasks/<name>/predict.py`` / ``results.py`` (what predictions it writes), ``export.py`` (its export
   formats), and the post-training steps it implements (:data:`STEPS`);
 - ``conf/task/<name>.yaml`` (its own keys) and ``conf/data/<source>.yaml`` per data source, or Hydra
@@ -46,6 +49,7 @@ from b4transfer.errors import NotSupportedError
 from b4transfer.export.artifacts import check_opset
 from b4transfer.runtime import tta
 from b4transfer.runtime.choice import check_runtime
+from b4transfer.settings import PluginSettings, RunSettings
 from b4transfer.tasks.task_module import TaskModule
 from b4transfer.training.finetuning import schedule_name
 
@@ -106,6 +110,8 @@ class Task:
             :meth:`model_card`).
         runtime_adapter: How its exports run in place of its module (``predict.runtime``, a
             :class:`~b4transfer.runtime.choice.RuntimeAdapter`); ``None``: prediction runs in PyTorch.
+        schema: The schema of its config (:mod:`b4transfer.settings`: the shared keys plus its ``data``,
+            ``head`` and ``loss``), checked once after composition; the default checks the shared keys only.
     """
 
     name: ClassVar[str] = ""
@@ -122,6 +128,7 @@ class Task:
     steps: ClassVar[tuple[str, ...]] = ()
     runtime_adapter: ClassVar[Any] = None
     why_not: ClassVar[dict[str, str]] = {}
+    schema: ClassVar[type[RunSettings]] = PluginSettings
 
     # ------------------------------------------------------------------ what it supports
     def refuse(self, kind: str, value: Any, supported: tuple[str, ...]) -> None:

@@ -5,21 +5,35 @@ contract."""
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from torch import nn
 
+from b4transfer.backbone import build_backbone
 from b4transfer.backbone.origin import weights_origin
+from b4transfer.config import plain
 from b4transfer.runtime import tta
-from b4transfer.training.devices import split_lr_scaling
-from b4transfer.training.optim import create_optimizer, create_scheduler, param_groups
+from b4transfer.settings import OptimSettings, SchedulerSettings
+from b4transfer.settings.module import ModuleSettings
+from b4transfer.settings.run import RunSettings
+from b4transfer.training.optim import configure
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TaskModule"]
+
+# data.<key> -> where the module's timm data config holds the value it uses (data_setting)
+_DATA_CONFIG = {
+    "image_size": ("train", "input_size"),
+    "eval_image_size": ("eval", "input_size"),
+    "crop_pct": ("train", "crop_pct"),
+    "eval_crop_pct": ("eval", "crop_pct"),
+}
 
 
 class TaskModule(L.LightningModule):
@@ -27,10 +41,12 @@ class TaskModule(L.LightningModule):
 
     What a task's module writes (a subclass):
 
-    - ``__init__``: ``save_hyperparameters`` with everything needed to rebuild it (a checkpoint holds no
-      config), :meth:`remember_task`, then ``self.backbone`` (:func:`build_backbone`), ``self.head``,
-      ``self.class_names``, ``self.data_config`` (``{"train": ..., "eval": ...}`` timm data configs) and,
-      if it has metrics, :meth:`init_metrics`.
+    - ``__init__``: keyword arguments holding everything needed to rebuild it (a checkpoint holds no
+      config: ``class_names``, ``model``, ``head``, ``loss``, ``optim``, ``scheduler``, ``data`` as plain
+      dicts, and ``backbone``), then :meth:`init_task` (hyper-parameters saved, ``self.settings`` typed by
+      :attr:`schema`, ``self.class_names``, ``self.backbone`` at :meth:`feature_strides`), then
+      ``self.head``, ``self.data_config`` (``{"train": ..., "eval": ...}`` timm data configs) and, if it
+      has metrics, :meth:`init_metrics`.
     - ``forward(inputs)``: its outputs for a batch's inputs, as the validation step reads them
       (e.g. logits, or boxes).
     - :meth:`tta_forward`, if its task lists ``tta_modes``: the same kind of outputs, merged over the
@@ -54,6 +70,11 @@ class TaskModule(L.LightningModule):
     """
 
     task_name: ClassVar[str] = ""
+    # The task's config schema (Task.schema): types the head, loss and data hyper-parameters
+    schema: ClassVar[type[RunSettings] | None] = None
+    # The data.* keys the module is built with (kept in its hyper-parameters' data): a checkpoint mode
+    # rebuilds the module with the checkpoint's, whatever the config says (b4transfer.modes.common)
+    data_keys: ClassVar[tuple[str, ...]] = ()
     # Test-time augmentation: the views (b4transfer.runtime.tta) set by mode=validate|test|predict with
     # tta=...;
     # infer() (the eval steps, predict) runs tta_forward while this is set.
@@ -63,6 +84,52 @@ class TaskModule(L.LightningModule):
     def image_size(self) -> int:
         """Side of the evaluation input (dense tasks: the square canvas every image is letterboxed to)."""
         return int(self.data_config["eval"]["input_size"][-1])
+
+    # ------------------------------------------------------------------ building
+    def init_task(self, *, class_names: Sequence[str], backbone: nn.Module | None) -> ModuleSettings:
+        """The start of every task module's ``__init__`` (after ``super().__init__()``): its arguments
+        saved as the hyper-parameters (all but ``backbone``), the task's name and weights origin added
+        (:meth:`remember_task`), the typed settings (:attr:`settings`), ``self.class_names``, and
+        ``self.backbone``: ``backbone`` if given (built already, e.g. to check the weights before the data
+        scan), else built from ``model`` at :meth:`feature_strides`. Returns the typed settings."""
+        self.save_hyperparameters(ignore=["backbone"], frame=inspect.currentframe().f_back)
+        self.remember_task()
+        settings = self.settings
+        self.class_names = list(class_names)
+        self.backbone = backbone if backbone is not None else build_backbone(
+            settings.model, self.feature_strides(settings)
+        )
+        return settings
+
+    @classmethod
+    def data_settings(cls, data: Any) -> dict[str, Any]:
+        """The :attr:`data_keys` that ``data`` (``cfg.data``) sets, as the module's ``data`` argument."""
+        data = data or {}
+        return {k: plain(data.get(k)) for k in cls.data_keys if data.get(k) is not None}
+
+    def data_setting(self, key: str) -> Any:
+        """The value of ``data.<key>`` (one of :attr:`data_keys`) this module uses: its own, else what it
+        resolved from the model's pretrained data config (``None`` if neither says)."""
+        given = (self.hparams.get("data") or {}).get(key)
+        if given is not None:
+            return given
+        split, entry = _DATA_CONFIG.get(key, ("eval", key))
+        value = (getattr(self, "data_config", None) or {}).get(split, {}).get(entry, getattr(self, key, None))
+        return value[-1] if entry == "input_size" and value is not None else value
+
+    @property
+    def settings(self) -> ModuleSettings:
+        """The hyper-parameters' ``model``, ``head``, ``loss`` and ``data``, typed by :attr:`schema` (built
+        once; a wrong type is one line naming the key)."""
+        typed = self.__dict__.get("_typed_settings")
+        if typed is None:
+            typed = self.__dict__["_typed_settings"] = ModuleSettings.of(self.hparams, self.schema)
+        return typed
+
+    def feature_strides(self, settings: ModuleSettings) -> Sequence[int] | None:
+        """The strides of the backbone maps the head reads (a ``features_only`` backbone), or ``None`` for
+        pooled features (the default)."""
+        return None
 
     # ------------------------------------------------------------------ what a task supplies
     def tta_forward(self, inputs: Any) -> Any:
@@ -165,42 +232,18 @@ class TaskModule(L.LightningModule):
         self.hparams["weights_origin"] = weights_origin(self.hparams.get("model") or {})
 
     def configure_optimizers(self):
-        # lr_scaling/base_batch_size are applied by train() to optim.lr; the rest goes to timm
-        default = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05}
-        opt_cfg, _ = split_lr_scaling(self.hparams.get("optim") or default)
-        name, lr = opt_cfg.pop("name", "adamw"), opt_cfg.pop("lr")
-        layer_decay = opt_cfg.pop("layer_decay", None)
-        model = self.hparams.get("model") or {}
-        if layer_decay is not None and not (model.get("pretrained") or model.get("weights")):
-            # the decay keeps pretrained lower layers near their weights; random ones must learn (the
-            # quickstart's from-scratch demo run stays at chance with it: docs/studies/demo-runs.md)
-            log.warning(
-                "optim.layer_decay=%s is not applied: the backbone starts from random weights "
-                "(model.pretrained=false, no model.weights), so every backbone layer trains at lr * "
-                "optim.backbone_lr_mult.",
-                layer_decay,
-            )
-            layer_decay = None
-        groups = param_groups(
+        # typed now, not at __init__: training scales hparams.optim.lr (optim.lr_scaling) after building
+        model, epochs = self.settings.model, max(1, self.trainer.max_epochs or 1)
+        return configure(
             backbone=self.backbone,
             head=self.head,
-            lr=lr,
-            weight_decay=opt_cfg.pop("weight_decay", 0.0),
-            backbone_lr_mult=opt_cfg.pop("backbone_lr_mult", 1.0),
-            layer_decay=layer_decay,
-            # a freezing schedule that unfreezes stage by stage needs one group pair per stage
+            optim=OptimSettings.of(self.hparams.get("optim"), key="optim"),
+            scheduler=SchedulerSettings.of(self.hparams.get("scheduler"), key="scheduler"),
+            from_scratch=not (model.pretrained or model.weights),
             split_stages=any(getattr(cb, "needs_stage_groups", False) for cb in self.trainer.callbacks),
+            num_epochs=epochs,
+            updates_per_epoch=max(1, self.trainer.estimated_stepping_batches // epochs),
         )
-        optimizer = create_optimizer(groups, name=name, lr=lr, **opt_cfg)
-        # Always a timm scheduler (a constant one for scheduler=none): it applies each group's lr_scale.
-        sched_cfg = dict(self.hparams.get("scheduler") or {})
-        sched_name = sched_cfg.pop("name", None)
-        epochs = max(1, self.trainer.max_epochs or 1)
-        steps = max(1, self.trainer.estimated_stepping_batches // epochs)
-        scheduler = create_scheduler(
-            optimizer, name=sched_name, num_epochs=epochs, updates_per_epoch=steps, **sched_cfg
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         if hasattr(scheduler, "step_update"):

@@ -32,13 +32,15 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
 from b4transfer.errors import UserError
+from b4transfer.settings import EmaSettings
 
 
 class EMA(WeightAveraging):
     """Exponential moving average of parameters and buffers, updated after every optimizer step.
 
     Args:
-        decay: the EMA decay in [0, 1) (timm's RA2 recipe: 0.9999 over a long run).
+        decay: the EMA decay in [0, 1) (timm's RA2 recipe: 0.9999 over a long run); ``None``: ``ema.decay``'s
+            default (``conf/config.yaml``, as every default of ``ema``).
         warmup: ramp the decay up as ``min(decay, (1 + n) / (10 + n))``.
         update_every_n_steps: update after every n-th optimizer step.
         device: where the averaged copy lives (``None``: with the model; ``"cpu"`` saves accelerator memory).
@@ -47,11 +49,16 @@ class EMA(WeightAveraging):
     def __init__(
         self,
         *,
-        decay: float = 0.999,
-        warmup: bool = True,
-        update_every_n_steps: int = 1,
+        decay: float | None = None,
+        warmup: bool | None = None,
+        update_every_n_steps: int | None = None,
         device: str | None = None,
     ) -> None:
+        default = EmaSettings.of(None, key="ema")  # conf/config.yaml's ema
+        decay = default.decay if decay is None else decay
+        warmup = default.warmup if warmup is None else warmup
+        if update_every_n_steps is None:
+            update_every_n_steps = default.update_every_n_steps
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
             raise UserError(f"ema.decay must be in [0, 1), e.g. 0.999, got {decay!r}.")
         if (

@@ -15,6 +15,7 @@ for a frozen stage, ramping to 1 after it is unfrozen.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -25,6 +26,9 @@ from torch import nn
 
 from b4transfer.backbone.stages import param_stage_map
 from b4transfer.errors import UserError
+from b4transfer.settings import OptimSettings, SchedulerSettings
+
+log = logging.getLogger(__name__)
 
 SCHEDULERS = ("cosine", "step", "multistep", "poly", "tanh")
 
@@ -126,6 +130,56 @@ def _unique_names(groups: list[dict[str, Any]]) -> None:
         if seen[group["name"]] > 1:
             base, no_decay, _ = group["name"].partition("_no_decay")
             group["name"] = f"{base}.stage{min(group['stages'])}{no_decay}"
+
+
+def configure(
+    *,
+    backbone: nn.Module,
+    head: nn.Module,
+    optim: OptimSettings,
+    scheduler: SchedulerSettings,
+    from_scratch: bool,
+    split_stages: bool,
+    num_epochs: int,
+    updates_per_epoch: int,
+) -> dict[str, Any]:
+    """The optimizer and its per-update timm scheduler for a module's ``backbone`` and ``head`` (what
+    ``LightningModule.configure_optimizers`` returns), from the typed ``optim`` and ``scheduler`` settings.
+
+    ``optim.lr_scaling`` / ``base_batch_size`` are not read here: training scales ``optim.lr`` before.
+    ``from_scratch`` (random backbone weights): ``optim.layer_decay`` is not applied. ``split_stages``: one
+    group pair per backbone stage (a freezing schedule that unfreezes stage by stage).
+    """
+    layer_decay = optim.layer_decay
+    if layer_decay is not None and from_scratch:
+        # the decay keeps pretrained lower layers near their weights; random ones must learn (the
+        # quickstart's from-scratch demo run stays at chance with it: docs/studies/demo-runs.md)
+        log.warning(
+            "optim.layer_decay=%s is not applied: the backbone starts from random weights "
+            "(model.pretrained=false, no model.weights), so every backbone layer trains at lr * "
+            "optim.backbone_lr_mult.",
+            layer_decay,
+        )
+        layer_decay = None
+    groups = param_groups(
+        backbone=backbone,
+        head=head,
+        lr=optim.lr,
+        weight_decay=optim.weight_decay,
+        backbone_lr_mult=optim.backbone_lr_mult,
+        layer_decay=layer_decay,
+        split_stages=split_stages,
+    )
+    optimizer = create_optimizer(groups, name=optim.name, lr=optim.lr, **optim.optimizer_kwargs())
+    # Always a timm scheduler (a constant one for scheduler=none): it applies each group's lr_scale.
+    lr_scheduler = create_scheduler(
+        optimizer,
+        name=scheduler.name,
+        num_epochs=num_epochs,
+        updates_per_epoch=updates_per_epoch,
+        **scheduler.kwargs("name"),
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}
 
 
 def create_optimizer(

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from b4transfer.config import plain
 from b4transfer.errors import UserError
+from b4transfer.settings import EmaSettings
 from b4transfer.training import devices
 from b4transfer.training.callbacks import progress_bar
 from b4transfer.training.checkpointing import (
@@ -95,11 +96,15 @@ def check_monitor(cfg: DictConfig, module: L.LightningModule, *, default: str, t
     )
 
 
-def ema_callbacks(ema: DictConfig | None) -> list:
-    """``[EMA(...)]`` when ``ema.enabled``, else ``[]``."""
-    if not ema or not ema.get("enabled"):
+def ema_callbacks(ema: DictConfig | EmaSettings | None) -> list:
+    """``[EMA(...)]`` when ``ema.enabled``, else ``[]`` (and when there is no ``ema`` node). ``ema``: the
+    config node (typed here, the keys it lacks from ``conf/config.yaml``) or :class:`EmaSettings`."""
+    if not ema:
         return []
-    return [EMA(**{k: v for k, v in plain(ema).items() if k != "enabled"})]
+    settings = ema if isinstance(ema, EmaSettings) else EmaSettings.of(ema, key="ema")
+    if not settings.enabled:
+        return []
+    return [EMA(**settings.kwargs("enabled"))]
 
 
 def early_stopping(cfg: DictConfig | None, *, monitor: str, mode: str) -> list:

@@ -33,18 +33,11 @@ from b4transfer.tasks.classification.parity import export_int8, export_openvino,
 from b4transfer.tasks.classification.predict import write_embeddings, write_predictions
 from b4transfer.tasks.classification.results import classify_images
 from b4transfer.tasks.classification.runtime import ADAPTER as RUNTIME_ADAPTER
+from b4transfer.tasks.classification.settings import ClassificationSettings
 from b4transfer.training.class_weights import check_class_weights
 from b4transfer.training.devices import split_lr_scaling
 
 __all__ = ["TASK", "ClassificationModule", "ClassificationTask"]
-
-_DATA_KEYS = ("image_size", "eval_image_size", "crop_pct", "eval_crop_pct", "interpolation", "mean", "std")
-
-
-def data_overrides(cfg: DictConfig) -> dict[str, Any]:
-    """The ``data.*`` overrides of the backbone's pretrained data config."""
-    return {k: plain(cfg.data.get(k)) for k in _DATA_KEYS if cfg.data.get(k) is not None}
-
 
 def resolve_loss(cfg: DictConfig, splits: DatasetSplits) -> dict[str, Any]:
     """``cfg.loss`` with ``class_weights`` resolved from the training split's class counts."""
@@ -81,6 +74,7 @@ class ClassificationTask(Task):
     """Image classification: ``DatasetSplits`` data, ``val/acc1``, timm and ONNX exports, every mode."""
 
     name = "classification"
+    schema = ClassificationSettings
     splits_type = DatasetSplits
     data_hint = "data=folder, data=csv or data=demo"
     monitor = "val/acc1"
@@ -118,7 +112,7 @@ class ClassificationTask(Task):
             loss=resolve_loss(cfg, splits),
             optim=split_lr_scaling(plain(cfg.optim))[0],
             scheduler=plain(cfg.get("scheduler")),
-            data=data_overrides(cfg),
+            data=ClassificationModule.data_settings(cfg.data),
             multi_label=splits.multi_label,
         )
 
@@ -174,7 +168,7 @@ class ClassificationTask(Task):
 
     def embed(self, cfg: DictConfig, module, paths: list[Path], run_dir: Path) -> dict[str, Any]:
         if module is None:  # the configured backbone itself (model.pretrained / model.weights)
-            model, data = plain(cfg.model), data_overrides(cfg)
+            model, data = plain(cfg.model), ClassificationModule.data_settings(cfg.data)
             module = ClassificationModule(class_names=["_0", "_1"], model=model, data=data)
         return write_embeddings(cfg, module, paths, run_dir)
 

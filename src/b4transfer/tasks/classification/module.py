@@ -16,8 +16,10 @@ import torch
 from b4transfer.backbone import resolve_data_configs
 from b4transfer.data.transforms import normalize_uint8
 from b4transfer.runtime import tta
+from b4transfer.settings.module import kwargs_of
 from b4transfer.tasks.base import TaskModule, build_backbone, metric_name
 from b4transfer.tasks.classification.head import ClassificationHead
+from b4transfer.tasks.classification.settings import ClassificationSettings
 
 __all__ = ["ClassificationModule", "build_backbone"]
 
@@ -44,6 +46,8 @@ class ClassificationModule(TaskModule):
     """
 
     task_name = "classification"
+    schema = ClassificationSettings
+    data_keys = ("image_size", "eval_image_size", "crop_pct", "eval_crop_pct", "interpolation", "mean", "std")
 
     def __init__(
         self,
@@ -60,20 +64,18 @@ class ClassificationModule(TaskModule):
         backbone: torch.nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone"])
-        self.remember_task()
-        self.backbone = backbone if backbone is not None else build_backbone(model)
+        settings = self.init_task(class_names=class_names, backbone=backbone)
+        loss_settings = kwargs_of(settings.loss)
         self.head = ClassificationHead(
             self.backbone.num_features,
             len(class_names),
-            drop_rate=model.get("drop_rate", 0.0),
+            drop_rate=settings.model.drop_rate or 0.0,
             multi_label=multi_label,
-            **(head or {}),
-            **{k: v for k, v in (loss or {}).items() if k in ("gamma", "class_weights")},
-            loss=(loss or {}).get("name") or "ce",
+            **kwargs_of(settings.head),
+            **{k: v for k, v in loss_settings.items() if k in ("gamma", "class_weights")},
+            loss=loss_settings.get("name") or "ce",
         )
-        self.class_names = list(class_names)
-        train_cfg, eval_cfg = resolve_data_configs(self.backbone, **(data or {}))
+        train_cfg, eval_cfg = resolve_data_configs(self.backbone, **kwargs_of(settings.data))
         self.data_config = {"train": train_cfg, "eval": eval_cfg}
         self.init_metrics(self.head.build_metrics)
         self.predict_output = "probs"  # or "embedding": pooled pre-logits features

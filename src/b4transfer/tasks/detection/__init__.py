@@ -26,6 +26,7 @@ from b4transfer.tasks.detection.parity import export_int8, export_openvino, scor
 from b4transfer.tasks.detection.predict import write_detections
 from b4transfer.tasks.detection.results import detect_images
 from b4transfer.tasks.detection.runtime import ADAPTER as RUNTIME_ADAPTER
+from b4transfer.tasks.detection.settings import DetectionSettings
 from b4transfer.tasks.detection.slicing import check_slice
 from b4transfer.training.devices import split_lr_scaling
 
@@ -50,6 +51,7 @@ class DetectionTask(Task):
     exports."""
 
     name = "detection"
+    schema = DetectionSettings
     splits_type = DetectionSplits
     data_hint = "data=coco, data=yolo or data=demo_detection"
     monitor = "val/map"
@@ -117,7 +119,7 @@ class DetectionTask(Task):
             head=head,
             optim=split_lr_scaling(plain(cfg.optim))[0],
             scheduler=plain(cfg.get("scheduler")),
-            data={k: plain(cfg.data[k]) for k in ("image_size", "mean", "std") if cfg.data.get(k)},
+            data=DetectionModule.data_settings(cfg.data),
         )
 
     def build_datamodule(self, cfg: DictConfig, splits: DetectionSplits, module: DetectionModule):

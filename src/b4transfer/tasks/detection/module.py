@@ -15,9 +15,11 @@ import torch
 
 from b4transfer.backbone import canvas_data_config
 from b4transfer.errors import UserError
-from b4transfer.tasks.base import TaskModule, build_backbone, metric_name
+from b4transfer.settings.module import ModuleSettings, kwargs_of
+from b4transfer.tasks.base import TaskModule, metric_name
 from b4transfer.tasks.detection.head import DetectionHead, to_original
 from b4transfer.tasks.detection.onnx_graph import detector_settings
+from b4transfer.tasks.detection.settings import DetectionSettings
 from b4transfer.tasks.detection.tta import detect_tta
 
 DEFAULT_STRIDES = (8, 16, 32)
@@ -48,6 +50,8 @@ class DetectionModule(TaskModule):
     """
 
     task_name = "detection"
+    schema = DetectionSettings
+    data_keys = ("image_size", "mean", "std")  # the letterbox side and the normalisation
 
     def __init__(
         self,
@@ -63,14 +67,9 @@ class DetectionModule(TaskModule):
         backbone: torch.nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone"])
-        self.remember_task()
-        settings = dict(head or {})
-        strides = list(settings.pop("feature_strides", None) or DEFAULT_STRIDES)
-        self.backbone = backbone if backbone is not None else build_backbone(model, strides)
-        self.data_config = canvas_data_config(self.backbone, data)  # one letterbox size, train and eval
+        settings = self.init_task(class_names=class_names, backbone=backbone)
+        self.data_config = canvas_data_config(self.backbone, kwargs_of(settings.data))  # one letterbox size
         eval_cfg = self.data_config["eval"]
-        self.class_names = list(class_names)
         ids = list(range(len(class_names))) if category_ids is None else [int(i) for i in category_ids]
         if len(ids) != len(self.class_names):
             raise UserError(f"category_ids {ids} must give one id per class name {self.class_names}.")
@@ -81,11 +80,15 @@ class DetectionModule(TaskModule):
             image_size=self.image_size,
             image_mean=eval_cfg["mean"],
             image_std=eval_cfg["std"],
-            feature_strides=strides,
-            **settings,
+            feature_strides=self.feature_strides(settings),
+            **{k: v for k, v in kwargs_of(settings.head).items() if k != "feature_strides"},
         )
         self.init_metrics(self.head.build_metrics)
         self.predict_output = "detections"
+
+    def feature_strides(self, settings: ModuleSettings) -> list[int]:
+        """``head.feature_strides``, by default :data:`DEFAULT_STRIDES`."""
+        return list((settings.head and settings.head.feature_strides) or DEFAULT_STRIDES)
 
     def set_calibration(self, calibration: dict[str, Any] | None) -> None:
         """Remember per-class score thresholds (in the hyper-parameters: checkpoint, predict)."""

@@ -27,6 +27,7 @@ from b4transfer.tasks.segmentation.module import SegmentationModule, build_featu
 from b4transfer.tasks.segmentation.predict import write_masks
 from b4transfer.tasks.segmentation.results import segment_images
 from b4transfer.tasks.segmentation.runtime import ADAPTER as RUNTIME_ADAPTER
+from b4transfer.tasks.segmentation.settings import SegmentationSettings
 from b4transfer.training.class_weights import check_class_weights
 from b4transfer.training.devices import split_lr_scaling
 
@@ -50,6 +51,7 @@ class SegmentationTask(Task):
     """Semantic segmentation: ``MaskSplits`` data, ``val/miou``, weights + config.json and ONNX exports."""
 
     name = "segmentation"
+    schema = SegmentationSettings
     splits_type = MaskSplits
     data_hint = "data=seg_folder, data=voc_seg, data=coco or data=demo_segmentation"
     monitor = "val/miou"
@@ -87,7 +89,7 @@ class SegmentationTask(Task):
             loss={"class_weights": weights, "dice_weight": float(loss.get("dice_weight") or 0.0)},
             optim=split_lr_scaling(plain(cfg.optim))[0],
             scheduler=plain(cfg.get("scheduler")),
-            data={k: plain(cfg.data[k]) for k in ("image_size", "mean", "std", "resize") if cfg.data.get(k)},
+            data=SegmentationModule.data_settings(cfg.data),
             ignore_index=splits.ignore_index,
             palette=[list(c) for c in splits.palette] if splits.palette else None,
         )

@@ -17,11 +17,13 @@ from PIL import Image
 
 from b4transfer.backbone import canvas_data_config
 from b4transfer.runtime import tta
+from b4transfer.settings.module import ModuleSettings, kwargs_of
 from b4transfer.tasks.base import TaskModule, build_backbone, metric_name
 from b4transfer.tasks.segmentation.data.masks import IGNORE_INDEX, default_palette
 from b4transfer.tasks.segmentation.head import Segmenter, build_head, check_head
 from b4transfer.tasks.segmentation.losses import SegmentationLoss
 from b4transfer.tasks.segmentation.metrics import build_metrics, summarize
+from b4transfer.tasks.segmentation.settings import SegmentationSettings
 
 SHOWN_IMAGES = 4  # validation images drawn in val_predictions.png
 SUMMARY_KEYS = ("miou", "pixel_acc", "dice")  # logged as <stage>/<key> every validation
@@ -57,6 +59,8 @@ class SegmentationModule(TaskModule):
     """
 
     task_name = "segmentation"
+    schema = SegmentationSettings
+    data_keys = ("image_size", "mean", "std", "resize")  # the canvas side, the normalisation, the eval fit
 
     def __init__(
         self,
@@ -73,17 +77,14 @@ class SegmentationModule(TaskModule):
         backbone: torch.nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone"])
-        self.remember_task()
-        self.backbone = backbone if backbone is not None else build_feature_backbone(model, head)
-        self.class_names = list(class_names)
-        self.head = build_head(self.backbone, len(class_names), dict(head or {}))
-        self.data_config = canvas_data_config(self.backbone, data)  # one canvas size, train and eval
+        settings = self.init_task(class_names=class_names, backbone=backbone)
+        self.head = build_head(self.backbone, len(class_names), kwargs_of(settings.head))
+        self.data_config = canvas_data_config(self.backbone, kwargs_of(settings.data))  # one canvas size
         eval_cfg = self.data_config["eval"]
-        self.resize = (data or {}).get("resize") or "letterbox"
+        self.resize = (settings.data and settings.data.resize) or "letterbox"
         self.ignore_index = int(ignore_index)
         self.palette = [tuple(c) for c in (palette or default_palette(len(class_names)))]
-        loss = dict(loss or {})
+        loss = kwargs_of(settings.loss)
         self.criterion = SegmentationLoss(
             ignore_index=self.ignore_index,
             class_weights=loss.get("class_weights"),
@@ -93,6 +94,10 @@ class SegmentationModule(TaskModule):
         self.register_buffer("std", torch.tensor(eval_cfg["std"]).view(1, -1, 1, 1), persistent=False)
         self.init_metrics(lambda: build_metrics(len(class_names), self.ignore_index))
         self._shown: list[tuple] = []
+
+    def feature_strides(self, settings: ModuleSettings) -> list[int]:
+        """``head.feature_strides``, by default the decoder's."""
+        return check_head(kwargs_of(settings.head))["feature_strides"]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` images in 0..1 -> ``(N, K, H, W)`` logits."""

@@ -1,0 +1,143 @@
+"""How a run trains: ``optim``, ``scheduler``, ``finetune``, ``ema``, ``trainer`` (with ``precision``),
+``strategy``, ``checkpoint``, ``early_stopping`` and ``lr_find``."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from b4transfer.settings.schema import Schema, given
+
+
+@dataclass
+class OptimSettings(Schema):
+    """The optimizer (``conf/optim/*.yaml``); keys it does not declare go on to timm's optimizer."""
+
+    OPEN = True
+    DEFAULTS = ("optim/adamw.yaml", "")
+
+    name: str = given()  # any timm optimizer
+    lr: float = given()  # head LR
+    weight_decay: float = given()
+    backbone_lr_mult: float = given()
+    lr_scaling: str = given()  # none | linear | sqrt
+    base_batch_size: int = given()
+    layer_decay: float | None = given()
+    eps: float | None = given()  # rmsproptf
+    momentum: float | None = given()  # sgd, rmsproptf
+    alpha: float | None = given()  # rmsproptf
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        """What goes to timm's optimizer besides the LR, weight decay and the group settings."""
+        own = ("name", "lr", "weight_decay", "backbone_lr_mult", "layer_decay")
+        return self.kwargs(*own, "lr_scaling", "base_batch_size")
+
+
+@dataclass
+class SchedulerSettings(Schema):
+    """The LR schedule (``conf/scheduler/*.yaml``); keys it does not declare go on to timm's scheduler."""
+
+    OPEN = True
+    DEFAULTS = ("scheduler/none.yaml", "")
+
+    name: str = given()  # cosine | step | ... | none
+    warmup_epochs: float | None = given()
+    warmup_lr: float | None = given()
+    min_lr: float | None = given()
+    decay_epochs: float | None = given()
+    decay_rate: float | None = given()
+
+
+@dataclass
+class FinetuneSettings(Schema):
+    """The freezing schedule (``conf/finetune/*.yaml``), instantiated from ``_target_`` (a class of your own
+    takes its own keys)."""
+
+    OPEN = True
+
+    _target_: str = given()
+    _convert_: str | None = given()
+    bn: str | None = given()  # train | frozen
+    warmup_epochs: float | None = given()
+    unfreeze_at_epoch: int | None = given()
+    unfreeze_at_epochs: list[int] | None = given()
+
+
+@dataclass
+class EmaSettings(Schema):
+    """The exponential moving average of the weights."""
+
+    DEFAULTS = ("config.yaml", "ema")
+
+    enabled: bool = given()
+    decay: float = given()
+    warmup: bool = given()
+    update_every_n_steps: int = given()
+    device: str | None = given()
+
+
+@dataclass
+class TrainerSettings(Schema):
+    """``lightning.Trainer`` arguments (``conf/trainer/*.yaml``, ``precision`` from ``conf/precision/``); keys
+    it does not declare go on to the Trainer."""
+
+    OPEN = True
+
+    accelerator: str = given()
+    devices: Any = given()  # a number, a list of device ids, or auto
+    max_epochs: int | None = given()
+    log_every_n_steps: int | None = given()
+    gradient_clip_val: float | None = given()
+    accumulate_grad_batches: int = given()
+    num_nodes: int = given()
+    sync_batchnorm: bool = given()
+    deterministic: bool | str | None = given()  # true | false | warn
+    benchmark: bool | None = given()
+    num_sanity_val_steps: int | None = given()
+    limit_train_batches: int | float | None = given()  # batches, or a share of them
+    limit_val_batches: int | float | None = given()
+    enable_progress_bar: bool = given()
+    precision: str | int = given()  # 32-true | bf16-mixed | 16-mixed | auto | ...
+
+
+@dataclass
+class StrategySettings(Schema):
+    """The device strategy (``conf/strategy/*.yaml``); keys it does not declare go on to Lightning's."""
+
+    OPEN = True
+
+    name: str = given()  # auto | ddp | ddp_spawn | fsdp
+    find_unused_parameters: bool | None = given()
+    gradient_as_bucket_view: bool | None = given()
+    auto_wrap_policy: list[str] | None = given()
+    sharding_strategy: str | None = given()
+    state_dict_type: str | None = given()
+    cpu_offload: bool | None = given()
+
+
+@dataclass
+class CheckpointSettings(Schema):
+    """Which checkpoints a run keeps (``monitor``: set by the task's YAML)."""
+
+    monitor: str | None = given()
+    mode: str = given()  # max | min
+    save_top_k: int = given()
+    every_n_train_steps: int | None = given()
+    best_weights_only: bool = given()
+    runs_root: str = given()
+
+
+@dataclass
+class EarlyStoppingSettings(Schema):
+    """Stop once ``checkpoint.monitor`` stops improving."""
+
+    patience: int | None = given()
+    min_delta: float = given()
+
+
+@dataclass
+class LrFindSettings(Schema):
+    """``mode=lr_find``: the LR range test."""
+
+    min_lr: float = given()
+    max_lr: float = given()
+    num_training: int = given()
+    mode: str = given()  # exponential | linear
