@@ -98,6 +98,9 @@ def quarter_split(data: Path, out: Path, *, share: float = 0.25, seed: int = 0) 
     ``out/unlabelled`` (the rest, renamed ``u00000.jpg``... so no name tells the class), as symlinks."""
     labelled, unlabelled, done = out / "labelled", out / "unlabelled", out / "DONE"
     if done.is_file():
+        made = json.loads(done.read_text())
+        if made.get("data", str(data.resolve())) != str(data.resolve()):  # another set's split in this folder
+            raise ValueError(f"{out} holds the split of {made['data']}, not of {data}: pass another --cache")
         return labelled, unlabelled
     shutil.rmtree(out, ignore_errors=True)
     (labelled / "train").mkdir(parents=True)
@@ -115,7 +118,8 @@ def quarter_split(data: Path, out: Path, *, share: float = 0.25, seed: int = 0) 
     rng.shuffle(rest)
     for i, image in enumerate(rest):
         (unlabelled / f"u{i:05d}{image.suffix.lower()}").symlink_to(image.resolve())
-    done.write_text(json.dumps({"share": share, "seed": seed, "unlabelled": len(rest)}) + "\n")
+    made = {"share": share, "seed": seed, "unlabelled": len(rest), "data": str(data.resolve())}
+    done.write_text(json.dumps(made) + "\n")
     return labelled, unlabelled
 
 

@@ -228,6 +228,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "results" / "runs" / "acc.json",
                         help="accuracy: finished runs, reused when their composed config matches")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="accuracy: set a profile parameter of every selected entry (VALUE read as JSON, "
+                             "else a string), e.g. --param image_size=96; stated in the results")
     return parser.parse_args(argv)
 
 
@@ -278,6 +281,20 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(level)
 
 
+def _params(pairs: list[str]) -> dict:
+    """``--param NAME=VALUE`` pairs as a dict (VALUE parsed as JSON where it parses)."""
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--param {pair!r}: expected NAME=VALUE, e.g. --param image_size=96")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
 def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     profile = "smoke" if args.smoke else "quick" if args.quick else "full"
     if args.threads:
@@ -293,7 +310,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
         if args.suite == "accuracy":
             paths = {"data": args.det_data, "seg_data": args.seg_data, "cls_data": args.cls_data,
                      "weights": args.weights, "student_weights": args.student_weights, "cache": args.cache}
-            table = {name: {**params, **paths} for name, params in table.items()}
+            table = {name: {**params, **paths, **_params(args.param)} for name, params in table.items()}
         names = [n for n in table if not args.only or n in args.only.split(",")]
         results = []
         for i, name in enumerate(names, 1):
