@@ -32,7 +32,6 @@ its metric update and its metric logging (see the class docstring for the list).
 
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 from typing import Any, ClassVar
@@ -198,7 +197,7 @@ class Task:
 
     def load_module(self, hparams: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> TaskModule:
         """Rebuild the module from a checkpoint's hyper-parameters (random init, then its weights)."""
-        accepted = inspect.signature(self.module_class.__init__).parameters
+        accepted = self.module_class.init_arguments()
         kwargs = {k: v for k, v in hparams.items() if k in accepted}
         kwargs["model"] = {**hparams["model"], "pretrained": False, "weights": None}
         module = self.module_class(**kwargs)
