@@ -48,7 +48,7 @@ class DenseAugment(Schema):
 
 @dataclass
 class DenseDataSettings(DataSettings, CocoFiles):
-    """The data of the tasks that letterbox their images onto a canvas (detection, segmentation): every
+    """The data of the tasks that letterbox their images onto a canvas (boxes or masks follow): every
     source's keys, ``data=coco``'s files, and their augment."""
 
     augment: DenseAugment = given()
