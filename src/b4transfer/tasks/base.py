@@ -110,7 +110,9 @@ class Task:
         runtime_adapter: How its exports run in place of its module (``predict.runtime``, a
             :class:`~b4transfer.runtime.choice.RuntimeAdapter`); ``None``: prediction runs in PyTorch.
         schema: The schema of its config (:mod:`b4transfer.settings`: the shared keys plus its ``data``,
-            ``head`` and ``loss``), checked once after composition; the default checks the shared keys only.
+            ``head`` and ``loss``), checked once after composition: its module's
+            (:attr:`TaskModule.schema`, which types the same groups in a checkpoint's hyper-parameters); a
+            module without one: the shared keys only.
     """
 
     name: ClassVar[str] = ""
@@ -127,7 +129,11 @@ class Task:
     steps: ClassVar[tuple[str, ...]] = ()
     runtime_adapter: ClassVar[Any] = None
     why_not: ClassVar[dict[str, str]] = {}
-    schema: ClassVar[type[RunSettings]] = PluginSettings
+
+    @property
+    def schema(self) -> type[RunSettings]:
+        """The schema of its config (see the class docstring): its module's, else :class:`PluginSettings`."""
+        return self.module_class.schema or PluginSettings
 
     # ------------------------------------------------------------------ what it supports
     def refuse(self, kind: str, value: Any, supported: tuple[str, ...]) -> None:

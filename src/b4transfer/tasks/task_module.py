@@ -80,7 +80,7 @@ class TaskModule(L.LightningModule):
     """
 
     task_name: ClassVar[str] = ""
-    # The task's config schema (Task.schema): types the head, loss and data hyper-parameters
+    # The task's config schema (Task.schema reads it): types the head, loss and data hyper-parameters
     schema: ClassVar[type[RunSettings] | None] = None
     # The data.* keys the module is built with (kept in its hyper-parameters' data): a checkpoint mode
     # rebuilds the module with the checkpoint's, whatever the config says (b4transfer.modes.common)
