@@ -206,15 +206,21 @@ def test_a_module_argument_of_the_wrong_type_is_one_line():
 
 
 def test_the_three_task_modules_share_one_start():
-    """The shared part of a task module's __init__ lives in TaskModule.init_task."""
+    """The shared part of a task module's __init__ (its shared arguments, the saved hyper-parameters, the
+    backbone) lives in TaskModule.__init__: a task module declares only its own arguments."""
     import inspect
 
     from b4transfer.tasks.base import TaskModule
 
+    shared = set(inspect.signature(TaskModule.__init__).parameters) - {"self"}
+    assert {"class_names", "model", "head", "optim", "scheduler", "data", "backbone"} == shared
     for task in SOURCES:
         module_class = tasks.get(task).module_class
         source = inspect.getsource(module_class.__init__)
-        assert "self.init_task(" in source and "save_hyperparameters" not in source, task
+        own = inspect.signature(module_class.__init__).parameters
+        assert "super().__init__(**shared)" in source and "save_hyperparameters" not in source, task
+        assert not shared & set(own) and own["shared"].kind is inspect.Parameter.VAR_KEYWORD, task
+        assert shared < module_class.init_arguments(), task
         assert module_class.schema is tasks.get(task).schema and issubclass(module_class, TaskModule)
 
 

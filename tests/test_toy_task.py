@@ -88,12 +88,12 @@ class RegressionModule(TaskModule):
     task_name = NAME
 
     def __init__(self, *, class_names, model, optim=None, scheduler=None, backbone=None) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["backbone"])
-        self.remember_task()
-        self.backbone = backbone or create_backbone(model["name"], pretrained=False)
+        # TaskModule's start: hyper-parameters saved (not the backbone), the task remembered, class names
+        backbone = backbone or create_backbone(model["name"], pretrained=False)
+        super().__init__(
+            class_names=class_names, model=model, optim=optim, scheduler=scheduler, backbone=backbone
+        )
         self.head = nn.Linear(self.backbone.num_features, 1)
-        self.class_names = list(class_names)
         train_cfg, eval_cfg = resolve_data_configs(self.backbone, image_size=32, eval_image_size=32)
         self.data_config = {"train": train_cfg, "eval": eval_cfg}
         self.init_metrics(lambda: MetricCollection({"mae": MeanAbsoluteError()}))

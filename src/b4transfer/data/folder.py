@@ -12,6 +12,7 @@ sub-folder names of the training folder. Hidden files and folders are ignored.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from b4transfer.data.images import IMG_EXTENSIONS
 from b4transfer.data.splits import (
@@ -131,21 +132,16 @@ def _check_layout(root: Path) -> None:
 
 
 def scan_folder(
-    root: str | Path | None,
-    *,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    on_bad_image: str = "skip",
+    root: str | Path | None, **split: Any
 ) -> DatasetSplits:
     """Read an image-folder dataset into train/val(/test) splits.
 
     Args:
         root: Dataset folder (see the module docstring for the layouts).
-        val_fraction: Share of each class held out for validation when there is no
-            ``val/`` folder.
-        seed: Seed of that split.
-        on_bad_image: ``"skip"``: leave unreadable images out (counted in
-            ``DatasetSplits.skipped``); ``"error"``: raise at start-up.
+        **split: The :class:`~b4transfer.data.splits.SplitOptions`: ``val_fraction`` (share of each class
+            held out for validation when there is no ``val/`` folder), ``seed`` (of that split) and
+            ``on_bad_image`` (``"skip"``: leave unreadable images out, counted in
+            ``DatasetSplits.skipped``; ``"error"``: raise at start-up).
 
     Returns:
         The dataset splits.
@@ -155,7 +151,7 @@ def scan_folder(
         ValueError: An empty root/class folder, fewer than two classes, bad options.
         ImageLoadError: ``on_bad_image="error"`` and an image is unreadable.
     """
-    options = SplitOptions(val_fraction, seed, on_bad_image)
+    options = SplitOptions(**split)
     path = _check_root(root)
     _check_layout(path)
     train_dir = path / "train" if (path / "train").is_dir() else path

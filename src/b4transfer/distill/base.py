@@ -9,7 +9,6 @@ teacher's logits for the student's batch); :meth:`Distillation.training_splits` 
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -74,7 +73,7 @@ class Distillation:
         """``module`` (built for ``splits`` as a training run builds it) as a student of the teacher, with
         the same weights; refuses a teacher with other classes than the data."""
         self.order = class_order(self.spec, splits.class_names)
-        accepted = inspect.signature(type(module).__init__).parameters
+        accepted = type(module).init_arguments()
         kwargs = {k: v for k, v in module.hparams.items() if k in accepted and k != "backbone"}
         settings = {"alpha": self.settings.alpha, "temperature": self.settings.temperature,
                     "teacher": str(self.spec.path)}

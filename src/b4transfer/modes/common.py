@@ -17,10 +17,23 @@ from b4transfer.compose import format_override
 from b4transfer.config import conf_default, plain
 from b4transfer.data.kfold import check_kfold, fold_splits
 from b4transfer.errors import UserError
+from b4transfer.runs import resolve_ckpt
 from b4transfer.settings import ExportSettings, given_keys
 from b4transfer.tasks.base import EXPORT_FORMATS, Task, TaskModule
 
 log = logging.getLogger(__name__)
+
+
+def checkpoint_task(cfg: DictConfig) -> tuple[str, TaskModule, Task]:
+    """A checkpoint mode's start: the checkpoint ``cfg.ckpt_path`` (required), the module rebuilt from it and
+    its task, with the run's config checked for that task and a warning for each ignored ``data`` key
+    (:func:`warn_ignored_data`)."""
+    ckpt = resolve_ckpt(cfg, required=True)
+    module = tasks.load_module(ckpt)
+    task = tasks.get(module.task_name)
+    task.check_config(cfg)
+    warn_ignored_data(cfg, module, ckpt)
+    return ckpt, module, task
 
 
 def build_splits(cfg: DictConfig, task: Task, *, source: str = "") -> Any:

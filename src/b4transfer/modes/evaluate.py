@@ -10,10 +10,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from b4transfer import tasks
 from b4transfer.errors import UserError
-from b4transfer.modes.common import build_splits, scalars, warn_ignored_data
-from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
+from b4transfer.modes.common import build_splits, checkpoint_task, scalars
+from b4transfer.runs import prepare_run_dir, write_summary
 from b4transfer.runtime import tta
 from b4transfer.runtime.choice import Choice, choose, requested
 from b4transfer.training.trackers import finish_trackers
@@ -22,11 +21,7 @@ from b4transfer.training.trainer import build_trainer
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Validate or test the checkpoint ``cfg.ckpt_path`` on ``cfg.data`` (val, or the test split)."""
-    ckpt = resolve_ckpt(cfg, required=True)
-    module = tasks.load_module(ckpt)
-    task = tasks.get(module.task_name)
-    task.check_config(cfg)
-    warn_ignored_data(cfg, module, ckpt)
+    ckpt, module, task = checkpoint_task(cfg)
     run_dir = prepare_run_dir(cfg)
     splits = build_splits(cfg, task, source=f" (the checkpoint {ckpt} is a task={task.name} model)")
     if list(splits.class_names) != module.class_names:

@@ -9,21 +9,16 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from b4transfer import tasks
 from b4transfer.errors import UserError
-from b4transfer.modes.common import build_splits, export_all, export_formats, warn_ignored_data
+from b4transfer.modes.common import build_splits, checkpoint_task, export_all, export_formats
 from b4transfer.modes.parity import check_parity
-from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
+from b4transfer.runs import prepare_run_dir, write_summary
 from b4transfer.tasks.base import step_setting
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export the checkpoint ``cfg.ckpt_path`` in every ``export.format`` its task supports."""
-    ckpt = resolve_ckpt(cfg, required=True)
-    module = tasks.load_module(ckpt)
-    task = tasks.get(module.task_name)
-    task.check_config(cfg)
-    warn_ignored_data(cfg, module, ckpt)
+    ckpt, module, task = checkpoint_task(cfg)
     formats = export_formats(cfg, task)
     parity = step_setting(cfg, "parity") is True
     splits = None

@@ -16,7 +16,7 @@ from b4transfer import tasks
 from b4transfer.data.images import IMG_EXTENSIONS, images_under
 from b4transfer.data.splits import Sample, drop_unreadable, shown
 from b4transfer.errors import UserError, UserFileNotFoundError
-from b4transfer.modes.common import warn_ignored_data
+from b4transfer.modes.common import checkpoint_task, warn_ignored_data
 from b4transfer.runs import prepare_run_dir, resolve_ckpt, write_summary
 from b4transfer.runtime import tta
 from b4transfer.runtime.choice import choose, requested
@@ -59,11 +59,7 @@ def readable_images(source: str | Path | None) -> tuple[list[Path], int]:
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """``mode=predict``: the checkpoint's task writes its predictions for ``predict.input``."""
-    ckpt = resolve_ckpt(cfg, required=True)
-    module = tasks.load_module(ckpt)
-    task = tasks.get(module.task_name)
-    task.check_config(cfg)
-    warn_ignored_data(cfg, module, ckpt)
+    ckpt, module, task = checkpoint_task(cfg)
     paths, skipped = readable_images(cfg.predict.input)
     run_dir = prepare_run_dir(cfg)
     summary = {"mode": "predict", "task": task.name, "checkpoint": ckpt, "images": len(paths),

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from b4transfer.errors import NotSupportedError, UserError, UserTypeError
-from b4transfer.settings.data import CocoFiles, DataSettings, DenseAugment
+from b4transfer.settings.data import DataSettings, DenseDataSettings
 from b4transfer.settings.model import ModelSettings
 from b4transfer.settings.outputs import DistillSettings, ExportSettings
 from b4transfer.settings.run import PluginSettings, RunSettings
@@ -29,7 +29,7 @@ from b4transfer.settings.training import EmaSettings, OptimSettings, SchedulerSe
 # The other groups' schemas: b4transfer.settings.training (trainer, strategy, finetune, checkpoint, ...) and
 # b4transfer.settings.outputs (predict, push, calibrate, errors, audit).
 __all__ = [
-    "MISSING", "CocoFiles", "DataSettings", "DenseAugment", "DistillSettings", "EmaSettings",
+    "MISSING", "DataSettings", "DenseDataSettings", "DistillSettings", "EmaSettings",
     "ExportSettings", "ModelSettings", "OptimSettings", "PluginSettings", "RunSettings", "SchedulerSettings",
     "Schema", "absent", "dotted_fields", "field_type", "given", "given_keys", "schema_of", "takes_new_keys",
     "validate",

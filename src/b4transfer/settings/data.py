@@ -44,3 +44,11 @@ class DenseAugment(Schema):
     hflip: float = given()  # horizontal flip probability
     scale: list[float] = given()  # [low, high] scale jitter; [1, 1]: off
     color_jitter: float = given()  # 0: off
+
+
+@dataclass
+class DenseDataSettings(DataSettings, CocoFiles):
+    """The data of the tasks that letterbox their images onto a canvas (boxes or masks follow): every
+    source's keys, ``data=coco``'s files, and their augment."""
+
+    augment: DenseAugment = given()

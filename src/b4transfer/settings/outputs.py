@@ -61,18 +61,23 @@ class PushSettings(Schema):
 
 
 @dataclass
-class CalibrateSettings(Schema):
+class StepSettings(Schema):
+    """A step after training, on the validation split (:data:`b4transfer.tasks.base.STEPS`)."""
+
+    enabled: bool | None = given()  # null: where the task implements it (its Task.steps)
+
+
+@dataclass
+class CalibrateSettings(StepSettings):
     """Calibration after training, on the validation split."""
 
-    enabled: bool | None = given()
     bins: int = given()
 
 
 @dataclass
-class ErrorsSettings(Schema):
+class ErrorsSettings(StepSettings):
     """Error analysis after training, on the validation split."""
 
-    enabled: bool | None = given()
     gallery: int = given()
 
 

@@ -32,7 +32,6 @@ its metric update and its metric logging (see the class docstring for the list).
 
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 from typing import Any, ClassVar
@@ -111,7 +110,9 @@ class Task:
         runtime_adapter: How its exports run in place of its module (``predict.runtime``, a
             :class:`~b4transfer.runtime.choice.RuntimeAdapter`); ``None``: prediction runs in PyTorch.
         schema: The schema of its config (:mod:`b4transfer.settings`: the shared keys plus its ``data``,
-            ``head`` and ``loss``), checked once after composition; the default checks the shared keys only.
+            ``head`` and ``loss``), checked once after composition: its module's
+            (:attr:`TaskModule.schema`, which types the same groups in a checkpoint's hyper-parameters); a
+            module without one: the shared keys only.
     """
 
     name: ClassVar[str] = ""
@@ -128,7 +129,11 @@ class Task:
     steps: ClassVar[tuple[str, ...]] = ()
     runtime_adapter: ClassVar[Any] = None
     why_not: ClassVar[dict[str, str]] = {}
-    schema: ClassVar[type[RunSettings]] = PluginSettings
+
+    @property
+    def schema(self) -> type[RunSettings]:
+        """The schema of its config (see the class docstring): its module's, else :class:`PluginSettings`."""
+        return self.module_class.schema or PluginSettings
 
     # ------------------------------------------------------------------ what it supports
     def refuse(self, kind: str, value: Any, supported: tuple[str, ...]) -> None:
@@ -198,7 +203,7 @@ class Task:
 
     def load_module(self, hparams: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> TaskModule:
         """Rebuild the module from a checkpoint's hyper-parameters (random init, then its weights)."""
-        accepted = inspect.signature(self.module_class.__init__).parameters
+        accepted = self.module_class.init_arguments()
         kwargs = {k: v for k, v in hparams.items() if k in accepted}
         kwargs["model"] = {**hparams["model"], "pretrained": False, "weights": None}
         module = self.module_class(**kwargs)

@@ -42,11 +42,11 @@ class TaskModule(L.LightningModule):
     What a task's module writes (a subclass):
 
     - ``__init__``: keyword arguments holding everything needed to rebuild it (a checkpoint holds no
-      config: ``class_names``, ``model``, ``head``, ``loss``, ``optim``, ``scheduler``, ``data`` as plain
-      dicts, and ``backbone``), then :meth:`init_task` (hyper-parameters saved, ``self.settings`` typed by
-      :attr:`schema`, ``self.class_names``, ``self.backbone`` at :meth:`feature_strides`), then
-      ``self.head``, ``self.data_config`` (``{"train": ..., "eval": ...}`` timm data configs) and, if it
-      has metrics, :meth:`init_metrics`.
+      config): its own (e.g. ``loss``, ``calibration``, as plain values) and ``**shared``, the arguments
+      every task takes (see Args), passed to ``super().__init__(**shared)`` (hyper-parameters saved: all
+      the arguments of both, ``self.settings`` typed by :attr:`schema`, ``self.class_names``,
+      ``self.backbone`` at :meth:`feature_strides`); then ``self.head``, ``self.data_config``
+      (``{"train": ..., "eval": ...}`` timm data configs) and, if it has metrics, :meth:`init_metrics`.
     - ``forward(inputs)``: its outputs for a batch's inputs, as the validation step reads them
       (e.g. logits, or boxes).
     - :meth:`tta_forward`, if its task lists ``tta_modes``: the same kind of outputs, merged over the
@@ -67,10 +67,20 @@ class TaskModule(L.LightningModule):
     it
     must not own the backbone's parameters a second time. What it computes is the task's own business.
     ``hparams.optim`` and ``hparams.scheduler`` configure :meth:`configure_optimizers`.
+
+    Args:
+        class_names: label names, index = class id.
+        model: backbone settings: ``name``, ``pretrained``, ``weights``, ``drop_path_rate``, ...
+        head: the task's head settings (typed by :attr:`schema`).
+        optim: ``name``, ``lr``, ``weight_decay``, ``backbone_lr_mult`` and timm optimizer kwargs.
+        scheduler: ``name``, ``warmup_epochs`` and timm scheduler kwargs; ``None`` for a constant LR.
+        data: the :attr:`data_keys` the module is built with (e.g. ``image_size``, ``mean``, ``std``).
+        backbone: an already built backbone (as :meth:`feature_strides` asks, from ``model``); lets a run
+            check the weights before it scans the data. Not a hyper-parameter.
     """
 
     task_name: ClassVar[str] = ""
-    # The task's config schema (Task.schema): types the head, loss and data hyper-parameters
+    # The task's config schema (Task.schema reads it): types the head, loss and data hyper-parameters
     schema: ClassVar[type[RunSettings] | None] = None
     # The data.* keys the module is built with (kept in its hyper-parameters' data): a checkpoint mode
     # rebuilds the module with the checkpoint's, whatever the config says (b4transfer.modes.common)
@@ -86,20 +96,45 @@ class TaskModule(L.LightningModule):
         return int(self.data_config["eval"]["input_size"][-1])
 
     # ------------------------------------------------------------------ building
-    def init_task(self, *, class_names: Sequence[str], backbone: nn.Module | None) -> ModuleSettings:
-        """The start of every task module's ``__init__`` (after ``super().__init__()``): its arguments
-        saved as the hyper-parameters (all but ``backbone``), the task's name and weights origin added
-        (:meth:`remember_task`), the typed settings (:attr:`settings`), ``self.class_names``, and
+    def __init__(
+        self,
+        *,
+        class_names: Sequence[str],
+        model: dict[str, Any],
+        head: dict[str, Any] | None = None,
+        optim: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+        backbone: nn.Module | None = None,
+    ) -> None:
+        """The start of every task module's ``__init__``: the arguments of this and of the task's
+        ``__init__`` saved as the hyper-parameters (all but ``backbone``), the task's name and weights origin
+        added (:meth:`remember_task`), the typed settings (:attr:`settings`), ``self.class_names``, and
         ``self.backbone``: ``backbone`` if given (built already, e.g. to check the weights before the data
-        scan), else built from ``model`` at :meth:`feature_strides`. Returns the typed settings."""
-        self.save_hyperparameters(ignore=["backbone"], frame=inspect.currentframe().f_back)
+        scan), else built from ``model`` at :meth:`feature_strides`."""
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"])  # Lightning reads the subclasses' __init__ too
         self.remember_task()
         settings = self.settings
         self.class_names = list(class_names)
         self.backbone = backbone if backbone is not None else build_backbone(
             settings.model, self.feature_strides(settings)
         )
-        return settings
+
+    @classmethod
+    def init_arguments(cls) -> set[str]:
+        """The keyword arguments ``cls(...)`` takes: its ``__init__``'s and, through ``**kwargs``, those
+        of the classes it extends (a checkpoint's hyper-parameters hold these and records such as
+        ``task``)."""
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            if "__init__" not in vars(klass):
+                continue
+            params = list(inspect.signature(klass.__init__).parameters.values())[1:]  # after self
+            names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+        return names
 
     @classmethod
     def data_settings(cls, data: Any) -> dict[str, Any]:

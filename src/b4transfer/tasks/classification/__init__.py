@@ -33,7 +33,6 @@ from b4transfer.tasks.classification.parity import export_int8, export_openvino,
 from b4transfer.tasks.classification.predict import write_embeddings, write_predictions
 from b4transfer.tasks.classification.results import classify_images
 from b4transfer.tasks.classification.runtime import ADAPTER as RUNTIME_ADAPTER
-from b4transfer.tasks.classification.settings import ClassificationSettings
 from b4transfer.training.class_weights import check_class_weights
 from b4transfer.training.devices import split_lr_scaling
 
@@ -74,7 +73,6 @@ class ClassificationTask(Task):
     """Image classification: ``DatasetSplits`` data, ``val/acc1``, timm and ONNX exports, every mode."""
 
     name = "classification"
-    schema = ClassificationSettings
     splits_type = DatasetSplits
     data_hint = "data=folder, data=csv or data=demo"
     monitor = "val/acc1"

@@ -28,21 +28,16 @@ class ClassificationModule(TaskModule):
     """Fine-tunes a pretrained timm backbone with a classification head.
 
     Args:
-        class_names: label names, index = class id.
-        model: backbone settings: ``name``, ``pretrained``, ``weights``, ``drop_path_rate``, ``drop_rate``
-            (the latter is the head's dropout).
-        head: head settings: ``label_smoothing``.
         loss: ``name`` (``ce`` or ``focal``), ``gamma``, ``class_weights`` (resolved: one per class, or
             ``None``); see :mod:`b4transfer.tasks.classification.losses`.
-        optim: ``name``, ``lr``, ``weight_decay``, ``backbone_lr_mult`` and timm optimizer kwargs.
-        scheduler: ``name``, ``warmup_epochs`` and timm scheduler kwargs; ``None`` for a constant LR.
-        data: overrides of the backbone's pretrained data config (``image_size``, ``eval_image_size``,
-            ``crop_pct``, ...); the resolved ``{"train": ..., "eval": ...}`` is ``self.data_config``.
         multi_label: several labels per image.
         calibration: fitted on validation after training (see ``calibration.py``):
             ``{"temperature": T}`` (single-label) or ``{"thresholds": [...]}`` (multi-label); ``None``: none.
-        backbone: an already built backbone (from :func:`build_backbone` with the same ``model``);
-            lets a run check the weights before it scans the data.
+        **shared: :class:`~b4transfer.tasks.base.TaskModule`'s: ``class_names``, ``model`` (its
+            ``drop_rate`` is the head's dropout), ``head`` (``label_smoothing``), ``optim``, ``scheduler``,
+            ``data`` (overrides of the backbone's pretrained data config: ``image_size``,
+            ``eval_image_size``, ``crop_pct``, ...; the resolved ``{"train": ..., "eval": ...}`` is
+            ``self.data_config``) and ``backbone`` (from :func:`build_backbone` with the same ``model``).
     """
 
     task_name = "classification"
@@ -50,25 +45,15 @@ class ClassificationModule(TaskModule):
     data_keys = ("image_size", "eval_image_size", "crop_pct", "eval_crop_pct", "interpolation", "mean", "std")
 
     def __init__(
-        self,
-        *,
-        class_names: list[str],
-        model: dict[str, Any],
-        head: dict[str, Any] | None = None,
-        loss: dict[str, Any] | None = None,
-        optim: dict[str, Any] | None = None,
-        scheduler: dict[str, Any] | None = None,
-        data: dict[str, Any] | None = None,
-        multi_label: bool = False,
-        calibration: dict[str, Any] | None = None,
-        backbone: torch.nn.Module | None = None,
+        self, *, loss: dict[str, Any] | None = None, multi_label: bool = False,
+        calibration: dict[str, Any] | None = None, **shared: Any,
     ) -> None:
-        super().__init__()
-        settings = self.init_task(class_names=class_names, backbone=backbone)
+        super().__init__(**shared)
+        settings = self.settings
         loss_settings = kwargs_of(settings.loss)
         self.head = ClassificationHead(
             self.backbone.num_features,
-            len(class_names),
+            len(self.class_names),
             drop_rate=settings.model.drop_rate or 0.0,
             multi_label=multi_label,
             **kwargs_of(settings.head),

@@ -26,7 +26,6 @@ from b4transfer.tasks.detection.parity import export_int8, export_openvino, scor
 from b4transfer.tasks.detection.predict import write_detections
 from b4transfer.tasks.detection.results import detect_images
 from b4transfer.tasks.detection.runtime import ADAPTER as RUNTIME_ADAPTER
-from b4transfer.tasks.detection.settings import DetectionSettings
 from b4transfer.tasks.detection.slicing import check_slice
 from b4transfer.training.devices import split_lr_scaling
 
@@ -51,7 +50,6 @@ class DetectionTask(Task):
     exports."""
 
     name = "detection"
-    schema = DetectionSettings
     splits_type = DetectionSplits
     data_hint = "data=coco, data=yolo or data=demo_detection"
     monitor = "val/map"

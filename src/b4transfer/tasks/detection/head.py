@@ -307,29 +307,19 @@ class DetectionHead(nn.Module):
     Args:
         body: The timm ``features_only`` model (``DetectionModule.backbone``).
         num_classes: Object classes; labels are ``0..num_classes-1`` in and out, for every detector.
-        image_size: Letterbox canvas side.
-        image_mean: Normalisation mean.
-        image_std: Normalisation std.
         feature_strides: The strides ``body`` was built for (checked against its ``feature_info``).
-        own_body: See :class:`FeaturePyramidBackbone`.
-        **settings: :func:`build_detector` settings (``detector``, ``fpn_channels``, ``anchor_sizes``,
-            ``aspect_ratios``, ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``detector_kwargs``,
-            ``head_norm``, ``box_loss``).
+        own_body: See :class:`FeaturePyramidBackbone` (here ``False``: the body stays the module's).
+        **settings: What :func:`build_detector` takes besides those: ``image_size`` (letterbox canvas
+            side), ``image_mean`` and ``image_std`` (normalisation), all three required; ``detector``,
+            ``fpn_channels``, ``anchor_sizes``, ``aspect_ratios``, ``score_thresh``, ``nms_thresh``,
+            ``detections_per_img``, ``detector_kwargs``, ``head_norm``, ``box_loss``.
     """
 
     multi_label = False
 
     def __init__(
-        self,
-        body: nn.Module,
-        num_classes: int,
-        *,
-        image_size: int,
-        image_mean: Sequence[float],
-        image_std: Sequence[float],
-        feature_strides: Sequence[int] | None = None,
-        own_body: bool = False,
-        **settings: Any,
+        self, body: nn.Module, num_classes: int, *, feature_strides: Sequence[int] | None = None,
+        own_body: bool = False, **settings: Any,
     ) -> None:
         super().__init__()
         if feature_strides is not None and list(feature_strides) != feature_reductions(body):
@@ -340,15 +330,7 @@ class DetectionHead(nn.Module):
         self.num_classes = num_classes
         self.detector_name = settings.get("detector", "retinanet")
         self.label_offset = 1 if self.detector_name == "faster_rcnn" else 0  # its class 0 is background
-        self.detector = build_detector(
-            body,
-            num_classes,
-            image_size=image_size,
-            image_mean=image_mean,
-            image_std=image_std,
-            own_body=own_body,
-            **settings,
-        )
+        self.detector = build_detector(body, num_classes, own_body=own_body, **settings)
 
     @property
     def fpn(self) -> FeaturePyramidNetwork:

@@ -36,16 +36,13 @@ class DetectionModule(TaskModule):
     """Fine-tunes a pretrained timm backbone as the body of a torchvision detector.
 
     Args:
-        class_names: object class names, index = label.
-        model: backbone settings (``name``, ``pretrained``, ``weights``, ``drop_path_rate``).
-        head: :class:`~b4transfer.tasks.detection.head.DetectionHead` settings, plus ``feature_strides``.
-        optim: optimizer settings (see :class:`~b4transfer.tasks.base.TaskModule`).
-        scheduler: scheduler settings; ``None`` for a constant LR.
-        data: ``image_size`` (the letterbox side), ``mean``, ``std``.
         category_ids: the data source's id of each class, for COCO results JSON.
         calibration: ``{"score_thresholds": {class: threshold}}`` chosen on validation after training
             (see ``calibration.py``), applied by predict; ``None``: ``predict.draw_score_thresh``.
-        backbone: an already built ``features_only`` backbone (from
+        **shared: :class:`~b4transfer.tasks.base.TaskModule`'s: ``class_names`` (object classes, index =
+            label), ``model``, ``head`` (:class:`~b4transfer.tasks.detection.head.DetectionHead` settings,
+            plus ``feature_strides``), ``optim``, ``scheduler``, ``data`` (``image_size``: the letterbox
+            side, ``mean``, ``std``) and ``backbone`` (a ``features_only`` one, from
             :func:`~b4transfer.tasks.base.build_backbone` with the same ``model`` and strides).
     """
 
@@ -54,29 +51,20 @@ class DetectionModule(TaskModule):
     data_keys = ("image_size", "mean", "std")  # the letterbox side and the normalisation
 
     def __init__(
-        self,
-        *,
-        class_names: list[str],
-        model: dict[str, Any],
-        head: dict[str, Any] | None = None,
-        optim: dict[str, Any] | None = None,
-        scheduler: dict[str, Any] | None = None,
-        data: dict[str, Any] | None = None,
-        category_ids: list[int] | None = None,
-        calibration: dict[str, Any] | None = None,
-        backbone: torch.nn.Module | None = None,
+        self, *, category_ids: list[int] | None = None, calibration: dict[str, Any] | None = None,
+        **shared: Any,
     ) -> None:
-        super().__init__()
-        settings = self.init_task(class_names=class_names, backbone=backbone)
+        super().__init__(**shared)
+        settings = self.settings
         self.data_config = canvas_data_config(self.backbone, kwargs_of(settings.data))  # one letterbox size
         eval_cfg = self.data_config["eval"]
-        ids = list(range(len(class_names))) if category_ids is None else [int(i) for i in category_ids]
+        ids = list(range(len(self.class_names))) if category_ids is None else [int(i) for i in category_ids]
         if len(ids) != len(self.class_names):
             raise UserError(f"category_ids {ids} must give one id per class name {self.class_names}.")
         self.category_ids = ids
         self.head = DetectionHead(
             self.backbone,
-            len(class_names),
+            len(self.class_names),
             image_size=self.image_size,
             image_mean=eval_cfg["mean"],
             image_std=eval_cfg["std"],

@@ -4,14 +4,13 @@ and the demo) and ``head`` (``conf/task/detection.yaml``)."""
 from dataclasses import dataclass
 from typing import Any
 
-from b4transfer.settings import CocoFiles, DataSettings, DenseAugment, RunSettings, Schema, given
+from b4transfer.settings import DenseDataSettings, RunSettings, Schema, given
 
 
 @dataclass
-class DetectionDataSettings(DataSettings, CocoFiles):
+class DetectionDataSettings(DenseDataSettings):
     """Boxes: COCO instances JSON, the YOLO layout, or the generated demo."""
 
-    augment: DenseAugment = given()
     names_file: str | None = given()  # data=yolo
 
 

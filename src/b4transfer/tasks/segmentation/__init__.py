@@ -27,7 +27,6 @@ from b4transfer.tasks.segmentation.module import SegmentationModule, build_featu
 from b4transfer.tasks.segmentation.predict import write_masks
 from b4transfer.tasks.segmentation.results import segment_images
 from b4transfer.tasks.segmentation.runtime import ADAPTER as RUNTIME_ADAPTER
-from b4transfer.tasks.segmentation.settings import SegmentationSettings
 from b4transfer.training.class_weights import check_class_weights
 from b4transfer.training.devices import split_lr_scaling
 
@@ -51,7 +50,6 @@ class SegmentationTask(Task):
     """Semantic segmentation: ``MaskSplits`` data, ``val/miou``, weights + config.json and ONNX exports."""
 
     name = "segmentation"
-    schema = SegmentationSettings
     splits_type = MaskSplits
     data_hint = "data=seg_folder, data=voc_seg, data=coco or data=demo_segmentation"
     monitor = "val/miou"

@@ -45,17 +45,14 @@ class SegmentationModule(TaskModule):
     """Fine-tunes a pretrained timm backbone with a semantic FPN or U-Net decoder.
 
     Args:
-        class_names: Class names, index = mask value.
-        model: Backbone settings (``name``, ``pretrained``, ``weights``, ``drop_path_rate``).
-        head: ``decoder`` (fpn | unet), ``feature_strides``, ``fpn_channels``, ``seg_channels``,
-            ``decoder_channels``, ``dropout``.
         loss: ``class_weights`` (resolved: one per class, or ``None``) and ``dice_weight``.
-        optim: Optimizer settings (see :class:`~b4transfer.tasks.base.TaskModule`).
-        scheduler: Scheduler settings; ``None`` for a constant LR.
-        data: ``image_size`` (canvas side, train and eval), ``mean``, ``std``, ``resize``.
         ignore_index: Mask value of pixels to ignore.
         palette: RGB colour per class (figures, written masks); ``None``: the VOC colour map.
-        backbone: An already built backbone (from :func:`build_feature_backbone` with the same ``head``).
+        **shared: :class:`~b4transfer.tasks.base.TaskModule`'s: ``class_names`` (index = mask value),
+            ``model``, ``head`` (``decoder``: fpn | unet, ``feature_strides``, ``fpn_channels``,
+            ``seg_channels``, ``decoder_channels``, ``dropout``), ``optim``, ``scheduler``, ``data``
+            (``image_size``: canvas side, train and eval, ``mean``, ``std``, ``resize``) and ``backbone``
+            (from :func:`build_feature_backbone` with the same ``head``).
     """
 
     task_name = "segmentation"
@@ -63,27 +60,18 @@ class SegmentationModule(TaskModule):
     data_keys = ("image_size", "mean", "std", "resize")  # the canvas side, the normalisation, the eval fit
 
     def __init__(
-        self,
-        *,
-        class_names: list[str],
-        model: dict[str, Any],
-        head: dict[str, Any] | None = None,
-        loss: dict[str, Any] | None = None,
-        optim: dict[str, Any] | None = None,
-        scheduler: dict[str, Any] | None = None,
-        data: dict[str, Any] | None = None,
-        ignore_index: int = IGNORE_INDEX,
-        palette=None,
-        backbone: torch.nn.Module | None = None,
+        self, *, loss: dict[str, Any] | None = None, ignore_index: int = IGNORE_INDEX, palette=None,
+        **shared: Any,
     ) -> None:
-        super().__init__()
-        settings = self.init_task(class_names=class_names, backbone=backbone)
-        self.head = build_head(self.backbone, len(class_names), kwargs_of(settings.head))
+        super().__init__(**shared)
+        settings = self.settings
+        classes = len(self.class_names)
+        self.head = build_head(self.backbone, classes, kwargs_of(settings.head))
         self.data_config = canvas_data_config(self.backbone, kwargs_of(settings.data))  # one canvas size
         eval_cfg = self.data_config["eval"]
         self.resize = (settings.data and settings.data.resize) or "letterbox"
         self.ignore_index = int(ignore_index)
-        self.palette = [tuple(c) for c in (palette or default_palette(len(class_names)))]
+        self.palette = [tuple(c) for c in (palette or default_palette(classes))]
         loss = kwargs_of(settings.loss)
         self.criterion = SegmentationLoss(
             ignore_index=self.ignore_index,
@@ -92,7 +80,7 @@ class SegmentationModule(TaskModule):
         )
         self.register_buffer("mean", torch.tensor(eval_cfg["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(eval_cfg["std"]).view(1, -1, 1, 1), persistent=False)
-        self.init_metrics(lambda: build_metrics(len(class_names), self.ignore_index))
+        self.init_metrics(lambda: build_metrics(classes, self.ignore_index))
         self._shown: list[tuple] = []
 
     def feature_strides(self, settings: ModuleSettings) -> list[int]:

@@ -4,14 +4,13 @@ voc_seg, coco and the demo), ``head`` and ``loss`` (``conf/task/segmentation.yam
 from dataclasses import dataclass
 from typing import Any
 
-from b4transfer.settings import CocoFiles, DataSettings, DenseAugment, RunSettings, Schema, given
+from b4transfer.settings import DenseDataSettings, RunSettings, Schema, given
 
 
 @dataclass
-class MaskDataSettings(DataSettings, CocoFiles):
+class MaskDataSettings(DenseDataSettings):
     """Per-pixel classes: image + mask folders, Pascal VOC, COCO rendered to masks, or the demo."""
 
-    augment: DenseAugment = given()
     resize: str = given()  # letterbox | stretch
     ignore_index: int = given()
     palette: list[list[int]] | None = given()  # data=seg_folder: RGB masks

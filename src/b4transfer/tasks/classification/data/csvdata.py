@@ -13,6 +13,7 @@ import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from b4transfer.data.splits import (
     DatasetSplits,
@@ -167,10 +168,8 @@ def read_csv(
     multi_label: bool = False,
     label_delimiter: str = " ",
     class_names: list[str] | None = None,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    on_bad_image: str = "skip",
     conflicting_labels: str = "error",
+    **split: Any,
 ) -> DatasetSplits:
     """Read a CSV of image paths and labels into train/val(/test) splits.
 
@@ -183,9 +182,9 @@ def read_csv(
         multi_label: Read several labels per row; targets become tuples of indices.
         label_delimiter: Separator of labels in multi-label rows (``" "``: any whitespace).
         class_names: The classes, in index order; ``None``: the sorted labels found.
-        val_fraction: Share of each class held out when there are no val rows.
-        seed: Seed of that split.
-        on_bad_image: ``"skip"`` or ``"error"`` for unreadable images.
+        **split: The :class:`~b4transfer.data.splits.SplitOptions`: ``val_fraction`` (share of each class
+            held out when there are no val rows), ``seed`` (of that split) and ``on_bad_image`` (``"skip"`` or
+            ``"error"`` for unreadable images).
         conflicting_labels: ``"error"``: refuse an image listed with different labels on several rows;
             ``"keep"``: keep every row.
 
@@ -197,7 +196,7 @@ def read_csv(
         ValueError: Bad header, row, label, split value, option, or fewer than two classes.
         ImageLoadError: ``on_bad_image="error"`` and an image is unreadable.
     """
-    options = SplitOptions(val_fraction, seed, on_bad_image)
+    options = SplitOptions(**split)
     path = _open_csv(csv_path)
     columns = {"path": path_column, "label": label_column, "split": split_column}
     rows = list(_iter_rows(path, columns, multi_label, label_delimiter))

@@ -6,6 +6,7 @@ assembled into :class:`~b4transfer.tasks.detection.data.splits.DetectionSplits` 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from b4transfer.data.coco import coco_files, read_coco
 from b4transfer.data.splits import SplitOptions
@@ -21,9 +22,7 @@ def coco_splits(
     val_images: str | Path | None = None,
     test_json: str | Path | None = None,
     test_images: str | Path | None = None,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    on_bad_image: str = "skip",
+    **split: Any,
 ) -> DetectionSplits:
     """Read a COCO dataset: the standard layout under ``root`` and/or explicit per-split files.
 
@@ -35,14 +34,14 @@ def coco_splits(
         val_images: Folder of the validation images.
         test_json: Test instances JSON (optional).
         test_images: Folder of the test images.
-        val_fraction: Share of training images held out when there is no validation file.
-        seed: Seed of that split.
-        on_bad_image: ``"skip"`` (count and warn) or ``"error"`` for unreadable images.
+        **split: The :class:`~b4transfer.data.splits.SplitOptions`: ``val_fraction`` (share of training
+            images held out when there is no validation file), ``seed`` (of that split) and ``on_bad_image``
+            (``"skip"``: count and warn, or ``"error"`` for unreadable images).
 
     Returns:
         The dataset splits; labels follow the training file's categories sorted by id.
     """
-    options = SplitOptions(val_fraction, seed, on_bad_image)
+    options = SplitOptions(**split)
     files = coco_files(root, train=(train_json, train_images), val=(val_json, val_images),
                        test=(test_json, test_images))
     names, ids, train, cleaner = read_coco(*files["train"], key="data.train_json")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -198,23 +199,21 @@ def yolo_splits(
     root: str | Path | None,
     *,
     names_file: str | Path | None = None,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    on_bad_image: str = "skip",
+    **split: Any,
 ) -> DetectionSplits:
     """Read a YOLO-layout dataset into train/val(/test) splits.
 
     Args:
         root: Folder with ``images/<split>/``, ``labels/<split>/`` and the class names file.
         names_file: A ``data.yaml`` (with ``names``) or ``classes.txt``; ``None``: found under ``root``.
-        val_fraction: Share of training images held out when there is no ``images/val``.
-        seed: Seed of that split.
-        on_bad_image: ``"skip"`` (count and warn) or ``"error"`` for unreadable images.
+        **split: The :class:`~b4transfer.data.splits.SplitOptions`: ``val_fraction`` (share of training
+            images held out when there is no ``images/val``), ``seed`` (of that split) and ``on_bad_image``
+            (``"skip"``: count and warn, or ``"error"`` for unreadable images).
 
     Returns:
         The dataset splits.
     """
-    options = SplitOptions(val_fraction, seed, on_bad_image)
+    options = SplitOptions(**split)
     if root in (None, ""):
         raise UserError("data=yolo needs data.root=DIR (with images/train and labels/train). Fix: set it.")
     root = Path(root).expanduser()

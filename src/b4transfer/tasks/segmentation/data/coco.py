@@ -18,6 +18,7 @@ import math
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -222,15 +223,14 @@ def coco_semantic_splits(
     val_images=None,
     test_json=None,
     test_images=None,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    on_bad_image: str = "skip",
     ignore_index: int = IGNORE_INDEX,
+    **split: Any,
 ) -> MaskSplits:
     """Read a COCO instances dataset as semantic masks (the files as
     :func:`~b4transfer.data.coco.coco_files` finds or takes them; ``ignore_index``: the mask value
-    ignored)."""
-    options = SplitOptions(val_fraction, seed, on_bad_image)
+    ignored; ``split``: the :class:`~b4transfer.data.splits.SplitOptions`, ``val_fraction``, ``seed`` and
+    ``on_bad_image``)."""
+    options = SplitOptions(**split)
     files = coco_files(
         root, train=(train_json, train_images), val=(val_json, val_images), test=(test_json, test_images)
     )

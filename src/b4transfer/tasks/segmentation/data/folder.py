@@ -16,6 +16,7 @@ index per pixel (8-bit ``L``, a palette PNG such as VOC's, or 16-bit), or colour
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -92,23 +93,21 @@ def _pairs(images_dir: Path, masks_dir: Path) -> list[MaskSample]:
 def seg_folder_splits(
     root: str | Path | None,
     *,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    on_bad_image: str = "skip",
     ignore_index: int = IGNORE_INDEX,
     palette=None,
+    **split: Any,
 ) -> MaskSplits:
     """Read an images/ + masks/ folder (see the module docstring).
 
     Args:
         root: Dataset root.
-        val_fraction: Share held out for validation when there is no val/ folder.
-        seed: Seed of that split.
-        on_bad_image: ``"skip"`` or ``"error"`` for unreadable images.
+        **split: The :class:`~b4transfer.data.splits.SplitOptions`: ``val_fraction`` (share held out for
+            validation when there is no val/ folder), ``seed`` (of that split) and ``on_bad_image``
+            (``"skip"`` or ``"error"`` for unreadable images).
         ignore_index: Mask value of pixels to ignore.
         palette: ``[[r, g, b], ...]`` class colours of RGB masks (wins over ``classes.yaml``'s).
     """
-    options = SplitOptions(val_fraction, seed, on_bad_image)
+    options = SplitOptions(**split)
     if root in (None, ""):
         raise UserError(f"data.root is not set. Fix: data.root=/path/to/dataset ({_LAYOUT}).")
     root = Path(root).expanduser()

@@ -12,6 +12,7 @@ at start-up, naming the list, the line and the missing file.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from b4transfer.data.splits import SplitOptions, shown
 from b4transfer.errors import UserError, UserFileNotFoundError
@@ -85,13 +86,12 @@ def _read_list(root: Path, split: str) -> list[MaskSample] | None:
 def voc_seg_splits(
     root: str | Path | None,
     *,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    on_bad_image: str = "skip",
     ignore_index: int = IGNORE_INDEX,
+    **split: Any,
 ) -> MaskSplits:
-    """Read a Pascal VOC segmentation set (see the module docstring)."""
-    options = SplitOptions(val_fraction, seed, on_bad_image)
+    """Read a Pascal VOC segmentation set (see the module docstring); ``split``: the
+    :class:`~b4transfer.data.splits.SplitOptions` (``val_fraction``, ``seed``, ``on_bad_image``)."""
+    options = SplitOptions(**split)
     if root in (None, ""):
         raise UserError("data.root is not set. Fix: data.root=/path/to/VOCdevkit/VOC2012.")
     root = _voc_root(Path(root).expanduser())
