@@ -65,7 +65,7 @@ BUILD = "python scripts/build_dev_sets.py --out DIR --which all"
 
 def cls_arms(image_size: int) -> dict[str, list[str] | str]:
     """Every classification arm: the overrides that flip one of the current defaults (conf/)."""
-    up = max(32, round(1.25 * image_size / 32) * 32)  # training resolution one step up (128 -> 160)
+    up = max(image_size + 32, round(1.25 * image_size / 32) * 32)  # one step up (128 -> 160)
     return {
         "defaults": [],
         NAIVE: NAIVE,
