@@ -214,11 +214,13 @@ def recipe_key(prefix: str, recipe: dict, data_root, **settings) -> str:
 def plain_run(
     data_root, *, weights, model_name, image_size, epochs, seed, recipe=None, threads: int | None = None
 ) -> dict:
-    """One run of :mod:`benchmarks.plain_detection` in a subprocess."""
-    return run_plain_loop(
+    """One run of :mod:`benchmarks.plain_detection` in a subprocess (``wall_s``: its training loop;
+    ``process_wall_s``: the whole process, as a library run's ``wall_s``)."""
+    result, wall = run_plain_loop(
         "benchmarks.plain_detection", data_root, threads, weights=weights, model=model_name,
         image_size=image_size, epochs=epochs, seed=seed, recipe=json.dumps(recipe or {}),
-    )[0]
+    )
+    return result | {"process_wall_s": round(wall, 1)}
 
 
 class RunCache:

@@ -149,15 +149,18 @@ def _details(record: dict) -> list[str]:
         lines.append(f"**{r['title']}** ({r['seconds']:.0f} s) — ratio: {r['ratio_kind'] or 'n/a'}")
         lines.append("")
         lines.append("- settings: " + ", ".join(f"`{k}={_fmt(v)}`" for k, v in r["settings"].items()))
-        extra = {k: v for k, v in r["extra"].items() if k not in ("rows", "arms", "per_seed")}
+        extra = {k: v for k, v in r["extra"].items() if k not in ("rows", "arms", "per_seed", "dev_suite")}
         if extra:
             lines.append("- measured: " + ", ".join(f"`{k}={_fmt(v)}`" for k, v in extra.items()))
         if r["library"]:
-            lines.append(f"- samples: library {r['library']['samples']}, baseline {r['baseline']['samples']}")
+            lines.append(f"- samples: library {r['library']['samples']}, "
+                         f"baseline {r['baseline'].get('samples', [])}")
         if "arms" in r["extra"]:
             lines += _per_epoch(r["extra"]["arms"])
         if "per_seed" in r["extra"]:
             lines += _time_to_accuracy(r["extra"]["per_seed"])
+        if "dev_suite" in r["extra"]:
+            lines += _dev_suite(r["extra"]["dev_suite"])
         if "rows" in r["extra"]:
             cuda = any("cuda_max_allocated_mib" in x for x in r["extra"]["rows"])
             lines += ["", "| kind | batch | size | images/s | s/batch | peak RSS MiB | RSS rise MiB |"
@@ -180,6 +183,54 @@ def _time_to_accuracy(seeds: list[dict]) -> list[str]:
         ratio = f"{s['ratio']:.3f}" if s["ratio"] is not None else ""
         lines.append(f"| {s['seed']} | {s['naive_acc1']:.4f} | {s['naive_s']:.1f} | "
                      f"{s['library_acc1']:.4f} | {s['library_s']:.1f} | {reached} | {ratio} |")
+    return lines
+
+
+_METRIC_NAMES = {"acc1": "val acc1", "map_50": "mAP@50", "map": "mAP"}
+
+
+def _dev_suite(d: dict) -> list[str]:
+    """The dev benchmark: per metric, arm x set (mean ± sd over seeds) and the choice rule's table."""
+    lines, sets, held, seeds = [], d["sets"], set(d["held_out"]), len(d["seeds"])
+    names = [f"{s} (held out)" if s in held else s for s in sets]
+    for metric, table in d["per_set"].items():
+        lines += ["", f"{_METRIC_NAMES.get(metric, metric)} per set (mean ± sd over seeds; * best on the "
+                  "set; s per run: mean wall seconds of one run):", "",
+                  "| arm | " + " | ".join(names) + " | s per run |", "|---|" + "---|" * (len(sets) + 1)]
+        best = {s: max((a[s]["mean"] for a in table.values() if s in a), default=None) for s in sets}
+        for arm, per_set in table.items():
+            row = [_dev_cell(per_set.get(s), best[s], seeds) for s in sets]
+            walls = [c["wall_s"] for c in per_set.values()]
+            lines.append(f"| {arm} | " + " | ".join(row) + f" | {sum(walls) / len(walls):.0f} |")
+        if d["choice"].get(metric):
+            lines += _dev_choice(d["choice"][metric], metric, d["verdicts"])
+    within = d.get("defaults_within_spread_of_best", {})
+    if within:
+        lines += ["", "Defaults best or within the seed spread of the best: "
+                  + ", ".join(f"{s} {'yes' if ok else '**no**'}" for s, ok in within.items()) + "."]
+    return lines
+
+
+def _dev_cell(cell: dict | None, best: float | None, seeds: int) -> str:
+    if cell is None:
+        return "—"
+    text = f"{cell['mean']:.3f} ± {cell['sd']:.3f}" + ("*" if cell["mean"] == best else "")
+    return text + (f" ({cell['n']}/{seeds} seeds)" if cell["n"] < seeds else "")
+
+
+def _dev_choice(choice: dict, metric: str, verdicts: dict) -> list[str]:
+    held = ", ".join(choice["held_out"]) or "none"
+    lines = ["", f"Choice rule on {_METRIC_NAMES.get(metric, metric)} against `{choice['baseline_arm']}` "
+             f"(voting: {', '.join(choice['voting_sets'])}; held out: {held}):", "",
+             "| arm | wins / ties / losses | mean gain | mean gain / spread | mean rank | held out w / t / l "
+             "| verdict (this metric) | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for arm, row in choice["arms"].items():
+        h = row["held_out"]
+        gain = "" if row["mean_gain"] is None else f"{row['mean_gain']:+.4f}"
+        norm = "" if row["mean_norm_gain"] is None else f"{row['mean_norm_gain']:+.2f}"
+        lines.append(f"| {arm} | {row['wins']} / {row['ties']} / {row['losses']} | {gain} | {norm} | "
+                     f"{row['mean_rank']} | {h['wins']} / {h['ties']} / {h['losses']} | {row['verdict']} | "
+                     f"{verdicts.get(arm, '')} |")
     return lines
 
 

@@ -7,7 +7,9 @@ model: checks the harness, the numbers mean nothing). ``--suite gpu`` without a 
 a result file saying so and exits 0. ``--suite accuracy`` trains on real images with real weights
 (``--det-data DIR --seg-data DIR --cls-data DIR --weights FILE``, see ``scripts/build_real_sets.py``):
 hours on 2 CPU cores, so its finished runs are kept in ``--cache`` (shared with
-``scripts/detection_study.py``) and reused.
+``scripts/detection_study.py``) and reused. ``dev_classification``, ``dev_classification_10ep`` and
+``dev_detection`` run the multi-dataset dev benchmark (``--dev-root DIR --weights FILE``,
+``benchmarks/bench_dev_suite.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from benchmarks import (
     bench_cache,
     bench_detection,
     bench_detection_accuracy,
+    bench_dev_suite,
     bench_distill,
     bench_inference,
     bench_pipeline,
@@ -162,16 +165,26 @@ _TIME_TO_ACCURACY = dict(model="tf_efficientnet_lite1", image_size=224, epochs=5
 _DISTILL = dict(teacher_model="tf_efficientnet_lite1", student_model="tf_efficientnet_lite0", image_size=160,
                 epochs=5, seeds=[0, 1, 2], teacher_image_size=224, teacher_epochs=8, teacher_seed=0,
                 distill_settings=[[0.5, 4.0], [0.9, 4.0], [0.5, 2.0]])
+# The multi-dataset dev benchmark (issue 27; --dev-root DIR of scripts/build_dev_sets.py's sets, --weights):
+# every arm on every set of its task (held-out sets reported, never voting), arm by arm, seeds [0, 1, 2].
+_DEV_CLS = dict(model="tf_efficientnet_lite1", image_size=128, epochs=3, seeds=[0, 1, 2],
+                arms=["defaults", "naive", "no_layer_decay", "backbone_lr_0.1", "lp_ft", "no_ema",
+                      "no_label_smoothing", "res_up"])
+_DEV_DET = dict(model="tf_efficientnet_lite1", image_size=320, epochs=6, seeds=[0, 1, 2],
+                arms=["defaults", "plain", "fcos", "faster_rcnn"])
+_DEV = {"dev_classification": _DEV_CLS, "dev_classification_10ep": dict(_DEV_CLS, epochs=10),
+        "dev_detection": _DEV_DET}
 ACCURACY_PROFILES: dict[str, dict[str, dict]] = {
     "full": {"detection_accuracy": _DET_ACCURACY,
              "segmentation_accuracy_fpn": dict(_SEG_ACCURACY, decoder="fpn"),
              "segmentation_accuracy_unet": dict(_SEG_ACCURACY, decoder="unet"),
              "time_to_accuracy": _TIME_TO_ACCURACY,
-             "distillation": _DISTILL, "pseudo_labels": _DISTILL},
+             "distillation": _DISTILL, "pseudo_labels": _DISTILL, **_DEV},
     "quick": {"detection_accuracy": _DET_ACCURACY,
               "segmentation_accuracy_fpn": dict(_SEG_ACCURACY, decoder="fpn"),
               "time_to_accuracy": dict(_TIME_TO_ACCURACY, seeds=[0]),
-              "distillation": dict(_DISTILL, seeds=[0]), "pseudo_labels": dict(_DISTILL, seeds=[0])},
+              "distillation": dict(_DISTILL, seeds=[0]), "pseudo_labels": dict(_DISTILL, seeds=[0]),
+              **{name: dict(params, seeds=[0]) for name, params in _DEV.items()}},
     "smoke": {"detection_accuracy": dict(model="tf_efficientnet_lite1", image_size=96, epochs=1, seeds=[0],
                                          workers=1),
               "segmentation_accuracy_fpn": dict(model="tf_efficientnet_lite1", decoder="fpn", image_size=96,
@@ -180,7 +193,10 @@ ACCURACY_PROFILES: dict[str, dict[str, dict]] = {
               "distillation": dict(_DISTILL, image_size=64, epochs=1, seeds=[0], speed_rounds=3,
                                    teacher_image_size=64, teacher_epochs=1),
               "pseudo_labels": dict(_DISTILL, image_size=64, epochs=1, seeds=[0], teacher_image_size=64,
-                                    teacher_epochs=1)},
+                                    teacher_epochs=1),
+              # random init, no weights: checks the harness only
+              "dev_classification": dict(model="test_efficientnet", image_size=32, epochs=1, seeds=[0],
+                                         arms=["defaults", "no_label_smoothing"], random_init=True)},
 }
 RUNNERS = {
     "train_overhead": lambda p: bench_train.run(p),
@@ -200,6 +216,11 @@ RUNNERS = {
     "time_to_accuracy": lambda p: bench_time_to_accuracy.run(p),
     "distillation": lambda p: bench_distill.run(p),
     "pseudo_labels": lambda p: bench_distill.run_pseudo(p),
+    "dev_classification": lambda p: bench_dev_suite.run_task("classification", "dev_classification", p),
+    "dev_classification_10ep": lambda p: bench_dev_suite.run_task(
+        "classification", "dev_classification_10ep", p
+    ),
+    "dev_detection": lambda p: bench_dev_suite.run_task("detection", "dev_detection", p),
     "gpu_train": lambda p: bench_train.run(p, accelerator="gpu", precision="bf16-mixed", target=">= 0.97"),
     "gpu_inference": lambda p: bench_inference.run(p, device="cuda"),
     "gpu_scaling": lambda p: bench_scaling.run(p, device="cuda"),
@@ -227,6 +248,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="accuracy (distillation, pseudo_labels): the student's timm-layout weights")
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "results" / "runs" / "acc.json",
                         help="accuracy: finished runs, reused when their composed config matches")
+    parser.add_argument("--dev-root", type=Path, default=None,
+                        help="accuracy (dev_*): the folder of scripts/build_dev_sets.py's sets")
+    parser.add_argument("--dev-arms", default="",
+                        help="accuracy (dev_*): comma-separated arms to run (default: the profile's; "
+                        "the defaults always run)")
+    parser.add_argument("--dev-cached-only", action="store_true",
+                        help="accuracy (dev_*): report the runs the cache holds, train nothing")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="accuracy: set a profile parameter of every selected entry (VALUE read as JSON, "
@@ -309,7 +337,9 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
         table = {"gpu": GPU_PROFILES, "accuracy": ACCURACY_PROFILES}.get(args.suite, PROFILES)[profile]
         if args.suite == "accuracy":
             paths = {"data": args.det_data, "seg_data": args.seg_data, "cls_data": args.cls_data,
-                     "weights": args.weights, "student_weights": args.student_weights, "cache": args.cache}
+                     "weights": args.weights, "student_weights": args.student_weights, "cache": args.cache,
+                     "dev_root": args.dev_root, "dev_arms": args.dev_arms,
+                     "cached_only": args.dev_cached_only}
             table = {name: {**params, **paths, **_params(args.param)} for name, params in table.items()}
         names = [n for n in table if not args.only or n in args.only.split(",")]
         results = []
