@@ -218,11 +218,11 @@ def _teacher_student(p: dict, data, seed: int) -> tuple[list[str], list[str]]:
     return teacher, student
 
 
-def run(p: dict) -> Result:
+def run(p: dict, name: str = NAME) -> Result:
     """``p``: cls_data, weights, student_weights, teacher_model, student_model, image_size, epochs, seeds,
     distill_settings ``[[alpha, T], ...]``, speed_rounds, threads, cache / work (``random_init``: smoke)."""
     title = "Distillation: a student distilled from a fine-tuned teacher vs the student fine-tuned alone"
-    skipped = _skip(NAME, title, p)
+    skipped = _skip(name, title, p)
     if skipped:
         return skipped
     work, threads, arms = _work(p), p.get("threads", 1), {}
@@ -251,7 +251,7 @@ def run(p: dict) -> Result:
         arms["teacher"][0]["run_dir"], arms[headline][0]["run_dir"], p.get("speed_rounds", 30)
     )
     result = Result(
-        name=NAME,
+        name=name,
         title=f"{title} ({p['teacher_model']} -> {p['student_model']} @ {p['image_size']}, "
         f"{p['epochs']} epochs, seeds {list(p['seeds'])})",
         settings={k: p[k] for k in ("teacher_model", "student_model", "image_size", "epochs", "seeds")}
@@ -275,11 +275,11 @@ def run(p: dict) -> Result:
     return result
 
 
-def run_pseudo(p: dict) -> Result:
+def run_pseudo(p: dict, name: str = PSEUDO_NAME) -> Result:
     """``p`` as :func:`run`, plus ``labelled_share`` (0.25), ``pseudo_threshold`` (the library's default
     when absent) and ``self_training`` (also run ``teacher + pseudo-labels``; off unless asked)."""
     title = "Pseudo-labels: a quarter of the labels plus the teacher's pseudo-labels vs the quarter alone"
-    skipped = _skip(PSEUDO_NAME, title, p)
+    skipped = _skip(name, title, p)
     if skipped:
         return skipped
     work, threads, arms, used = _work(p), p.get("threads", 1), {}, []
@@ -323,7 +323,7 @@ def run_pseudo(p: dict) -> Result:
         verdict(arms["teacher + pseudo-labels"], arms["teacher (quarter)"]) if p.get("self_training") else {}
     )
     result = Result(
-        name=PSEUDO_NAME,
+        name=name,
         title=f"{title} ({p['teacher_model']} teacher, {p['student_model']} student @ {p['image_size']}, "
         f"{p['epochs']} epochs, seeds {list(p['seeds'])})",
         settings={k: p[k] for k in ("teacher_model", "student_model", "image_size", "epochs", "seeds")}
