@@ -469,6 +469,19 @@ def det_image(rng, bgs, pools, names, side=DET_SIDE):
     return canvas.convert("RGB"), bg_info, objects, owner
 
 
+def coco_annotation(ann_id: int, image_id: int, obj: dict) -> dict:
+    """One COCO annotation for a pasted object ``{"box": (x0, y0, x1, y1), "cls": 0-based, "area"}``."""
+    x0, y0, x1, y1 = obj["box"]
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": obj["cls"] + 1,
+        "bbox": [x0, y0, x1 - x0, y1 - y0],
+        "area": obj["area"],
+        "iscrowd": 0,
+    }
+
+
 def build_detection(out: Path, seed: int, versions: dict[str, str]) -> dict:
     print("detection: loading cut-outs ...", flush=True)
     splits, extra = load_pool(DET_CLASSES, val_share=0.25, seed=seed)
@@ -498,18 +511,7 @@ def build_detection(out: Path, seed: int, versions: dict[str, str]) -> dict:
             img.save(out / split / fname, quality=90)
             iid = idx + 1
             images.append({"id": iid, "file_name": fname, "width": DET_SIZE, "height": DET_SIZE})
-            for o in objects:
-                x0, y0, x1, y1 = o["box"]
-                anns.append(
-                    {
-                        "id": len(anns) + 1,
-                        "image_id": iid,
-                        "category_id": o["cls"] + 1,
-                        "bbox": [x0, y0, x1 - x0, y1 - y0],
-                        "area": o["area"],
-                        "iscrowd": 0,
-                    }
-                )
+            anns += [coco_annotation(len(anns) + i + 1, iid, o) for i, o in enumerate(objects)]
             per_image.append(
                 {
                     "file": fname,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from build_real_sets import coco_annotation  # scripts/ is on sys.path (build_dev_sets.py)
 from PIL import Image
 
 SPLITS = ("train", "val")
@@ -272,18 +273,7 @@ def write_coco(out: Path, split: str, names: Sequence[str], images: list[dict], 
         coco_images.append(
             {"id": iid, "file_name": rec["file"], "width": rec["width"], "height": rec["height"]}
         )
-        for o in rec["objects"]:
-            x0, y0, x1, y1 = o["box"]
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": iid,
-                    "category_id": o["cls"] + 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": o["area"],
-                    "iscrowd": 0,
-                }
-            )
+        anns += [coco_annotation(len(anns) + i + 1, iid, o) for i, o in enumerate(rec["objects"])]
     coco = {
         "info": {"description": desc},
         "images": coco_images,
