@@ -317,8 +317,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _on_dev_set(p: dict) -> dict:
-    """``p`` with ``cls_data`` set to the dev set ``p["dev_set"]`` under ``--dev-root`` (when given)."""
-    return {**p, "cls_data": Path(p["dev_root"]) / p["dev_set"]} if p.get("dev_root") else p
+    """``p`` with ``cls_data`` set to the dev set ``p["dev_set"]`` under ``--dev-root`` (when given; a
+    missing set is the dev suite's error naming its build command)."""
+    if not p.get("dev_root"):
+        return p
+    folders, _ = bench_dev_suite.resolve_sets({**p, "sets": [p["dev_set"]], "held_out": []}, "classification")
+    return {**p, "cls_data": folders[p["dev_set"]]}
 
 
 def _params(pairs: list[str]) -> dict:
