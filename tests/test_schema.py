@@ -172,6 +172,34 @@ def test_an_open_group_takes_new_keys_for_its_library(tmp_path):
     assert isinstance(settings, RunSettings) and settings.head.label_smoothing == 0.1
 
 
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["+trainer.max_step=5"], r"^trainer.max_step=5: lightning.Trainer takes no argument 'max_step' "
+                                  r"\(closest: trainer.max_steps"),
+        (["+optim.beta=0.9"], r"^optim.beta=0.9: timm's adamw optimizer takes no argument 'beta' "
+                              r"\(closest: optim.betas\)"),
+        (["optim=sgd", "+optim.betas=[0.9,0.99]"], r"^optim.betas=\[0.9, 0.99\]: timm's sgd optimizer "),
+        (["scheduler=cosine", "+scheduler.cycle_limt=2"],
+         r"^scheduler.cycle_limt=2: timm's create_scheduler_v2 takes no argument 'cycle_limt' \(closest: "
+         r"scheduler.cycle_limit"),
+        (["+finetune.unfreeze_at=1"], r"^finetune.unfreeze_at=1: finetune._target_=b4transfer.training."
+                                      r"finetuning.Full takes no argument"),
+        (["+trainer.callbacks=[]"],
+         r"^trainer.callbacks=\[\]: b4transfer sets callbacks itself. Fix: drop it \(add one with "
+         r"\+callbacks.NAME._target_="),
+        (["+optim.params=[]"], r"^optim.params=\[\]: b4transfer sets params itself"),
+    ],
+)
+def test_an_open_group_refuses_a_key_its_library_does_not_take(tmp_path, overrides, line):
+    """An undeclared key of trainer / optim / scheduler / finetune goes to a library: one the library does
+    not take (or that b4transfer sets itself) is refused in one line at composition, not a TypeError
+    inside the library once training starts."""
+    with pytest.raises(UserError, match=line) as err:
+        compose_config(overrides, run_dir=tmp_path / "r")
+    assert "\n" not in str(err.value) and "Fix:" in str(err.value)
+
+
 def test_the_cli_refuses_a_wrong_type_in_one_line_before_any_data_is_read(tmp_path):
     missing = tmp_path / "nowhere"  # reading the data first would fail on it, not on the key
     result = subprocess.run(

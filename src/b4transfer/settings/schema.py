@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -54,6 +55,16 @@ class Schema:
 
     OPEN: ClassVar[bool] = False  # keys it does not declare go on to a library (kept in extra())
     DEFAULTS: ClassVar[tuple[str, str] | None] = None  # (conf file, key): what .of() fills missing keys from
+
+    def receivers(self) -> tuple[str, list[Callable]] | None:
+        """An open schema's library: ``(its name, the callables its undeclared keys go to)``, the last one
+        the final receiver; a key none of them takes is refused at validation (before any data is read)
+        instead of failing inside the library. ``None``: not checked (the receiver takes ``**kwargs`` or
+        cannot be resolved here; the library checks)."""
+        return None
+
+    RESERVED: ClassVar[tuple[str, ...]] = ()  # library arguments b4transfer sets itself (never from config)
+    RESERVED_FIX: ClassVar[dict[str, str]] = {}  # where to set a reserved one instead
 
     def extra(self) -> dict[str, Any]:
         """The keys an open schema took without declaring them (e.g. ``+trainer.max_steps=100``)."""
@@ -130,7 +141,46 @@ def _check(cls: type, tree: dict, prefix: str, unknown: UnknownKey) -> Any:
     obj = cls(**values)
     object.__setattr__(obj, "_extra", extra)
     object.__setattr__(obj, "_given", {n for n in declared if n in tree})
+    if extra:
+        _check_library_keys(obj, extra, prefix)
     return obj
+
+
+def _check_library_keys(obj: Schema, extra: dict, prefix: str) -> None:
+    """Refuse an undeclared key of an open schema that its library does not take (:meth:`Schema.receivers`)
+    or that b4transfer sets itself (:attr:`Schema.RESERVED`)."""
+    for name, value in extra.items():
+        if name in obj.RESERVED:
+            raise UserError(
+                f"{prefix}.{name}={value!r}: b4transfer sets {name} itself. Fix: drop it"
+                + (f" ({obj.RESERVED_FIX.get(name)})" if name in obj.RESERVED_FIX else "")
+            )
+    try:
+        found = obj.receivers()
+    except Exception:  # noqa: BLE001 - an unresolvable receiver (a bad name) is refused where it is built
+        return
+    if not found:
+        return
+    library, callables = found
+    takes: list[str] = []
+    for fn in callables:
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            return
+        if fn is callables[-1] and any(p.kind is p.VAR_KEYWORD for p in params):
+            return
+        takes += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    own = {f.name for f in dataclasses.fields(obj)}  # type: ignore[arg-type]
+    takes = [t for t in dict.fromkeys(takes) if t not in obj.RESERVED and t != "self"]
+    for name, value in extra.items():
+        if name not in takes:
+            close = closest_keys(name, takes + sorted(own))
+            near = f"closest: {', '.join(f'{prefix}.{c}' for c in close)}" if close else "none is close"
+            raise UserError(
+                f"{prefix}.{name}={value!r}: {library} takes no argument {name!r} ({near}). "
+                f"Fix: correct it, or drop it"
+            )
 
 
 @functools.cache

@@ -25,6 +25,13 @@ class OptimSettings(Schema):
     momentum: float | None = given()  # sgd, rmsproptf
     alpha: float | None = given()  # rmsproptf
 
+    RESERVED = ("model_or_params", "params", "opt", "param_group_fn")
+
+    def receivers(self):
+        from timm.optim import create_optimizer_v2, get_optimizer_class
+
+        return f"timm's {self.name} optimizer", [create_optimizer_v2, get_optimizer_class(self.name)]
+
     def optimizer_kwargs(self) -> dict[str, Any]:
         """What goes to timm's optimizer besides the LR, weight decay and the group settings."""
         own = ("name", "lr", "weight_decay", "backbone_lr_mult", "layer_decay")
@@ -45,6 +52,13 @@ class SchedulerSettings(Schema):
     decay_epochs: float | None = given()
     decay_rate: float | None = given()
 
+    RESERVED = ("optimizer", "sched", "num_epochs", "step_on_epochs", "updates_per_epoch")
+
+    def receivers(self):
+        from timm.scheduler import create_scheduler_v2
+
+        return "timm's create_scheduler_v2", [create_scheduler_v2]
+
 
 @dataclass
 class FinetuneSettings(Schema):
@@ -59,6 +73,11 @@ class FinetuneSettings(Schema):
     warmup_epochs: float | None = given()
     unfreeze_at_epoch: int | None = given()
     unfreeze_at_epochs: list[int] | None = given()
+
+    def receivers(self):
+        from hydra.utils import get_class
+
+        return f"finetune._target_={self._target_}", [get_class(self._target_)]
 
 
 @dataclass
@@ -96,6 +115,18 @@ class TrainerSettings(Schema):
     limit_val_batches: int | float | None = given()
     enable_progress_bar: bool = given()
     precision: str | int = given()  # 32-true | bf16-mixed | 16-mixed | auto | ...
+
+    RESERVED = ("callbacks", "logger", "default_root_dir")
+    RESERVED_FIX = {
+        "callbacks": "add one with +callbacks.NAME._target_=your.Callback",
+        "logger": "choose trackers with logger=... (conf/logger/)",
+        "default_root_dir": "runs go to checkpoint.runs_root, or run_dir=...",
+    }
+
+    def receivers(self):
+        import lightning as L
+
+        return "lightning.Trainer", [L.Trainer.__init__]
 
 
 @dataclass
