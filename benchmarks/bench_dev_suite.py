@@ -42,13 +42,26 @@ from build_dev_sets import DEV_SETS  # noqa: E402
 
 NAIVE, PLAIN = "naive", "plain"  # the plain loops: arms whose overrides are these strings
 # Alternatives that remove a knob the defaults turn on (the choice rule's "simpler" side).
-SIMPLER = {"no_layer_decay", "no_ema", "no_label_smoothing"}
-DET_ARMS: dict[str, list[str] | str] = {
-    "defaults": [],  # head.detector=retinanet
-    PLAIN: PLAIN,
-    "fcos": ["head.detector=fcos"],
-    "faster_rcnn": ["head.detector=faster_rcnn"],
-}
+SIMPLER = {"no_layer_decay", "no_ema", "no_label_smoothing", "anchors_by_stride", "no_warmup", "batch_4"}
+
+
+def det_arms(image_size: int) -> dict[str, list[str] | str]:
+    """Every detection arm: the detectors, then the recipe's knobs one at a time (task/detection.yaml)."""
+    up = max(image_size + 32, round(1.2 * image_size / 32) * 32)  # one step up (320 -> 384)
+    return {
+        "defaults": [],  # head.detector=retinanet
+        PLAIN: PLAIN,
+        "fcos": ["head.detector=fcos"],
+        "faster_rcnn": ["head.detector=faster_rcnn"],
+        "anchors_by_stride": ["head.anchor_sizes=null"],  # torchvision's anchors (default: auto, fitted)
+        "no_warmup": ["scheduler.warmup_epochs=0"],  # scheduler/cosine.yaml: 1 epoch
+        "batch_4": ["data.batch_size=4"],  # the data default that task/detection.yaml lowers to 2
+        "scale_jitter": ["data.augment.scale=[0.75,1.25]"],  # multi-scale training (default [1.0, 1.0])
+        "size_up": [f"data.image_size={up}"],  # the training and eval size
+    }
+
+
+DET_ARMS = det_arms(320)  # the dev_detection profile's size
 # After-training steps that change neither the trained weights nor the per-epoch val metrics (calibration,
 # error analysis, export parity, model card: three more passes over val), off in every library arm.
 POST_TRAINING_OFF = ["calibrate.enabled=false", "errors.enabled=false", "export.parity=false",
@@ -251,7 +264,7 @@ def run_task(task: str, name: str, p: dict) -> Result:
         arms = choose_arms(cls_arms(p["image_size"]), p)
         runs, baseline = measure_classification(p, folders, arms), NAIVE
     else:
-        arms = choose_arms(DET_ARMS, p)
+        arms = choose_arms(det_arms(p["image_size"]), p)
         runs, baseline = measure_detection(p, folders, arms), PLAIN
     suite = summarize_suite(task, runs, held, list(p["seeds"]))
     metric = METRICS[task][0]

@@ -171,7 +171,8 @@ _DEV_CLS = dict(model="tf_efficientnet_lite1", image_size=128, epochs=3, seeds=[
                 arms=["defaults", "naive", "no_layer_decay", "backbone_lr_0.1", "lp_ft", "no_ema",
                       "no_label_smoothing", "res_up"])
 _DEV_DET = dict(model="tf_efficientnet_lite1", image_size=320, epochs=6, seeds=[0, 1, 2],
-                arms=["defaults", "plain", "fcos", "faster_rcnn"])
+                arms=["defaults", "plain", "fcos", "faster_rcnn", "anchors_by_stride", "no_warmup", "batch_4",
+                      "scale_jitter", "size_up"])
 _DEV = {"dev_classification": _DEV_CLS, "dev_classification_10ep": dict(_DEV_CLS, epochs=10),
         "dev_detection": _DEV_DET}
 # The same on the dev set cls_glyphs (--dev-root; 26 classes, 64 px glyphs), where a quarter of the labels

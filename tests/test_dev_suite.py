@@ -100,7 +100,8 @@ def test_every_arm_composes_and_flips_a_current_default(tmp_path):
     """The arms' keys exist in conf/ and each changes the composed config (a typo or a no-op would not)."""
     common = dict(weights="null", model_name="tf_efficientnet_lite1", image_size=128, epochs=3, seed=0)
     arms = cls_arms(128)
-    assert arms[NAIVE] == NAIVE and set(arms) > SIMPLER and arms["res_up"] == ["data.image_size=160"]
+    assert arms[NAIVE] == NAIVE and arms["res_up"] == ["data.image_size=160"]
+    assert set(arms) | set(DET_ARMS) >= SIMPLER and DET_ARMS["size_up"] == ["data.image_size=384"]
     keys = {arm: config_key(cli_overrides(tmp_path, extra=o, **common))
             for arm, o in arms.items() if o != NAIVE}
     assert len(set(keys.values())) == len(keys)
