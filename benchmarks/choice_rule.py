@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import statistics
 
-VERDICTS = ("keep", "change", "revert", "baseline", "incomplete", "reference")
+VERDICTS = ("keep", "change", "revert", "baseline", "incomplete", "reference", "pending")
 
 
 def ranks(table: dict, sets: list[str]) -> dict[str, float]:
@@ -126,3 +126,26 @@ def combine(verdicts: list[str], simpler: bool) -> str:
     if simpler:
         return "keep" if all(v == "keep" for v in verdicts) else "revert"
     return "change" if all(v == "change" for v in verdicts) else "keep"
+
+
+def across_budgets(verdicts: dict[str, dict[str, str]], budgets: list[str]) -> dict[str, str]:
+    """Rule 5: one decision per arm from its verdicts at every budget (``{budget: {arm: verdict}}``).
+
+    ``change`` / ``revert`` only when every budget in ``budgets`` says so; ``keep`` as soon as one budget
+    keeps the default; ``pending`` while a budget has not measured the arm (or measured it on fewer sets:
+    ``incomplete``) and none has kept the default yet. Baselines and the reference keep their label.
+    """
+    arms = dict.fromkeys(arm for budget in budgets for arm in verdicts.get(budget, {}))
+    out = {}
+    for arm in arms:
+        said = [verdicts.get(budget, {}).get(arm, "incomplete") for budget in budgets]
+        known = [v for v in said if v != "incomplete"]
+        if known and known[0] in ("baseline", "reference"):
+            out[arm] = known[0]
+        elif "keep" in known:
+            out[arm] = "keep"
+        elif len(known) < len(said):
+            out[arm] = "pending"
+        else:
+            out[arm] = known[0] if len(set(known)) == 1 else "keep"
+    return out

@@ -211,6 +211,33 @@ def _dev_suite(d: dict) -> list[str]:
     return lines
 
 
+def _dev_decisions(record: dict) -> list[str]:
+    """Rule 5 of the choice rule: per task, each arm's verdict at every budget of the dev benchmark in
+    ``record`` and the decision (a change or a revert must hold at every budget)."""
+    from benchmarks.choice_rule import across_budgets
+
+    by_task: dict[str, dict[str, dict]] = {}
+    for r in record["results"]:
+        suite = r.get("extra", {}).get("dev_suite") if r["status"] == "ok" else None
+        if suite:
+            task = "detection" if "map_50" in suite["per_set"] else "classification"
+            by_task.setdefault(task, {})[f"{r['settings']['epochs']} epochs"] = suite["verdicts"]
+    lines = []
+    for task, verdicts in by_task.items():
+        budgets = sorted(verdicts, key=lambda b: int(b.split()[0]))
+        if task == "classification" and len(budgets) < 2:
+            budgets = sorted({*budgets, "3 epochs", "10 epochs"}, key=lambda b: int(b.split()[0]))
+        decided = across_budgets(verdicts, budgets)
+        lines += [f"Dev benchmark, {task}: the decision per arm (a change or a revert must hold at every "
+                  "budget; `pending`: a budget still to measure):", "",
+                  "| arm | " + " | ".join(budgets) + " | decision |", "|---|" + "---|" * (len(budgets) + 1)]
+        for arm, decision in decided.items():
+            cells = [verdicts.get(b, {}).get(arm, "—") for b in budgets]
+            lines.append(f"| {arm} | " + " | ".join(cells) + f" | {decision} |")
+        lines.append("")
+    return lines
+
+
 def _dev_cell(cell: dict | None, best: float | None, seeds: int) -> str:
     if cell is None:
         return "—"
@@ -347,6 +374,7 @@ def render(results_dir: Path, markdown: Path) -> None:
             rel = os.path.relpath(png, Path(markdown).parent)
             lines += [f"![{record['suite']} {record['profile']}]({rel})", ""]
             lines += _details(record)
+        lines += _dev_decisions(record)
         lines += ["Machine: " + _machine(record)[0], ""]
         for rerun in record.get("reruns", []):
             cpu = f"on `{rerun['cpu']}`, " if rerun.get("cpu") else ""

@@ -20,7 +20,7 @@ from benchmarks.bench_dev_suite import (
     within_spread_of_best,
 )
 from benchmarks.bench_time_to_accuracy import cli_overrides
-from benchmarks.choice_rule import choose, combine, ranks
+from benchmarks.choice_rule import across_budgets, choose, combine, ranks
 from tests.test_benchmark_time_to_accuracy import _jpeg_class_folders
 
 
@@ -88,6 +88,20 @@ def test_several_metrics_combine_conservatively():
     assert combine(["keep", "revert"], simpler=True) == "revert"
     assert combine(["keep", "keep"], simpler=True) == "keep"
     assert combine(["incomplete", "keep"], simpler=False) == "incomplete"
+
+
+def test_a_change_or_a_revert_must_hold_at_every_budget():
+    budgets = ["3 epochs", "10 epochs"]
+    verdicts = {
+        "3 epochs": {"defaults": "reference", "naive": "baseline", "a": "revert", "b": "change",
+                     "c": "revert", "d": "keep", "e": "change"},
+        "10 epochs": {"defaults": "reference", "naive": "baseline", "a": "revert", "b": "keep",
+                      "c": "incomplete"},
+    }
+    assert across_budgets(verdicts, budgets) == {
+        "defaults": "reference", "naive": "baseline", "a": "revert", "b": "keep", "c": "pending", "d": "keep",
+        "e": "pending",
+    }
 
 
 def test_defaults_within_the_spread_of_the_best_per_set():
