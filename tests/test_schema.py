@@ -189,6 +189,9 @@ def test_an_open_group_takes_new_keys_for_its_library(tmp_path):
          r"^trainer.callbacks=\[\]: b4transfer sets callbacks itself. Fix: drop it \(add one with "
          r"\+callbacks.NAME._target_="),
         (["+optim.params=[]"], r"^optim.params=\[\]: b4transfer sets params itself"),
+        (["strategy=ddp", "+strategy.statc_graph=true"],
+         r"^strategy.statc_graph=True: Lightning's DDPStrategy \(and torch's DistributedDataParallel\) takes "
+         r"no argument 'statc_graph' \(closest: strategy.static_graph"),
     ],
 )
 def test_an_open_group_refuses_a_key_its_library_does_not_take(tmp_path, overrides, line):

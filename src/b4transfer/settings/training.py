@@ -143,6 +143,25 @@ class StrategySettings(Schema):
     state_dict_type: str | None = given()
     cpu_offload: bool | None = given()
 
+    RESERVED = ("accelerator", "parallel_devices", "cluster_environment", "checkpoint_io", "precision_plugin",
+                "module", "process_group", "device_id", "device_ids")
+    RESERVED_FIX = dict.fromkeys(RESERVED, "Lightning sets it from trainer.accelerator / trainer.devices")
+
+    def receivers(self):
+        if self.name in ("ddp", "ddp_spawn"):
+            from lightning.pytorch.strategies import DDPStrategy
+            from torch.nn.parallel import DistributedDataParallel
+
+            return "Lightning's DDPStrategy (and torch's DistributedDataParallel)", [
+                DDPStrategy.__init__, DistributedDataParallel.__init__]
+        if self.name == "fsdp":
+            from lightning.pytorch.strategies import FSDPStrategy
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            return "Lightning's FSDPStrategy (and torch's FullyShardedDataParallel)", [
+                FSDPStrategy.__init__, FullyShardedDataParallel.__init__]
+        return None  # auto: no arguments to pass (build_strategy ignores them)
+
 
 @dataclass
 class CheckpointSettings(Schema):
