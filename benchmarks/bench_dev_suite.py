@@ -42,7 +42,7 @@ from build_dev_sets import DEV_SETS  # noqa: E402
 
 NAIVE, PLAIN = "naive", "plain"  # the plain loops: arms whose overrides are these strings
 # Alternatives that remove a knob the defaults turn on (the choice rule's "simpler" side).
-SIMPLER = {"no_layer_decay", "no_ema", "no_label_smoothing", "anchors_by_stride", "no_warmup", "batch_4"}
+SIMPLER = {"no_ema", "no_label_smoothing", "anchors_by_stride", "no_warmup", "batch_4"}
 
 
 def det_arms(image_size: int) -> dict[str, list[str] | str]:
@@ -82,7 +82,7 @@ def cls_arms(image_size: int) -> dict[str, list[str] | str]:
     return {
         "defaults": [],
         NAIVE: NAIVE,
-        "no_layer_decay": ["optim.layer_decay=null"],  # task/classification.yaml: 0.75
+        "layer_decay_0.75": ["optim.layer_decay=0.75"],  # task/classification.yaml: null (reverted)
         "backbone_lr_0.1": ["optim.backbone_lr_mult=0.1"],  # optim/adamw.yaml: 1.0
         "lp_ft": ["finetune=freeze_unfreeze"],  # head alone for 1 epoch, then all (config.yaml: full)
         "no_ema": ["ema.enabled=false"],  # config.yaml: true

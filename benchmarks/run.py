@@ -168,7 +168,7 @@ _DISTILL = dict(teacher_model="tf_efficientnet_lite1", student_model="tf_efficie
 # The multi-dataset dev benchmark (issue 27; --dev-root DIR of scripts/build_dev_sets.py's sets, --weights):
 # every arm on every set of its task (held-out sets reported, never voting), arm by arm, seeds [0, 1, 2].
 _DEV_CLS = dict(model="tf_efficientnet_lite1", image_size=128, epochs=3, seeds=[0, 1, 2],
-                arms=["defaults", "naive", "no_layer_decay", "backbone_lr_0.1", "lp_ft", "no_ema",
+                arms=["defaults", "naive", "layer_decay_0.75", "backbone_lr_0.1", "lp_ft", "no_ema",
                       "no_label_smoothing", "res_up"])
 _DEV_DET = dict(model="tf_efficientnet_lite1", image_size=320, epochs=6, seeds=[0, 1, 2],
                 arms=["defaults", "plain", "fcos", "faster_rcnn", "anchors_by_stride", "no_warmup", "batch_4",

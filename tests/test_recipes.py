@@ -63,7 +63,8 @@ def test_layer_wise_lr_decay_applies_to_pretrained_backbones_only(tmp_path, imag
     runs = {"pretrained": (f"model.weights={weights}",), "random": ()}
     lrs = {}
     for name, extra in runs.items():
-        cfg = _cfg(tmp_path / name, image_folder, "trainer.limit_train_batches=1", *extra)
+        cfg = _cfg(tmp_path / name, image_folder, "trainer.limit_train_batches=1", "optim.layer_decay=0.75",
+                   *extra)
         with caplog.at_level(logging.WARNING, logger="b4transfer.tasks.base"):
             train(cfg)
         with open(tmp_path / name / "run" / "metrics.csv", newline="") as f:
@@ -79,12 +80,12 @@ def test_layer_wise_lr_decay_applies_to_pretrained_backbones_only(tmp_path, imag
     assert len(warned) == 1 and "random weights" in warned[0]
 
 
-def test_layer_wise_lr_decay_is_the_classification_default_only():
-    """Measured for classification (docs/studies/classification-recipe.md); detection and segmentation
-    keep one LR."""
-    assert compose_cfg().optim.layer_decay == 0.75
-    assert compose_cfg("optim=sgd").optim.layer_decay == 0.75  # the task's recipe, whatever the optimizer
-    assert compose_cfg("optim.layer_decay=null").optim.layer_decay is None
+def test_layer_wise_lr_decay_is_opt_in_and_pinned_by_finetune_small():
+    """Reverted by the dev benchmark (docs/studies/multi-dataset-defaults.md): one backbone LR by default
+    for every task; experiment=finetune_small pins the earlier recipe with decay 0.75."""
+    assert compose_cfg().optim.layer_decay is None
+    assert compose_cfg("optim=sgd").optim.layer_decay is None
+    assert compose_cfg("optim.layer_decay=0.75").optim.layer_decay == 0.75
     assert compose_cfg("experiment=finetune_small").optim.layer_decay == 0.75
     for task in ("detection", "segmentation"):
         assert compose_cfg(f"task={task}").optim.layer_decay is None
