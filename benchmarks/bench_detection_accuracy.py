@@ -234,6 +234,8 @@ class RunCache:
 
     def measure(self, key: str, fn, **info) -> tuple[dict, bool]:
         """``(result, reused)``: the run cached under ``key``, else ``fn()`` (read-only: ``None``)."""
+        if key not in self.runs and self.path and self.path.is_file():  # another process may have run it
+            self.runs = json.loads(self.path.read_text())
         if key in self.runs:
             return self.runs[key], True
         if self.read_only:
