@@ -60,8 +60,6 @@ def det_arms(image_size: int) -> dict[str, list[str] | str]:
         "size_up": [f"data.image_size={up}"],  # the training and eval size
     }
 
-
-DET_ARMS = det_arms(320)  # the dev_detection profile's size
 # After-training steps that change neither the trained weights nor the per-epoch val metrics (calibration,
 # error analysis, export parity, model card: three more passes over val), off in every library arm.
 POST_TRAINING_OFF = ["calibrate.enabled=false", "errors.enabled=false", "export.parity=false",

@@ -10,11 +10,11 @@ import pytest
 from benchmarks.bench_detection_accuracy import cli_overrides as det_overrides
 from benchmarks.bench_detection_accuracy import config_key
 from benchmarks.bench_dev_suite import (
-    DET_ARMS,
     NAIVE,
     SIMPLER,
     choose_arms,
     cls_arms,
+    det_arms,
     resolve_sets,
     task_sets,
     within_spread_of_best,
@@ -113,14 +113,14 @@ def test_defaults_within_the_spread_of_the_best_per_set():
 def test_every_arm_composes_and_flips_a_current_default(tmp_path):
     """The arms' keys exist in conf/ and each changes the composed config (a typo or a no-op would not)."""
     common = dict(weights="null", model_name="tf_efficientnet_lite1", image_size=128, epochs=3, seed=0)
-    arms = cls_arms(128)
+    arms, det_arms_320 = cls_arms(128), det_arms(320)
     assert arms[NAIVE] == NAIVE and arms["res_up"] == ["data.image_size=160"]
-    assert set(arms) | set(DET_ARMS) >= SIMPLER and DET_ARMS["size_up"] == ["data.image_size=384"]
+    assert set(arms) | set(det_arms_320) >= SIMPLER and det_arms_320["size_up"] == ["data.image_size=384"]
     keys = {arm: config_key(cli_overrides(tmp_path, extra=o, **common))
             for arm, o in arms.items() if o != NAIVE}
     assert len(set(keys.values())) == len(keys)
     det = {arm: config_key(det_overrides(tmp_path, overrides=tuple(o), **common))
-           for arm, o in DET_ARMS.items() if o != "plain"}
+           for arm, o in det_arms_320.items() if o != "plain"}
     assert len(set(det.values())) == len(det)
 
 
