@@ -151,10 +151,8 @@ def _check_library_keys(obj: Schema, extra: dict, prefix: str) -> None:
     or that b4transfer sets itself (:attr:`Schema.RESERVED`)."""
     for name, value in extra.items():
         if name in obj.RESERVED:
-            raise UserError(
-                f"{prefix}.{name}={value!r}: b4transfer sets {name} itself. Fix: drop it"
-                + (f" ({obj.RESERVED_FIX.get(name)})" if name in obj.RESERVED_FIX else "")
-            )
+            fix = f" ({obj.RESERVED_FIX[name]})" if name in obj.RESERVED_FIX else ""
+            raise UserError(f"{prefix}.{name}={value!r}: b4transfer sets {name} itself. Fix: drop it{fix}")
     try:
         found = obj.receivers()
     except Exception:  # noqa: BLE001 - an unresolvable receiver (a bad name) is refused where it is built
