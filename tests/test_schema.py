@@ -189,15 +189,21 @@ def test_an_open_group_takes_new_keys_for_its_library(tmp_path):
          r"^trainer.callbacks=\[\]: b4transfer sets callbacks itself. Fix: drop it \(add one with "
          r"\+callbacks.NAME._target_="),
         (["+optim.params=[]"], r"^optim.params=\[\]: b4transfer sets params itself"),
+        (["+data.augment.flip=1"],
+         r"^data.augment.flip=1: timm.data.create_transform takes no argument 'flip' "
+         r"\(closest: data.augment.hflip, data.augment.vflip\)"),
+        (["+data.augment.input_size=64"],
+         r"^data.augment.input_size=64: b4transfer sets input_size itself. "
+         r"Fix: drop it \(set data.image_size\)"),
         (["strategy=ddp", "+strategy.statc_graph=true"],
          r"^strategy.statc_graph=True: Lightning's DDPStrategy \(and torch's DistributedDataParallel\) takes "
          r"no argument 'statc_graph' \(closest: strategy.static_graph"),
     ],
 )
 def test_an_open_group_refuses_a_key_its_library_does_not_take(tmp_path, overrides, line):
-    """An undeclared key of trainer / optim / scheduler / finetune goes to a library: one the library does
-    not take (or that b4transfer sets itself) is refused in one line at composition, not a TypeError
-    inside the library once training starts."""
+    """An undeclared key of trainer / optim / scheduler / finetune / data.augment goes to a library: one the
+    library does not take (or that b4transfer sets itself) is refused in one line at composition, not a
+    TypeError inside the library once training starts (or, for data.augment, once the data is built)."""
     with pytest.raises(UserError, match=line) as err:
         compose_config(overrides, run_dir=tmp_path / "r")
     assert "\n" not in str(err.value) and "Fix:" in str(err.value)

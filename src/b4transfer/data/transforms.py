@@ -23,7 +23,8 @@ DEFAULT_AUGMENT: dict[str, Any] = {"hflip": 0.5}
 # Default JPEG draft factor: decode big photos at the smallest 1/2, 1/4, 1/8 scale whose short
 # side still holds this many times the model's input side (see ``draft_size_for``).
 DRAFT_FACTOR = 1.5
-# Keys of create_transform that the data configs own, so `augment` may not set them.
+# Keys of create_transform that the data configs own, so `augment` may not set them (the schema's
+# AugmentSettings.RESERVED refuses them at composition; this checks a module built in Python).
 _RESERVED = {*DATA_CFG_KEYS, "is_training"}
 
 

@@ -173,7 +173,7 @@ def _check_library_keys(obj: Schema, extra: dict, prefix: str) -> None:
     takes = [t for t in dict.fromkeys(takes) if t not in obj.RESERVED and t != "self"]
     for name, value in extra.items():
         if name not in takes:
-            close = closest_keys(name, takes + sorted(own))
+            close = closest_keys(name, list(dict.fromkeys(takes + sorted(own))))  # a declared key: once
             near = f"closest: {', '.join(f'{prefix}.{c}' for c in close)}" if close else "none is close"
             raise UserError(
                 f"{prefix}.{name}={value!r}: {library} takes no argument {name!r} ({near}). "

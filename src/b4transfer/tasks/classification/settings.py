@@ -20,6 +20,23 @@ class AugmentSettings(Schema):
     re_prob: float = given()  # random erasing
     re_mode: str | None = given()  # random erasing fill (experiment=ra2: pixel)
 
+    # timm data-config keys (the model's input size, interpolation, mean/std and crop) and the split's mode
+    RESERVED = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode", "is_training")
+    RESERVED_FIX = {
+        "input_size": "set data.image_size",
+        "crop_pct": "set data.crop_pct",
+        "interpolation": "set data.interpolation",
+        "mean": "set data.mean",
+        "std": "set data.std",
+        "crop_mode": "the model's timm data config sets it",
+        "is_training": "data.augment is the training split's; evaluation is never augmented",
+    }
+
+    def receivers(self):
+        from timm.data import create_transform
+
+        return "timm.data.create_transform", [create_transform]
+
 
 @dataclass
 class MixupSettings(Schema):
