@@ -214,7 +214,7 @@ def _dev_suite(d: dict) -> list[str]:
 def _dev_decisions(record: dict) -> list[str]:
     """Rule 5 of the choice rule: per task, each arm's verdict at every budget of the dev benchmark in
     ``record`` and the decision (a change or a revert must hold at every budget)."""
-    from benchmarks.choice_rule import across_budgets
+    from benchmarks.choice_rule import BUDGETS, across_budgets
 
     by_task: dict[str, dict[str, dict]] = {}
     for r in record["results"]:
@@ -224,9 +224,8 @@ def _dev_decisions(record: dict) -> list[str]:
             by_task.setdefault(task, {})[f"{r['settings']['epochs']} epochs"] = suite["verdicts"]
     lines = []
     for task, verdicts in by_task.items():
-        budgets = sorted(verdicts, key=lambda b: int(b.split()[0]))
-        if task == "classification" and len(budgets) < 2:
-            budgets = sorted({*budgets, "3 epochs", "10 epochs"}, key=lambda b: int(b.split()[0]))
+        budgets = sorted({*verdicts, *(f"{e} epochs" for e in BUDGETS[task])},
+                         key=lambda b: int(b.split()[0]))
         decided = across_budgets(verdicts, budgets)
         lines += [f"Dev benchmark, {task}: the decision per arm (a change or a revert must hold at every "
                   "budget; `pending`: a budget still to measure):", "",

@@ -43,6 +43,7 @@ from benchmarks import (
     bench_time_to_accuracy,
     bench_train,
 )
+from benchmarks.choice_rule import BUDGETS
 from benchmarks.common import Result, machine
 from benchmarks.report import render
 
@@ -167,13 +168,16 @@ _DISTILL = dict(teacher_model="tf_efficientnet_lite1", student_model="tf_efficie
                 distill_settings=[[0.5, 4.0], [0.9, 4.0]])
 # The multi-dataset dev benchmark (issue 27; --dev-root DIR of scripts/build_dev_sets.py's sets, --weights):
 # every arm on every set of its task (held-out sets reported, never voting), arm by arm, seeds [0, 1, 2].
-_DEV_CLS = dict(model="tf_efficientnet_lite1", image_size=128, epochs=3, seeds=[0, 1, 2],
+_DEV_CLS = dict(model="tf_efficientnet_lite1", image_size=128, epochs=BUDGETS["classification"][0],
+                seeds=[0, 1, 2],
                 arms=["defaults", "naive", "layer_decay_0.75", "backbone_lr_0.1", "lp_ft", "no_ema",
                       "no_label_smoothing", "res_up"])
-_DEV_DET = dict(model="tf_efficientnet_lite1", image_size=320, epochs=6, seeds=[0, 1, 2],
+_DEV_DET = dict(model="tf_efficientnet_lite1", image_size=320, epochs=BUDGETS["detection"][0],
+                seeds=[0, 1, 2],
                 arms=["defaults", "plain", "fcos", "faster_rcnn", "anchors_by_stride", "no_warmup", "batch_4",
                       "scale_jitter", "size_up"])
-_DEV = {"dev_classification": _DEV_CLS, "dev_classification_10ep": dict(_DEV_CLS, epochs=10),
+_DEV = {"dev_classification": _DEV_CLS,
+        "dev_classification_10ep": dict(_DEV_CLS, epochs=BUDGETS["classification"][1]),
         "dev_detection": _DEV_DET}
 # Distillation on real_cls at 10 student epochs: at 5 the gain (+0.024) stayed within the student's seed
 # spread (0.032); at 10 it is beyond it (docs/guides/distillation.md has both). Pseudo-labels stay at 5.
