@@ -5,7 +5,9 @@
 #
 # 1. the GPU tests (tests/test_gpu_precision.py; the 2-GPU DDP/SyncBN test skips on one GPU),
 # 2. the main job on the GPU for each task (precision=auto -> bf16-mixed where the GPU has bf16),
-# 3. `python -m benchmarks.run --suite gpu --quick` (its JSON lands in $OUT/bench/).
+# 3. `python -m benchmarks.run --suite gpu --quick` (its JSON lands in $OUT/bench/),
+# 0. first, scripts/predict_path_probe.py: the predict path stage by stage against the model alone (what
+#    starves `gpu_inference`; $OUT/predict_probe.json). PROBE_ONLY=1 runs it alone.
 # TASKS="classification" and BENCH_ONLY=gpu_inference narrow steps 2 and 3 (a re-check).
 # Each step has its own time limit, so a hang in one still leaves the others' logs in $OUT.
 set -u
@@ -29,6 +31,8 @@ step() {  # step NAME SECONDS CMD...: run CMD under a limit, log to $OUT/NAME.lo
     'torchmetrics', torchmetrics.__version__)"
 } | tee "$OUT/machine.txt"
 
+step predict_probe 150 python3 scripts/predict_path_probe.py --device cuda --profile --out "$OUT/predict_probe.json"
+[ -n "${PROBE_ONLY:-}" ] && exit 0
 step gpu_tests 240 python3 -m pytest -q -p no:cacheprovider -m gpu -rs \
     tests/test_gpu_precision.py tests/test_syncbn.py
 for task in ${TASKS:-classification detection segmentation}; do

@@ -75,3 +75,22 @@ def test_progress_bar_refreshes_at_the_logging_interval(tmp_path, monkeypatch):
     assert trainer.progress_bar_callback.refresh_rate == 7
     cfg = compose_cfg("trainer.enable_progress_bar=false", f"run_dir={tmp_path}")
     assert build_trainer(cfg, tmp_path).progress_bar_callback is None
+
+
+def test_the_predict_path_probe_times_every_stage_on_the_cpu(tmp_path):
+    """scripts/predict_path_probe.py (the GPU suite's diagnosis of the predict path) runs end to end: every
+    stage's rate, the path's per-call start-up, and its JSON."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "predict_path_probe.py"
+    spec = importlib.util.spec_from_file_location("predict_path_probe", script)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    out = tmp_path / "probe.json"
+    report = probe.main(["--device", "cpu", "--model", "test_efficientnet", "--images", "8", "--batch-size",
+                         "4", "--rounds", "1", "--out", str(out)])
+    assert set(report["images_per_s"]) == {"model", "predict_step", "+ copy", "run_inference",
+                                          "run_inference x2 data"}
+    assert all(v > 0 for v in report["images_per_s"].values())
+    assert json.loads(out.read_text())["images"] == 8 and report["device"] == "cpu"
