@@ -8,8 +8,11 @@ arm, so a run cut short leaves whole arms):
   weights, image size, epochs and seed), ``naive`` (:mod:`benchmarks.plain_classification`, the same
   epochs and image size) and one knob of the defaults flipped per arm (:func:`cls_arms`);
 * detection (``data=coco``, final ``val/map_50`` and ``val/map``): ``defaults`` (RetinaNet), ``fcos``,
-  ``faster_rcnn`` (``head.detector``) and ``plain`` (:mod:`benchmarks.plain_detection`, torchvision's
-  RetinaNet in a written-out loop).
+  ``faster_rcnn`` (``head.detector``), ``plain`` (:mod:`benchmarks.plain_detection`, torchvision's
+  RetinaNet in a written-out loop) and the recipe's knobs (:func:`det_arms`);
+* segmentation (``data=seg_folder``, final ``val/miou``): ``defaults`` (semantic FPN), ``smp``
+  (:mod:`benchmarks.plain_segmentation`: ``smp.FPN`` on the same encoder and weights in SMP's example
+  loop) and the knobs (:func:`seg_arms`).
 
 Per set and arm: mean ± sd over seeds of the final metric; then :func:`benchmarks.choice_rule.choose` per
 metric. Held-out sets (``HELD_OUT``) are trained and reported, never voting. Every run is a subprocess with
@@ -40,7 +43,8 @@ from benchmarks.common import Result
 sys.path.insert(0, str(ROOT / "scripts"))
 from build_dev_sets import DEV_SETS  # noqa: E402
 
-NAIVE, PLAIN = "naive", "plain"  # the plain loops: arms whose overrides are these strings
+NAIVE, PLAIN, SMP = "naive", "plain", "smp"  # the plain loops: arms whose overrides are these strings
+BASELINES = {"classification": NAIVE, "detection": PLAIN, "segmentation": SMP}
 # Alternatives that remove a knob the defaults turn on (the choice rule's "simpler" side).
 SIMPLER = {"no_ema", "no_label_smoothing", "anchors_by_stride", "no_warmup", "batch_4"}
 
@@ -60,16 +64,34 @@ def det_arms(image_size: int) -> dict[str, list[str] | str]:
         "size_up": [f"data.image_size={up}"],  # the training and eval size
     }
 
+
+def seg_arms(image_size: int) -> dict[str, list[str] | str]:
+    """Every segmentation arm: SMP's loop, the other decoder, then the recipe's knobs one at a time
+    (task/segmentation.yaml, data/_seg_common.yaml)."""
+    up = max(image_size + 32, round(1.25 * image_size / 32) * 32)  # one step up (256 -> 320)
+    return {
+        "defaults": [],  # head.decoder=fpn
+        SMP: SMP,
+        "unet": ["head.decoder=unet"],
+        "scale_jitter": ["data.augment.scale=[0.5,2.0]"],  # default [1.0, 1.0]: off
+        "no_ema": ["ema.enabled=false"],  # config.yaml: true
+        "size_up": [f"data.image_size={up}"],  # the training and eval canvas
+    }
+
 # After-training steps that change neither the trained weights nor the per-epoch val metrics (calibration,
 # error analysis, export parity, model card: three more passes over val), off in every library arm.
 POST_TRAINING_OFF = ["calibrate.enabled=false", "errors.enabled=false", "export.parity=false",
                      "export.card=false"]
-METRICS = {"classification": ["acc1"], "detection": ["map_50", "map"]}
-RATIO_KINDS = {
-    "min": "the smallest per-set ratio of the defaults' mean val acc1 to the naive loop's (every set, held "
-    "out included)",
-    "mean": "the defaults' mAP@50 averaged over the sets (held out included) / the plain torchvision "
-    "RetinaNet loop's",
+METRICS = {"classification": ["acc1"], "detection": ["map_50", "map"], "segmentation": ["miou"]}
+# Per task: how the defaults are compared with the plain loop (``min``: the smallest per-set ratio; ``mean``:
+# the ratio of the means over the sets), its target, and what the ratio is.
+RATIOS = {
+    "classification": ("min", ">= 1.0", "the smallest per-set ratio of the defaults' mean val acc1 to the "
+                       "naive loop's (every set, held out included)"),
+    "detection": ("mean", ">= 1.3", "the defaults' mAP@50 averaged over the sets (held out included) / the "
+                  "plain torchvision RetinaNet loop's"),
+    "segmentation": ("min", ">= 1.0", "the smallest per-set ratio of the defaults' mean val mIoU to SMP's "
+                     "(smp.FPN, SMP's example loop; every set, held out included)"),
 }
 BUILD = "python scripts/build_dev_sets.py --out DIR --which all"
 
@@ -102,7 +124,8 @@ def resolve_sets(p: dict, task: str) -> tuple[dict[str, Path], list[str]]:
     voting, held = list(p.get("sets", voting)), list(p.get("held_out", held))
     root = Path(p["dev_root"])
     folders = {name: root / name for name in voting + held}
-    layout = {"classification": ("train", "val"), "detection": ("annotations", "train", "val")}[task]
+    layout = {"classification": ("train", "val"), "detection": ("annotations", "train", "val"),
+              "segmentation": ("images", "masks")}[task]
     for name, folder in folders.items():
         missing = [sub for sub in layout if not (folder / sub).is_dir()]
         if missing:
@@ -146,23 +169,29 @@ def _log(name: str, arm: str, seed: int, run: dict, metric: str) -> None:
           flush=True)
 
 
-def measure_classification(p: dict, folders: dict[str, Path], arms: dict) -> dict:
-    """``{arm: {set: [runs]}}``, arm by arm over sets and seeds; missing runs left out (cached_only)."""
+def _measure_each(p: dict, folders: dict[str, Path], arms: dict, plan, metric: str) -> dict:
+    """``{arm: {set: [runs]}}``, arm by arm over sets and seeds (``plan(arm, overrides, folder, seed)`` ->
+    ``(cache key, run)``); missing runs left out (cached_only)."""
     cache = RunCache(p.get("cache"), read_only=bool(p.get("cached_only")))
-    first = next(iter(folders.values()))
-    weights = p.get("weights") or "null"
-    batch_size = default_batch_size(cli_overrides(first, weights=weights, model_name=p["model"],
-                                                  image_size=p["image_size"], epochs=p["epochs"], seed=0))
     runs: dict[str, dict[str, list]] = {}
     for arm, overrides in arms.items():
         for name, data in folders.items():
             for seed in p["seeds"]:
-                key, fn = _cls_plan(arm, overrides, data, seed, p, batch_size)
+                key, fn = plan(arm, overrides, data, seed)
                 result, reused = cache.measure(key, fn, arm=arm, seed=seed, set=name)
                 if result is not None:
                     runs.setdefault(arm, {}).setdefault(name, []).append(result | {"reused": reused})
-                    _log(name, arm, seed, runs[arm][name][-1], "acc1")
+                    _log(name, arm, seed, runs[arm][name][-1], metric)
     return runs
+
+
+def measure_classification(p: dict, folders: dict[str, Path], arms: dict) -> dict:
+    """``{arm: {set: [runs]}}``, arm by arm over sets and seeds; missing runs left out (cached_only)."""
+    first = next(iter(folders.values()))
+    weights = p.get("weights") or "null"
+    batch_size = default_batch_size(cli_overrides(first, weights=weights, model_name=p["model"],
+                                                  image_size=p["image_size"], epochs=p["epochs"], seed=0))
+    return _measure_each(p, folders, arms, lambda *job: _cls_plan(*job, p, batch_size), "acc1")
 
 
 def measure_detection(p: dict, folders: dict[str, Path], arms: dict) -> dict:
@@ -183,6 +212,29 @@ def measure_detection(p: dict, folders: dict[str, Path], arms: dict) -> dict:
             for seed, run in zip(p["seeds"], done):
                 _log(name, arm, seed, run, "map_50")
     return runs
+
+
+def _seg_plan(overrides, data: Path, seed: int, p: dict):
+    """``(cache key, run)`` of one segmentation arm at one seed (the library's default decoder; ``smp``:
+    ``smp.FPN``)."""
+    from benchmarks import bench_segmentation_accuracy as seg
+
+    threads = p.get("threads", 1)
+    common = {"decoder": "fpn", "weights": p.get("weights") or "null", "model_name": p["model"],
+              "image_size": p["image_size"], "epochs": p["epochs"], "seed": seed}
+    if overrides == SMP:
+        if not p.get("weights"):
+            raise ValueError("the smp arm needs --weights (the SMP loop loads real weights)")
+        return seg.plain_key(data, **common), lambda: seg.plain_run(data, threads=threads, **common)
+    init = [] if p.get("weights") else ["model.pretrained=false"]
+    extra = tuple(init + POST_TRAINING_OFF + list(overrides))
+    key = "dev-seg-" + config_key(seg.cli_overrides(data, overrides=extra, **common))
+    return key, lambda: seg.library_run(data, threads=threads, overrides=extra, **common)
+
+
+def measure_segmentation(p: dict, folders: dict[str, Path], arms: dict) -> dict:
+    """As :func:`measure_classification`, through the segmentation accuracy benchmark's runs."""
+    return _measure_each(p, folders, arms, lambda _, *job: _seg_plan(*job, p), "miou")
 
 
 def cells(runs: dict, metric: str) -> dict[str, dict[str, dict]]:
@@ -220,7 +272,7 @@ def _ratio(table: dict, arm: str, baseline: str, how: str) -> float | None:
 
 def summarize_suite(task: str, runs: dict, held: list[str], seeds: list[int]) -> dict:
     """Per-metric tables and choices, and one verdict per arm (several metrics: :func:`combine`)."""
-    baselines = {NAIVE, PLAIN}
+    baselines = set(BASELINES.values())
     tables = {metric: cells(runs, metric) for metric in METRICS[task]}
     choices = {metric: choose(table, held_out=held, simpler=SIMPLER, baselines=baselines)
                if "defaults" in table else None for metric, table in tables.items()}
@@ -258,16 +310,15 @@ def run_task(task: str, name: str, p: dict) -> Result:
     if skipped:
         return skipped
     folders, held = resolve_sets(p, task)
-    if task == "classification":
-        arms = choose_arms(cls_arms(p["image_size"]), p)
-        runs, baseline = measure_classification(p, folders, arms), NAIVE
-    else:
-        arms = choose_arms(det_arms(p["image_size"]), p)
-        runs, baseline = measure_detection(p, folders, arms), PLAIN
+    known, measure = {"classification": (cls_arms, measure_classification),
+                      "detection": (det_arms, measure_detection),
+                      "segmentation": (seg_arms, measure_segmentation)}[task]
+    arms = choose_arms(known(p["image_size"]), p)
+    runs, baseline = measure(p, folders, arms), BASELINES[task]
     suite = summarize_suite(task, runs, held, list(p["seeds"]))
     metric = METRICS[task][0]
     table = suite["per_set"][metric]
-    how, target = ("min", ">= 1.0") if task == "classification" else ("mean", ">= 1.3")
+    how, target, ratio_kind = RATIOS[task]
     return Result(
         name=name,
         title=title,
@@ -277,7 +328,7 @@ def run_task(task: str, name: str, p: dict) -> Result:
         library=_side(table, "defaults", f"{metric} (defaults, mean over seeds, per set)"),
         baseline=_side(table, baseline, f"{metric} ({baseline} loop)"),
         ratio=_ratio(table, "defaults", baseline, how),
-        ratio_kind=RATIO_KINDS[how],
+        ratio_kind=ratio_kind,
         target=target,
         extra={"dev_suite": suite},
     ).check()

@@ -186,7 +186,7 @@ def _time_to_accuracy(seeds: list[dict]) -> list[str]:
     return lines
 
 
-_METRIC_NAMES = {"acc1": "val acc1", "map_50": "mAP@50", "map": "mAP"}
+_METRIC_NAMES = {"acc1": "val acc1", "map_50": "mAP@50", "map": "mAP", "miou": "val mIoU"}
 
 
 def _dev_suite(d: dict) -> list[str]:
@@ -220,7 +220,8 @@ def _dev_decisions(record: dict) -> list[str]:
     for r in record["results"]:
         suite = r.get("extra", {}).get("dev_suite") if r["status"] == "ok" else None
         if suite:
-            task = "detection" if "map_50" in suite["per_set"] else "classification"
+            first_metric = next(iter(suite["per_set"]))
+            task = {"acc1": "classification", "map_50": "detection", "miou": "segmentation"}[first_metric]
             by_task.setdefault(task, {})[f"{r['settings']['epochs']} epochs"] = suite["verdicts"]
     lines = []
     for task, verdicts in by_task.items():

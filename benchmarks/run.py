@@ -7,9 +7,9 @@ model: checks the harness, the numbers mean nothing). ``--suite gpu`` without a 
 a result file saying so and exits 0. ``--suite accuracy`` trains on real images with real weights
 (``--det-data DIR --seg-data DIR --cls-data DIR --weights FILE``, see ``scripts/build_real_sets.py``):
 hours on 2 CPU cores, so its finished runs are kept in ``--cache`` (shared with
-``scripts/detection_study.py``) and reused. ``dev_classification``, ``dev_classification_10ep`` and
-``dev_detection`` run the multi-dataset dev benchmark (``--dev-root DIR --weights FILE``,
-``benchmarks/bench_dev_suite.py``).
+``scripts/detection_study.py``) and reused. ``dev_classification``, ``dev_classification_10ep``,
+``dev_detection`` and ``dev_segmentation`` run the multi-dataset dev benchmark (``--dev-root DIR
+--weights FILE``, ``benchmarks/bench_dev_suite.py``).
 """
 
 from __future__ import annotations
@@ -176,9 +176,12 @@ _DEV_DET = dict(model="tf_efficientnet_lite1", image_size=320, epochs=BUDGETS["d
                 seeds=[0, 1, 2],
                 arms=["defaults", "plain", "fcos", "faster_rcnn", "anchors_by_stride", "no_warmup", "batch_4",
                       "scale_jitter", "size_up"])
+# Segmentation at the accuracy suite's budget (segmentation_accuracy_*: 256 px, 4 epochs).
+_DEV_SEG = dict(model="tf_efficientnet_lite1", image_size=256, epochs=BUDGETS["segmentation"][0],
+                seeds=[0, 1, 2], arms=["defaults", "smp", "unet", "scale_jitter", "no_ema", "size_up"])
 _DEV = {"dev_classification": _DEV_CLS,
         "dev_classification_10ep": dict(_DEV_CLS, epochs=BUDGETS["classification"][1]),
-        "dev_detection": _DEV_DET}
+        "dev_detection": _DEV_DET, "dev_segmentation": _DEV_SEG}
 # Distillation on real_cls at 10 student epochs: at 5 the gain (+0.024) stayed within the student's seed
 # spread (0.032); at 10 it is beyond it (docs/guides/distillation.md has both). Pseudo-labels stay at 5.
 _DISTILL_REAL = dict(_DISTILL, epochs=10, distill_settings=[[0.5, 4.0]])
@@ -236,6 +239,7 @@ RUNNERS = {
         "classification", "dev_classification_10ep", p
     ),
     "dev_detection": lambda p: bench_dev_suite.run_task("detection", "dev_detection", p),
+    "dev_segmentation": lambda p: bench_dev_suite.run_task("segmentation", "dev_segmentation", p),
     "gpu_train": lambda p: bench_train.run(p, accelerator="gpu", precision="bf16-mixed", target=">= 0.97"),
     "gpu_inference": lambda p: bench_inference.run(p, device="cuda"),
     "gpu_scaling": lambda p: bench_scaling.run(p, device="cuda"),

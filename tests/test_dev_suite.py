@@ -16,9 +16,11 @@ from benchmarks.bench_dev_suite import (
     cls_arms,
     det_arms,
     resolve_sets,
+    seg_arms,
     task_sets,
     within_spread_of_best,
 )
+from benchmarks.bench_segmentation_accuracy import cli_overrides as seg_overrides
 from benchmarks.bench_time_to_accuracy import cli_overrides
 from benchmarks.choice_rule import across_budgets, choose, combine, ranks
 from tests.test_benchmark_time_to_accuracy import _jpeg_class_folders
@@ -122,12 +124,18 @@ def test_every_arm_composes_and_flips_a_current_default(tmp_path):
     det = {arm: config_key(det_overrides(tmp_path, overrides=tuple(o), **common))
            for arm, o in det_arms_320.items() if o != "plain"}
     assert len(set(det.values())) == len(det)
+    seg = {arm: config_key(seg_overrides(tmp_path, decoder="fpn", overrides=tuple(o), **common))
+           for arm, o in seg_arms(256).items() if o != "smp"}
+    assert len(set(seg.values())) == len(seg) and seg_arms(256)["size_up"] == ["data.image_size=320"]
 
 
 def test_sets_come_from_dev_sets_and_a_missing_one_names_the_build_command(tmp_path):
     voting, held = task_sets("classification")
     assert "cls_sprites" in held and "cls_sprites" not in voting and len(voting) == 4
     assert task_sets("detection")[1] == ["det_emoji"]
+    assert task_sets("segmentation") == (["seg_clipart", "seg_portraits"], [])
+    with pytest.raises(ValueError, match=r"'seg_clipart' has no images, masks folder.*build_dev_sets.py"):
+        resolve_sets({"dev_root": tmp_path}, "segmentation")
     with pytest.raises(ValueError, match=r"'cls_clipart' has no train, val folder.*build_dev_sets.py"):
         resolve_sets({"dev_root": tmp_path}, "classification")
     with pytest.raises(ValueError, match=r"unknown arm\(s\) \['nope'\]"):
@@ -180,3 +188,31 @@ def test_dev_suite_end_to_end_on_two_tiny_sets_with_runs_reused(tmp_path, monkey
                for c in a.values())
     assert again["extra"]["dev_suite"]["per_set"]["acc1"]["defaults"]["toy_a"]["mean"] == \
         table["defaults"]["toy_a"]["mean"]
+
+
+@pytest.mark.slow
+def test_dev_suite_segmentation_end_to_end_on_two_tiny_sets(tmp_path, monkeypatch):
+    """The segmentation arms through the same harness: per-set mIoU, the choice rule, the decision table."""
+    from benchmarks import run as suite
+
+    from b4transfer.tasks.segmentation.data.demo import ensure_demo_masks
+
+    monkeypatch.setenv("B4TRANSFER_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "dev"
+    for i, name in enumerate(("seg_a", "seg_b")):
+        ensure_demo_masks(root / name, image_size=48, train_images=4, val_images=2, seed=i)
+    tiny = dict(model="test_efficientnet", image_size=48, epochs=1, seeds=[0], random_init=True,
+                arms=["defaults", "no_ema"], sets=["seg_a", "seg_b"], held_out=[])
+    monkeypatch.setitem(suite.ACCURACY_PROFILES["smoke"], "dev_segmentation", tiny)
+    out, md = tmp_path / "results", tmp_path / "BENCHMARKS.md"
+    args = ["--suite", "accuracy", "--smoke", "--only", "dev_segmentation", "--out-dir", str(out),
+            "--markdown", str(md), "--dev-root", str(root), "--cache", str(tmp_path / "runs.json")]
+    assert suite.main(args) == 0
+    (result,) = json.loads((out / "accuracy-smoke.json").read_text())["results"]
+    assert result["status"] == "ok", result
+    table = result["extra"]["dev_suite"]["per_set"]["miou"]
+    assert set(table) == {"defaults", "no_ema"} and all(set(a) == {"seg_a", "seg_b"} for a in table.values())
+    assert all(0 <= c["mean"] <= 1 for a in table.values() for c in a.values())
+    assert result["extra"]["dev_suite"]["verdicts"]["no_ema"] in ("keep", "revert")
+    text = md.read_text()
+    assert "val mIoU per set" in text and "Dev benchmark, segmentation: the decision per arm" in text
