@@ -151,23 +151,34 @@ def test_without_dev_root_or_weights_the_result_is_skipped():
     assert result.status == "skipped" and "--dev-root" in result.reason and "--weights" in result.reason
 
 
-@pytest.mark.slow
-def test_dev_suite_end_to_end_on_two_tiny_sets_with_runs_reused(tmp_path, monkeypatch):
+def _smoke_suite(tmp_path, monkeypatch, name: str, tiny: dict):
+    """``(run, markdown)``: ``run()`` runs the smoke accuracy suite's ``name`` with the profile ``tiny`` on
+    the sets under ``tmp_path / "dev"`` (one run cache) and returns its result."""
     from benchmarks import run as suite
 
     monkeypatch.setenv("B4TRANSFER_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "dev"
+    monkeypatch.setitem(suite.ACCURACY_PROFILES["smoke"], name, tiny)
+    out, md = tmp_path / "results", tmp_path / "BENCHMARKS.md"
+    args = ["--suite", "accuracy", "--smoke", "--only", name, "--out-dir", str(out), "--markdown", str(md),
+            "--dev-root", str(tmp_path / "dev"), "--cache", str(tmp_path / "runs.json")]
+
+    def run() -> dict:
+        assert suite.main(args) == 0
+        (result,) = json.loads((out / "accuracy-smoke.json").read_text())["results"]
+        assert result["status"] == "ok", result
+        return result
+
+    return run, md
+
+
+@pytest.mark.slow
+def test_dev_suite_end_to_end_on_two_tiny_sets_with_runs_reused(tmp_path, monkeypatch):
     for name in ("toy_a", "toy_b"):
-        _jpeg_class_folders(root / name, per_split=(("train", 4), ("val", 2)), size=32)
+        _jpeg_class_folders(tmp_path / "dev" / name, per_split=(("train", 4), ("val", 2)), size=32)
     tiny = dict(model="test_efficientnet", image_size=32, epochs=1, seeds=[0], random_init=True,
                 arms=["defaults", "no_label_smoothing"], sets=["toy_a", "toy_b"], held_out=["toy_b"])
-    monkeypatch.setitem(suite.ACCURACY_PROFILES["smoke"], "dev_classification", tiny)
-    out, md = tmp_path / "results", tmp_path / "BENCHMARKS.md"
-    args = ["--suite", "accuracy", "--smoke", "--only", "dev_classification", "--out-dir", str(out),
-            "--markdown", str(md), "--dev-root", str(root), "--cache", str(tmp_path / "runs.json")]
-    assert suite.main(args) == 0
-    (result,) = json.loads((out / "accuracy-smoke.json").read_text())["results"]
-    assert result["status"] == "ok", result
+    run, md = _smoke_suite(tmp_path, monkeypatch, "dev_classification", tiny)
+    result = run()
     d = result["extra"]["dev_suite"]
     assert d["sets"] == ["toy_a", "toy_b"] and d["held_out"] == ["toy_b"]
     table = d["per_set"]["acc1"]
@@ -182,8 +193,7 @@ def test_dev_suite_end_to_end_on_two_tiny_sets_with_runs_reused(tmp_path, monkey
     assert result["ratio"] is None  # no naive arm here
     text = md.read_text()
     assert "toy_b (held out)" in text and "Choice rule on val acc1" in text
-    assert suite.main(args) == 0  # again: every run comes from the cache
-    (again,) = json.loads((out / "accuracy-smoke.json").read_text())["results"]
+    again = run()  # again: every run comes from the cache
     assert all(c["reused"] == 1 for a in again["extra"]["dev_suite"]["per_set"]["acc1"].values()
                for c in a.values())
     assert again["extra"]["dev_suite"]["per_set"]["acc1"]["defaults"]["toy_a"]["mean"] == \
@@ -193,23 +203,14 @@ def test_dev_suite_end_to_end_on_two_tiny_sets_with_runs_reused(tmp_path, monkey
 @pytest.mark.slow
 def test_dev_suite_segmentation_end_to_end_on_two_tiny_sets(tmp_path, monkeypatch):
     """The segmentation arms through the same harness: per-set mIoU, the choice rule, the decision table."""
-    from benchmarks import run as suite
-
     from b4transfer.tasks.segmentation.data.demo import ensure_demo_masks
 
-    monkeypatch.setenv("B4TRANSFER_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "dev"
     for i, name in enumerate(("seg_a", "seg_b")):
-        ensure_demo_masks(root / name, image_size=48, train_images=4, val_images=2, seed=i)
+        ensure_demo_masks(tmp_path / "dev" / name, image_size=48, train_images=4, val_images=2, seed=i)
     tiny = dict(model="test_efficientnet", image_size=48, epochs=1, seeds=[0], random_init=True,
                 arms=["defaults", "no_ema"], sets=["seg_a", "seg_b"], held_out=[])
-    monkeypatch.setitem(suite.ACCURACY_PROFILES["smoke"], "dev_segmentation", tiny)
-    out, md = tmp_path / "results", tmp_path / "BENCHMARKS.md"
-    args = ["--suite", "accuracy", "--smoke", "--only", "dev_segmentation", "--out-dir", str(out),
-            "--markdown", str(md), "--dev-root", str(root), "--cache", str(tmp_path / "runs.json")]
-    assert suite.main(args) == 0
-    (result,) = json.loads((out / "accuracy-smoke.json").read_text())["results"]
-    assert result["status"] == "ok", result
+    run, md = _smoke_suite(tmp_path, monkeypatch, "dev_segmentation", tiny)
+    result = run()
     table = result["extra"]["dev_suite"]["per_set"]["miou"]
     assert set(table) == {"defaults", "no_ema"} and all(set(a) == {"seg_a", "seg_b"} for a in table.values())
     assert all(0 <= c["mean"] <= 1 for a in table.values() for c in a.values())
