@@ -150,7 +150,7 @@ def _numbers_as_floats(node):
     return float(node) if isinstance(node, int) and not isinstance(node, bool) else node
 
 
-def plain_key(data_root, *, weights, model_name, image_size, epochs, seed, recipe=None) -> str:
+def plain_key(data_root, *, weights, model_name, image_size, epochs, seed, recipe=None, device="cpu") -> str:
     from benchmarks.plain_detection import RECIPE
 
     spec = dict(
@@ -161,7 +161,7 @@ def plain_key(data_root, *, weights, model_name, image_size, epochs, seed, recip
         image_size=image_size,
         epochs=epochs,
         seed=seed,
-    )
+    ) | ({"device": device} if device != "cpu" else {})  # the CPU runs' keys as before devices were added
     return "plain-" + hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -212,13 +212,14 @@ def recipe_key(prefix: str, recipe: dict, data_root, **settings) -> str:
 
 
 def plain_run(
-    data_root, *, weights, model_name, image_size, epochs, seed, recipe=None, threads: int | None = None
+    data_root, *, weights, model_name, image_size, epochs, seed, recipe=None, threads: int | None = None,
+    device: str = "cpu",
 ) -> dict:
     """One run of :mod:`benchmarks.plain_detection` in a subprocess (``wall_s``: its training loop;
     ``process_wall_s``: the whole process, as a library run's ``wall_s``)."""
     result, wall = run_plain_loop(
         "benchmarks.plain_detection", data_root, threads, weights=weights, model=model_name,
-        image_size=image_size, epochs=epochs, seed=seed, recipe=json.dumps(recipe or {}),
+        image_size=image_size, epochs=epochs, seed=seed, recipe=json.dumps(recipe or {}), device=device,
     )
     return result | {"process_wall_s": round(wall, 1)}
 
@@ -256,14 +257,21 @@ class RunCache:
             self.runs[key] = result
 
 
+# A library run on the GPU (settings["device"] == "cuda"): one GPU, and few loader workers, since several
+# runs share the machine side by side.
+GPU_OVERRIDES = ["trainer=gpu", "data.num_workers=4"]
+
+
 def plan(arm: str, overrides, seed: int, settings: dict, threads: int | None = 1):
     """``(key, run, info)`` of one arm at one seed: ``overrides == "plain"`` is the plain loop."""
     data = settings["data"]
     common = {k: settings[k] for k in ("weights", "model_name", "image_size", "epochs")} | {"seed": seed}
+    device = settings.get("device", "cpu")
     if overrides == "plain":
-        key = plain_key(data, **common)
-        fn = lambda: plain_run(data, threads=threads, **common)  # noqa: E731
+        key = plain_key(data, device=device, **common)
+        fn = lambda: plain_run(data, threads=threads, device=device, **common)  # noqa: E731
     else:
+        overrides = [*overrides, *(GPU_OVERRIDES if device == "cuda" else [])]
         key = config_key(cli_overrides(data, overrides=tuple(overrides), **common))
         fn = lambda: library_run(data, overrides=tuple(overrides), threads=threads, **common)  # noqa: E731
     info = {

@@ -195,7 +195,9 @@ def measure_classification(p: dict, folders: dict[str, Path], arms: dict) -> dic
 
 
 def measure_detection(p: dict, folders: dict[str, Path], arms: dict) -> dict:
-    """As :func:`measure_classification`, through the detection accuracy benchmark's runs."""
+    """As :func:`measure_classification`, through the detection accuracy benchmark's runs; ``device=cuda``
+    trains every arm on the GPU (library: ``trainer=gpu``; the plain loop: ``--device cuda``, fp32), and
+    ``workers`` runs that many seeds of an arm side by side (one GPU holds several of these small runs)."""
     if not p.get("weights"):
         raise ValueError("dev_detection needs --weights (the plain loop loads real weights)")
     cache = RunCache(p.get("cache"), read_only=bool(p.get("cached_only")))
@@ -203,10 +205,11 @@ def measure_detection(p: dict, folders: dict[str, Path], arms: dict) -> dict:
     for arm, overrides in arms.items():
         for name, data in folders.items():
             settings = {"data": data, "weights": p["weights"], "model_name": p["model"],
-                        "image_size": p["image_size"], "epochs": p["epochs"]}
+                        "image_size": p["image_size"], "epochs": p["epochs"],
+                        "device": p.get("device", "cpu")}
             extra = overrides if overrides == PLAIN else POST_TRAINING_OFF + list(overrides)
             jobs = [(arm, extra, seed) for seed in p["seeds"]]
-            done = measure_all(cache, jobs, settings).get(arm, [])
+            done = measure_all(cache, jobs, settings, workers=p.get("workers", 1)).get(arm, [])
             if done:
                 runs.setdefault(arm, {})[name] = done
             for seed, run in zip(p["seeds"], done):

@@ -115,12 +115,12 @@ def build(model_name: str, weights: str, num_classes: int, image_size: int, chan
 
 
 @torch.no_grad()
-def evaluate(model: RetinaNet, val: list, batch_size: int) -> dict[str, float]:
+def evaluate(model: RetinaNet, val: list, batch_size: int, device: str = "cpu") -> dict[str, float]:
     model.eval()
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox")
     for i in range(0, len(val), batch_size):
         chunk = val[i : i + batch_size]
-        outs = model([x for x, _ in chunk])
+        outs = [{k: v.cpu() for k, v in o.items()} for o in model([x.to(device) for x, _ in chunk])]
         metric.update(
             [
                 {"boxes": o["boxes"] / t["scale"], "scores": o["scores"], "labels": o["labels"]}
@@ -141,14 +141,16 @@ def train_plain(
     epochs: int,
     seed: int,
     recipe: dict | None = None,
+    device: str = "cpu",
 ) -> dict:
-    """Train with :data:`RECIPE`; returns per-epoch validation ``map`` / ``map_50`` and the wall time."""
+    """Train with :data:`RECIPE` on ``device`` (fp32 there too, as a plain loop runs); returns per-epoch
+    validation ``map`` / ``map_50`` and the wall time."""
     r = {**RECIPE, **(recipe or {})}
     root = Path(data_root)
     torch.manual_seed(seed)
     train_items, names = read_coco_split(root, "train")
     val_items, _ = read_coco_split(root, "val")
-    model = build(model_name, weights, len(names), image_size, r["fpn_channels"])
+    model = build(model_name, weights, len(names), image_size, r["fpn_channels"]).to(device)
     fill = tuple(round(255 * m) for m in model.backbone.body.pretrained_cfg["mean"])
     train = [letterbox(it, image_size, fill) for it in train_items]
     val = [letterbox(it, image_size, fill) for it in val_items]
@@ -185,15 +187,15 @@ def train_plain(
                     boxes = torch.stack(
                         [image_size - boxes[:, 2], boxes[:, 1], image_size - boxes[:, 0], boxes[:, 3]], 1
                     )
-                images.append(x)
-                targets.append({"boxes": boxes, "labels": t["labels"]})
+                images.append(x.to(device))
+                targets.append({"boxes": boxes.to(device), "labels": t["labels"].to(device)})
             loss = sum(model(images, targets).values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), r["clip"])
             opt.step()
             sched.step()
-        history.append({"epoch": epoch, **evaluate(model, val, 8)})
+        history.append({"epoch": epoch, **evaluate(model, val, 8, device)})
     return {"epochs": history, "wall_s": round(time.perf_counter() - start, 1), "recipe": r}
 
 
@@ -210,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, required=True)
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--recipe", default="{}", help="JSON: RECIPE keys to change")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
     args = ap.parse_args(argv)
     result = train_plain(
         args.data,
@@ -219,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         epochs=args.epochs,
         seed=args.seed,
         recipe=json.loads(args.recipe),
+        device=args.device,
     )
     print("RESULT " + json.dumps(result))
 

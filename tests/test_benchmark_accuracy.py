@@ -93,3 +93,20 @@ def test_every_config_key_is_known_to_the_run_cache():
     cfg = {k: v for k, v in cfg.items() if k not in AFTER_TRAINING}
     new = set(leaves(cfg)) - set(json.loads(KNOWN_KEYS.read_text())) - set(NEUTRAL) - {"run_dir"}
     assert not new, f"config keys unknown to the accuracy cache: {sorted(new)}; add neutral ones to NEUTRAL"
+
+
+def test_a_gpu_run_has_its_own_cache_key_and_the_cpu_keys_stay_as_they_were(tmp_path):
+    """``device=cuda`` (the dev suite's GPU profile) trains the library with trainer=gpu and the plain loop
+    with --device cuda: never the cached CPU runs, whose keys the device does not change."""
+    from benchmarks.bench_detection_accuracy import plain_key, plan
+
+    settings = dict(data=tmp_path, weights="w.safetensors", model_name="test_efficientnet", image_size=64,
+                    epochs=1)
+    cpu_plain, _, _ = plan("plain", "plain", 0, settings)
+    assert cpu_plain == plain_key(tmp_path, weights="w.safetensors", model_name="test_efficientnet",
+                                  image_size=64, epochs=1, seed=0)
+    assert plan("plain", "plain", 0, settings | {"device": "cuda"})[0] != cpu_plain
+    cpu_lib, _, cpu_info = plan("defaults", [], 0, settings)
+    gpu_lib, _, gpu_info = plan("defaults", [], 0, settings | {"device": "cuda"})
+    assert cpu_lib != gpu_lib and cpu_info["overrides"] == []
+    assert gpu_info["overrides"] == ["trainer=gpu", "data.num_workers=4"]

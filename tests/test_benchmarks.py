@@ -80,13 +80,9 @@ def test_progress_bar_refreshes_at_the_logging_interval(tmp_path, monkeypatch):
 def test_the_predict_path_probe_times_every_stage_on_the_cpu(tmp_path):
     """scripts/predict_path_probe.py (the GPU suite's diagnosis of the predict path) runs end to end: every
     stage's rate, the path's per-call start-up, and its JSON."""
-    import importlib.util
-    from pathlib import Path
+    from tests.conftest import load_script
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "predict_path_probe.py"
-    spec = importlib.util.spec_from_file_location("predict_path_probe", script)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_script("predict_path_probe")
     out = tmp_path / "probe.json"
     report = probe.main(["--device", "cpu", "--model", "test_efficientnet", "--images", "8", "--batch-size",
                          "4", "--rounds", "1", "--out", str(out)])

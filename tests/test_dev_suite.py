@@ -217,3 +217,15 @@ def test_dev_suite_segmentation_end_to_end_on_two_tiny_sets(tmp_path, monkeypatc
     assert result["extra"]["dev_suite"]["verdicts"]["no_ema"] in ("keep", "revert")
     text = md.read_text()
     assert "val mIoU per set" in text and "Dev benchmark, segmentation: the decision per arm" in text
+
+
+def test_run_caches_made_elsewhere_merge_without_replacing_a_finished_run(tmp_path):
+    from tests.conftest import load_script
+
+    merge_mod = load_script("merge_run_caches")
+    dest, a, b = tmp_path / "acc.json", tmp_path / "a.json", tmp_path / "b.json"
+    dest.write_text(json.dumps({"k1": {"v": 1}}))
+    a.write_text(json.dumps({"k1": {"v": 1}, "k2": {"v": 2}}))
+    b.write_text(json.dumps({"k1": {"v": 9}, "k3": {"v": 3}}))
+    assert merge_mod.merge(dest, [a, b]) == {"added": 2, "kept": 1, "differing": 1}
+    assert json.loads(dest.read_text()) == {"k1": {"v": 1}, "k2": {"v": 2}, "k3": {"v": 3}}
