@@ -143,6 +143,29 @@ def test_a_task_without_sliced_inference_refuses_it(tmp_path):
         tasks.get("classification").check_config(cfg)
 
 
+@pytest.mark.parametrize(
+    ("task", "override", "line"),
+    [
+        ("classification", "predict.draw=true", "task=classification does not support predict.draw=true "
+         "(a setting of task=detection and task=segmentation); it supports predict.draw=false. Fix: drop "
+         "predict.draw (the checkpoint is a task=classification model)."),
+        ("segmentation", "predict.coco_json=ids.json", "task=segmentation does not support "
+         "predict.coco_json=ids.json (a setting of task=detection); it supports predict.coco_json=null."),
+        ("segmentation", "predict.draw_score_thresh=0.5", "task=segmentation does not support "
+         "predict.draw_score_thresh=0.5 (a setting of task=detection)"),
+    ],
+)
+def test_an_output_option_of_other_tasks_is_refused_not_ignored(tmp_path, task, override, line):
+    """What mode=predict asks a checkpoint's task: an output it does not write (drawn images for a
+    classifier, a COCO JSON's image ids for masks) is one line naming the tasks that write it."""
+    cfg = compose_cfg(*TINY, f"task={task}", "mode=predict", override, f"run_dir={tmp_path / 'r'}")
+    with pytest.raises(NotSupportedError) as err:
+        tasks.get(task).check_config(cfg)
+    assert line in str(err.value)
+    tasks.get("detection").check_config(compose_cfg(*TINY, "task=detection", "mode=predict", override,
+                                                    f"run_dir={tmp_path / 'r'}"))  # detection writes all
+
+
 @pytest.mark.slow
 def test_sliced_predict_runs_from_a_checkpoint(tmp_path):
     """Through the CLI's entry point: a trained detector, tiles of a generated image, one merged result."""

@@ -43,7 +43,7 @@ from torch import nn
 
 from b4transfer.backbone import build_backbone  # the one backbone builder every task's module uses
 from b4transfer.backbone.origin import weights_origin
-from b4transfer.config import check_seed
+from b4transfer.config import check_seed, conf_default
 from b4transfer.errors import NotSupportedError
 from b4transfer.export.artifacts import check_opset
 from b4transfer.runtime import tta
@@ -88,6 +88,23 @@ def metric_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
 
+# predict.* keys only some tasks' mode=predict reads (Task.predict_outputs); the others refuse them when set.
+PREDICT_OUTPUT_KEYS = ("draw", "draw_score_thresh", "coco_json")
+
+
+def _predict_default(key: str) -> Any:
+    """``predict.<key>``'s default in conf/config.yaml (``None`` where it is null)."""
+    try:
+        return conf_default(f"predict.{key}")
+    except KeyError:  # a null default
+        return None
+
+
+def _as_typed(value: Any) -> Any:
+    """A value as the command line writes it (``true``, ``null``)."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else value
+
+
 class Task:
     """What a ``task=`` plug-in provides. Subclass it, set the class attributes, implement the builders.
 
@@ -103,6 +120,8 @@ class Task:
         tta_modes: The ``tta=`` values it supports (its module implements ``tta_forward``).
         sliced_predict: Whether its ``mode=predict`` honours ``predict.slice`` (tiled inference).
         explains: Whether its ``mode=predict`` honours ``predict.explain`` (class activation maps).
+        predict_outputs: The keys of :data:`PREDICT_OUTPUT_KEYS` its ``mode=predict`` reads (drawn images,
+            a COCO JSON's image ids); another one set away from its default is refused.
         why_not: Why it refuses a setting, by ``"key=value"`` (e.g. ``"mode=distill"``), for the message.
         steps: The post-training steps of ``STEPS`` it implements (``calibrate``: :meth:`calibrate`;
             ``errors``: :meth:`analyse_errors`; ``parity``: :meth:`score_export`; ``card``:
@@ -126,6 +145,7 @@ class Task:
     tta_modes: ClassVar[tuple[str, ...]] = ()
     sliced_predict: ClassVar[bool] = False
     explains: ClassVar[bool] = False
+    predict_outputs: ClassVar[tuple[str, ...]] = ()
     steps: ClassVar[tuple[str, ...]] = ()
     runtime_adapter: ClassVar[Any] = None
     why_not: ClassVar[dict[str, str]] = {}
@@ -150,9 +170,8 @@ class Task:
         first of ``asked`` (options of other tasks, e.g. ``data.sampler``) that is set (not ``None``)."""
         for key, value in asked.items():
             if value is not None:
-                shown = str(value).lower() if isinstance(value, bool) else value  # as typed: true
                 raise NotSupportedError(
-                    f"task={self.name} does not support {key}={shown}; it supports {supported}"
+                    f"task={self.name} does not support {key}={_as_typed(value)}; it supports {supported}"
                 )
 
     def check_config(self, cfg: DictConfig) -> None:
@@ -175,6 +194,8 @@ class Task:
                 f"task={self.name} does not support predict.explain=true; it supports predict.explain=false "
                 f"({reason})."
             )
+        if cfg.mode == "predict":
+            self._refuse_predict_outputs(cfg.get("predict") or {})
         for step, (group, key) in STEPS.items():  # null: where the task implements it; true: required
             if step_setting(cfg, step) is True and step not in self.steps:
                 raise NotSupportedError(
@@ -189,6 +210,23 @@ class Task:
                     f"tta={cfg.tta} applies to mode={'|'.join(tta.MODES)}, not mode={cfg.mode}; evaluate the "
                     f"trained checkpoint with mode=validate ckpt_path=... tta={cfg.tta}."
                 )
+
+    def _refuse_predict_outputs(self, predict: Any) -> None:
+        """A ``predict.*`` output option of other tasks (``predict.draw=true`` for a classifier) is refused
+        instead of ignored: the user asked for an output this task does not write."""
+        from b4transfer import tasks  # the registry imports this module
+
+        for key in PREDICT_OUTPUT_KEYS:
+            value = predict.get(key)
+            if key in self.predict_outputs or value is None or value == _predict_default(key):
+                continue
+            readers = [t for t in tasks.names() if key in tasks.get(t).predict_outputs]
+            raise NotSupportedError(
+                f"task={self.name} does not support predict.{key}={_as_typed(value)} (a setting of "
+                f"{' and '.join(f'task={t}' for t in readers)}); it supports predict.{key}="
+                f"{_as_typed(_predict_default(key))}. Fix: drop predict.{key} (the checkpoint is a "
+                f"task={self.name} model)."
+            )
 
     # ------------------------------------------------------------------ building
     def build_backbone(self, cfg: DictConfig) -> nn.Module:

@@ -64,6 +64,7 @@ class DetectionTask(Task):
     steps = ("calibrate", "errors", "parity")  # score thresholds, AP chart + worst images, exports scored
     tta_modes = ("hflip", "hflip_scales")  # boxes of the views mapped back and merged (NMS + box voting)
     sliced_predict = True  # predict.slice: tiles detected one by one, merged in original pixels
+    predict_outputs = ("draw", "draw_score_thresh", "coco_json")  # boxes drawn; a COCO JSON's image ids
     runtime_adapter = RUNTIME_ADAPTER  # predict.runtime: onnxruntime, openvino, onnx_int8
 
     def check_config(self, cfg: DictConfig) -> None:

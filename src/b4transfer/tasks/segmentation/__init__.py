@@ -60,6 +60,7 @@ class SegmentationTask(Task):
     }
     export_formats = ("timm", "onnx")
     tta_modes = ("hflip", "hflip_scales")
+    predict_outputs = ("draw",)  # predict_overlays/: the masks blended over the images
     runtime_adapter = RUNTIME_ADAPTER  # predict.runtime: onnxruntime (its only exported runtime)
 
     def check_config(self, cfg: DictConfig) -> None:
