@@ -46,7 +46,7 @@ from build_dev_sets import DEV_SETS  # noqa: E402
 NAIVE, PLAIN, SMP = "naive", "plain", "smp"  # the plain loops: arms whose overrides are these strings
 BASELINES = {"classification": NAIVE, "detection": PLAIN, "segmentation": SMP}
 # Alternatives that remove a knob the defaults turn on (the choice rule's "simpler" side).
-SIMPLER = {"no_ema", "anchors_by_stride", "no_warmup", "batch_4"}
+SIMPLER = {"no_ema", "no_label_smoothing", "anchors_by_stride", "no_warmup", "batch_4"}
 
 
 def det_arms(image_size: int) -> dict[str, list[str] | str]:
@@ -106,7 +106,7 @@ def cls_arms(image_size: int) -> dict[str, list[str] | str]:
         "backbone_lr_0.1": ["optim.backbone_lr_mult=0.1"],  # optim/adamw.yaml: 1.0
         "lp_ft": ["finetune=freeze_unfreeze"],  # head alone for 1 epoch, then all (config.yaml: full)
         "no_ema": ["ema.enabled=false"],  # config.yaml: true
-        "label_smoothing_0.1": ["head.label_smoothing=0.1"],  # task/classification.yaml: 0.0 (reverted)
+        "no_label_smoothing": ["head.label_smoothing=0.0"],  # task/classification.yaml: 0.1
         "res_up": [f"data.image_size={up}"],  # eval size follows
     }
 

@@ -171,7 +171,7 @@ _DISTILL = dict(teacher_model="tf_efficientnet_lite1", student_model="tf_efficie
 _DEV_CLS = dict(model="tf_efficientnet_lite1", image_size=128, epochs=BUDGETS["classification"][0],
                 seeds=[0, 1, 2],
                 arms=["defaults", "naive", "layer_decay_0.75", "backbone_lr_0.1", "lp_ft", "no_ema",
-                      "label_smoothing_0.1", "res_up"])
+                      "no_label_smoothing", "res_up"])
 _DEV_DET = dict(model="tf_efficientnet_lite1", image_size=320, epochs=BUDGETS["detection"][0],
                 seeds=[0, 1, 2],
                 arms=["defaults", "plain", "fcos", "faster_rcnn", "anchors_by_stride", "no_warmup", "batch_4",
@@ -212,7 +212,7 @@ ACCURACY_PROFILES: dict[str, dict[str, dict]] = {
                                     teacher_epochs=1),
               # random init, no weights: checks the harness only
               "dev_classification": dict(model="test_efficientnet", image_size=32, epochs=1, seeds=[0],
-                                         arms=["defaults", "no_ema"], random_init=True)},
+                                         arms=["defaults", "no_label_smoothing"], random_init=True)},
 }
 RUNNERS = {
     "train_overhead": lambda p: bench_train.run(p),

@@ -210,7 +210,7 @@ def test_demo_is_the_default_detection_data_and_classification_is_unchanged():
     assert (mine.scheduler.name, mine.optim.weight_decay, mine.head.fpn_channels) == ("step", 0.05, 256)
     cls = compose_cfg()
     assert cls.task == "classification" and cls.checkpoint.monitor == "val/acc1"
-    assert dict(cls.head) == {"label_smoothing": 0.0}
+    assert dict(cls.head) == {"label_smoothing": 0.1}
     recipe = (cls.trainer.gradient_clip_val, cls.finetune.bn, cls.optim.backbone_lr_mult, cls.scheduler.name)
     assert recipe == (None, "train", 1.0, "none") and cls.ema.enabled
 

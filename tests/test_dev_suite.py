@@ -177,20 +177,20 @@ def test_dev_suite_end_to_end_on_two_tiny_sets_with_runs_reused(tmp_path, monkey
     for name in ("toy_a", "toy_b"):
         _jpeg_class_folders(tmp_path / "dev" / name, per_split=(("train", 4), ("val", 2)), size=32)
     tiny = dict(model="test_efficientnet", image_size=32, epochs=1, seeds=[0], random_init=True,
-                arms=["defaults", "no_ema"], sets=["toy_a", "toy_b"], held_out=["toy_b"])
+                arms=["defaults", "no_label_smoothing"], sets=["toy_a", "toy_b"], held_out=["toy_b"])
     run, md = _smoke_suite(tmp_path, monkeypatch, "dev_classification", tiny)
     result = run()
     d = result["extra"]["dev_suite"]
     assert d["sets"] == ["toy_a", "toy_b"] and d["held_out"] == ["toy_b"]
     table = d["per_set"]["acc1"]
-    assert set(table) == {"defaults", "no_ema"}
+    assert set(table) == {"defaults", "no_label_smoothing"}
     for arm in table.values():
         assert set(arm) == {"toy_a", "toy_b"}
         assert all(0 <= c["mean"] <= 1 and c["n"] == 1 and c["reused"] == 0 and c["wall_s"] > 0
                    for c in arm.values())
     choice = d["choice"]["acc1"]
     assert choice["voting_sets"] == ["toy_a"] and choice["held_out"] == ["toy_b"]
-    assert d["verdicts"]["no_ema"] in ("keep", "revert")  # a simpler arm: never "change"
+    assert d["verdicts"]["no_label_smoothing"] in ("keep", "revert")  # a simpler arm: never "change"
     assert result["ratio"] is None  # no naive arm here
     text = md.read_text()
     assert "toy_b (held out)" in text and "Choice rule on val acc1" in text
