@@ -8,8 +8,7 @@ when its gain is above the spread, **loses** when it is below minus the spread, 
 share the average rank); the mean rank is over the voting sets.
 
 Held-out sets are reported (wins / ties / losses) but never vote. An arm **beats** the defaults when it
-wins on most voting sets — more than half of them, or at least two with a mean normalised gain of at least
-1 (beyond the spread on average) — loses on none and has the better mean rank. The verdict:
+wins on more than half of the voting sets, loses on none and has the better mean rank. The verdict:
 
 * an alternative that adds something to the defaults (or swaps a part, e.g. another detector): ``change``
   when it beats the defaults, else ``keep`` (the defaults stay);
@@ -23,9 +22,6 @@ from __future__ import annotations
 import statistics
 
 VERDICTS = ("keep", "change", "revert", "baseline", "incomplete", "reference", "pending")
-# "Most sets" also counts an arm beyond the spread on average (mean normalised gain >= 1) that wins on at
-# least this many sets: one large win alone never flips a default.
-MIN_WINS_ON_AVERAGE = 2
 # The budgets (epochs) each task's defaults are judged at (rule 5: a change must hold at all of them):
 # a few epochs and ~10 (benchmarks/run.py builds the dev profiles from these).
 BUDGETS = {"classification": (3, 10), "detection": (6,), "segmentation": (4,)}
@@ -59,23 +55,15 @@ def _tally(per_set: dict, sets: list[str]) -> dict:
     return {"wins": outcomes.count("win"), "ties": outcomes.count("tie"), "losses": outcomes.count("loss")}
 
 
-def _wins_most(wins: int, mean_norm_gain: float | None, n_sets: int) -> bool:
-    """"Wins on most sets beyond the seed spread": on more than half of them, or on at least two with a mean
-    normalised gain of at least 1 (beyond the spread on average over the voting sets)."""
-    on_average = wins >= MIN_WINS_ON_AVERAGE and mean_norm_gain is not None and mean_norm_gain >= 1.0
-    return wins > n_sets / 2 or on_average
-
-
 def verdict(row: dict, base_rank: float | None, n_sets: int, simpler: bool) -> str:
     """``keep`` / ``change`` / ``revert`` of one alternative (see the module docstring)."""
     if row["missing"] or not n_sets:
         return "incomplete"
-    rank, norm = row["mean_rank"], row["mean_norm_gain"]
+    rank = row["mean_rank"]
     if simpler:  # the defaults must beat the simpler arm: it loses on most sets, wins on none, ranks worse
-        held = (_wins_most(row["losses"], None if norm is None else -norm, n_sets) and row["wins"] == 0
-                and rank > base_rank)
+        held = row["losses"] > n_sets / 2 and row["wins"] == 0 and rank > base_rank
         return "keep" if held else "revert"
-    beats = _wins_most(row["wins"], norm, n_sets) and row["losses"] == 0 and rank < base_rank
+    beats = row["wins"] > n_sets / 2 and row["losses"] == 0 and rank < base_rank
     return "change" if beats else "keep"
 
 

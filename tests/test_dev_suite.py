@@ -49,10 +49,9 @@ def test_an_alternative_that_wins_on_most_sets_and_loses_on_none_becomes_the_def
 
 def test_the_default_stays_unless_the_alternative_wins_most_sets_without_a_loss():
     base = [(0.70, 0.01), (0.60, 0.02), (0.80, 0.01), (0.50, 0.01)]
-    half = _table({"defaults": base, "knob": [(0.715, 0.01), (0.625, 0.01), (0.80, 0.01), (0.50, 0.01)]},
-                  sets="abcd")  # 2 wins of 4: not more than half, and within the spread on average
-    row = choose(half)["arms"]["knob"]
-    assert row["mean_norm_gain"] < 1 and row["verdict"] == "keep"
+    half = _table({"defaults": base, "knob": [(0.75, 0.01), (0.65, 0.01), (0.80, 0.01), (0.50, 0.01)]},
+                  sets="abcd")  # 2 wins of 4: not more than half
+    assert choose(half)["arms"]["knob"]["verdict"] == "keep"
     one_loss = _table({"defaults": base, "knob": [(0.75, 0.01), (0.65, 0.01), (0.85, 0.01), (0.40, 0.01)]},
                       sets="abcd")  # 3 wins, but one loss beyond the spread
     row = choose(one_loss)["arms"]["knob"]
@@ -230,18 +229,3 @@ def test_run_caches_made_elsewhere_merge_without_replacing_a_finished_run(tmp_pa
     b.write_text(json.dumps({"k1": {"v": 9}, "k3": {"v": 3}}))
     assert merge_mod.merge(dest, [a, b]) == {"added": 2, "kept": 1, "differing": 1}
     assert json.loads(dest.read_text()) == {"k1": {"v": 1}, "k2": {"v": 2}, "k3": {"v": 3}}
-
-
-def test_most_sets_also_counts_two_wins_beyond_the_spread_on_average_but_never_one_large_win():
-    """EMA at 10 epochs (issue 27): the defaults beat no_ema on 2 of 4 sets, tie 2, lose none, mean
-    normalised gain >= 1: the knob stays. One large win with three ties does not change a default."""
-    base = [(0.655, 0.035), (0.694, 0.013), (0.958, 0.006), (0.475, 0.033)]
-    ema = _table({"defaults": base, "no_ema": [(0.626, 0.009), (0.657, 0.024), (0.939, 0.016),
-                                               (0.454, 0.036)]}, sets="abcd")
-    row = choose(ema, simpler={"no_ema"})["arms"]["no_ema"]
-    assert (row["wins"], row["ties"], row["losses"]) == (0, 2, 2) and row["mean_norm_gain"] <= -1.0
-    assert row["verdict"] == "keep"
-    one = _table({"defaults": [(0.70, 0.01)] * 4, "knob": [(0.80, 0.01), (0.70, 0.01), (0.70, 0.01),
-                                                          (0.70, 0.01)]}, sets="abcd")
-    row = choose(one)["arms"]["knob"]
-    assert row["wins"] == 1 and row["mean_norm_gain"] >= 1.0 and row["verdict"] == "keep"
