@@ -13,7 +13,9 @@ wins on more than half of the voting sets, loses on none and has the better mean
 * an alternative that adds something to the defaults (or swaps a part, e.g. another detector): ``change``
   when it beats the defaults, else ``keep`` (the defaults stay);
 * an alternative that is *simpler* than the defaults (it removes a knob the defaults turn on):
-  ``keep`` when the defaults beat it by the same rule (the knob earns its place), else ``revert``;
+  ``keep`` when the knob holds — the simpler arm loses beyond the spread on at least one voting set, wins
+  on none and ranks worse (dropping the knob would leave the defaults beyond the seed spread of the best
+  somewhere) — else ``revert`` (the simpler arm ties everywhere, or wins somewhere);
 * a baseline arm (a plain loop): ``baseline``, no verdict; an arm without every voting set: ``incomplete``.
 """
 
@@ -60,8 +62,8 @@ def verdict(row: dict, base_rank: float | None, n_sets: int, simpler: bool) -> s
     if row["missing"] or not n_sets:
         return "incomplete"
     rank = row["mean_rank"]
-    if simpler:  # the defaults must beat the simpler arm: it loses on most sets, wins on none, ranks worse
-        held = row["losses"] > n_sets / 2 and row["wins"] == 0 and rank > base_rank
+    if simpler:  # the knob holds when dropping it costs beyond the spread somewhere and gains nowhere
+        held = row["losses"] >= 1 and row["wins"] == 0 and rank > base_rank
         return "keep" if held else "revert"
     beats = row["wins"] > n_sets / 2 and row["losses"] == 0 and rank < base_rank
     return "change" if beats else "keep"
