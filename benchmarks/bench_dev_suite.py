@@ -300,8 +300,13 @@ def _skip(name: str, title: str, p: dict) -> Result | None:
 
 
 def _side(table: dict, arm: str, unit: str) -> dict:
-    values = [cell["mean"] for cell in table.get(arm, {}).values()]
-    return {"median": round(statistics.fmean(values), 4), "unit": unit, "samples": values} if values else {}
+    """The mean over the sets of ``arm``'s per-set means; empty until it has every set the defaults have
+    (a mean over fewer sets is not comparable with theirs)."""
+    cells = table.get(arm, {})
+    if not cells or set(cells) != set(table.get("defaults", cells)):
+        return {}
+    values = [cell["mean"] for cell in cells.values()]
+    return {"median": round(statistics.fmean(values), 4), "unit": unit, "samples": values}
 
 
 def run_task(task: str, name: str, p: dict) -> Result:
