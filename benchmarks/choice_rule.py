@@ -27,6 +27,8 @@ VERDICTS = ("keep", "change", "revert", "baseline", "incomplete", "reference", "
 # The budgets (epochs) each task's defaults are judged at (rule 5: a change must hold at all of them):
 # a few epochs and ~10 (benchmarks/run.py builds the dev profiles from these).
 BUDGETS = {"classification": (3, 10), "detection": (6,), "segmentation": (4,)}
+# The final metrics each task's arms are compared on (the first one names the task's headline).
+METRICS = {"classification": ["acc1"], "detection": ["map_50", "map"], "segmentation": ["miou"]}
 
 
 def ranks(table: dict, sets: list[str]) -> dict[str, float]:

@@ -214,14 +214,13 @@ def _dev_suite(d: dict) -> list[str]:
 def _dev_decisions(record: dict) -> list[str]:
     """Rule 5 of the choice rule: per task, each arm's verdict at every budget of the dev benchmark in
     ``record`` and the decision (a change or a revert must hold at every budget)."""
-    from benchmarks.choice_rule import BUDGETS, across_budgets
+    from benchmarks.choice_rule import BUDGETS, METRICS, across_budgets
 
     by_task: dict[str, dict[str, dict]] = {}
     for r in record["results"]:
         suite = r.get("extra", {}).get("dev_suite") if r["status"] == "ok" else None
         if suite:
-            first_metric = next(iter(suite["per_set"]))
-            task = {"acc1": "classification", "map_50": "detection", "miou": "segmentation"}[first_metric]
+            task = next(t for t, metrics in METRICS.items() if metrics == list(suite["per_set"]))
             by_task.setdefault(task, {})[f"{r['settings']['epochs']} epochs"] = suite["verdicts"]
     lines = []
     for task, verdicts in by_task.items():
