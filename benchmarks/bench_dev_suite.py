@@ -37,7 +37,7 @@ from benchmarks.bench_time_to_accuracy import (
     naive_key,
     naive_run,
 )
-from benchmarks.choice_rule import choose, combine
+from benchmarks.choice_rule import METRICS, choose, combine
 from benchmarks.common import Result
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -82,7 +82,6 @@ def seg_arms(image_size: int) -> dict[str, list[str] | str]:
 # error analysis, export parity, model card: three more passes over val), off in every library arm.
 POST_TRAINING_OFF = ["calibrate.enabled=false", "errors.enabled=false", "export.parity=false",
                      "export.card=false"]
-METRICS = {"classification": ["acc1"], "detection": ["map_50", "map"], "segmentation": ["miou"]}
 # Per task: how the defaults are compared with the plain loop (``min``: the smallest per-set ratio; ``mean``:
 # the ratio of the means over the sets), its target, and what the ratio is.
 RATIOS = {
@@ -147,6 +146,12 @@ def choose_arms(known: dict, p: dict) -> dict:
     return {a: known[a] for a in known if a == "defaults" or a in wanted}
 
 
+def _library_extra(p: dict, overrides) -> list[str]:
+    """A library arm's overrides: random init where no ``--weights`` are given (the smoke profile), the
+    after-training steps off (:data:`POST_TRAINING_OFF`), then the arm's own."""
+    return ([] if p.get("weights") else ["model.pretrained=false"]) + POST_TRAINING_OFF + list(overrides)
+
+
 def _cls_plan(arm: str, overrides, data: Path, seed: int, p: dict, batch_size: int):
     """``(cache key, run)`` of one classification arm at one seed."""
     threads = p.get("threads", 1)
@@ -157,7 +162,7 @@ def _cls_plan(arm: str, overrides, data: Path, seed: int, p: dict, batch_size: i
             raise ValueError("the naive arm needs --weights (the plain loop loads real weights)")
         key = naive_key(data, seed=seed, batch_size=batch_size, **common)
         return key, lambda: naive_run(data, seed=seed, batch_size=batch_size, threads=threads, **common)
-    extra = ([] if p.get("weights") else ["model.pretrained=false"]) + POST_TRAINING_OFF + list(overrides)
+    extra = _library_extra(p, overrides)
     key = "dev-cls-" + config_key(cli_overrides(data, seed=seed, extra=extra, **common))
     return key, lambda: library_run(data, threads=threads, seed=seed, extra=tuple(extra), **common)
 
@@ -207,7 +212,7 @@ def measure_detection(p: dict, folders: dict[str, Path], arms: dict) -> dict:
             settings = {"data": data, "weights": p["weights"], "model_name": p["model"],
                         "image_size": p["image_size"], "epochs": p["epochs"],
                         "device": p.get("device", "cpu")}
-            extra = overrides if overrides == PLAIN else POST_TRAINING_OFF + list(overrides)
+            extra = overrides if overrides == PLAIN else _library_extra(p, overrides)  # weights: required
             jobs = [(arm, extra, seed) for seed in p["seeds"]]
             done = measure_all(cache, jobs, settings, workers=p.get("workers", 1)).get(arm, [])
             if done:
@@ -229,8 +234,7 @@ def _seg_plan(overrides, data: Path, seed: int, p: dict):
         if not p.get("weights"):
             raise ValueError("the smp arm needs --weights (the SMP loop loads real weights)")
         return seg.plain_key(data, **common), lambda: seg.plain_run(data, threads=threads, **common)
-    init = [] if p.get("weights") else ["model.pretrained=false"]
-    extra = tuple(init + POST_TRAINING_OFF + list(overrides))
+    extra = tuple(_library_extra(p, overrides))
     key = "dev-seg-" + config_key(seg.cli_overrides(data, overrides=extra, **common))
     return key, lambda: seg.library_run(data, threads=threads, overrides=extra, **common)
 
