@@ -30,23 +30,14 @@ import json
 import logging
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-
-def _timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+from benchmarks.common import timed  # noqa: E402 - seconds, synchronised with the GPU before and after
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -108,11 +99,11 @@ def main(argv: list[str] | None = None) -> dict:
     for r in range(args.rounds + 1):  # round 0 warms up
         with fast_model(module.to(dev), channels_last=True, compile=False):
             for name, fn in stages.items():
-                s = _timed(fn, dev)
+                s = timed(fn)
                 if r:
                     seconds[name].append(s)
         for name, fn in (("run_inference", path()), ("run_inference x2 data", path(loader2))):
-            s = _timed(fn, dev)
+            s = timed(fn)
             if r:
                 seconds[name].append(s)
     n = args.images
