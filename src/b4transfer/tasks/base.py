@@ -217,15 +217,14 @@ class Task:
         from b4transfer import tasks  # the registry imports this module
 
         for key in PREDICT_OUTPUT_KEYS:
-            value = predict.get(key)
-            if key in self.predict_outputs or value is None or value == _predict_default(key):
+            value, default = predict.get(key), _predict_default(key)
+            if key in self.predict_outputs or value is None or value == default:
                 continue
             readers = [t for t in tasks.names() if key in tasks.get(t).predict_outputs]
             raise NotSupportedError(
                 f"task={self.name} does not support predict.{key}={_as_typed(value)} (a setting of "
                 f"{' and '.join(f'task={t}' for t in readers)}); it supports predict.{key}="
-                f"{_as_typed(_predict_default(key))}. Fix: drop predict.{key} (the checkpoint is a "
-                f"task={self.name} model)."
+                f"{_as_typed(default)}. Fix: drop predict.{key} (the checkpoint is a task={self.name} model)."
             )
 
     # ------------------------------------------------------------------ building
