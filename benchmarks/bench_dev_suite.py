@@ -116,11 +116,16 @@ def task_sets(task: str) -> tuple[list[str], list[str]]:
     return [n for n in names if not DEV_SETS[n]["held_out"]], [n for n in names if DEV_SETS[n]["held_out"]]
 
 
+def _names(value) -> list[str]:
+    """A set list as given: one name (``--param sets=cls_emoji``) or a list of them."""
+    return [value] if isinstance(value, str) else list(value)
+
+
 def resolve_sets(p: dict, task: str) -> tuple[dict[str, Path], list[str]]:
     """``({set: folder}, held_out)``: ``p["sets"]`` (default: the task's voting sets) then ``p["held_out"]``
     (default: its held-out sets) under ``p["dev_root"]``; a missing folder is an error naming the fix."""
     voting, held = task_sets(task)
-    voting, held = list(p.get("sets", voting)), list(p.get("held_out", held))
+    voting, held = (_names(p.get(key, default)) for key, default in (("sets", voting), ("held_out", held)))
     root = Path(p["dev_root"])
     folders = {name: root / name for name in voting + held}
     layout = {"classification": ("train", "val"), "detection": ("annotations", "train", "val"),

@@ -337,17 +337,26 @@ def _on_dev_set(p: dict) -> dict:
     return {**p, "cls_data": folders[p["dev_set"]]}
 
 
+def _value(text: str):
+    """``text`` as JSON where it parses, else a string; ``[a, b]`` with bare words is a list of them."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    inner = text.strip()
+    if inner.startswith("[") and inner.endswith("]"):  # sets=[cls_emoji] (unquoted, as a shell leaves it)
+        return [_value(item.strip()) for item in inner[1:-1].split(",") if item.strip()]
+    return text
+
+
 def _params(pairs: list[str]) -> dict:
-    """``--param NAME=VALUE`` pairs as a dict (VALUE parsed as JSON where it parses)."""
+    """``--param NAME=VALUE`` pairs as a dict (VALUE parsed by :func:`_value`)."""
     out = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
             raise SystemExit(f"--param {pair!r}: expected NAME=VALUE, e.g. --param image_size=96")
-        try:
-            out[name] = json.loads(value)
-        except json.JSONDecodeError:
-            out[name] = value
+        out[name] = _value(value)
     return out
 
 

@@ -23,6 +23,7 @@ from benchmarks.bench_dev_suite import (
 from benchmarks.bench_segmentation_accuracy import cli_overrides as seg_overrides
 from benchmarks.bench_time_to_accuracy import cli_overrides
 from benchmarks.choice_rule import across_budgets, choose, combine, ranks
+from benchmarks.run import _value
 from tests.test_benchmark_time_to_accuracy import _jpeg_class_folders
 
 
@@ -145,6 +146,14 @@ def test_sets_come_from_dev_sets_and_a_missing_one_names_the_build_command(tmp_p
         resolve_sets({"dev_root": tmp_path}, "segmentation")
     with pytest.raises(ValueError, match=r"'cls_clipart' has no train, val folder.*build_dev_sets.py"):
         resolve_sets({"dev_root": tmp_path}, "classification")
+    # a set named on the command line as the shell leaves it (one name, or a list with bare words)
+    for sub in ("images", "masks"):
+        (tmp_path / "seg_portraits" / sub).mkdir(parents=True)
+    for given in ("seg_portraits", _value("[seg_portraits]"), _value('["seg_portraits"]')):
+        p = {"dev_root": tmp_path, "sets": given, "held_out": _value("[]")}
+        folders, held_out = resolve_sets(p, "segmentation")
+        assert list(folders) == ["seg_portraits"] and held_out == [], given
+    assert _value("[0, 2]") == [0, 2] and _value("[a, 1]") == ["a", 1] and _value("fpn") == "fpn"
     with pytest.raises(ValueError, match=r"unknown arm\(s\) \['nope'\]"):
         choose_arms(cls_arms(128), {"dev_arms": "no_ema,nope"})
     assert list(choose_arms(cls_arms(128), {"dev_arms": "no_ema"})) == ["defaults", "no_ema"]
