@@ -117,8 +117,9 @@ def task_sets(task: str) -> tuple[list[str], list[str]]:
 
 
 def _names(value) -> list[str]:
-    """A set list as given: one name (``--param sets=cls_emoji``) or a list of them."""
-    return [value] if isinstance(value, str) else list(value)
+    """Names as given on the command line: a list, or one string of comma-separated names
+    (``--dev-arms no_ema,lp_ft``, ``--param sets=cls_emoji``)."""
+    return value.split(",") if isinstance(value, str) else list(value)
 
 
 def resolve_sets(p: dict, task: str) -> tuple[dict[str, Path], list[str]]:
@@ -143,8 +144,7 @@ def resolve_sets(p: dict, task: str) -> tuple[dict[str, Path], list[str]]:
 def choose_arms(known: dict, p: dict) -> dict:
     """The profile's arms (``p["arms"]``), or those of ``p["dev_arms"]`` (comma-separated; the defaults
     always run: every verdict is against them)."""
-    wanted = p.get("dev_arms") or p.get("arms") or list(known)
-    wanted = wanted.split(",") if isinstance(wanted, str) else list(wanted)
+    wanted = _names(p.get("dev_arms") or p.get("arms") or list(known))
     unknown = [a for a in wanted if a not in known]
     if unknown:
         raise ValueError(f"--dev-arms: unknown arm(s) {unknown}; choose from {', '.join(known)}")

@@ -153,6 +153,10 @@ def test_sets_come_from_dev_sets_and_a_missing_one_names_the_build_command(tmp_p
         p = {"dev_root": tmp_path, "sets": given, "held_out": _value("[]")}
         folders, held_out = resolve_sets(p, "segmentation")
         assert list(folders) == ["seg_portraits"] and held_out == [], given
+    for sub in ("images", "masks"):
+        (tmp_path / "seg_clipart" / sub).mkdir(parents=True)
+    two = resolve_sets({"dev_root": tmp_path, "sets": "seg_clipart,seg_portraits"}, "segmentation")[0]
+    assert list(two) == ["seg_clipart", "seg_portraits"]  # comma-separated, as --dev-arms takes arms
     assert _value("[0, 2]") == [0, 2] and _value("[a, 1]") == ["a", 1] and _value("fpn") == "fpn"
     with pytest.raises(ValueError, match=r"unknown arm\(s\) \['nope'\]"):
         choose_arms(cls_arms(128), {"dev_arms": "no_ema,nope"})
