@@ -142,8 +142,8 @@ def resolve_sets(p: dict, task: str) -> tuple[dict[str, Path], list[str]]:
 
 
 def choose_arms(known: dict, p: dict) -> dict:
-    """The profile's arms (``p["arms"]``), or those of ``p["dev_arms"]`` (comma-separated; the defaults
-    always run: every verdict is against them)."""
+    """The arms of ``p["dev_arms"]`` (comma-separated), else the profile's (``p["arms"]``), else every arm
+    ``known`` defines; the defaults always run: every verdict is against them."""
     wanted = _names(p.get("dev_arms") or p.get("arms") or list(known))
     unknown = [a for a in wanted if a not in known]
     if unknown:

@@ -168,17 +168,14 @@ _DISTILL = dict(teacher_model="tf_efficientnet_lite1", student_model="tf_efficie
                 distill_settings=[[0.5, 4.0], [0.9, 4.0]])
 # The multi-dataset dev benchmark (issue 27; --dev-root DIR of scripts/build_dev_sets.py's sets, --weights):
 # every arm on every set of its task (held-out sets reported, never voting), arm by arm, seeds [0, 1, 2].
+# Every arm its task defines (bench_dev_suite.cls_arms / det_arms / seg_arms); --dev-arms narrows them.
 _DEV_CLS = dict(model="tf_efficientnet_lite1", image_size=128, epochs=BUDGETS["classification"][0],
-                seeds=[0, 1, 2],
-                arms=["defaults", "naive", "layer_decay_0.75", "backbone_lr_0.1", "lp_ft", "no_ema",
-                      "no_label_smoothing", "res_up"])
+                seeds=[0, 1, 2])
 _DEV_DET = dict(model="tf_efficientnet_lite1", image_size=320, epochs=BUDGETS["detection"][0],
-                seeds=[0, 1, 2],
-                arms=["defaults", "plain", "fcos", "faster_rcnn", "anchors_by_stride", "no_warmup", "batch_4",
-                      "scale_jitter", "size_up"])
+                seeds=[0, 1, 2])
 # Segmentation at the accuracy suite's budget (segmentation_accuracy_*: 256 px, 4 epochs).
 _DEV_SEG = dict(model="tf_efficientnet_lite1", image_size=256, epochs=BUDGETS["segmentation"][0],
-                seeds=[0, 1, 2], arms=["defaults", "smp", "unet", "scale_jitter", "no_ema", "size_up"])
+                seeds=[0, 1, 2])
 _DEV = {"dev_classification": _DEV_CLS,
         "dev_classification_10ep": dict(_DEV_CLS, epochs=BUDGETS["classification"][1]),
         "dev_detection": _DEV_DET, "dev_segmentation": _DEV_SEG}
@@ -270,7 +267,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dev-root", type=Path, default=None,
                         help="accuracy (dev_*): the folder of scripts/build_dev_sets.py's sets")
     parser.add_argument("--dev-arms", default="",
-                        help="accuracy (dev_*): comma-separated arms to run (default: the profile's; "
+                        help="accuracy (dev_*): comma-separated arms to run (default: every arm of the task; "
                         "the defaults always run)")
     parser.add_argument("--dev-cached-only", action="store_true",
                         help="accuracy (dev_*): report the runs the cache holds, train nothing")
