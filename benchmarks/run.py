@@ -167,8 +167,8 @@ _DISTILL = dict(teacher_model="tf_efficientnet_lite1", student_model="tf_efficie
                 epochs=5, seeds=[0, 1, 2], teacher_image_size=224, teacher_epochs=8, teacher_seed=0,
                 distill_settings=[[0.5, 4.0], [0.9, 4.0]])
 # The multi-dataset dev benchmark (issue 27; --dev-root DIR of scripts/build_dev_sets.py's sets, --weights):
-# every arm on every set of its task (held-out sets reported, never voting), arm by arm, seeds [0, 1, 2].
-# Every arm its task defines (bench_dev_suite.cls_arms / det_arms / seg_arms); --dev-arms narrows them.
+# every arm its task defines (bench_dev_suite.cls_arms / det_arms / seg_arms; --dev-arms narrows them) on
+# every set of the task (held-out sets reported, never voting), arm by arm, seeds [0, 1, 2].
 _DEV_CLS = dict(model="tf_efficientnet_lite1", image_size=128, epochs=BUDGETS["classification"][0],
                 seeds=[0, 1, 2])
 _DEV_DET = dict(model="tf_efficientnet_lite1", image_size=320, epochs=BUDGETS["detection"][0],
